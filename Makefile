@@ -1,0 +1,37 @@
+# Two commands on a fresh Debian machine with Python 3.11 and root or sudo:
+#   make serve   set up everything, then serve the assistant on http://127.0.0.1:8000
+#   make test    set up everything, then run the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := espeak-ng sox libsndfile1 libportaudio2
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test setup system-packages clean
+
+serve: $(STAMP)
+	$(VENV)/bin/anystream-serve --config deployments/configs/embedded.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+setup: $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# torch goes in first and alone: anything installed before it may pull several GB of CUDA torch.
+$(STAMP): pyproject.toml | system-packages
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[server,edge,dev]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,90 @@
+"""Audio constants and helpers shared by the server, the engine and the edge client (numpy only, no torch)."""
+
+from __future__ import annotations
+
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16_000  # speech codec, engine input and engine output
+CODEC_HOP = 320  # samples per codec frame: 16000 / 320 = 50 frames per second
+CODEC_FRAME_RATE = SAMPLE_RATE // CODEC_HOP  # 50 Hz, one level-1 speech token per frame
+OUTPUT_FRAME_MS = 20
+OUTPUT_FRAME_SAMPLES = SAMPLE_RATE * OUTPUT_FRAME_MS // 1000  # 320 samples per 20 ms output frame
+WEBRTC_SAMPLE_RATE = 48_000  # Opus in WebRTC always runs at 48 kHz
+MAX_INPUT_SECONDS = 60.0
+
+
+class AudioFormatError(ValueError):
+    """Audio that cannot be used: unreadable, empty, too long, or of an unsupported layout."""
+
+
+def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate <= 0 or to_rate <= 0:
+        raise AudioFormatError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    wave = np.asarray(wave, dtype=np.float32)
+    if from_rate == to_rate or wave.size == 0:
+        return wave
+    g = gcd(from_rate, to_rate)
+    return resample_poly(wave, to_rate // g, from_rate // g).astype(np.float32)
+
+
+def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float = MAX_INPUT_SECONDS) -> np.ndarray:
+    """Reads any soundfile-readable file as float32 mono at ``sample_rate``."""
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioFormatError(f"cannot read audio file {path}: {exc}") from None
+    if data.shape[0] == 0:
+        raise AudioFormatError(f"audio file {path} holds no samples")
+    if data.shape[0] / rate > max_seconds:
+        raise AudioFormatError(f"audio file {path} is {data.shape[0] / rate:.1f} s long; the limit is {max_seconds} s")
+    return resample(data.mean(axis=1), rate, sample_rate)
+
+
+def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    soundfile.write(str(path), np.asarray(wave, dtype=np.float32), sample_rate, subtype="PCM_16")
+
+
+def float_to_pcm16(wave: np.ndarray) -> np.ndarray:
+    return (np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def pcm16_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        pcm = np.frombuffer(pcm, dtype=np.int16)
+    return np.asarray(pcm, dtype=np.float32) / 32768.0
+
+
+class FrameSplitter:
+    """Turns arbitrary-length pushes into exact ``frame_samples`` frames (VAD and the 20 ms output path need them)."""
+
+    def __init__(self, frame_samples: int):
+        if frame_samples <= 0:
+            raise ValueError("frame_samples must be positive")
+        self.frame_samples = frame_samples
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def push(self, wave: np.ndarray) -> list[np.ndarray]:
+        buf = np.concatenate([self._pending, np.asarray(wave, dtype=np.float32)])
+        n = len(buf) // self.frame_samples
+        frames = [buf[i * self.frame_samples:(i + 1) * self.frame_samples] for i in range(n)]
+        self._pending = buf[n * self.frame_samples:]
+        return frames
+
+    def flush(self, pad: bool = True) -> list[np.ndarray]:
+        """Returns the remainder as a last frame (zero-padded) and empties the splitter."""
+        rest, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        if rest.size == 0 or not pad:
+            return []
+        return [np.pad(rest, (0, self.frame_samples - rest.size))]
+
+    def clear(self) -> None:
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    @property
+    def pending_samples(self) -> int:
+        return int(self._pending.size)

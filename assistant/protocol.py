@@ -1,0 +1,314 @@
+"""Every message that crosses the wire between the server, the edge client and the browser.
+
+This module is torch-free and ray-free on purpose: the edge client and the browser page rely on it (the
+browser mirrors the same names). Messages travel as JSON text on the WebRTC data channel labelled
+``events``; the assistant's audio travels on the audio track, never in these messages.
+
+Every message has a ``type``. Parsers validate size, JSON, type and field types, and raise
+:class:`ProtocolError` with a message fit to send back to the peer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+PROTOCOL_VERSION = 1
+DATA_CHANNEL_LABEL = "events"
+# aiortc advertises 256 KiB; 64 KiB is what a peer may assume when the remote does not say. Client
+# messages are small (a typed question), so the tighter bound also caps what one peer can make us parse.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 4000
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol; the text is safe to send back to the peer."""
+
+
+class ServerEvent(str, Enum):
+    READY = "ready"
+    SPEECH_STARTED = "speech_started"
+    SPEECH_STOPPED = "speech_stopped"
+    TURN_STARTED = "turn_started"
+    TRANSCRIPT = "transcript"  # what the assistant understood the user to say (AnyGPT's <-Ins-> part)
+    TEXT = "text"  # a delta of the assistant's text reply
+    IMAGE = "image"
+    MUSIC = "music"
+    INTERRUPTED = "interrupted"
+    TURN_END = "turn_end"
+    ERROR = "error"
+
+
+class ClientEvent(str, Enum):
+    HELLO = "hello"
+    TEXT = "text"
+    INTERRUPT = "interrupt"
+
+
+class FinishReason(str, Enum):
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    MAX_TOKENS = "max_tokens"
+    ERROR = "error"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# server -> client
+
+
+@dataclass(frozen=True)
+class Ready:
+    session_id: str
+    sample_rate: int  # rate of the assistant's audio before WebRTC's Opus resampling
+    protocol_version: int = PROTOCOL_VERSION
+    type: str = field(default=ServerEvent.READY.value, init=False)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    type: str = field(default=ServerEvent.SPEECH_STARTED.value, init=False)
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    duration_s: float
+    type: str = field(default=ServerEvent.SPEECH_STOPPED.value, init=False)
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    turn_id: int
+    type: str = field(default=ServerEvent.TURN_STARTED.value, init=False)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    turn_id: int
+    delta: str
+    type: str = field(default=ServerEvent.TRANSCRIPT.value, init=False)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    turn_id: int
+    delta: str
+    type: str = field(default=ServerEvent.TEXT.value, init=False)
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    turn_id: int
+    index: int
+    width: int
+    height: int
+    png_base64: str
+    type: str = field(default=ServerEvent.IMAGE.value, init=False)
+
+
+@dataclass(frozen=True)
+class MusicReady:
+    """Announces a piece of music; its samples follow on the audio track right after the speech before it."""
+
+    turn_id: int
+    index: int
+    duration_s: float
+    type: str = field(default=ServerEvent.MUSIC.value, init=False)
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    turn_id: int
+    type: str = field(default=ServerEvent.INTERRUPTED.value, init=False)
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    turn_id: int
+    reason: str = FinishReason.COMPLETE.value
+    type: str = field(default=ServerEvent.TURN_END.value, init=False)
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+    turn_id: int | None = None
+    type: str = field(default=ServerEvent.ERROR.value, init=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# client -> server
+
+
+@dataclass(frozen=True)
+class Hello:
+    client: str = "unknown"
+    protocol_version: int = PROTOCOL_VERSION
+    type: str = field(default=ClientEvent.HELLO.value, init=False)
+
+
+@dataclass(frozen=True)
+class TextMessage:
+    text: str
+    type: str = field(default=ClientEvent.TEXT.value, init=False)
+
+
+@dataclass(frozen=True)
+class InterruptMessage:
+    type: str = field(default=ClientEvent.INTERRUPT.value, init=False)
+
+
+ServerMessage = (
+    Ready | SpeechStarted | SpeechStopped | TurnStarted | Transcript | TextDelta | ImageReady | MusicReady
+    | Interrupted | TurnEnd | ErrorEvent
+)
+ClientMessage = Hello | TextMessage | InterruptMessage
+
+
+def to_json(message: ServerMessage | ClientMessage) -> str:
+    return json.dumps(asdict(message), ensure_ascii=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parsing
+
+_SERVER_CLASSES: dict[str, type] = {
+    ServerEvent.READY.value: Ready,
+    ServerEvent.SPEECH_STARTED.value: SpeechStarted,
+    ServerEvent.SPEECH_STOPPED.value: SpeechStopped,
+    ServerEvent.TURN_STARTED.value: TurnStarted,
+    ServerEvent.TRANSCRIPT.value: Transcript,
+    ServerEvent.TEXT.value: TextDelta,
+    ServerEvent.IMAGE.value: ImageReady,
+    ServerEvent.MUSIC.value: MusicReady,
+    ServerEvent.INTERRUPTED.value: Interrupted,
+    ServerEvent.TURN_END.value: TurnEnd,
+    ServerEvent.ERROR.value: ErrorEvent,
+}
+_CLIENT_CLASSES: dict[str, type] = {
+    ClientEvent.HELLO.value: Hello,
+    ClientEvent.TEXT.value: TextMessage,
+    ClientEvent.INTERRUPT.value: InterruptMessage,
+}
+# Field -> accepted python types, checked before construction so a wrong type is a ProtocolError, not a crash
+# somewhere downstream.
+_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
+    Ready: {"session_id": (str,), "sample_rate": (int,), "protocol_version": (int,)},
+    SpeechStarted: {},
+    SpeechStopped: {"duration_s": (int, float)},
+    TurnStarted: {"turn_id": (int,)},
+    Transcript: {"turn_id": (int,), "delta": (str,)},
+    TextDelta: {"turn_id": (int,), "delta": (str,)},
+    ImageReady: {"turn_id": (int,), "index": (int,), "width": (int,), "height": (int,), "png_base64": (str,)},
+    MusicReady: {"turn_id": (int,), "index": (int,), "duration_s": (int, float)},
+    Interrupted: {"turn_id": (int,)},
+    TurnEnd: {"turn_id": (int,), "reason": (str,)},
+    ErrorEvent: {"message": (str,), "turn_id": (int, type(None))},
+    Hello: {"client": (str,), "protocol_version": (int,)},
+    TextMessage: {"text": (str,)},
+    InterruptMessage: {},
+}
+_OPTIONAL_FIELDS: dict[type, set[str]] = {
+    Ready: {"protocol_version"},
+    ErrorEvent: {"turn_id"},
+    TurnEnd: {"reason"},
+    Hello: {"client", "protocol_version"},
+}
+
+
+def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+    if size > max_bytes:
+        raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("message must be a JSON object")
+    if not isinstance(obj.get("type"), str):
+        raise ProtocolError("message has no string field 'type'")
+    return obj
+
+
+def _build(cls: type, obj: dict[str, Any]) -> Any:
+    spec = _FIELD_TYPES[cls]
+    optional = _OPTIONAL_FIELDS.get(cls, set())
+    kwargs = {}
+    for name, types in spec.items():
+        if name not in obj:
+            if name in optional:
+                continue
+            raise ProtocolError(f"'{obj['type']}' message is missing field '{name}'")
+        value = obj[name]
+        # bool is an int subclass; a boolean where a number belongs is a client bug worth reporting.
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join(t.__name__ for t in types)
+            raise ProtocolError(f"field '{name}' of '{obj['type']}' must be {want}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    obj = _decode(raw, MAX_MESSAGE_BYTES)
+    cls = _CLIENT_CLASSES.get(obj["type"])
+    if cls is None:
+        raise ProtocolError(f"unknown message type '{obj['type']}'")
+    message = _build(cls, obj)
+    if isinstance(message, TextMessage):
+        if not message.text.strip():
+            raise ProtocolError("text message is empty")
+        if len(message.text) > MAX_TEXT_CHARS:
+            raise ProtocolError(f"text message longer than {MAX_TEXT_CHARS} characters")
+    return message
+
+
+def parse_server_message(raw: str | bytes, max_bytes: int = 4 * 1024 * 1024) -> ServerMessage:
+    # Server messages carry PNGs, so the client accepts more than the server does.
+    obj = _decode(raw, max_bytes)
+    cls = _SERVER_CLASSES.get(obj["type"])
+    if cls is None:
+        raise ProtocolError(f"unknown message type '{obj['type']}'")
+    return _build(cls, obj)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# signalling (HTTP POST /offer)
+
+
+@dataclass(frozen=True)
+class OfferRequest:
+    sdp: str
+    type: str = "offer"
+
+    MAX_SDP_BYTES = 64 * 1024
+
+    @classmethod
+    def parse(cls, obj: Any) -> OfferRequest:
+        if not isinstance(obj, dict):
+            raise ProtocolError("offer must be a JSON object with 'sdp' and 'type'")
+        sdp, kind = obj.get("sdp"), obj.get("type")
+        if kind != "offer":
+            raise ProtocolError("field 'type' must be 'offer'")
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise ProtocolError("field 'sdp' must be a non-empty string")
+        if len(sdp.encode("utf-8")) > cls.MAX_SDP_BYTES:
+            raise ProtocolError(f"sdp exceeds {cls.MAX_SDP_BYTES} bytes")
+        if not sdp.startswith("v=0"):
+            raise ProtocolError("sdp does not start with 'v=0'")
+        if "m=audio" not in sdp:
+            raise ProtocolError("offer has no audio media section")
+        if "m=application" not in sdp:
+            raise ProtocolError(f"offer has no data channel (label '{DATA_CHANNEL_LABEL}')")
+        return cls(sdp=sdp)
+
+
+@dataclass(frozen=True)
+class OfferAnswer:
+    sdp: str
+    session_id: str
+    type: str = "answer"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"sdp": self.sdp, "type": self.type, "session_id": self.session_id}
