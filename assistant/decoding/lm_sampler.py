@@ -1,0 +1,278 @@
+"""Per-modality sampling settings and small logits strategies for the unified LM.
+
+AnyGPT picks a generation config per output modality (config/*_generate_config.json). Here the settings switch token
+by token: TEXT settings outside modality segments, the modality's settings between ``<soX>`` and ``<eoX>``.
+``ReplyGrammar`` masks logits so the reply stays well-formed whatever the model prefers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from assistant.vocab import CODE_MODALITIES, Modality, TokenKind, UnifiedVocab
+
+SETTINGS_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """do_sample False means greedy; top_k None or 0 disables top-k; top_p 1.0 disables nucleus filtering;
+    max_new_tokens bounds the text outside segments (TEXT) or the codes of one segment (other modalities)."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 500
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 or None, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """SamplingSettings per modality; ``max_total_new_tokens`` (None: derived) bounds a whole reply."""
+
+    text: SamplingSettings = SamplingSettings()
+    speech: SamplingSettings = SamplingSettings()
+    image: SamplingSettings = SamplingSettings()
+    music: SamplingSettings = SamplingSettings()
+    max_total_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_total_new_tokens is not None and self.max_total_new_tokens <= 0:
+            raise ValueError(f"max_total_new_tokens must be > 0, got {self.max_total_new_tokens}")
+
+    def for_modality(self, modality: Modality) -> SamplingSettings:
+        return getattr(self, modality.value)
+
+    @property
+    def total_limit(self) -> int:
+        """Overall new-token limit: explicit, else text budget + the largest segment + a few markers."""
+        if self.max_total_new_tokens is not None:
+            return self.max_total_new_tokens
+        return self.text.max_new_tokens + max(self.for_modality(m).max_new_tokens for m in CODE_MODALITIES) + 4
+
+    def with_modality(self, modality: Modality, settings: SamplingSettings) -> "GenerationSettings":
+        return replace(self, **{modality.value: settings})
+
+    @classmethod
+    def anygpt_defaults(cls) -> "GenerationSettings":
+        """Values of AnyGPT's config/*_generate_config.json (beam search and min_new_tokens are not used)."""
+        return cls(
+            text=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=500),
+            image=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=200),
+            speech=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, repetition_penalty=1.05,
+                                    max_new_tokens=1500),
+            music=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, top_k=200, repetition_penalty=1.15,
+                                   max_new_tokens=2000),
+        )
+
+    def to_dict(self) -> dict:
+        out: dict = {"format_version": SETTINGS_FORMAT_VERSION}
+        for m in (Modality.TEXT, *CODE_MODALITIES):
+            out[m.value] = asdict(self.for_modality(m))
+        out["max_total_new_tokens"] = self.max_total_new_tokens
+        return out
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "GenerationSettings":
+        if data.get("format_version") != SETTINGS_FORMAT_VERSION:
+            raise ValueError(f"{source}: unsupported format_version {data.get('format_version')!r}")
+        known = {f.name for f in fields(SamplingSettings)}
+        kwargs: dict = {"max_total_new_tokens": data.get("max_total_new_tokens")}
+        for m in (Modality.TEXT, *CODE_MODALITIES):
+            section = data.get(m.value, {})
+            unknown = sorted(set(section) - known)
+            if unknown:
+                raise ValueError(f"{source}: unknown fields {unknown} in {m.value!r}")
+            kwargs[m.value] = SamplingSettings(**section)
+        extra = sorted(set(data) - {"format_version", "max_total_new_tokens", "text", *(m.value for m in CODE_MODALITIES)})
+        if extra:
+            raise ValueError(f"{source}: unknown keys {extra}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "GenerationSettings":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Strategies (operate on one logits vector [V])
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class RepetitionPenalty:
+    """CTRL / Hugging Face penalty over every id already in the context: positive logits / p, negative * p."""
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = float(penalty)
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        # logits [V] float, seen [V] bool
+        if self.penalty == 1.0:
+            return logits
+        penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+        return torch.where(seen, penalised, logits)
+
+
+class Greedy:
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        return int(torch.argmax(logits).item())
+
+
+class TemperatureTopKTopP:
+    """Temperature, then top-k, then nucleus (top-p) filtering, then one multinomial draw."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> None:
+        self.temperature = float(temperature)
+        self.top_k = top_k or None
+        self.top_p = float(top_p)
+
+    def filter(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits / self.temperature  # [V]
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)  # [V]
+            cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+            drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) >= self.top_p  # mass before this token >= p
+            drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        return logits
+
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        probs = torch.softmax(self.filter(logits).float(), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def make_selector(settings: SamplingSettings) -> Greedy | TemperatureTopKTopP:
+    if not settings.do_sample:
+        return Greedy()
+    return TemperatureTopKTopP(settings.temperature, settings.top_k, settings.top_p)
+
+
+class GrammarViolation(ValueError):
+    pass
+
+
+class ReplyGrammar:
+    """Keeps a reply well-formed, token by token.
+
+    - inside a ``<soX>`` segment: only X's codes and ``<eoX>``; only ``<eoX>`` once the segment holds
+      ``settings.for_modality(X).max_new_tokens`` codes;
+    - outside segments: text ids, start markers, ``<-Ins->``/``<-Res->`` and stop ids (raw codes, end markers,
+      ``[Human]``/``[MMGPT]``/``<eoh>`` and the BOS id are banned); only ``<eos>`` once the text budget
+      (``settings.text.max_new_tokens`` text ids) is used up;
+    - after ``<eos>``: only ``</s>``; after any other stop id: nothing more (``finished``).
+    """
+
+    def __init__(self, vocab: UnifiedVocab, settings: GenerationSettings, device: torch.device | str = "cpu") -> None:
+        self.vocab = vocab
+        self.settings = settings
+        size = vocab.size
+        outside = torch.zeros(size, dtype=torch.bool)
+        outside[: vocab.text_size] = True
+        outside[vocab.bos_id] = False
+        for rng in vocab.ranges.values():
+            outside[rng.start_id] = True
+        for extra in (vocab.ins_id, vocab.res_id, *vocab.stop_ids):
+            if extra is not None:
+                outside[extra] = True
+        self._outside = outside.to(device)
+        self._inside: dict[Modality, torch.Tensor] = {}
+        self._end_only: dict[Modality, torch.Tensor] = {}
+        for m, rng in vocab.ranges.items():
+            inside = torch.zeros(size, dtype=torch.bool)
+            inside[rng.first_id : rng.first_id + rng.n_codes] = True
+            inside[rng.end_id] = True
+            end_only = torch.zeros(size, dtype=torch.bool)
+            end_only[rng.end_id] = True
+            self._inside[m] = inside.to(device)
+            self._end_only[m] = end_only.to(device)
+
+        def only(token_id: int) -> torch.Tensor:
+            mask = torch.zeros(size, dtype=torch.bool)
+            mask[token_id] = True
+            return mask.to(device)
+
+        self._eos_only = only(vocab.eos_id)
+        self._text_eos_only = only(vocab.text_eos_id)
+        self._nothing = torch.zeros(size, dtype=torch.bool, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.segment: Modality | None = None
+        self.segment_codes = 0
+        self.text_tokens = 0
+        self.after_eos = False
+        self.finished = False
+
+    def begin_segment(self, modality: Modality) -> None:
+        """Enter a segment whose start marker is already in the prompt (forced modality)."""
+        if self.segment is not None or self.after_eos or self.finished:
+            raise GrammarViolation(f"cannot begin a {modality.value} segment in the current state")
+        self.vocab.range_of(modality)
+        self.segment, self.segment_codes = modality, 0
+
+    @property
+    def current_modality(self) -> Modality:
+        return self.segment if self.segment is not None else Modality.TEXT
+
+    def allowed_mask(self) -> torch.Tensor:
+        if self.finished:
+            return self._nothing
+        if self.after_eos:
+            return self._text_eos_only
+        if self.segment is not None:
+            if self.segment_codes >= self.settings.for_modality(self.segment).max_new_tokens:
+                return self._end_only[self.segment]
+            return self._inside[self.segment]
+        if self.text_tokens >= self.settings.text.max_new_tokens:
+            return self._eos_only
+        return self._outside
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set disallowed logits ([V]) to -inf."""
+        return logits.masked_fill(~self.allowed_mask(), float("-inf"))
+
+    def is_allowed(self, token_id: int) -> bool:
+        return 0 <= token_id < self.vocab.size and bool(self.allowed_mask()[token_id])
+
+    def advance(self, token_id: int) -> None:
+        if not self.is_allowed(token_id):
+            raise GrammarViolation(
+                f"token {token_id} ({self.vocab.classify(token_id).kind.value}) not allowed "
+                f"in state {self.current_modality.value}"
+            )
+        info = self.vocab.classify(token_id)
+        if self.after_eos or (info.kind is TokenKind.STOP and token_id != self.vocab.eos_id):
+            self.finished = True
+        elif token_id == self.vocab.eos_id:
+            self.after_eos = True
+        elif info.kind is TokenKind.START:
+            self.segment, self.segment_codes = info.modality, 0
+        elif info.kind is TokenKind.END:
+            self.segment = None
+        elif info.kind is TokenKind.CODE:
+            self.segment_codes += 1
+        elif info.kind is TokenKind.TEXT:
+            self.text_tokens += 1

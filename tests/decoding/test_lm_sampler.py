@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from assistant.decoding.lm_sampler import (
+    GenerationSettings,
+    GrammarViolation,
+    Greedy,
+    RepetitionPenalty,
+    ReplyGrammar,
+    SamplingSettings,
+    TemperatureTopKTopP,
+)
+from assistant.vocab import Modality, TokenKind, UnifiedVocab, write_embedded_vocab_files
+
+
+@pytest.fixture
+def vocab(tmp_path):
+    return UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path, image_codes=8, speech_codes=8, music_codes=8))
+
+
+def test_anygpt_defaults_and_json(tmp_path):
+    s = GenerationSettings.anygpt_defaults()
+    assert s.text.max_new_tokens == 500 and s.text.temperature == 1.0 and s.text.top_p == 1.0
+    assert s.image.max_new_tokens == 200
+    assert s.speech.repetition_penalty == 1.05 and s.speech.max_new_tokens == 1500
+    assert s.music.top_k == 200 and s.music.repetition_penalty == 1.15 and s.music.max_new_tokens == 2000
+    assert s.for_modality(Modality.MUSIC) is s.music
+    s.to_json(tmp_path / "g.json")
+    assert GenerationSettings.from_json(tmp_path / "g.json") == s
+    with pytest.raises(ValueError):
+        SamplingSettings(temperature=0)
+    with pytest.raises(ValueError):
+        GenerationSettings.from_dict({"format_version": 1, "text": {"bogus": 1}})
+    with pytest.raises(Exception):
+        s.text.temperature = 2.0  # frozen
+
+
+def test_repetition_penalty():
+    logits = torch.tensor([2.0, -2.0, 1.0])
+    seen = torch.tensor([True, True, False])
+    out = RepetitionPenalty(2.0)(logits, seen)
+    assert out.tolist() == [1.0, -4.0, 1.0]
+    assert RepetitionPenalty(1.0)(logits, seen) is logits
+
+
+def test_greedy_and_filters():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.0])
+    assert Greedy()(logits) == 1
+    k2 = TemperatureTopKTopP(top_k=2).filter(logits)
+    assert torch.isinf(k2[[0, 2]]).all() and torch.isfinite(k2[[1, 3]]).all()
+    p = TemperatureTopKTopP(top_p=0.5).filter(torch.log(torch.tensor([0.1, 0.6, 0.2, 0.1])))
+    assert torch.isfinite(p).tolist() == [False, True, False, False]
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    s = TemperatureTopKTopP(temperature=0.7)
+    assert [s(logits, g1) for _ in range(20)] == [s(logits, g2) for _ in range(20)]
+
+
+def allowed(grammar, vocab):
+    mask = grammar.allowed_mask()
+    return {i for i in range(vocab.size) if mask[i]}
+
+
+def test_grammar_outside_inside_and_after_eos(vocab):
+    settings = GenerationSettings(speech=SamplingSettings(max_new_tokens=3))
+    g = ReplyGrammar(vocab, settings)
+    sp = vocab.range_of(Modality.SPEECH)
+    outside = allowed(g, vocab)
+    assert sp.start_id in outside and vocab.ins_id in outside and vocab.res_id in outside
+    assert vocab.eos_id in outside and vocab.text_eos_id in outside
+    assert not any(vocab.classify(i).kind in (TokenKind.CODE, TokenKind.END) for i in outside)
+    assert vocab.human_id not in outside and vocab.eoh_id not in outside and vocab.bos_id not in outside
+    with pytest.raises(GrammarViolation):
+        g.advance(sp.first_id)
+    g.advance(sp.start_id)
+    inside = allowed(g, vocab)
+    assert inside == set(range(sp.first_id, sp.first_id + sp.n_codes)) | {sp.end_id}
+    with pytest.raises(GrammarViolation):
+        g.advance(vocab.encode_text("a")[0])
+    for code in (1, 2, 3):
+        g.advance(sp.first_id + code)
+    assert allowed(g, vocab) == {sp.end_id}  # segment budget reached: end forced
+    g.advance(sp.end_id)
+    assert g.current_modality is Modality.TEXT
+    g.advance(vocab.eos_id)
+    assert allowed(g, vocab) == {vocab.text_eos_id}
+    g.advance(vocab.text_eos_id)
+    assert g.finished and allowed(g, vocab) == set()
+
+
+def test_grammar_text_budget_forces_eos(vocab):
+    g = ReplyGrammar(vocab, GenerationSettings(text=SamplingSettings(max_new_tokens=2)))
+    for i in vocab.encode_text("ab"):
+        g.advance(i)
+    assert allowed(g, vocab) == {vocab.eos_id}
+
+
+def test_grammar_apply_masks_logits(vocab):
+    g = ReplyGrammar(vocab, GenerationSettings())
+    g.begin_segment(Modality.IMAGE)
+    out = g.apply(torch.zeros(vocab.size))
+    rng = vocab.range_of(Modality.IMAGE)
+    finite = torch.isfinite(out).nonzero().flatten().tolist()
+    assert finite == list(range(rng.first_id, rng.first_id + rng.n_codes)) + [rng.end_id] or set(finite) == (
+        set(range(rng.first_id, rng.first_id + rng.n_codes)) | {rng.end_id}
+    )
