@@ -1,0 +1,94 @@
+"""Shared save/load for the small models: safetensors weights + versioned JSON config.
+
+Layout of a checkpoint directory:
+    config.json        {"format": <kind>, "format_version": <int>, "config": {...dataclass fields...}}
+    model.safetensors  every entry of ``module.state_dict()`` (parameters and persistent buffers)
+
+Loading is strict: a wrong kind, a wrong version, an unknown or missing config field, a missing or unexpected
+tensor, or a shape mismatch raises ``CheckpointError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+C = TypeVar("C")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory does not match the model that tries to load it."""
+
+
+def save_checkpoint(directory: str | Path, kind: str, config: Any, module: nn.Module) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": kind,
+        "format_version": config.format_version,
+        "config": dataclasses.asdict(config),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tensors = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": kind})
+    return directory
+
+
+def load_config(directory: str | Path, kind: str, config_cls: type[C]) -> C:
+    """Read and validate ``config.json``; raises ``CheckpointError`` naming the file and the field."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: config file not found")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    if payload.get("format") != kind:
+        raise CheckpointError(f"{path}: key 'format' is {payload.get('format')!r}, expected {kind!r}")
+    fields = payload.get("config")
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: key 'config' missing or not an object")
+    known = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown config key {unknown[0]!r}")
+    expected_version = getattr(config_cls, "FORMAT_VERSION")
+    version = payload.get("format_version")
+    if version != expected_version or fields.get("format_version", expected_version) != expected_version:
+        raise CheckpointError(f"{path}: key 'format_version' is {version!r}, this code reads {expected_version}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    try:
+        return config_cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid config: {exc}") from exc
+
+
+def load_weights_strict(directory: str | Path, module: nn.Module) -> None:
+    """Copy ``model.safetensors`` into ``module``; every key and shape must match exactly."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    tensors = load_file(str(path))
+    expected = module.state_dict()
+    for key in expected:
+        if key not in tensors:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+    for key, value in tensors.items():
+        if key not in expected:
+            raise CheckpointError(f"{path}: unexpected key {key!r}")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{path}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    with torch.no_grad():
+        module.load_state_dict(tensors, strict=True)

@@ -1,0 +1,368 @@
+"""Speech codec interface and the embedded log-mel residual-VQ codec.
+
+``SpeechCodec`` is what the rest of the system relies on: 16 kHz float waves in, ``[n_q, F]`` integer codes out
+(level 1 = the LM's "semantic" stream, levels 2..n_q = acoustic detail), and back.
+
+``MelRVQCodec`` is the no-training default (see shared/reference/embedded-default-feasibility.md):
+    wave -> STFT magnitude -> HTK mel (area-normalised) -> log -> residual VQ (n_q codebooks)
+    codes -> sum of codewords -> mel -> linear magnitude (pseudo-inverse + multiplicative NNLS steps)
+          -> fast Griffin-Lim (momentum) -> wave
+The spectral part is frame-local, so a chunk decoded together with a few left-context frames (then trimmed) sounds
+like the same region of a whole-utterance decode; Griffin-Lim phases are the only non-local part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from assistant.models.checkpoint_io import load_config, load_weights_strict, save_checkpoint
+
+LOG_FLOOR = 1e-5
+
+
+@runtime_checkable
+class SpeechCodec(Protocol):
+    """Any speech codec the pipeline can use (embedded mel-RVQ or a SpeechTokenizer adapter)."""
+
+    sample_rate: int
+    frame_rate: int
+    n_q: int
+    codebook_size: int
+
+    def encode(self, wave: Tensor) -> Tensor:
+        """float32 wave ``[T]`` at ``sample_rate`` -> LongTensor ``[n_q, ceil(T / hop)]``."""
+        ...
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """LongTensor ``[n_q, F]`` -> float32 wave ``[F * hop]``."""
+        ...
+
+
+@dataclass(frozen=True)
+class MelCodecConfig:
+    """Configuration of ``MelRVQCodec``.
+
+    sample_rate: wave sample rate in Hz.
+    hop: STFT hop in samples (one code frame per hop; 320 at 16 kHz = 50 Hz).
+    n_fft: STFT size (Hann window of the same length).
+    n_mels: number of HTK mel bands (the code vector dimension).
+    f_min / f_max: mel filterbank range in Hz (f_max None = Nyquist).
+    n_q: number of residual VQ levels.
+    codebook_size: codes per level.
+    griffin_lim_iters: Griffin-Lim iterations in ``decode``.
+    griffin_lim_momentum: momentum of fast Griffin-Lim (0 = classic Griffin-Lim).
+    nnls_iters: multiplicative non-negative refinement steps after the mel pseudo-inverse.
+    seed: seed of the random (untrained) codebooks.
+    format_version: checkpoint format version (must equal ``FORMAT_VERSION``).
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+
+    sample_rate: int = 16000
+    hop: int = 320
+    n_fft: int = 1024
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float | None = None
+    n_q: int = 8
+    codebook_size: int = 1024
+    griffin_lim_iters: int = 32
+    griffin_lim_momentum: float = 0.99
+    nnls_iters: int = 15
+    seed: int = 0
+    format_version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.hop <= 0:
+            raise ValueError("sample_rate and hop must be positive")
+        if self.sample_rate % self.hop != 0:
+            raise ValueError(f"hop {self.hop} must divide sample_rate {self.sample_rate} (integer frame rate)")
+        if self.n_fft < self.hop:
+            raise ValueError(f"n_fft {self.n_fft} must be >= hop {self.hop}")
+        if self.n_mels <= 0 or self.n_mels > self.n_freq:
+            raise ValueError(f"n_mels must be in [1, {self.n_freq}], got {self.n_mels}")
+        if not 0.0 <= self.f_min < self.nyquist_hz:
+            raise ValueError(f"f_min {self.f_min} must be in [0, Nyquist)")
+        if self.f_max is not None and not self.f_min < self.f_max <= self.nyquist_hz:
+            raise ValueError(f"f_max {self.f_max} must be in (f_min, Nyquist]")
+        if self.n_q < 1 or self.codebook_size < 2:
+            raise ValueError("n_q must be >= 1 and codebook_size >= 2")
+        if self.griffin_lim_iters < 0 or self.nnls_iters < 0:
+            raise ValueError("iteration counts must be >= 0")
+        if not 0.0 <= self.griffin_lim_momentum < 1.0:
+            raise ValueError("griffin_lim_momentum must be in [0, 1)")
+        if self.format_version != self.FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
+
+    @property
+    def frame_rate(self) -> int:
+        return self.sample_rate // self.hop
+
+    @property
+    def n_freq(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def nyquist_hz(self) -> float:
+        return self.sample_rate / 2.0
+
+
+def hz_to_mel_htk(hz: Tensor) -> Tensor:
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+
+def mel_to_hz_htk(mel: Tensor) -> Tensor:
+    return 700.0 * (torch.pow(10.0, mel / 2595.0) - 1.0)
+
+
+def htk_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
+    """Triangular HTK-mel filters, area-normalised (each filter scaled by 2 / its bandwidth in Hz).
+
+    Returns ``[n_mels, n_fft // 2 + 1]`` float64.
+    """
+    bin_hz = torch.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1, dtype=torch.float64)  # [n_freq]
+    mel_points = torch.linspace(
+        hz_to_mel_htk(torch.tensor(f_min, dtype=torch.float64)).item(),
+        hz_to_mel_htk(torch.tensor(f_max, dtype=torch.float64)).item(),
+        n_mels + 2,
+        dtype=torch.float64,
+    )
+    edges_hz = mel_to_hz_htk(mel_points)  # [n_mels + 2]
+    lower, center, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]  # [n_mels, 1] each
+    rising = (bin_hz[None, :] - lower) / (center - lower)  # [n_mels, n_freq]
+    falling = (upper - bin_hz[None, :]) / (upper - center)  # [n_mels, n_freq]
+    triangles = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return triangles * (2.0 / (upper - lower))
+
+
+def residual_nearest(codebooks: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
+    """Residual VQ: at each level pick the nearest codeword (squared L2) and subtract it.
+
+    codebooks: ``[n_q, K, D]``; vectors: ``[N, D]``. Returns (codes ``[n_q, N]`` long, quantised ``[N, D]``).
+    """
+    residual = vectors  # [N, D]
+    quantised = torch.zeros_like(vectors)
+    codes = []
+    for level in range(codebooks.shape[0]):
+        book = codebooks[level]  # [K, D]
+        distances = (
+            residual.pow(2).sum(-1, keepdim=True) - 2.0 * residual @ book.T + book.pow(2).sum(-1)[None, :]
+        )  # [N, K]
+        index = distances.argmin(dim=-1)  # [N]
+        chosen = book[index]  # [N, D]
+        residual = residual - chosen
+        quantised = quantised + chosen
+        codes.append(index)
+    return torch.stack(codes), quantised
+
+
+class MelRVQCodec(nn.Module):
+    """Log-mel residual-VQ codec with Griffin-Lim decoding (no neural network, seeded random codebooks until fit)."""
+
+    KIND: ClassVar[str] = "mel_rvq_codec"
+
+    def __init__(self, config: MelCodecConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or MelCodecConfig()
+        cfg = self.config
+        f_max = cfg.f_max if cfg.f_max is not None else cfg.nyquist_hz
+        filterbank = htk_mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, f_max)  # [M, n_freq]
+        # Derived, deterministic tensors: not saved (recomputed from the config).
+        self.register_buffer("mel_filterbank", filterbank.float(), persistent=False)  # [M, n_freq]
+        self.register_buffer("mel_pinv", torch.linalg.pinv(filterbank).float(), persistent=False)  # [n_freq, M]
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, dtype=torch.float32), persistent=False)
+        # The only state: the residual codebooks.
+        self.register_buffer("codebooks", self._random_codebooks())  # [n_q, K, M]
+
+    # ----- interface attributes ---------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> int:
+        return self.config.frame_rate
+
+    @property
+    def hop(self) -> int:
+        return self.config.hop
+
+    @property
+    def n_q(self) -> int:
+        return self.config.n_q
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    # ----- untrained initialisation -----------------------------------------------------------------------------
+    def _random_codebooks(self) -> Tensor:
+        """Level 1 around a speech-like log-mel profile (decodes to audible sound); deeper levels small offsets."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        profile = torch.linspace(0.0, -5.0, cfg.n_mels)  # louder low bands, quieter high bands  # [M]
+        books = []
+        for level in range(cfg.n_q):
+            noise = torch.randn(cfg.codebook_size, cfg.n_mels, generator=gen)  # [K, M]
+            if level == 0:
+                loudness = torch.rand(cfg.codebook_size, 1, generator=gen) * 4.0 - 2.0  # [K, 1]
+                books.append(profile[None, :] + loudness + 1.0 * noise)
+            else:
+                books.append(noise * (0.5 / level))
+        return torch.stack(books)  # [n_q, K, M]
+
+    # ----- analysis ---------------------------------------------------------------------------------------------
+    def num_frames(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.config.hop)
+
+    def log_mel(self, wave: Tensor) -> Tensor:
+        """float wave ``[T]`` -> log-mel ``[F, n_mels]`` with ``F = ceil(T / hop)`` (frame f centred at f*hop)."""
+        if wave.dim() != 1:
+            raise ValueError(f"expected a mono wave [T], got shape {tuple(wave.shape)}")
+        cfg = self.config
+        frames = self.num_frames(wave.shape[0])
+        padded = torch.nn.functional.pad(wave.float(), (0, frames * cfg.hop - wave.shape[0]))  # [F * hop]
+        magnitude = self._stft(padded).abs()[:, :frames]  # [n_freq, F]
+        mel = self.mel_filterbank @ magnitude  # [M, F]
+        return torch.log(torch.clamp(mel, min=LOG_FLOOR)).T  # [F, M]
+
+    def _stft(self, wave: Tensor) -> Tensor:
+        cfg = self.config
+        return torch.stft(
+            wave, cfg.n_fft, cfg.hop, window=self.window, center=True, pad_mode="constant", return_complex=True
+        )  # [n_freq, len // hop + 1]
+
+    def _istft(self, spec: Tensor, length: int) -> Tensor:
+        cfg = self.config
+        return torch.istft(spec, cfg.n_fft, cfg.hop, window=self.window, center=True, length=length)
+
+    # ----- quantisation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def quantise(self, log_mel: Tensor) -> Tensor:
+        """log-mel ``[F, M]`` -> codes ``[n_q, F]``."""
+        codes, _ = residual_nearest(self.codebooks, log_mel.float())
+        return codes
+
+    @torch.no_grad()
+    def dequantise(self, codes: Tensor) -> Tensor:
+        """codes ``[n_q, F]`` -> log-mel ``[F, M]`` (sum of the chosen codewords)."""
+        self._check_codes(codes)
+        levels = torch.arange(codes.shape[0], device=codes.device)[:, None]  # [n_q, 1]
+        return self.codebooks[levels, codes].sum(dim=0)  # [F, M]
+
+    def _check_codes(self, codes: Tensor) -> None:
+        if codes.dim() != 2 or codes.shape[0] != self.n_q:
+            raise ValueError(f"expected codes [n_q={self.n_q}, F], got shape {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+
+    # ----- SpeechCodec interface --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, wave: Tensor) -> Tensor:
+        """float32 wave ``[T]`` -> LongTensor ``[n_q, ceil(T / hop)]``."""
+        return self.quantise(self.log_mel(wave))
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """LongTensor ``[n_q, F]`` -> float32 wave ``[F * hop]``."""
+        return self.mel_to_wave(self.dequantise(codes))
+
+    # ----- synthesis --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def mel_to_magnitude(self, log_mel: Tensor) -> Tensor:
+        """log-mel ``[F, M]`` -> non-negative linear magnitude ``[n_freq, F]`` (frame-local)."""
+        mel = torch.exp(log_mel.float()).T  # [M, F]
+        magnitude = torch.clamp(self.mel_pinv @ mel, min=0.0) + 1e-6  # [n_freq, F]
+        fb = self.mel_filterbank  # [M, n_freq]
+        numerator = fb.T @ mel  # [n_freq, F]
+        for _ in range(self.config.nnls_iters):
+            # Multiplicative update of min ||fb @ S - mel||^2 over S >= 0 (Lee-Seung style).
+            magnitude = magnitude * numerator / (fb.T @ (fb @ magnitude) + 1e-10)
+        return magnitude
+
+    @torch.no_grad()
+    def mel_to_wave(self, log_mel: Tensor) -> Tensor:
+        """log-mel ``[F, M]`` -> wave ``[F * hop]`` by fast Griffin-Lim from zero phase (deterministic)."""
+        cfg = self.config
+        frames = log_mel.shape[0]
+        length = frames * cfg.hop
+        if frames == 0:
+            return torch.zeros(0)
+        magnitude = self.mel_to_magnitude(log_mel)  # [n_freq, F]
+        # The STFT of a length F*hop wave has F + 1 centred frames; the last repeats the final magnitude.
+        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)  # [n_freq, F + 1]
+        phase = torch.ones_like(magnitude, dtype=torch.complex64)  # [n_freq, F + 1]
+        previous = torch.zeros_like(phase)
+        alpha = cfg.griffin_lim_momentum
+        for _ in range(cfg.griffin_lim_iters):
+            wave = self._istft(magnitude * phase, length)  # [F * hop]
+            projected = self._stft(wave)  # [n_freq, F + 1]
+            accelerated = projected + alpha * (projected - previous)
+            previous = projected
+            phase = accelerated / torch.clamp(accelerated.abs(), min=1e-12)
+        return self._istft(magnitude * phase, length)  # [F * hop]
+
+    # ----- fitting (optional) -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_codebooks(self, frames: Tensor, iters: int = 12, seed: int = 0, chunk: int = 8192) -> Tensor:
+        """Residual k-means on log-mel frames ``[N, M]``; replaces the codebooks. Returns per-level residual RMSE.
+
+        Each level runs ``iters`` Lloyd iterations on the residual left by the levels before; empty clusters are
+        re-seeded with random residual vectors. Needs N >= codebook_size.
+        """
+        cfg = self.config
+        if frames.dim() != 2 or frames.shape[1] != cfg.n_mels:
+            raise ValueError(f"expected frames [N, {cfg.n_mels}], got {tuple(frames.shape)}")
+        if frames.shape[0] < cfg.codebook_size:
+            raise ValueError(f"need at least {cfg.codebook_size} frames, got {frames.shape[0]}")
+        gen = torch.Generator().manual_seed(seed)
+        residual = frames.float().clone()  # [N, M]
+        books, errors = [], []
+        for _level in range(cfg.n_q):
+            centroids = residual[torch.randperm(residual.shape[0], generator=gen)[: cfg.codebook_size]].clone()
+            for _ in range(iters):
+                assign = self._assign(residual, centroids, chunk)  # [N]
+                sums = torch.zeros_like(centroids).index_add_(0, assign, residual)
+                counts = torch.bincount(assign, minlength=cfg.codebook_size).float()  # [K]
+                filled = counts > 0
+                centroids[filled] = sums[filled] / counts[filled, None]
+                empty = int((~filled).sum())
+                if empty:
+                    reseed = torch.randint(0, residual.shape[0], (empty,), generator=gen)
+                    centroids[~filled] = residual[reseed]
+            assign = self._assign(residual, centroids, chunk)
+            residual = residual - centroids[assign]
+            books.append(centroids)
+            errors.append(residual.pow(2).mean().sqrt())
+        self.codebooks.copy_(torch.stack(books))
+        return torch.stack(errors)
+
+    @staticmethod
+    def _assign(vectors: Tensor, centroids: Tensor, chunk: int) -> Tensor:
+        out = []
+        c_norm = centroids.pow(2).sum(-1)[None, :]  # [1, K]
+        for start in range(0, vectors.shape[0], chunk):
+            block = vectors[start : start + chunk]  # [n, M]
+            out.append((c_norm - 2.0 * block @ centroids.T).argmin(-1))
+        return torch.cat(out)
+
+    # ----- persistence ------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        return save_checkpoint(directory, self.KIND, self.config, self)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "MelRVQCodec":
+        config = load_config(directory, cls.KIND, MelCodecConfig)
+        codec = cls(config)
+        load_weights_strict(directory, codec)
+        return codec
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self.config, f.name)}" for f in dataclasses.fields(self.config))

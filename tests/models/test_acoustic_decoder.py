@@ -1,0 +1,55 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.checkpoint_io import CheckpointError
+
+TINY = AcousticDecoderConfig(n_q=4, codebook_size=32, dim=32, depth=2, heads=2, dim_head=16, conv_kernel=5)
+
+
+def test_logits_shape_and_mask_id():
+    model = AcousticDecoder(TINY).eval()
+    semantic = torch.randint(0, 32, (2, 11))
+    acoustic = torch.full((2, 3, 11), TINY.mask_id)
+    acoustic[:, 0, :4] = 5
+    logits = model(semantic, acoustic)
+    assert logits.shape == (2, 11, 3, 32)
+    assert torch.isfinite(logits).all()
+    assert TINY.mask_id == 32 and TINY.n_acoustic == 3
+
+
+def test_bidirectional_attention_sees_future_frames():
+    model = AcousticDecoder(TINY).eval()
+    semantic = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(1))
+    acoustic = torch.full((1, 3, 12), TINY.mask_id)
+    base = model(semantic, acoustic)
+    changed = semantic.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % 32
+    assert not torch.allclose(model(changed, acoustic)[0, 0], base[0, 0])
+
+
+def test_seeded_init_is_deterministic_and_config_validates():
+    a, b = AcousticDecoder(TINY), AcousticDecoder(TINY)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError):
+        AcousticDecoderConfig(conv_kernel=4)
+    with pytest.raises(ValueError):
+        AcousticDecoderConfig(n_q=1)
+    with pytest.raises(ValueError):
+        AcousticDecoder(TINY)(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 2, 5, dtype=torch.long))
+
+
+def test_save_load_round_trip_and_strict_key_error(tmp_path):
+    model = AcousticDecoder(TINY).eval()
+    model.save(tmp_path / "m")
+    loaded = AcousticDecoder.load(tmp_path / "m").eval()
+    semantic = torch.randint(0, 32, (1, 7))
+    acoustic = torch.randint(0, 33, (1, 3, 7))
+    assert torch.equal(model(semantic, acoustic), loaded(semantic, acoustic))
+
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del weights["head_bias"]
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="model.safetensors.*head_bias"):
+        AcousticDecoder.load(tmp_path / "m")
