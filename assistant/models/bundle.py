@@ -1,0 +1,163 @@
+"""Every model the assistant needs, loaded together: the embedded default (tiny, CPU-fast) or trained weights.
+
+``assistant/assets/embedded/`` holds one JSON config per model plus, once trained, its weights::
+
+    tokenizer/          UnifiedVocab files (added_tokens.json, text_tokenizer.json)
+    lm.json             LMConfig (LMConfig.to_dict format)          lm.safetensors        (optional)
+    codec.json          MelCodecConfig fields                       codec.safetensors     (optional)
+    acoustic.json       AcousticDecoderConfig fields                acoustic.safetensors  (optional)
+    image.json          ImageCodecConfig fields                     image.safetensors     (optional)
+    music.json          MusicCodecConfig fields                     music.safetensors     (optional)
+    generation.json     GenerationSettings (GenerationSettings.to_dict format)
+
+Each model is built from its config (seeded random initialisation), then, when ``<name>.safetensors`` exists, its
+weights are loaded strictly (every key, every shape). Trained weights and the untrained default take the same path;
+``save_weights`` writes the files a training run produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from assistant.decoding.lm_sampler import GenerationSettings
+from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.checkpoint_io import CheckpointError
+from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer
+from assistant.models.lm import LMConfig, build_lm
+from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
+from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.vocab import Modality, UnifiedVocab
+
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded"
+MODEL_NAMES = ("lm", "codec", "acoustic", "image", "music")
+
+
+@dataclass
+class ModelBundle:
+    vocab: UnifiedVocab
+    lm: nn.Module  # LlamaForCausalLM
+    generation: GenerationSettings
+    codec: MelRVQCodec
+    acoustic: AcousticDecoder
+    image: ImageDetokenizer
+    music: MusicDetokenizer
+    lm_config: LMConfig | None = None
+    weights_loaded: tuple[str, ...] = ()  # names of the models whose safetensors were found
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}
+
+    def validate(self) -> None:
+        """The models must agree with the vocabulary and with each other."""
+        v = self.vocab
+        if self.lm_config is not None and self.lm_config.vocab_size != v.size:
+            raise ValueError(f"lm vocab_size {self.lm_config.vocab_size} != vocabulary size {v.size}")
+        checks = [
+            ("codec codebook_size", self.codec.codebook_size, v.range_of(Modality.SPEECH).n_codes),
+            ("acoustic n_q", self.acoustic.config.n_q, self.codec.n_q),
+            ("acoustic codebook_size", self.acoustic.config.codebook_size, self.codec.codebook_size),
+            ("image codebook_size", self.image.config.codebook_size, v.range_of(Modality.IMAGE).n_codes),
+            ("music vocab_size", self.music.config.vocab_size, v.range_of(Modality.MUSIC).n_codes),
+        ]
+        for what, got, want in checks:
+            if got != want:
+                raise ValueError(f"{what} is {got}, expected {want}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _dataclass_from_json(path: Path, cls: type, **overrides: Any) -> Any:
+    """Config dataclass from a flat JSON object of its fields (lists become tuples); unknown keys are errors."""
+    data = _read_json(path)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown {cls.__name__} fields {unknown}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    fields.update(overrides)
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid {cls.__name__}: {exc}") from exc
+
+
+def _load_weights(path: Path, module: nn.Module) -> None:
+    """Strict load of ``path`` into ``module``: every key present, no extra key, same shapes."""
+    tensors = load_file(str(path))
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{path}: missing key {missing[0]!r}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path}: unexpected key {extra[0]!r}")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{path}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    with torch.no_grad():
+        module.load_state_dict(tensors, strict=True)
+
+
+def save_weights(bundle: ModelBundle, assets_dir: str | Path | None = None, names: tuple[str, ...] = MODEL_NAMES) -> Path:
+    """Write ``<name>.safetensors`` for the given models (what a training run leaves behind)."""
+    directory = Path(assets_dir) if assets_dir is not None else EMBEDDED_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    modules = bundle.modules()
+    for name in names:
+        state = {k: v.detach().contiguous().cpu() for k, v in modules[name].state_dict().items()}
+        save_file(state, str(directory / f"{name}.safetensors"), metadata={"model": name})
+    return directory
+
+
+def load_embedded(assets_dir: str | Path | None = None, seed: int = 0) -> ModelBundle:
+    """Loads every model from ``assets_dir`` (default: the embedded assets).
+
+    ``seed`` seeds the random initialisation of models without saved weights (it is added to each config's own seed),
+    so the untrained default is deterministic; saved weights override it.
+    """
+    directory = Path(assets_dir) if assets_dir is not None else EMBEDDED_DIR
+    vocab = UnifiedVocab.from_dir(directory / "tokenizer")
+
+    lm_config = LMConfig.from_json(directory / "lm.json")
+    lm = build_lm(lm_config, seed=seed)
+    codec_cfg = _dataclass_from_json(directory / "codec.json", MelCodecConfig)
+    acoustic_cfg = _dataclass_from_json(directory / "acoustic.json", AcousticDecoderConfig)
+    image_cfg = _dataclass_from_json(directory / "image.json", ImageCodecConfig)
+    music_cfg = _dataclass_from_json(directory / "music.json", MusicCodecConfig)
+    codec = MelRVQCodec(dataclasses.replace(codec_cfg, seed=codec_cfg.seed + seed))
+    acoustic = AcousticDecoder(dataclasses.replace(acoustic_cfg, seed=acoustic_cfg.seed + seed))
+    image = ImageDetokenizer(dataclasses.replace(image_cfg, seed=image_cfg.seed + seed))
+    music = MusicDetokenizer(dataclasses.replace(music_cfg, seed=music_cfg.seed + seed))
+    generation = GenerationSettings.from_json(directory / "generation.json")
+
+    bundle = ModelBundle(vocab, lm, generation, codec, acoustic, image, music, lm_config=lm_config)
+    loaded = []
+    for name, module in bundle.modules().items():
+        path = directory / f"{name}.safetensors"
+        if path.is_file():
+            _load_weights(path, module)
+            loaded.append(name)
+        module.eval()
+    bundle.weights_loaded = tuple(loaded)
+    bundle.validate()
+    return bundle

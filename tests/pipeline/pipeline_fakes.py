@@ -1,0 +1,128 @@
+"""Pure-Python fake backends with scripted token sequences over a real UnifiedVocab (no torch)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
+from assistant.vocab import Modality, UnifiedVocab, write_embedded_vocab_files
+
+N_Q = 4
+HOP = 320
+
+
+def make_vocab(tmp_path: Path) -> UnifiedVocab:
+    return UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path / "tok", 64, 64, 64))
+
+
+class Script:
+    """Builds generated-id sequences."""
+
+    def __init__(self, vocab: UnifiedVocab):
+        self.v = vocab
+
+    def text(self, s: str) -> list[int]:
+        return self.v.encode_text(s)
+
+    def seg(self, modality: Modality, codes) -> list[int]:
+        return self.v.segment_ids(modality, codes)
+
+    def codes(self, modality: Modality, codes) -> list[int]:
+        return self.v.codes_to_ids(modality, codes)
+
+    def start(self, modality: Modality) -> int:
+        return self.v.range_of(modality).start_id
+
+    def end(self, modality: Modality) -> int:
+        return self.v.range_of(modality).end_id
+
+
+class FakeSpeech(SpeechEncoderBackend):
+    def __init__(self):
+        self.calls = 0
+
+    async def encode(self, wave):
+        self.calls += 1
+        frames = max(1, int(np.ceil(len(wave) / HOP)))
+        return np.arange(N_Q * frames, dtype=np.int64).reshape(N_Q, frames) % 64
+
+
+class FakeLM(LMBackend):
+    """Emits ``script`` in chunks of ``chunk`` ids; optionally waits on ``gate`` after ``pause_after`` ids."""
+
+    def __init__(self, script: list[int], chunk: int = 1, pause_after: int | None = None, fail_after: int | None = None):
+        self.script = list(script)
+        self.chunk = chunk
+        self.pause_after = pause_after
+        self.fail_after = fail_after
+        self.gate = asyncio.Event()
+        self.paused = asyncio.Event()
+        self.closed = 0
+        self.finished_normally = 0
+        self.prompts: list[list[int]] = []
+        self.forced: list[str | None] = []
+
+    async def stream(self, prompt_ids, force_modality):
+        self.prompts.append(list(prompt_ids))
+        self.forced.append(force_modality)
+        try:
+            for i in range(0, len(self.script), self.chunk):
+                if self.fail_after is not None and i >= self.fail_after:
+                    raise RuntimeError("LM exploded")
+                if self.pause_after is not None and i >= self.pause_after and not self.gate.is_set():
+                    self.paused.set()
+                    await self.gate.wait()
+                yield self.script[i:i + self.chunk]
+                await asyncio.sleep(0)
+            self.finished_normally += 1
+        finally:
+            self.closed += 1
+
+
+class FakeAcoustic(AcousticBackend):
+    """A 440 Hz tone per chunk; records chunk sizes and contexts."""
+
+    def __init__(self, fail: bool = False, delay: float = 0.0):
+        self.chunks: list[np.ndarray] = []
+        self.contexts: list[np.ndarray | None] = []
+        self.fail = fail
+        self.delay = delay
+
+    async def decode_chunk(self, semantic, context, prompt):
+        if self.fail:
+            raise RuntimeError("acoustic decoder exploded")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        semantic = np.asarray(semantic, dtype=np.int64)
+        self.chunks.append(semantic)
+        self.contexts.append(None if context is None else np.asarray(context))
+        codes = np.tile(semantic, (N_Q, 1))
+        t = np.arange(semantic.size * HOP, dtype=np.float32) / 16000.0
+        return codes, (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+
+
+class FakeMedia(MediaBackend):
+    def __init__(self):
+        self.images: list[list[int]] = []
+        self.music: list[list[int]] = []
+
+    async def image_png(self, codes):
+        self.images.append(list(codes))
+        return b"\x89PNG fake" + bytes(len(codes)), 8, 8
+
+    async def music_wave(self, tokens):
+        self.music.append(list(tokens))
+        return np.full(len(tokens) * 100, 0.1, dtype=np.float32)
+
+
+def make_backends(lm: LMBackend, acoustic: AcousticBackend | None = None) -> tuple[Backends, FakeSpeech, FakeAcoustic, FakeMedia]:
+    speech, media = FakeSpeech(), FakeMedia()
+    acoustic = acoustic or FakeAcoustic()
+    return Backends(speech=speech, lm=lm, acoustic=acoustic, media=media), speech, acoustic, media
+
+
+async def collect(agen) -> list:
+    return [item async for item in agen]
