@@ -1,0 +1,164 @@
+"""The WebRTC media side of the edge client: the capture track we send and the consumer of the track we get.
+
+``CaptureTrack`` turns an audio source into pts-stamped 20 ms 48 kHz mono s16 frames and, on the way, runs
+client-side endpointing (webrtcvad at 16 kHz) so the client knows when the user starts and stops speaking
+(used for the "listening…" feedback and for barge-in). ``RemoteAudioConsumer`` always reads the server's
+track (an unread aiortc track backs up its decoder queue) and writes it to the sink as 48 kHz mono.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from fractions import Fraction
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from assistant.audio import float_to_pcm16, resample
+from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadEndpointer
+from edge_client.audio_io import CAPTURE_RATE, FRAME_SAMPLES, AudioSink, AudioSource
+
+log = logging.getLogger(__name__)
+
+VAD_RATE = 16_000
+VAD_FRAME_MS = 20
+
+
+class CaptureTrack(MediaStreamTrack):
+    """Audio track fed by an :class:`~edge_client.audio_io.AudioSource`.
+
+    Frames carry ``pts = n * 960`` with ``time_base = 1/48000``. A source that is not ``live`` (a file) is
+    paced here by those timestamps, so it goes out in real time; a live source (the microphone) is already
+    paced by its device clock. ``on_speech_start()`` / ``on_speech_end(duration_s)`` are called (in the
+    event loop) when the client-side VAD decides the user started / stopped speaking.
+    """
+
+    kind = "audio"
+
+    def __init__(self, source: AudioSource, vad_aggressiveness: int = 2,
+                 on_speech_start: Callable[[], None] | None = None,
+                 on_speech_end: Callable[[float], None] | None = None,
+                 endpointer_config: EndpointerConfig | None = None):
+        super().__init__()
+        self.source = source
+        config = endpointer_config or EndpointerConfig(sample_rate=VAD_RATE, frame_ms=VAD_FRAME_MS,
+                                                       aggressiveness=vad_aggressiveness)
+        self.endpointer = VadEndpointer(config)
+        self.on_speech_start = on_speech_start
+        self.on_speech_end = on_speech_end
+        self.frames_sent = 0
+        self._start: float | None = None
+        self._time_base = Fraction(1, CAPTURE_RATE)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        wave = await self.source.read()
+        if wave is None:
+            self.stop()
+            raise MediaStreamError
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if wave.size != FRAME_SAMPLES:
+            raise ValueError(f"audio sources must yield {FRAME_SAMPLES}-sample frames, got {wave.size}")
+        pts = self.frames_sent * FRAME_SAMPLES
+        if not self.source.live:
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now
+            delay = self._start + pts / CAPTURE_RATE - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+        pcm = float_to_pcm16(wave)
+        self._run_vad(wave)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = CAPTURE_RATE
+        frame.pts = pts
+        frame.time_base = self._time_base
+        self.frames_sent += 1
+        return frame
+
+    def _run_vad(self, wave_48k: np.ndarray) -> None:
+        # 960 samples at 48 kHz -> exactly 320 at 16 kHz: one 20 ms VAD frame per capture frame.
+        pcm16k = float_to_pcm16(resample(wave_48k, CAPTURE_RATE, VAD_RATE))
+        for event in self.endpointer.push(pcm16k.tobytes()):
+            try:
+                if isinstance(event, SpeechStart) and self.on_speech_start is not None:
+                    self.on_speech_start()
+                elif isinstance(event, SpeechEnd) and self.on_speech_end is not None:
+                    self.on_speech_end(event.duration_s)
+            except Exception:  # noqa: BLE001 - a UI callback must never kill the media path
+                log.exception("speech callback failed")
+
+
+def frame_to_mono_48k(frame: av.AudioFrame) -> np.ndarray:
+    """Any decoded aiortc audio frame (s16 packed stereo from Opus, planar, other rates) -> int16 mono 48 kHz."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        samples = data.reshape(channels, -1).T  # [n, C]
+    else:
+        samples = data.reshape(-1, channels)  # [n, C] (interleaved)
+    if samples.dtype == np.int16 and channels == 1 and frame.sample_rate == CAPTURE_RATE:
+        return samples[:, 0].copy()  # the common case of a mono s16 frame: exact, no conversion
+    if np.issubdtype(samples.dtype, np.integer):
+        # scale any integer format to int16 units
+        mono = samples.astype(np.float64).mean(axis=1) * (32768.0 / (float(np.iinfo(samples.dtype).max) + 1.0))
+    else:
+        mono = samples.astype(np.float64).mean(axis=1) * 32767.0
+    if frame.sample_rate != CAPTURE_RATE:
+        mono = resample(mono, frame.sample_rate, CAPTURE_RATE)  # linear, so the int16 scale is kept
+    return np.clip(np.round(mono), -32768, 32767).astype(np.int16)
+
+
+class RemoteAudioConsumer:
+    """Reads the server's audio track until it ends and writes every frame to the sink.
+
+    ``on_audio(pcm)`` (optional) sees each mono frame too (statistics, tests).
+    """
+
+    def __init__(self, track: MediaStreamTrack, sink: AudioSink,
+                 on_audio: Callable[[np.ndarray], None] | None = None):
+        self.track = track
+        self.sink = sink
+        self.on_audio = on_audio
+        self.frames = 0
+        self.samples = 0
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                frame = await self.track.recv()
+            except MediaStreamError:
+                log.debug("remote audio track ended")
+                return
+            pcm = frame_to_mono_48k(frame)
+            self.frames += 1
+            self.samples += pcm.size
+            if pcm.size:
+                self.peak = max(self.peak, int(np.abs(pcm.astype(np.int32)).max()))
+            try:
+                self.sink.write(pcm)
+            except Exception:  # noqa: BLE001 - a broken sink must not stop us reading the track
+                log.exception("audio sink write failed")
+            if self.on_audio is not None:
+                self.on_audio(pcm)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass

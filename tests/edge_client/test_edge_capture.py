@@ -1,0 +1,119 @@
+"""CaptureTrack: pacing, frame format and client-side endpointing; VAD frame-size checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from assistant.endpointing import EndpointerConfig, VadEndpointer
+from edge_client.audio_io import FRAME_SAMPLES
+from edge_client.tracks import CaptureTrack, frame_to_mono_48k
+
+
+class ListSource:
+    live = False
+    finite = True
+    file_done = True
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+
+    async def read(self):
+        return self.frames.pop(0) if self.frames else None
+
+    def close(self):
+        pass
+
+
+def _burst_frames(lead_s=0.4, burst_s=1.0, tail_s=1.2):
+    rng = np.random.default_rng(1)
+    wave = np.concatenate([np.zeros(int(48000 * lead_s)), 0.5 * rng.standard_normal(int(48000 * burst_s)),
+                           np.zeros(int(48000 * tail_s))]).astype(np.float32)
+    return [wave[i:i + FRAME_SAMPLES] for i in range(0, wave.size - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+
+
+async def _drain(track):
+    frames = []
+    while True:
+        try:
+            frames.append(await track.recv())
+        except Exception:  # MediaStreamError at the end of the source
+            return frames
+
+
+def test_vad_rejects_wrong_frame_sizes():
+    vad = VadEndpointer(EndpointerConfig(sample_rate=16000, frame_ms=20))
+    with pytest.raises(ValueError, match="640 bytes"):
+        vad.push(b"\x00" * 960)  # 30 ms at 16 kHz is not what it was configured for
+    with pytest.raises(ValueError):
+        EndpointerConfig(frame_ms=25)
+    with pytest.raises(ValueError):
+        EndpointerConfig(sample_rate=44100)
+    track = CaptureTrack(ListSource([np.zeros(480, dtype=np.float32)]))
+    with pytest.raises(ValueError, match="960-sample"):
+        asyncio.run(track.recv())
+
+
+def test_capture_track_frames_are_paced_48k_mono_s16():
+    frames_in = [np.full(FRAME_SAMPLES, 0.25, dtype=np.float32) for _ in range(15)]
+    track = CaptureTrack(ListSource(frames_in))
+    t0 = time.monotonic()
+    frames = asyncio.run(_drain(track))
+    elapsed = time.monotonic() - t0
+    assert len(frames) == 15 and track.readyState == "ended"
+    assert 0.25 <= elapsed < 0.6  # 15 frames of 20 ms, paced by pts (the first goes out at once)
+    assert [f.pts for f in frames] == [i * FRAME_SAMPLES for i in range(15)]
+    f = frames[0]
+    assert (f.sample_rate, f.format.name, f.layout.name, f.samples) == (48000, "s16", "mono", FRAME_SAMPLES)
+    assert f.time_base == Fraction(1, 48000)
+    assert np.all(f.to_ndarray() == int(0.25 * 32767))
+    assert np.array_equal(frame_to_mono_48k(f), f.to_ndarray().reshape(-1))
+
+
+def test_capture_track_endpointing_on_noise_burst_vs_silence():
+    events = []
+
+    class Instant(ListSource):
+        live = True  # no pacing: the test needs no real time
+
+    track = CaptureTrack(Instant(_burst_frames()), on_speech_start=lambda: events.append(("start", len(frames_seen))),
+                         on_speech_end=lambda d: events.append(("end", round(d, 1))))
+    frames_seen = []
+
+    async def run():
+        while True:
+            try:
+                frames_seen.append(await track.recv())
+            except Exception:
+                return
+
+    asyncio.run(run())
+    assert [e[0] for e in events] == ["start", "end"]
+    assert 20 <= events[0][1] <= 30  # the burst starts at frame 20 (0.4 s)
+    assert 0.9 <= events[1][1] <= 1.6  # about the burst plus the pre-roll and a little tail
+
+    silent = []
+    track = CaptureTrack(Instant([np.zeros(FRAME_SAMPLES, dtype=np.float32)] * 150),
+                         on_speech_start=lambda: silent.append("start"))
+    asyncio.run(_drain(track))
+    assert silent == [] and not track.endpointer.speaking
+
+
+def test_remote_frames_become_mono_48k():
+    import av
+
+    stereo = np.stack([np.full(960, 1000, np.int16), np.full(960, 3000, np.int16)], axis=1)  # [n, 2]
+    frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
+    frame.sample_rate = 48000
+    mono = frame_to_mono_48k(frame)
+    assert mono.dtype == np.int16 and mono.shape == (960,)
+    assert np.all(np.abs(mono.astype(int) - 2000) <= 1)
+
+    low = av.AudioFrame.from_ndarray(np.full((1, 320), 0.5, np.float32), format="flt", layout="mono")
+    low.sample_rate = 16000
+    up = frame_to_mono_48k(low)
+    assert up.shape == (960,) and abs(int(up[480]) - 16383) < 200

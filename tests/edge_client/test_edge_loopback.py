@@ -1,0 +1,142 @@
+"""End to end: EdgeClient against an in-process aiortc server over loopback WebRTC."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+
+import numpy as np
+import soundfile
+
+from assistant.audio import write_wav
+from edge_client.audio_io import DirectorySink, FileSource, SilenceSource
+from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient
+from edge_fake_server import REPLY_DELTAS, FakeServer, tiny_png
+
+
+def _noise_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
+    """A noise burst (webrtcvad calls it speech); with gap_s, a second burst follows after gap_s of silence."""
+    rng = np.random.default_rng(0)
+    burst = (0.5 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+    wave = burst if gap_s is None else np.concatenate([burst, np.zeros(int(16000 * gap_s), np.float32), burst])
+    path = tmp_path / "question.wav"
+    write_wav(path, wave, 16000)
+    return path
+
+
+async def _run_client(server: FakeServer, tmp_path, source, **kwargs):
+    out = tmp_path / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    client = EdgeClient(server.url, source, DirectorySink(out), out_dir=out, loopback_only=True,
+                        stdout=stdout, stderr=stderr, **kwargs)
+    code = await client.run()
+    return code, client, stdout.getvalue(), stderr.getvalue(), out
+
+
+def test_file_question_gets_text_image_and_audio(tmp_path):
+    async def main():
+        server = FakeServer(tone_frames=25)
+        await server.start()
+        try:
+            source = FileSource(_noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            return await _run_client(server, tmp_path, source, timeout=15, handle_signals=False), server
+        finally:
+            await server.stop()
+
+    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    assert code == EXIT_OK, stderr
+    # the image is saved byte for byte under its turn/index name
+    assert (out / "image_1_0.png").read_bytes() == tiny_png()
+    # the text deltas were printed as one assistant line
+    assert "assistant: " + "".join(REPLY_DELTAS) in stdout
+    assert "you said: a noise burst" in stdout
+    assert "listening…" in stdout and "you stopped" in stdout  # client-side endpointing saw the burst
+    # answer.wav is a valid 48 kHz mono file holding the tone (0.5 s at amplitude 0.5 through Opus)
+    wave, rate = soundfile.read(out / "answer.wav", dtype="float32")
+    assert rate == 48000 and wave.ndim == 1
+    assert np.abs(wave).max() > 0.2
+    loud = np.convolve(np.abs(wave) > 0.1, np.ones(480), "same") > 0
+    assert loud.sum() / rate > 0.3  # most of the 0.5 s tone arrived before the hang-up
+    # the server heard our audio and our hello
+    assert server.frames_in > 50
+    assert server.client_messages[0]["type"] == "hello"
+    # session.json summarises the call
+    summary = json.loads((out / "session.json").read_text())
+    assert summary["exit_code"] == 0 and summary["session_id"] == "s1"
+    assert summary["counts"]["text"] == len(REPLY_DELTAS)
+    assert summary["counts"]["ready"] == 1 and summary["counts"]["turn_end"] == 1
+    assert summary["images"] == [str(out / "image_1_0.png")]
+    assert summary["reply_text"]["1"] == "".join(REPLY_DELTAS)
+    assert summary["audio"]["frames_received"] > 0 and summary["audio"]["frames_sent"] > 50
+    times = [e["t"] for e in summary["events"]]
+    assert times == sorted(times)
+    assert all("png_base64" not in e for e in summary["events"])
+
+
+def test_typed_question_with_silence_source(tmp_path):
+    async def main():
+        server = FakeServer(send_turn=False)
+        await server.start()
+        try:
+            return await _run_client(server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5,
+                                     handle_signals=False), server
+        finally:
+            await server.stop()
+
+    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    # the fake server never answers typed text, so the session times out with its own code and message
+    assert code == EXIT_TIMEOUT
+    assert "timed out after 1.5 s" in stderr
+    assert {"type": "text", "text": "what is this?"} in server.client_messages
+    assert "you (typed): what is this?" in stdout
+    assert json.loads((out / "session.json").read_text())["exit_code"] == EXIT_TIMEOUT
+
+
+def test_http_400_exits_2_with_the_servers_message(tmp_path):
+    async def main():
+        server = FakeServer(reject=True)
+        await server.start()
+        try:
+            return await _run_client(server, tmp_path, SilenceSource(), timeout=5, handle_signals=False)
+        finally:
+            await server.stop()
+
+    code, client, stdout, stderr, out = asyncio.run(main())
+    assert code == EXIT_SERVER
+    assert "HTTP 400" in stderr and "offer rejected for the test" in stderr
+    assert json.loads((out / "session.json").read_text())["exit_code"] == EXIT_SERVER
+
+
+def test_unreachable_server_exits_2(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    for url in (f"http://127.0.0.1:{port}", "not a url"):
+        stderr = io.StringIO()
+        client = EdgeClient(url, SilenceSource(), DirectorySink(tmp_path), loopback_only=True,
+                            handle_signals=False, stdout=io.StringIO(), stderr=stderr, timeout=5)
+        assert asyncio.run(client.run()) == EXIT_SERVER
+        assert "cannot reach the server" in stderr.getvalue()
+
+
+def test_sigint_closes_cleanly_and_exits_0(tmp_path):
+    async def main():
+        server = FakeServer(send_turn=False)
+        await server.start()
+        try:
+            loop = asyncio.get_running_loop()
+            loop.call_later(1.0, os.kill, os.getpid(), signal.SIGINT)
+            return await _run_client(server, tmp_path, SilenceSource(), timeout=10, handle_signals=True)
+        finally:
+            await server.stop()
+
+    code, client, stdout, stderr, out = asyncio.run(main())
+    assert code == EXIT_OK
+    assert "SIGINT" in client.exit_reason
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed afterwards
+
