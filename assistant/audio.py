@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16_000  # speech codec, engine input and engine output
 CODEC_HOP = 320  # samples per codec frame: 16000 / 320 = 50 frames per second
@@ -28,6 +27,8 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if from_rate == to_rate or wave.size == 0:
         return wave
+    from scipy.signal import resample_poly  # imported here: scipy.signal costs ~1.5 s at edge-client start-up
+
     g = gcd(from_rate, to_rate)
     return resample_poly(wave, to_rate // g, from_rate // g).astype(np.float32)
 
