@@ -1,0 +1,53 @@
+"""What every deployment shares: fast graceful shutdown and loading the in-process model backends.
+
+Model code lives in ``assistant/``; a deployment only loads an :mod:`assistant.pipeline.local` backend and
+forwards calls to it. ``ModelSpec`` travels to replicas as a plain dict (it pickles without pydantic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Serve's defaults (2 s wait loop, 20 s timeout) make every shutdown take seconds; replicas here hold no
+# work worth waiting for beyond half a second.
+FAST_SHUTDOWN: dict[str, Any] = {"graceful_shutdown_wait_loop_s": 0.1, "graceful_shutdown_timeout_s": 0.5}
+
+MODEL_FAMILIES = ("embedded",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str = "embedded"
+    assets_dir: str | None = None  # None: the package's own assets for ``family``
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in MODEL_FAMILIES:
+            raise ValueError(f"model family must be one of {MODEL_FAMILIES}, got {self.family!r}")
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any] | ModelSpec | None) -> ModelSpec:
+        if isinstance(obj, ModelSpec):
+            return obj
+        return cls(**(obj or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        import assistant
+
+        root = Path(self.assets_dir) if self.assets_dir else Path(assistant.__file__).parent / "assets" / self.family
+        return root / "tokenizer"
+
+
+def load_local_backends(spec: ModelSpec):
+    """The in-process backends (``assistant.pipeline.local``) over the model bundle of ``spec``."""
+    from assistant.models.bundle import load_embedded
+    from assistant.pipeline import local
+
+    bundle = load_embedded(spec.assets_dir, seed=spec.seed)
+    return local.local_backends(bundle, seed=spec.seed)

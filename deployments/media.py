@@ -1,0 +1,20 @@
+"""Ray Serve shim: image and music detokenizers."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backends
+
+
+@serve.deployment(**FAST_SHUTDOWN)
+class MediaDecoderDeployment:
+    def __init__(self, model: dict | None = None):
+        self._media = load_local_backends(ModelSpec.from_dict(model)).media
+
+    async def image_png(self, codes: list[int]) -> tuple[bytes, int, int]:
+        return await self._media.image_png(list(codes))
+
+    async def music_wave(self, tokens: list[int]) -> np.ndarray:
+        return await self._media.music_wave(list(tokens))

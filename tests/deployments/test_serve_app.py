@@ -1,0 +1,86 @@
+"""The Serve app on a local Ray: health, a malformed offer is a 400 and the server keeps serving, a real offer
+gets a sendrecv answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from deployments.app import AppArgs, build_app, load_config, DEFAULT_CONFIG, runtime_env, set_ray_environment
+
+PORT = 18431
+
+
+def test_default_config_parses():
+    settings = load_config(DEFAULT_CONFIG)
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.args.loopback_only and settings.args.model_family == "embedded"
+    for name in ("speech_tokenizer", "lm", "acoustic", "media", "gateway"):
+        opts = getattr(settings.args, name).serve_options()
+        assert opts["ray_actor_options"]["num_gpus"] == 0 and 0 < opts["ray_actor_options"]["num_cpus"] < 1
+        assert "max_ongoing_requests" in opts and ("num_replicas" in opts or "autoscaling_config" in opts)
+    with pytest.raises(ValueError):
+        AppArgs.model_validate({"lm": {"num_replicas": 1, "autoscaling_config": {"max_replicas": 2}}})
+    with pytest.raises(ValueError):
+        AppArgs.model_validate({"model_family": "anygpt-7b"})
+
+
+@pytest.fixture(scope="module")
+def serve_url():
+    set_ray_environment()
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
+             runtime_env=runtime_env())
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        serve.run(build_app(AppArgs()), name="anystream", route_prefix="/")
+        yield f"http://127.0.0.1:{PORT}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_health_bad_offer_and_real_offer(serve_url):
+    import httpx
+
+    assert httpx.get(f"{serve_url}/health", timeout=10).json() == {"status": "ok", "sessions": 0}
+
+    bad = httpx.post(f"{serve_url}/offer", content=b"{nope", headers={"content-type": "application/json"}, timeout=10)
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+    bad = httpx.post(f"{serve_url}/offer", json={"sdp": "hello", "type": "offer"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]
+    bad = httpx.post(f"{serve_url}/offer", json={"sdp": "v=0\r\nm=audio x\r\nm=application y\r\n", "type": "offer"},
+                     timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]
+    assert httpx.get(f"{serve_url}/health", timeout=10).json()["status"] == "ok"
+
+    async def call() -> dict:
+        from aiortc import RTCPeerConnection
+
+        from assistant.webrtc.ice import use_loopback_only
+
+        use_loopback_only()
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="sendrecv")
+        pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(f"{serve_url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"},
+                                      timeout=30)
+        await pc.close()
+        return reply.json() | {"status": reply.status_code}
+
+    answer = asyncio.run(call())
+    assert answer["status"] == 200 and answer["type"] == "answer" and answer["session_id"]
+    assert "a=sendrecv" in answer["sdp"] and "m=audio" in answer["sdp"]
+    health = httpx.get(f"{serve_url}/health", timeout=10).json()
+    assert health["sessions"] in (0, 1)  # the closed client may already have been noticed
+    gone = httpx.delete(f"{serve_url}/sessions/{answer['session_id']}", timeout=10)
+    assert gone.status_code in (200, 404)
+    assert httpx.get(f"{serve_url}/health", timeout=10).json() == {"status": "ok", "sessions": 0}

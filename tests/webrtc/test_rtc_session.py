@@ -1,0 +1,348 @@
+"""RtcSession against a real in-process aiortc client peer (loopback ICE) and a scripted fake engine session."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from assistant.audio import OUTPUT_FRAME_SAMPLES
+from assistant.endpointing import EndpointerConfig
+from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TranscriptDelta, TurnFinished
+from assistant.protocol import FinishReason, OfferRequest, ProtocolError
+from assistant.webrtc.ice import use_loopback_only
+from assistant.webrtc.session import ReplyAudioTrack, RtcSession, RtcSessionManager
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class FakeTurn:
+    audio: np.ndarray | None
+    text: str | None
+
+
+class FakeEngineSession:
+    """Replies to every turn with a transcript, a text delta and ``n_frames`` of a loud 440 Hz tone."""
+
+    def __init__(self, n_frames: int = 15, frame_delay_s: float = 0.0):
+        self.n_frames = n_frames
+        self.frame_delay_s = frame_delay_s
+        self.turns: list[FakeTurn] = []
+        self.interrupts = 0
+        self.closed = False
+        self._interrupted = asyncio.Event()
+
+    async def respond(self, turn):
+        self.turns.append(turn)
+        self._interrupted = asyncio.Event()
+        yield TranscriptDelta(text="you said")
+        yield ReplyTextDelta(text="hello")
+        t = np.arange(OUTPUT_FRAME_SAMPLES) / 16000
+        tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        for _ in range(self.n_frames):
+            if self._interrupted.is_set():
+                yield TurnFinished(reason=FinishReason.INTERRUPTED)
+                return
+            if self.frame_delay_s:
+                await asyncio.sleep(self.frame_delay_s)
+            yield AudioFrame(pcm=tone.copy())
+        yield TurnFinished(reason=FinishReason.INTERRUPTED if self._interrupted.is_set() else FinishReason.COMPLETE)
+
+    def interrupt(self):
+        self.interrupts += 1
+        self._interrupted.set()
+
+    async def close(self):
+        self.closed = True
+
+
+class ScriptedMic(MediaStreamTrack):
+    """48 kHz mono mic: silence, or a loud voiced buzz while ``loud`` is set."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self.loud = False
+        self._pts = 0
+        self._start = None
+        self._rng = np.random.default_rng(0)
+
+    async def recv(self):
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._pts / 48000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        n = 960
+        if self.loud:
+            t = (self._pts + np.arange(n)) / 48000
+            buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 25))
+            wave = 0.3 * buzz + 0.05 * self._rng.standard_normal(n)
+            pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+        else:
+            pcm = np.zeros(n, dtype=np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, 48000)
+        self._pts += n
+        return frame
+
+
+class Client:
+    """An aiortc caller: mic track, ``events`` data channel, and a reader for the assistant's audio."""
+
+    def __init__(self):
+        self.pc = RTCPeerConnection()
+        self.mic = ScriptedMic()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("events")
+        self.messages: list[dict] = []
+        self._new = asyncio.Event()
+        self.loud_frames = 0
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self._tasks = []
+
+    def _on_message(self, raw):
+        self.messages.append(json.loads(raw))
+        self._new.set()
+
+    def _on_track(self, track):
+        async def read():
+            try:
+                while True:
+                    frame = await track.recv()
+                    pcm = frame.to_ndarray().astype(np.float32)
+                    if np.sqrt(np.mean(pcm**2)) > 1000:
+                        self.loud_frames += 1
+            except Exception:
+                return
+
+        self._tasks.append(asyncio.ensure_future(read()))
+
+    async def offer(self) -> OfferRequest:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return OfferRequest.parse({"sdp": self.pc.localDescription.sdp, "type": "offer"})
+
+    async def answer(self, answer):
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type=answer.type))
+
+    def send(self, obj):
+        self.channel.send(obj if isinstance(obj, str) else json.dumps(obj))
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.messages]
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in self.messages if m["type"] == kind]
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {count}x '{kind}' within {timeout} s; got {self.types()}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self):
+        for t in self._tasks:
+            t.cancel()
+        await self.pc.close()
+
+
+async def connect(engine, **options) -> tuple[RtcSession, Client]:
+    use_loopback_only()
+    config = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300)
+    session = RtcSession(engine, "s1", config, turn_factory=FakeTurn, **options)
+    client = Client()
+    answer = await session.accept(await client.offer())
+    assert answer.session_id == "s1"
+    await client.answer(answer)
+    await client.wait_for("ready")
+    return session, client
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_answer_sends_audio_and_ready_arrives():
+    async def main():
+        engine = FakeEngineSession()
+        session, client = await connect(engine)
+        audio = [line for line in session._pc.localDescription.sdp.splitlines() if line.startswith("a=sendrecv")]
+        assert audio, "the answer must offer the server's audio track (sendrecv)"
+        ready = client.messages[0]
+        assert ready["type"] == "ready" and ready["session_id"] == "s1" and ready["sample_rate"] == 16000
+        await session.close()
+        assert engine.closed
+        await client.close()
+
+    run(main())
+
+
+def test_text_message_runs_a_turn_with_audio_and_turn_end():
+    async def main():
+        engine = FakeEngineSession(n_frames=15)
+        session, client = await connect(engine)
+        client.send({"type": "text", "text": "hi there"})
+        end = (await client.wait_for("turn_end"))[0]
+        assert end["reason"] == "complete"
+        types = client.types()
+        assert types.index("turn_started") < types.index("transcript") < types.index("text") < types.index("turn_end")
+        assert engine.turns[0].text == "hi there" and engine.turns[0].audio is None
+        assert session.track.frames_sent == 15  # turn_end waited for the last frame to leave the track
+        await asyncio.sleep(0.3)  # the client's jitter buffer holds ~80 ms
+        assert client.loud_frames >= 5
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_malformed_message_gets_error_and_session_keeps_working():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        client.send("{not json")
+        client.send({"type": "dance"})
+        errors = await client.wait_for("error", count=2)
+        assert "JSON" in errors[0]["message"] and "dance" in errors[1]["message"]
+        client.send({"type": "text", "text": "still there?"})
+        await client.wait_for("turn_end")
+        assert session.stats.client_errors == 2
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_speech_burst_is_endpointed_into_a_turn():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        await asyncio.sleep(0.3)
+        client.mic.loud = True
+        await client.wait_for("speech_started", timeout=5)
+        await asyncio.sleep(0.6)
+        client.mic.loud = False
+        stopped = (await client.wait_for("speech_stopped", timeout=5))[0]
+        assert 0.4 < stopped["duration_s"] < 2.0
+        await client.wait_for("turn_end", timeout=5)
+        assert engine.turns and engine.turns[0].audio is not None and engine.turns[0].text is None
+        assert abs(engine.turns[0].audio.size / 16000 - stopped["duration_s"]) < 0.05
+        assert session.stats.inbound_frames > 20
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_interrupt_clears_the_queue_and_ends_the_turn():
+    async def main():
+        engine = FakeEngineSession(n_frames=500)  # 10 s of audio: the bounded queue fills up
+        session, client = await connect(engine, max_queued_frames=10)
+        client.send({"type": "text", "text": "talk a lot"})
+        await client.wait_for("text")
+        await asyncio.sleep(0.3)
+        assert session.track.queued_frames == 10  # backpressure: the engine waits for room
+        client.send({"type": "interrupt"})
+        end = (await client.wait_for("turn_end", timeout=5))[0]
+        assert end["reason"] == "interrupted"
+        assert "interrupted" in client.types()
+        assert engine.interrupts == 1
+        assert session.track.queued_frames == 0
+        assert session.track.frames_sent < 100
+        # the next turn works normally
+        engine.n_frames = 3
+        client.send({"type": "text", "text": "again"})
+        ends = await client.wait_for("turn_end", count=2)
+        assert ends[1]["reason"] == "complete" and ends[1]["turn_id"] == end["turn_id"] + 1
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_new_turn_interrupts_the_previous_one():
+    async def main():
+        engine = FakeEngineSession(n_frames=500)
+        session, client = await connect(engine, max_queued_frames=10)
+        client.send({"type": "text", "text": "one"})
+        await client.wait_for("text")
+        engine_turns = len(engine.turns)
+        client.send({"type": "text", "text": "two"})
+        first_end = (await client.wait_for("turn_end"))[0]
+        assert first_end["reason"] == "interrupted" and first_end["turn_id"] == 1
+        await client.wait_for("turn_started", count=2)
+        assert len(engine.turns) == engine_turns + 1
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_unusable_offers_are_protocol_errors():
+    async def main():
+        session = RtcSession(FakeEngineSession(), "bad", turn_factory=FakeTurn)
+        with pytest.raises(ProtocolError):
+            await session.accept(OfferRequest(sdp="v=0\r\nm=audio garbage\r\nm=application x\r\n"))
+        await session.close()
+
+    run(main())
+
+
+def test_reply_track_paces_and_clears():
+    async def main():
+        track = ReplyAudioTrack(max_queued_frames=4)
+        for _ in range(4):
+            await track.put(np.full(OUTPUT_FRAME_SAMPLES, 1000, dtype=np.int16))
+        t0 = time.monotonic()
+        frames = [await track.recv() for _ in range(3)]
+        assert 0.03 < time.monotonic() - t0 < 0.1  # 3 frames: sent at 0, 20, 40 ms
+        assert [f.pts for f in frames] == [0, 320, 640] and frames[0].sample_rate == 16000
+        assert track.clear() == 1
+        assert await track.wait_played(timeout=0.1)
+        silent = await track.recv()
+        assert not silent.to_ndarray().any()
+        track.stop()
+
+    run(main())
+
+
+def test_manager_limits_and_closes_sessions():
+    async def main():
+        use_loopback_only()
+        engines = []
+
+        def new_engine_session():
+            engines.append(FakeEngineSession())
+            return engines[-1]
+
+        manager = RtcSessionManager(new_engine_session, max_sessions=1, turn_factory=FakeTurn)
+        client = Client()
+        session, answer = await manager.create(await client.offer())
+        assert len(manager) == 1 and manager.get(answer.session_id) is session
+        other = Client()
+        with pytest.raises(RuntimeError, match="limit"):
+            await manager.create(await other.offer())
+        await manager.close_all()
+        assert len(manager) == 0 and engines[0].closed and session.closed
+        await client.close()
+        await other.close()
+
+    run(main())
