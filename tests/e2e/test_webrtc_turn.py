@@ -1,0 +1,101 @@
+"""The whole path alive: a spoken question over WebRTC to the Serve app on loopback and a spoken answer back.
+
+Starts `anystream-serve` (a local Ray cluster plus the Serve application on 127.0.0.1) as a subprocess, then
+runs the edge client headless with the espeak-ng question as its microphone and a folder as its speaker.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited early with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                return json.loads(response.read())
+        except OSError:
+            time.sleep(1)
+    raise AssertionError("server did not become healthy in time")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from deployments.app import main; sys.exit(main())",
+         "--config", "deployments/configs/embedded.yaml", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, timeout_s=180)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.seek(0)
+        tail = log.read()[-3000:]
+        log.close()
+        print(tail)
+
+
+def test_spoken_turn_over_webrtc(server, spoken_question, tmp_path):
+    out = tmp_path / "edge"
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from edge_client.cli import main; sys.exit(main())",
+         "--server", server, "--input", str(spoken_question), "--output", str(out), "--loopback-only",
+         "--timeout", "150"],
+        capture_output=True, text=True, timeout=200,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    summary = json.loads((out / "session.json").read_text())
+    kinds = [event["type"] for event in summary["events"]]
+    assert kinds[0] == "ready"
+    assert "speech_started" in kinds and "speech_stopped" in kinds
+    assert kinds.index("speech_started") < kinds.index("speech_stopped") < kinds.index("turn_end")
+    assert kinds[-1] == "turn_end"
+
+    answer, rate = soundfile.read(out / "answer.wav", dtype="float32")
+    assert answer.size > rate // 5
+    assert float(np.sqrt(np.mean(answer**2))) > 1e-3
+
+    with urllib.request.urlopen(server + "/health", timeout=5) as response:
+        assert json.loads(response.read())["status"] == "ok"
+
+
+def test_malformed_offer_gets_400_and_server_keeps_serving(server):
+    request = urllib.request.Request(server + "/offer", data=b'{"sdp": "nonsense", "type": "offer"}',
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 400
+    assert "error" in json.loads(info.value.read())
+    with urllib.request.urlopen(server + "/health", timeout=5) as response:
+        assert json.loads(response.read())["status"] == "ok"
