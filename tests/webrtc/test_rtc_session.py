@@ -346,3 +346,64 @@ def test_manager_limits_and_closes_sessions():
         await other.close()
 
     run(main())
+
+
+def test_speech_during_a_reply_barges_in_and_starts_the_next_turn():
+    async def main():
+        engine = FakeEngineSession(n_frames=500)  # a 10 s reply
+        session, client = await connect(engine, max_queued_frames=10)
+        client.send({"type": "text", "text": "tell me a long story"})
+        await client.wait_for("text")
+        assert session.reply_in_progress
+        client.mic.loud = True  # the user talks over the assistant
+        await client.wait_for("speech_started", timeout=5)
+        interrupted = await client.wait_for("interrupted", timeout=5)
+        assert interrupted[0]["turn_id"] == 1
+        assert engine.interrupts >= 1
+        assert session.track.queued_frames == 0
+        await asyncio.sleep(0.5)
+        client.mic.loud = False
+        await client.wait_for("speech_stopped", timeout=5)
+        await client.wait_for("turn_started", count=2, timeout=5)
+        assert len(engine.turns) == 2 and engine.turns[1].audio is not None
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+class MediaEngineSession(FakeEngineSession):
+    """Replies with an image, then a piece of music whose samples follow on the audio track."""
+
+    async def respond(self, turn):
+        from assistant.pipeline.outputs import ImageOutput, MusicOutput
+
+        self.turns.append(turn)
+        yield ImageOutput(index=0, png=b"\x89PNG\r\n\x1a\nfake", width=64, height=64)
+        wave = np.full(1600, 0.25, dtype=np.float32)
+        yield MusicOutput(index=0, wave=wave, duration_s=0.1)
+        for _ in range(5):
+            yield AudioFrame(pcm=np.full(OUTPUT_FRAME_SAMPLES, 8000, np.int16), source="music")
+        yield TurnFinished(reason=FinishReason.COMPLETE)
+
+
+def test_images_and_music_become_wire_events():
+    async def main():
+        import base64
+
+        engine = MediaEngineSession()
+        session, client = await connect(engine)
+        client.send({"type": "text", "text": "draw and play"})
+        await client.wait_for("turn_end")
+        image = (await client.wait_for("image"))[0]
+        assert base64.b64decode(image["png_base64"]) == b"\x89PNG\r\n\x1a\nfake"
+        assert (image["width"], image["height"], image["index"], image["turn_id"]) == (64, 64, 0, 1)
+        music = (await client.wait_for("music"))[0]
+        assert music["duration_s"] == pytest.approx(0.1) and music["index"] == 0
+        types = client.types()
+        assert types.index("image") < types.index("music") < types.index("turn_end")
+        assert session.track.frames_sent == 5
+        await session.close()
+        await client.close()
+
+    run(main())
