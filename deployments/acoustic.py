@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backends
+from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backend
 
 
 @serve.deployment(**FAST_SHUTDOWN)
 class AcousticDecoderDeployment:
     def __init__(self, model: dict | None = None):
-        self._acoustic = load_local_backends(ModelSpec.from_dict(model)).acoustic
+        self._acoustic = load_local_backend(ModelSpec.from_dict(model), "acoustic")
 
     async def decode_chunk(
         self, semantic: np.ndarray, context: np.ndarray | None = None, prompt: np.ndarray | None = None

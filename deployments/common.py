@@ -44,10 +44,25 @@ class ModelSpec:
         return root / "tokenizer"
 
 
-def load_local_backends(spec: ModelSpec):
-    """The in-process backends (``assistant.pipeline.local``) over the model bundle of ``spec``."""
+# Which models each backend needs: a replica loads only those (memory and start-up time per replica).
+BACKEND_PARTS: dict[str, tuple[str, ...]] = {
+    "speech": ("codec",),
+    "lm": ("lm",),
+    "acoustic": ("acoustic", "codec"),
+    "media": ("image", "music"),
+}
+
+
+def load_local_backend(spec: ModelSpec, kind: str):
+    """One in-process backend (``assistant.pipeline.local``) of ``kind`` over just the models it needs."""
     from assistant.models.bundle import load_embedded
     from assistant.pipeline import local
 
-    bundle = load_embedded(spec.assets_dir, seed=spec.seed)
-    return local.local_backends(bundle, seed=spec.seed)
+    bundle = load_embedded(spec.assets_dir, seed=spec.seed, parts=BACKEND_PARTS[kind])
+    if kind == "speech":
+        return local.LocalSpeechEncoder(bundle)
+    if kind == "lm":
+        return local.LocalLMBackend(bundle, seed=spec.seed)
+    if kind == "acoustic":
+        return local.LocalAcousticBackend(bundle)
+    return local.LocalMediaBackend(bundle)

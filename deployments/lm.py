@@ -7,7 +7,7 @@ from contextlib import aclosing
 
 from ray import serve
 
-from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backends
+from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backend
 from deployments.streams import batch_chunks
 
 
@@ -16,7 +16,7 @@ class LMDeployment:
     def __init__(self, model: dict | None = None, chunk_interval_s: float = 0.03):
         if chunk_interval_s < 0:
             raise ValueError("chunk_interval_s must be >= 0")
-        self._lm = load_local_backends(ModelSpec.from_dict(model)).lm
+        self._lm = load_local_backend(ModelSpec.from_dict(model), "lm")
         self._interval_s = chunk_interval_s
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None = None) -> AsyncIterator[list[int]]:

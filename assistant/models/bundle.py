@@ -42,31 +42,41 @@ MODEL_NAMES = ("lm", "codec", "acoustic", "image", "music")
 
 @dataclass
 class ModelBundle:
+    """The models of one family. A model left out at load time (``load_embedded(parts=...)``) is None: a Serve
+    replica loads only what it serves."""
+
     vocab: UnifiedVocab
-    lm: nn.Module  # LlamaForCausalLM
+    lm: nn.Module | None  # LlamaForCausalLM
     generation: GenerationSettings
-    codec: MelRVQCodec
-    acoustic: AcousticDecoder
-    image: ImageDetokenizer
-    music: MusicDetokenizer
+    codec: MelRVQCodec | None
+    acoustic: AcousticDecoder | None
+    image: ImageDetokenizer | None
+    music: MusicDetokenizer | None
     lm_config: LMConfig | None = None
     weights_loaded: tuple[str, ...] = ()  # names of the models whose safetensors were found
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}
+        every = {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}
+        return {name: module for name, module in every.items() if module is not None}
 
     def validate(self) -> None:
-        """The models must agree with the vocabulary and with each other."""
+        """The loaded models must agree with the vocabulary and with each other."""
         v = self.vocab
         if self.lm_config is not None and self.lm_config.vocab_size != v.size:
             raise ValueError(f"lm vocab_size {self.lm_config.vocab_size} != vocabulary size {v.size}")
-        checks = [
-            ("codec codebook_size", self.codec.codebook_size, v.range_of(Modality.SPEECH).n_codes),
-            ("acoustic n_q", self.acoustic.config.n_q, self.codec.n_q),
-            ("acoustic codebook_size", self.acoustic.config.codebook_size, self.codec.codebook_size),
-            ("image codebook_size", self.image.config.codebook_size, v.range_of(Modality.IMAGE).n_codes),
-            ("music vocab_size", self.music.config.vocab_size, v.range_of(Modality.MUSIC).n_codes),
-        ]
+        checks = []
+        if self.codec is not None:
+            checks.append(("codec codebook_size", self.codec.codebook_size, v.range_of(Modality.SPEECH).n_codes))
+        if self.acoustic is not None:
+            checks.append(
+                ("acoustic codebook_size", self.acoustic.config.codebook_size, v.range_of(Modality.SPEECH).n_codes)
+            )
+            if self.codec is not None:
+                checks.append(("acoustic n_q", self.acoustic.config.n_q, self.codec.n_q))
+        if self.image is not None:
+            checks.append(("image codebook_size", self.image.config.codebook_size, v.range_of(Modality.IMAGE).n_codes))
+        if self.music is not None:
+            checks.append(("music vocab_size", self.music.config.vocab_size, v.range_of(Modality.MUSIC).n_codes))
         for what, got, want in checks:
             if got != want:
                 raise ValueError(f"{what} is {got}, expected {want}")
@@ -129,8 +139,10 @@ def save_weights(bundle: ModelBundle, assets_dir: str | Path | None = None, name
     return directory
 
 
-def load_embedded(assets_dir: str | Path | None = None, seed: int = 0) -> ModelBundle:
-    """Loads every model from ``assets_dir`` (default: the embedded assets).
+def load_embedded(
+    assets_dir: str | Path | None = None, seed: int = 0, parts: tuple[str, ...] = MODEL_NAMES
+) -> ModelBundle:
+    """Loads the models named in ``parts`` (default: all) from ``assets_dir`` (default: the embedded assets).
 
     ``seed`` seeds the random initialisation of models without saved weights (it is added to each config's own seed),
     so the untrained default is deterministic; saved weights override it.
@@ -138,16 +150,22 @@ def load_embedded(assets_dir: str | Path | None = None, seed: int = 0) -> ModelB
     directory = Path(assets_dir) if assets_dir is not None else EMBEDDED_DIR
     vocab = UnifiedVocab.from_dir(directory / "tokenizer")
 
+    unknown = sorted(set(parts) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown model parts {unknown}; known: {MODEL_NAMES}")
+
+    def seeded(name: str, cls: type, model_cls: type) -> Any:
+        if name not in parts:
+            return None
+        config = _dataclass_from_json(directory / f"{name}.json", cls)
+        return model_cls(dataclasses.replace(config, seed=config.seed + seed))
+
     lm_config = LMConfig.from_json(directory / "lm.json")
-    lm = build_lm(lm_config, seed=seed)
-    codec_cfg = _dataclass_from_json(directory / "codec.json", MelCodecConfig)
-    acoustic_cfg = _dataclass_from_json(directory / "acoustic.json", AcousticDecoderConfig)
-    image_cfg = _dataclass_from_json(directory / "image.json", ImageCodecConfig)
-    music_cfg = _dataclass_from_json(directory / "music.json", MusicCodecConfig)
-    codec = MelRVQCodec(dataclasses.replace(codec_cfg, seed=codec_cfg.seed + seed))
-    acoustic = AcousticDecoder(dataclasses.replace(acoustic_cfg, seed=acoustic_cfg.seed + seed))
-    image = ImageDetokenizer(dataclasses.replace(image_cfg, seed=image_cfg.seed + seed))
-    music = MusicDetokenizer(dataclasses.replace(music_cfg, seed=music_cfg.seed + seed))
+    lm = build_lm(lm_config, seed=seed) if "lm" in parts else None
+    codec = seeded("codec", MelCodecConfig, MelRVQCodec)
+    acoustic = seeded("acoustic", AcousticDecoderConfig, AcousticDecoder)
+    image = seeded("image", ImageCodecConfig, ImageDetokenizer)
+    music = seeded("music", MusicCodecConfig, MusicDetokenizer)
     generation = GenerationSettings.from_json(directory / "generation.json")
 
     bundle = ModelBundle(vocab, lm, generation, codec, acoustic, image, music, lm_config=lm_config)
