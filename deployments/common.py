@@ -17,6 +17,14 @@ FAST_SHUTDOWN: dict[str, Any] = {"graceful_shutdown_wait_loop_s": 0.1, "graceful
 MODEL_FAMILIES = ("embedded",)
 
 
+class ReadinessProbe:
+    """Mixed into every model deployment: a call that succeeds once a replica has loaded its models. The gateway's
+    /health waits on it, so "ok" means a turn will not stall on a deployment that is still starting."""
+
+    async def ready(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     family: str = "embedded"

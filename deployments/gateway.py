@@ -6,6 +6,7 @@ model deployments through DeploymentHandles (:mod:`deployments.backends`). Follo
 """
 
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -55,6 +56,8 @@ class Gateway:
         vocab = UnifiedVocab.from_dir(spec.tokenizer_dir)
         base = EngineConfig.embedded_default() if spec.family == "embedded" else EngineConfig()
         config = EngineConfig(**{**base.__dict__, **(engine or {})})
+        self._model_handles = (speech, lm, acoustic, media)
+        self._models_ready = False
         self.engine = AssistantEngine(ray_backends(speech, lm, acoustic, media), vocab, config)
         self.sessions = RtcSessionManager(
             self.engine.new_session,
@@ -83,7 +86,14 @@ class Gateway:
         return answer.to_dict()
 
     @api.get("/health")
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> Any:
+        if not self._models_ready:
+            # The gateway starts long before the model replicas have loaded; until each answers, a turn would stall.
+            try:
+                await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self._model_handles)), timeout=2.0)
+                self._models_ready = True
+            except Exception:  # noqa: BLE001 - timeout or a replica still starting: not ready yet
+                return JSONResponse({"status": "starting", "sessions": len(self.sessions)}, status_code=503)
         return {"status": "ok", "sessions": len(self.sessions)}
 
     @api.delete("/sessions/{session_id}")

@@ -7,12 +7,12 @@ from contextlib import aclosing
 
 from ray import serve
 
-from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backend
+from deployments.common import FAST_SHUTDOWN, ModelSpec, ReadinessProbe, load_local_backend
 from deployments.streams import batch_chunks
 
 
 @serve.deployment(**FAST_SHUTDOWN)
-class LMDeployment:
+class LMDeployment(ReadinessProbe):
     def __init__(self, model: dict | None = None, chunk_interval_s: float = 0.03):
         if chunk_interval_s < 0:
             raise ValueError("chunk_interval_s must be >= 0")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backend
+from deployments.common import FAST_SHUTDOWN, ModelSpec, ReadinessProbe, load_local_backend
 
 
 @serve.deployment(**FAST_SHUTDOWN)
-class MediaDecoderDeployment:
+class MediaDecoderDeployment(ReadinessProbe):
     def __init__(self, model: dict | None = None):
         self._media = load_local_backend(ModelSpec.from_dict(model), "media")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from deployments.common import FAST_SHUTDOWN, ModelSpec, load_local_backend
+from deployments.common import FAST_SHUTDOWN, ModelSpec, ReadinessProbe, load_local_backend
 
 
 @serve.deployment(**FAST_SHUTDOWN)
-class SpeechTokenizerDeployment:
+class SpeechTokenizerDeployment(ReadinessProbe):
     def __init__(self, model: dict | None = None, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.005):
         self._encoder = load_local_backend(ModelSpec.from_dict(model), "speech")
         self.encode.set_max_batch_size(max_batch_size)

@@ -417,6 +417,8 @@ class EdgeClient:
                 "frames_received": consumer.frames if consumer else 0,
                 "seconds_received": round(consumer.samples / 48000, 3) if consumer else 0.0,
                 "peak_received": consumer.peak if consumer else 0,
+                # seconds since start (the clock of "events") at which received audio became audible
+                "onsets_s": [round(t - self._t0, 4) for t in consumer.onsets] if consumer else [],
             },
         }
 

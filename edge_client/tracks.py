@@ -128,7 +128,13 @@ class RemoteAudioConsumer:
         self.frames = 0
         self.samples = 0
         self.peak = 0
+        self.onsets: list[float] = []  # time.monotonic() of each silent -> audible change (start of a reply)
+        self._quiet_frames = self.ONSET_QUIET_FRAMES
         self._task: asyncio.Task[None] | None = None
+
+    # A frame louder than about -40 dBFS after 200 ms of quiet is the start of a sound worth timing.
+    ONSET_PEAK = 328
+    ONSET_QUIET_FRAMES = 10
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
@@ -145,8 +151,14 @@ class RemoteAudioConsumer:
             pcm = frame_to_mono_48k(frame)
             self.frames += 1
             self.samples += pcm.size
-            if pcm.size:
-                self.peak = max(self.peak, int(np.abs(pcm.astype(np.int32)).max()))
+            frame_peak = int(np.abs(pcm.astype(np.int32)).max()) if pcm.size else 0
+            self.peak = max(self.peak, frame_peak)
+            if frame_peak >= self.ONSET_PEAK:
+                if self._quiet_frames >= self.ONSET_QUIET_FRAMES:
+                    self.onsets.append(time.monotonic())
+                self._quiet_frames = 0
+            else:
+                self._quiet_frames += 1
             try:
                 self.sink.write(pcm)
             except Exception:  # noqa: BLE001 - a broken sink must not stop us reading the track

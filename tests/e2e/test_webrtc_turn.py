@@ -26,17 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> dict:
+def wait_ready(url: str, server: subprocess.Popen, log, timeout_s: float) -> None:
+    """Until the server printed its URL (every deployment is up) and answers /health."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise AssertionError(f"server exited early with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                return json.loads(response.read())
-        except OSError:
-            time.sleep(1)
-    raise AssertionError("server did not become healthy in time")
+        log.seek(0)
+        if "anystream is serving at" in log.read():
+            with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                assert json.loads(response.read())["status"] == "ok"
+            return
+        time.sleep(1)
+    raise AssertionError("server did not come up in time")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, process, timeout_s=180)
+        wait_ready(url, process, log, timeout_s=180)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -81,6 +83,12 @@ def test_spoken_turn_over_webrtc(server, spoken_question, tmp_path):
     assert "speech_started" in kinds and "speech_stopped" in kinds
     assert kinds.index("speech_started") < kinds.index("speech_stopped") < kinds.index("turn_end")
     assert kinds[-1] == "turn_end"
+
+    # The answer starts to sound after the user stopped speaking (time to first audio, printed for the record).
+    stopped_at = next(e["t"] for e in summary["events"] if e["type"] == "speech_stopped")
+    onsets = [t for t in summary["audio"]["onsets_s"] if t > stopped_at]
+    assert onsets, summary["audio"]
+    print(f"time to first audio after speech_stopped: {onsets[0] - stopped_at:.3f} s")
 
     answer, rate = soundfile.read(out / "answer.wav", dtype="float32")
     assert answer.size > rate // 5
