@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from assistant.decoding.lm_sampler import GenerationSettings
 from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
-from assistant.models.checkpoint_io import CheckpointError
+from assistant.models.checkpoint_io import load_safetensors_strict
 from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer
 from assistant.models.lm import LMConfig, build_lm
 from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
@@ -109,25 +108,6 @@ def _dataclass_from_json(path: Path, cls: type, **overrides: Any) -> Any:
         raise ValueError(f"{path}: invalid {cls.__name__}: {exc}") from exc
 
 
-def _load_weights(path: Path, module: nn.Module) -> None:
-    """Strict load of ``path`` into ``module``: every key present, no extra key, same shapes."""
-    tensors = load_file(str(path))
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{path}: missing key {missing[0]!r}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise CheckpointError(f"{path}: unexpected key {extra[0]!r}")
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{path}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
-            )
-    with torch.no_grad():
-        module.load_state_dict(tensors, strict=True)
-
-
 def save_weights(bundle: ModelBundle, assets_dir: str | Path | None = None, names: tuple[str, ...] = MODEL_NAMES) -> Path:
     """Write ``<name>.safetensors`` for the given models (what a training run leaves behind)."""
     directory = Path(assets_dir) if assets_dir is not None else EMBEDDED_DIR
@@ -173,7 +153,7 @@ def load_embedded(
     for name, module in bundle.modules().items():
         path = directory / f"{name}.safetensors"
         if path.is_file():
-            _load_weights(path, module)
+            load_safetensors_strict(path, module)
             loaded.append(name)
         module.eval()
     bundle.weights_loaded = tuple(loaded)

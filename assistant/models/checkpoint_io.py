@@ -62,7 +62,7 @@ def load_config(directory: str | Path, kind: str, config_cls: type[C]) -> C:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise CheckpointError(f"{path}: unknown config key {unknown[0]!r}")
-    expected_version = getattr(config_cls, "FORMAT_VERSION")
+    expected_version = config_cls.FORMAT_VERSION
     version = payload.get("format_version")
     if version != expected_version or fields.get("format_version", expected_version) != expected_version:
         raise CheckpointError(f"{path}: key 'format_version' is {version!r}, this code reads {expected_version}")
@@ -75,7 +75,12 @@ def load_config(directory: str | Path, kind: str, config_cls: type[C]) -> C:
 
 def load_weights_strict(directory: str | Path, module: nn.Module) -> None:
     """Copy ``model.safetensors`` into ``module``; every key and shape must match exactly."""
-    path = Path(directory) / WEIGHTS_FILE
+    load_safetensors_strict(Path(directory) / WEIGHTS_FILE, module)
+
+
+def load_safetensors_strict(path: str | Path, module: nn.Module) -> None:
+    """Copy the safetensors file ``path`` into ``module``; every key and shape must match exactly."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     tensors = load_file(str(path))

@@ -1,3 +1,4 @@
+import dataclasses
 import pytest
 import torch
 
@@ -31,8 +32,8 @@ def test_anygpt_defaults_and_json(tmp_path):
         SamplingSettings(temperature=0)
     with pytest.raises(ValueError):
         GenerationSettings.from_dict({"format_version": 1, "text": {"bogus": 1}})
-    with pytest.raises(Exception):
-        s.text.temperature = 2.0  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.text.temperature = 2.0
 
 
 def test_repetition_penalty():

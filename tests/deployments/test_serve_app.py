@@ -4,7 +4,6 @@ gets a sendrecv answer."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 

@@ -31,7 +31,7 @@ def test_bidirectional_attention_sees_future_frames():
 
 def test_seeded_init_is_deterministic_and_config_validates():
     a, b = AcousticDecoder(TINY), AcousticDecoder(TINY)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     with pytest.raises(ValueError):
         AcousticDecoderConfig(conv_kernel=4)
     with pytest.raises(ValueError):

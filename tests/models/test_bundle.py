@@ -23,5 +23,5 @@ def test_unknown_part_is_rejected():
 
 def test_seed_makes_the_untrained_default_deterministic():
     a, b = load_embedded(parts=("codec",), seed=3), load_embedded(parts=("codec",), seed=3)
-    for (name, x), (_, y) in zip(a.codec.state_dict().items(), b.codec.state_dict().items()):
+    for (name, x), (_, y) in zip(a.codec.state_dict().items(), b.codec.state_dict().items(), strict=True):
         assert (x == y).all(), name

@@ -46,7 +46,7 @@ def test_ranges_round_trip(vocab):
         codes = list(range(rng.n_codes))
         ids = vocab.codes_to_ids(m, codes)
         assert vocab.ids_to_codes(m, ids) == codes
-        for code, i in zip(codes, ids):
+        for code, i in zip(codes, ids, strict=True):
             info = vocab.classify(i)
             assert (info.kind, info.modality, info.code) == (TokenKind.CODE, m, code)
             assert vocab.token_string(i) == code_token_string(m, code)
