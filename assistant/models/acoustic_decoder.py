@@ -15,14 +15,13 @@ sequences of equal length (the streaming decoder runs one sequence at a time).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import load_config, load_weights_strict, save_checkpoint
+from assistant.models.checkpoint_io import Checkpointed
 
 
 @dataclass(frozen=True)
@@ -158,10 +157,11 @@ class ConformerBlock(nn.Module):
         return self.post_norm(x)
 
 
-class AcousticDecoder(nn.Module):
+class AcousticDecoder(Checkpointed, nn.Module):
     """Conformer predicting levels 2..n_q from level 1 and partially masked levels 2..n_q."""
 
     KIND: ClassVar[str] = "acoustic_decoder"
+    CONFIG_CLASS: ClassVar[type] = AcousticDecoderConfig
 
     def __init__(self, config: AcousticDecoderConfig | None = None) -> None:
         super().__init__()
@@ -221,12 +221,3 @@ class AcousticDecoder(nn.Module):
         logits = torch.einsum("btqd,qdk->btqk", h, self.head_weight) + self.head_bias  # [B, T, Q, K]
         return logits
 
-    def save(self, directory: str | Path) -> Path:
-        return save_checkpoint(directory, self.KIND, self.config, self)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "AcousticDecoder":
-        config = load_config(directory, cls.KIND, AcousticDecoderConfig)
-        model = cls(config)
-        load_weights_strict(directory, model)
-        return model

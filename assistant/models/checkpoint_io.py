@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -97,3 +97,19 @@ def load_safetensors_strict(path: str | Path, module: nn.Module) -> None:
             )
     with torch.no_grad():
         module.load_state_dict(tensors, strict=True)
+
+
+class Checkpointed:
+    """``save``/``load`` for a module built from one config dataclass; a subclass sets ``KIND`` and ``CONFIG_CLASS``."""
+
+    KIND: ClassVar[str]
+    CONFIG_CLASS: ClassVar[type]
+
+    def save(self, directory: str | Path) -> Path:
+        return save_checkpoint(directory, self.KIND, self.config, self)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Any:
+        model = cls(load_config(directory, cls.KIND, cls.CONFIG_CLASS))
+        load_weights_strict(directory, model)
+        return model

@@ -14,14 +14,13 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import load_config, load_weights_strict, save_checkpoint
+from assistant.models.checkpoint_io import Checkpointed
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +82,9 @@ def fit_token_count(codes: list[int], expected: int, *, strict: bool = True) -> 
     return fixed, True
 
 
-class ImageDetokenizer(nn.Module):
+class ImageDetokenizer(Checkpointed, nn.Module):
     KIND: ClassVar[str] = "image_codec"
+    CONFIG_CLASS: ClassVar[type] = ImageCodecConfig
 
     def __init__(self, config: ImageCodecConfig | None = None) -> None:
         super().__init__()
@@ -174,12 +174,3 @@ class ImageDetokenizer(nn.Module):
         distances = latents.pow(2).sum(-1, keepdim=True) - 2.0 * latents @ book.T + book.pow(2).sum(-1)[None]
         return distances.argmin(dim=-1).tolist()  # [N]
 
-    def save(self, directory: str | Path) -> Path:
-        return save_checkpoint(directory, self.KIND, self.config, self)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "ImageDetokenizer":
-        config = load_config(directory, cls.KIND, ImageCodecConfig)
-        model = cls(config)
-        load_weights_strict(directory, model)
-        return model

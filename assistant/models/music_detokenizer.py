@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import load_config, load_weights_strict, save_checkpoint
+from assistant.models.checkpoint_io import Checkpointed
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,9 @@ def unflatten_tokens(tokens: list[int], n_codebooks: int, codebook_size: int) ->
     return realign_tokens(tokens, n_codebooks, codebook_size)[0]
 
 
-class MusicDetokenizer(nn.Module):
+class MusicDetokenizer(Checkpointed, nn.Module):
     KIND: ClassVar[str] = "music_codec"
+    CONFIG_CLASS: ClassVar[type] = MusicCodecConfig
 
     def __init__(self, config: MusicCodecConfig | None = None) -> None:
         super().__init__()
@@ -213,12 +213,3 @@ class MusicDetokenizer(nn.Module):
         """float wave ``[S]`` at ``sample_rate`` -> flattened music-local tokens."""
         return flatten_codes(self.encode_codes(wave), self.config.codebook_size)
 
-    def save(self, directory: str | Path) -> Path:
-        return save_checkpoint(directory, self.KIND, self.config, self)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "MusicDetokenizer":
-        config = load_config(directory, cls.KIND, MusicCodecConfig)
-        model = cls(config)
-        load_weights_strict(directory, model)
-        return model

@@ -16,13 +16,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import load_config, load_weights_strict, save_checkpoint
+from assistant.models.checkpoint_io import Checkpointed
 
 LOG_FLOOR = 1e-5
 
@@ -163,10 +162,11 @@ def residual_nearest(codebooks: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor
     return torch.stack(codes), quantised
 
 
-class MelRVQCodec(nn.Module):
+class MelRVQCodec(Checkpointed, nn.Module):
     """Log-mel residual-VQ codec with Griffin-Lim decoding (no neural network, seeded random codebooks until fit)."""
 
     KIND: ClassVar[str] = "mel_rvq_codec"
+    CONFIG_CLASS: ClassVar[type] = MelCodecConfig
 
     def __init__(self, config: MelCodecConfig | None = None) -> None:
         super().__init__()
@@ -354,15 +354,6 @@ class MelRVQCodec(nn.Module):
         return torch.cat(out)
 
     # ----- persistence ------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        return save_checkpoint(directory, self.KIND, self.config, self)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "MelRVQCodec":
-        config = load_config(directory, cls.KIND, MelCodecConfig)
-        codec = cls(config)
-        load_weights_strict(directory, codec)
-        return codec
 
     def extra_repr(self) -> str:
         return ", ".join(f"{f.name}={getattr(self.config, f.name)}" for f in dataclasses.fields(self.config))
