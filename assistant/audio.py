@@ -63,14 +63,15 @@ def pcm16_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
 class FrameSplitter:
     """Turns arbitrary-length pushes into exact ``frame_samples`` frames (VAD and the 20 ms output path need them)."""
 
-    def __init__(self, frame_samples: int):
+    def __init__(self, frame_samples: int, dtype: type = np.float32):
         if frame_samples <= 0:
             raise ValueError("frame_samples must be positive")
         self.frame_samples = frame_samples
-        self._pending = np.zeros(0, dtype=np.float32)
+        self.dtype = np.dtype(dtype)
+        self._pending = np.zeros(0, dtype=self.dtype)
 
     def push(self, wave: np.ndarray) -> list[np.ndarray]:
-        buf = np.concatenate([self._pending, np.asarray(wave, dtype=np.float32)])
+        buf = np.concatenate([self._pending, np.asarray(wave, dtype=self.dtype)])
         n = len(buf) // self.frame_samples
         frames = [buf[i * self.frame_samples:(i + 1) * self.frame_samples] for i in range(n)]
         self._pending = buf[n * self.frame_samples:]
@@ -78,13 +79,13 @@ class FrameSplitter:
 
     def flush(self, pad: bool = True) -> list[np.ndarray]:
         """Returns the remainder as a last frame (zero-padded) and empties the splitter."""
-        rest, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        rest, self._pending = self._pending, np.zeros(0, dtype=self.dtype)
         if rest.size == 0 or not pad:
             return []
         return [np.pad(rest, (0, self.frame_samples - rest.size))]
 
     def clear(self) -> None:
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=self.dtype)
 
     @property
     def pending_samples(self) -> int:

@@ -67,3 +67,10 @@ def test_frame_splitter_emits_exact_frames_and_pads_rest():
     splitter.push(np.ones(3, np.float32))
     splitter.clear()
     assert splitter.pending_samples == 0
+
+
+def test_frame_splitter_keeps_its_dtype():
+    splitter = audio.FrameSplitter(3, dtype=np.int16)
+    frames = splitter.push(np.array([1, 2, 3, 4], np.int16))
+    assert frames[0].dtype == np.int16 and frames[0].tolist() == [1, 2, 3]
+    assert splitter.flush()[0].tolist() == [4, 0, 0]

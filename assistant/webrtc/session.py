@@ -171,7 +171,7 @@ class InboundAudio:
         self.sample_rate = sample_rate
         # libswresample keeps filter state across calls, so 20 ms pieces resample without edge clicks.
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-        self._splitter = FrameSplitter(frame_samples)
+        self._splitter = FrameSplitter(frame_samples, dtype=np.int16)
 
     @staticmethod
     def to_mono_float(frame: av.AudioFrame) -> np.ndarray:
@@ -194,8 +194,7 @@ class InboundAudio:
         src.sample_rate = frame.sample_rate
         out: list[np.ndarray] = []
         for resampled in self._resampler.resample(src):
-            wave = pcm16_to_float(resampled.to_ndarray().reshape(-1))
-            out.extend(float_to_pcm16(f) for f in self._splitter.push(wave))
+            out.extend(self._splitter.push(resampled.to_ndarray().reshape(-1)))
         return out
 
 
