@@ -30,6 +30,19 @@ FRAME_MS = 20
 FRAME_SAMPLES = CAPTURE_RATE * FRAME_MS // 1000  # 960 samples per 20 ms frame
 
 
+
+def _open_stream(factory: Callable[..., Any] | None, sounddevice_class: str, device: Any, **kwargs: Any) -> Any:
+    """Starts a 48 kHz mono 20 ms-block stream; ``factory`` replaces sounddevice in tests."""
+    kwargs.update(samplerate=CAPTURE_RATE, channels=1, blocksize=FRAME_SAMPLES)
+    if factory is None:
+        import sounddevice  # lazy: file-only use never needs PortAudio
+
+        factory = getattr(sounddevice, sounddevice_class)
+        kwargs["device"] = device
+    stream = factory(**kwargs)
+    stream.start()
+    return stream
+
 class AudioSource(Protocol):
     live: bool  # True when a real-time clock (the microphone) paces read(); False when the reader must pace
     finite: bool  # True when the source carries one utterance (a file); the client then exits after the answer
@@ -156,16 +169,8 @@ class MicrophoneSource:
             return
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(maxsize=self.max_queue_frames)
-        factory = self._stream_factory
-        kwargs: dict[str, Any] = dict(samplerate=CAPTURE_RATE, channels=1, dtype="float32",
-                                      blocksize=FRAME_SAMPLES, callback=self._callback)
-        if factory is None:
-            import sounddevice  # lazy: file-only use never needs PortAudio
-
-            factory = sounddevice.InputStream
-            kwargs["device"] = self.device
-        self._stream = factory(**kwargs)
-        self._stream.start()
+        self._stream = _open_stream(self._stream_factory, "InputStream", self.device, dtype="float32",
+                                    callback=self._callback)
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         # PortAudio thread: copy (indata is reused after return) and hand off. Nothing else here.
@@ -295,16 +300,8 @@ class SpeakerSink:
     def start(self) -> None:
         if self._stream is not None:
             return
-        factory = self._stream_factory
-        kwargs: dict[str, Any] = dict(samplerate=CAPTURE_RATE, channels=1, dtype="int16",
-                                      blocksize=FRAME_SAMPLES, callback=self._callback)
-        if factory is None:
-            import sounddevice  # lazy
-
-            factory = sounddevice.OutputStream
-            kwargs["device"] = self.device
-        self._stream = factory(**kwargs)
-        self._stream.start()
+        self._stream = _open_stream(self._stream_factory, "OutputStream", self.device, dtype="int16",
+                                    callback=self._callback)
 
     @property
     def queued_frames(self) -> int:
