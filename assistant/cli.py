@@ -63,18 +63,13 @@ async def _chat(args: argparse.Namespace, audio: np.ndarray | None) -> int:
         async for item in session.respond(UserTurn(audio=audio, text=args.text)):
             if isinstance(item, AudioFrame):
                 frames.append(item.pcm)
-            elif isinstance(item, TranscriptDelta):
-                if section != "transcript":
-                    print("\n[transcript] ", end="")
-                    section = "transcript"
+            elif isinstance(item, (TranscriptDelta, ReplyTextDelta)):
+                name = "transcript" if isinstance(item, TranscriptDelta) else "reply"
+                if section != name:
+                    print(f"\n[{name}] ", end="")
+                    section = name
                 print(item.text, end="", flush=True)
-                transcript.append(item.text)
-            elif isinstance(item, ReplyTextDelta):
-                if section != "reply":
-                    print("\n[reply] ", end="")
-                    section = "reply"
-                print(item.text, end="", flush=True)
-                reply.append(item.text)
+                (transcript if name == "transcript" else reply).append(item.text)
             elif isinstance(item, ImageOutput):
                 path = out / f"image_{item.index}.png"
                 path.write_bytes(item.png)
