@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := espeak-ng sox libsndfile1 libportaudio2
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test setup system-packages clean
+.PHONY: serve test setup train-mini eval-mini system-packages clean
 
 serve: $(STAMP)
 	$(VENV)/bin/anystream-serve --config deployments/configs/embedded.yaml
@@ -18,6 +18,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 setup: $(STAMP)
+
+# Synthesize the instruction set and train the embedded models into assistant/assets/embedded/ (<= 90 min, 2 cores).
+train-mini: $(STAMP)
+	$(PY) -m training train
+
+# Judge them on held-out voices: prints a table, writes eval/results.json.
+eval-mini: $(STAMP)
+	$(PY) -m training eval
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -30,7 +38,7 @@ system-packages:
 $(STAMP): pyproject.toml | system-packages
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[server,edge,dev]"
+	$(PIP) install -q -e ".[server,edge,train,dev]"
 	touch $(STAMP)
 
 clean:

@@ -10,7 +10,10 @@ Every message has a ``type``. Parsers validate size, JSON, type and field types,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -21,6 +24,13 @@ DATA_CHANNEL_LABEL = "events"
 # messages are small (a typed question), so the tighter bound also caps what one peer can make us parse.
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 4000
+# A picture from the client must fit one message: its base64 (4/3 of the bytes) plus the JSON envelope and a short
+# question stay under MAX_MESSAGE_BYTES. Larger pictures are the client's to shrink (the model sees 256x256 anyway).
+MAX_IMAGE_BYTES = 45 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+MAX_VOICE_CHARS = 32
+_VOICE_NAME = re.compile(r"[a-z0-9_-]+")
 
 
 class ProtocolError(ValueError):
@@ -44,6 +54,7 @@ class ServerEvent(str, Enum):
 class ClientEvent(str, Enum):
     HELLO = "hello"
     TEXT = "text"
+    IMAGE = "image"  # a picture from the user, with an optional typed question
     INTERRUPT = "interrupt"
 
 
@@ -63,6 +74,8 @@ class Ready:
     session_id: str
     sample_rate: int  # rate of the assistant's audio before WebRTC's Opus resampling
     protocol_version: int = PROTOCOL_VERSION
+    voice: str | None = None  # the voice of the spoken replies; None when the server has no voice bank
+    voices: list[str] | None = None  # the voices an offer may ask for; None when the server has no voice bank
     type: str = field(default=ServerEvent.READY.value, init=False)
 
 
@@ -155,6 +168,34 @@ class TextMessage:
 
 
 @dataclass(frozen=True)
+class ImageMessage:
+    """A picture (PNG or JPEG, base64) and an optional typed question about it.
+
+    With ``text`` the picture and the question start a turn at once. Without it the server keeps the picture and
+    attaches it to the user's next turn (usually the spoken question); a newer picture replaces it and an
+    ``interrupt`` message drops it.
+    """
+
+    png_base64: str  # named for the common case; JPEG bytes are accepted too
+    text: str | None = None
+    type: str = field(default=ClientEvent.IMAGE.value, init=False)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, text: str | None = None) -> ImageMessage:
+        """Builds the message for a picture, raising :class:`ProtocolError` when the server would refuse it."""
+        message = cls(png_base64=base64.b64encode(data).decode("ascii"), text=text)
+        _check_image_message(message)
+        size = len(to_json(message).encode("utf-8"))
+        if size > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"picture and question make a message of {size} bytes, over the limit of "
+                                f"{MAX_MESSAGE_BYTES} bytes; shorten the question")
+        return message
+
+    def image_bytes(self) -> bytes:
+        return base64.b64decode(self.png_base64, validate=True)
+
+
+@dataclass(frozen=True)
 class InterruptMessage:
     type: str = field(default=ClientEvent.INTERRUPT.value, init=False)
 
@@ -163,7 +204,7 @@ ServerMessage = (
     Ready | SpeechStarted | SpeechStopped | TurnStarted | Transcript | TextDelta | ImageReady | MusicReady
     | Interrupted | TurnEnd | ErrorEvent
 )
-ClientMessage = Hello | TextMessage | InterruptMessage
+ClientMessage = Hello | TextMessage | ImageMessage | InterruptMessage
 
 
 def to_json(message: ServerMessage | ClientMessage) -> str:
@@ -189,12 +230,14 @@ _SERVER_CLASSES: dict[str, type] = {
 _CLIENT_CLASSES: dict[str, type] = {
     ClientEvent.HELLO.value: Hello,
     ClientEvent.TEXT.value: TextMessage,
+    ClientEvent.IMAGE.value: ImageMessage,
     ClientEvent.INTERRUPT.value: InterruptMessage,
 }
 # Field -> accepted python types, checked before construction so a wrong type is a ProtocolError, not a crash
 # somewhere downstream.
 _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
-    Ready: {"session_id": (str,), "sample_rate": (int,), "protocol_version": (int,)},
+    Ready: {"session_id": (str,), "sample_rate": (int,), "protocol_version": (int,), "voice": (str, type(None)),
+            "voices": (list, type(None))},
     SpeechStarted: {},
     SpeechStopped: {"duration_s": (int, float)},
     TurnStarted: {"turn_id": (int,)},
@@ -207,13 +250,15 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     ErrorEvent: {"message": (str,), "turn_id": (int, type(None))},
     Hello: {"client": (str,), "protocol_version": (int,)},
     TextMessage: {"text": (str,)},
+    ImageMessage: {"png_base64": (str,), "text": (str, type(None))},
     InterruptMessage: {},
 }
 _OPTIONAL_FIELDS: dict[type, set[str]] = {
-    Ready: {"protocol_version"},
+    Ready: {"protocol_version", "voice", "voices"},
     ErrorEvent: {"turn_id"},
     TurnEnd: {"reason"},
     Hello: {"client", "protocol_version"},
+    ImageMessage: {"text"},
 }
 
 
@@ -261,7 +306,35 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
             raise ProtocolError("text message is empty")
         if len(message.text) > MAX_TEXT_CHARS:
             raise ProtocolError(f"text message longer than {MAX_TEXT_CHARS} characters")
+    elif isinstance(message, ImageMessage):
+        if message.text is not None and not message.text.strip():
+            message = ImageMessage(png_base64=message.png_base64)  # a blank question is no question
+        _check_image_message(message)
     return message
+
+
+def image_kind(data: bytes) -> str | None:
+    """"png" or "jpeg" from the leading signature, None for anything else."""
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    return None
+
+
+def _check_image_message(message: ImageMessage) -> None:
+    if message.text is not None and len(message.text) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"the picture's question is longer than {MAX_TEXT_CHARS} characters")
+    try:
+        data = message.image_bytes()
+    except (binascii.Error, ValueError):
+        raise ProtocolError("field 'png_base64' of 'image' is not valid base64") from None
+    if not data:
+        raise ProtocolError("image message carries no picture")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ProtocolError(f"picture of {len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES} bytes")
+    if image_kind(data) is None:
+        raise ProtocolError("picture is neither PNG nor JPEG (checked by its first bytes)")
 
 
 def parse_server_message(raw: str | bytes, max_bytes: int = 4 * 1024 * 1024) -> ServerMessage:
@@ -270,7 +343,22 @@ def parse_server_message(raw: str | bytes, max_bytes: int = 4 * 1024 * 1024) -> 
     cls = _SERVER_CLASSES.get(obj["type"])
     if cls is None:
         raise ProtocolError(f"unknown message type '{obj['type']}'")
-    return _build(cls, obj)
+    message = _build(cls, obj)
+    if isinstance(message, Ready) and message.voices is not None:
+        if not all(isinstance(v, str) for v in message.voices):
+            raise ProtocolError("field 'voices' of 'ready' must be a list of strings")
+    return message
+
+
+def validate_voice_name(voice: Any) -> str:
+    """Returns ``voice`` when it is a well-formed voice name, else raises :class:`ProtocolError`."""
+    if not isinstance(voice, str):
+        raise ProtocolError("field 'voice' must be a string")
+    if not voice or len(voice) > MAX_VOICE_CHARS:
+        raise ProtocolError(f"field 'voice' must have 1 to {MAX_VOICE_CHARS} characters")
+    if not _VOICE_NAME.fullmatch(voice):
+        raise ProtocolError("field 'voice' may only hold lowercase letters, digits, '_' and '-'")
+    return voice
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -279,15 +367,28 @@ def parse_server_message(raw: str | bytes, max_bytes: int = 4 * 1024 * 1024) -> 
 
 @dataclass(frozen=True)
 class OfferRequest:
+    """The body of ``POST /offer``: ``{"sdp", "type": "offer"}`` and optionally ``"voice"``, the name of the voice
+    the assistant should speak with (see ``GET /voices``; left out = the server's default)."""
+
     sdp: str
     type: str = "offer"
+    voice: str | None = None
 
     MAX_SDP_BYTES = 64 * 1024
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"sdp": self.sdp, "type": self.type}
+        if self.voice is not None:
+            body["voice"] = self.voice
+        return body
 
     @classmethod
     def parse(cls, obj: Any) -> OfferRequest:
         if not isinstance(obj, dict):
             raise ProtocolError("offer must be a JSON object with 'sdp' and 'type'")
+        voice = obj.get("voice")
+        if voice is not None:
+            validate_voice_name(voice)
         sdp, kind = obj.get("sdp"), obj.get("type")
         if kind != "offer":
             raise ProtocolError("field 'type' must be 'offer'")
@@ -301,7 +402,7 @@ class OfferRequest:
             raise ProtocolError("offer has no audio media section")
         if "m=application" not in sdp:
             raise ProtocolError(f"offer has no data channel (label '{DATA_CHANNEL_LABEL}')")
-        return cls(sdp=sdp)
+        return cls(sdp=sdp, voice=voice)
 
 
 @dataclass(frozen=True)

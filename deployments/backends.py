@@ -55,6 +55,9 @@ class RayMediaBackend(MediaBackend):
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
         return await self._handle.music_wave.remote(list(tokens))
 
+    async def image_codes(self, png: bytes) -> list[int]:
+        return list(await self._handle.image_codes.remote(bytes(png)))
+
 
 def ray_backends(speech: DeploymentHandle, lm: DeploymentHandle, acoustic: DeploymentHandle,
                  media: DeploymentHandle) -> Backends:

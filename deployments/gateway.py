@@ -1,4 +1,8 @@
-"""The HTTP ingress: WebRTC signalling (``POST /offer``) and health, hosting every peer connection.
+"""The HTTP ingress: WebRTC signalling (``POST /offer``), the voice list (``GET /voices``) and health, hosting every
+peer connection.
+
+``POST /offer`` takes ``{"sdp", "type": "offer", "voice"?}`` (:class:`assistant.protocol.OfferRequest`); a malformed
+offer or an unknown voice is a 400 with ``{"error": ...}`` and leaves no session behind.
 
 Each session's peer connection and engine session live in this replica's event loop; the engine reaches the
 model deployments through DeploymentHandles (:mod:`deployments.backends`). Follow-up requests for a session
@@ -17,6 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from assistant.endpointing import EndpointerConfig
+from assistant.models.voices import VoiceBank
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.protocol import OfferRequest, ProtocolError
 from assistant.vocab import UnifiedVocab
@@ -58,11 +63,15 @@ class Gateway:
         config = EngineConfig(**{**base.__dict__, **(engine or {})})
         self._model_handles = (speech, lm, acoustic, media)
         self._models_ready = False
-        self.engine = AssistantEngine(ray_backends(speech, lm, acoustic, media), vocab, config)
+        # The voices of spoken replies: ``voices.json`` beside the tokenizer (made by training); none = one voice.
+        voices_path = spec.tokenizer_dir.parent / "voices.json"
+        voices = VoiceBank.from_json(voices_path) if voices_path.is_file() else None
+        self.engine = AssistantEngine(ray_backends(speech, lm, acoustic, media), vocab, config, voices=voices)
         self.sessions = RtcSessionManager(
             self.engine.new_session,
             max_sessions=max_sessions,
             endpointer_config=EndpointerConfig(**(endpointer or {})),
+            voices=self.engine.voices,
             turn_factory=UserTurn,
         )
 
@@ -95,6 +104,14 @@ class Gateway:
             except Exception:  # noqa: BLE001 - timeout or a replica still starting: not ready yet
                 return JSONResponse({"status": "starting", "sessions": len(self.sessions)}, status_code=503)
         return {"status": "ok", "sessions": len(self.sessions)}
+
+    @api.get("/voices")
+    async def voices(self) -> Any:
+        """The voices an offer may ask for; ``{"voices": [], "default": null}`` when the models have no voice bank."""
+        bank = self.engine.voices
+        if bank is None:
+            return {"voices": [], "default": None}
+        return {"voices": list(bank.names), "default": bank.default}
 
     @api.delete("/sessions/{session_id}")
     async def close_session(self, session_id: str) -> Any:

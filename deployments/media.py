@@ -18,3 +18,6 @@ class MediaDecoderDeployment(ReadinessProbe):
 
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
         return await self._media.music_wave(list(tokens))
+
+    async def image_codes(self, png: bytes) -> list[int]:
+        return await self._media.image_codes(bytes(png))

@@ -1,4 +1,9 @@
-"""Command line: ``anystream-edge --server URL [--input mic|silence|FILE.wav] [--output speaker|DIR] ...``."""
+"""Command line: ``anystream-edge --server URL [--input mic|silence|FILE.wav] [--output speaker|DIR] ...``.
+
+``--image PIC.png [--text QUESTION]`` sends a picture once connected: with ``--text`` the picture and the question
+start a turn at once; without it the picture goes with your next spoken question. ``--voice NAME`` asks for one
+of the server's voices (``GET /voices`` lists them).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,17 @@ import sys
 from pathlib import Path
 
 from assistant.audio import AudioFormatError
+from assistant.protocol import MAX_IMAGE_BYTES, ImageMessage, ProtocolError, validate_voice_name
 from edge_client.client import EXIT_SERVER, EdgeClient
 
 DEFAULT_FILE_TIMEOUT_S = 120.0
+
+
+def _voice_name(value: str) -> str:
+    try:
+        return validate_voice_name(value)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("field 'voice'", "a voice name")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", default=None,
                    help="where images and session.json go when --output is 'speaker'")
     p.add_argument("--text", default=None, help="a typed question, sent once the server is ready")
+    p.add_argument("--image", default=None, metavar="PICTURE",
+                   help=f"a PNG or JPEG (at most {MAX_IMAGE_BYTES // 1024} KiB) sent once the server is ready; "
+                        "with --text it is asked about at once, otherwise it goes with your next spoken question")
+    p.add_argument("--voice", default=None, type=_voice_name,
+                   help="the voice the assistant speaks with (a name from the server's GET /voices)")
     p.add_argument("--loopback-only", action="store_true",
                    help="keep WebRTC on 127.0.0.1 and use no STUN server (server on this machine)")
     p.add_argument("--timeout", type=float, default=None,
@@ -50,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SERVER
 
     from edge_client import audio_io
+
+    image = None
+    if args.image is not None:
+        try:
+            image = Path(args.image).read_bytes()
+            ImageMessage.from_bytes(image, args.text)  # refuse here what the server would refuse
+        except OSError as exc:
+            print(f"anystream-edge: cannot read picture {args.image}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_SERVER
+        except ProtocolError as exc:
+            print(f"anystream-edge: cannot send picture {args.image}: {exc}", file=sys.stderr)
+            return EXIT_SERVER
 
     input_spec = args.input or ("silence" if args.text else "mic")
     try:
@@ -79,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is None and source.finite:
         timeout = DEFAULT_FILE_TIMEOUT_S
     client = EdgeClient(args.server, source, sink, out_dir=out_dir, loopback_only=args.loopback_only,
-                        text=args.text, timeout=timeout, vad_aggressiveness=args.vad_aggressiveness)
+                        text=args.text, timeout=timeout, vad_aggressiveness=args.vad_aggressiveness,
+                        image=image, image_name=args.image, voice=args.voice)
     try:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # a second Ctrl-C while closing

@@ -2,7 +2,8 @@
 
 ``EdgeClient.run()`` creates the peer connection (one sendrecv audio transceiver carrying the capture track,
 plus the ``events`` data channel), posts the offer to ``{server}/offer``, plays/records the server's audio,
-prints the streamed text, saves images as they arrive and, for a finite source (a file), hangs up after the
+prints the streamed text, saves images as they arrive, sends a picture (``image``, with or without a typed question)
+once the server is ready and, for a finite source (a file), hangs up after the
 answer to the file's speech (a live microphone session runs until SIGINT/SIGTERM or the timeout).
 Exit codes: 0 done (or stopped by SIGINT/SIGTERM), 1 audio device could not be opened, 2 server unreachable /
 rejected the offer / bad answer / connection lost, 3 timed out.
@@ -26,8 +27,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from assistant import protocol
 from assistant.protocol import (
-    DATA_CHANNEL_LABEL, ErrorEvent, Hello, ImageReady, InterruptMessage, Interrupted, MusicReady, ProtocolError,
-    Ready, SpeechStarted, SpeechStopped, TextDelta, TextMessage, Transcript, TurnEnd, TurnStarted,
+    DATA_CHANNEL_LABEL, ErrorEvent, Hello, ImageMessage, ImageReady, InterruptMessage, Interrupted, MusicReady,
+    OfferRequest, ProtocolError, Ready, SpeechStarted, SpeechStopped, TextDelta, TextMessage, Transcript, TurnEnd,
+    TurnStarted,
 )
 from assistant.webrtc.ice import use_loopback_only
 from edge_client.audio_io import AudioSink, AudioSource
@@ -73,14 +75,20 @@ class EdgeClient:
     def __init__(self, server_url: str, source: AudioSource, sink: AudioSink, out_dir: str | Path | None = None,
                  loopback_only: bool = False, text: str | None = None, timeout: float | None = None,
                  vad_aggressiveness: int = 2, offer_timeout: float = 15.0, drain_s: float = 0.4,
-                 handle_signals: bool = True, stdout: TextIO | None = None, stderr: TextIO | None = None):
+                 handle_signals: bool = True, stdout: TextIO | None = None, stderr: TextIO | None = None,
+                 image: bytes | None = None, image_name: str | None = None, voice: str | None = None):
         """
         server_url: base URL of the server (``http://host:port``); the offer goes to ``{server_url}/offer``.
         source / sink: see :mod:`edge_client.audio_io`. A ``finite`` source makes the session end after the
             turn that answers it.
         out_dir: where images (``image_{turn}_{index}.png``) and ``session.json`` go; None saves nothing.
         loopback_only: keep ICE on 127.0.0.1 and use no STUN server (tests, single machine).
-        text: a typed question sent once the server says ``ready``.
+        text: a typed question sent once the server says ``ready`` (with ``image``: the question about it).
+        image: PNG/JPEG bytes sent once the server says ``ready``: with ``text`` in one ``image`` message that
+            starts a turn, without it as a picture the server attaches to the next spoken question.
+            Raises ProtocolError here when the server would refuse it (not PNG/JPEG, too large).
+        image_name: how the picture is named in the console and session.json (e.g. its path).
+        voice: the voice the assistant should speak with (sent in the offer); None = the server's default.
         timeout: seconds before giving up (exit 3); None waits forever (until Ctrl-C).
         drain_s: how long to keep reading the audio track after ``turn_end`` (the jitter buffer still
             holds the last ~80 ms) before hanging up.
@@ -93,6 +101,12 @@ class EdgeClient:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.loopback_only = loopback_only
         self.text = text
+        self.image_message = ImageMessage.from_bytes(image, text) if image is not None else None
+        self.image_name = image_name or ("picture" if image is not None else None)
+        self.image_bytes = len(image) if image is not None else 0
+        if voice is not None:
+            protocol.validate_voice_name(voice)
+        self.voice = voice
         self.timeout = timeout
         self.vad_aggressiveness = vad_aggressiveness
         self.offer_timeout = offer_timeout
@@ -105,6 +119,9 @@ class EdgeClient:
         self.events: list[dict[str, Any]] = []  # every server event, with its arrival time (png data left out)
         self.local_events: list[dict[str, Any]] = []  # client-side VAD decisions, barge-ins, hang-up reason
         self.images: list[str] = []
+        self.images_sent: list[dict[str, Any]] = []
+        self.server_voice: str | None = None
+        self.server_voices: list[str] | None = None
         self.reply_text: dict[int, str] = {}
         self.transcripts: dict[int, str] = {}
         self.barge_ins = 0
@@ -121,6 +138,7 @@ class EdgeClient:
         self._turn_started_at: dict[int, float] = {}
         self._last_user_activity: float | None = None  # local speech start or typed question
         self._text_sent = False
+        self._image_sent = False
 
     # ------------------------------------------------------------------------------------------------------
     # lifecycle
@@ -213,7 +231,7 @@ class EdgeClient:
         """Offer/answer over HTTP. Returns (exit code, reason) on failure, None on success."""
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers ICE candidates here
         url = f"{self.server_url}/offer"
-        body = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+        body = OfferRequest(sdp=pc.localDescription.sdp, type=pc.localDescription.type, voice=self.voice).to_dict()
         try:
             timeout = aiohttp.ClientTimeout(total=self.offer_timeout)
             async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -296,7 +314,13 @@ class EdgeClient:
             if message.protocol_version != protocol.PROTOCOL_VERSION:
                 self.console.line(f"warning: server speaks protocol {message.protocol_version}, "
                                   f"this client {protocol.PROTOCOL_VERSION}")
-            if self.text and not self._text_sent:
+            self.server_voice, self.server_voices = message.voice, message.voices
+            if message.voice is not None:
+                others = f" (available: {', '.join(message.voices)})" if message.voices else ""
+                self.console.line(f"voice: {message.voice}{others}")
+            if self.image_message is not None:
+                self._send_image(now)
+            elif self.text and not self._text_sent:
                 if self._send(TextMessage(text=self.text)):
                     self._text_sent = True
                     self._last_user_activity = now
@@ -329,6 +353,20 @@ class EdgeClient:
         elif isinstance(message, ErrorEvent):
             self.console.line(f"server error: {message.message}")
             self.err.write(f"anystream-edge: server error: {message.message}\n")
+
+    def _send_image(self, now: float) -> None:
+        message = self.image_message
+        if message is None or self._image_sent or not self._send(message):
+            return
+        self._image_sent = True
+        self.images_sent.append({"t": now, "name": self.image_name, "bytes": self.image_bytes, "text": message.text})
+        self._local("image_sent", name=self.image_name, bytes=self.image_bytes, text=message.text)
+        if message.text is not None:
+            self._text_sent = True
+            self._last_user_activity = now  # the picture and its question start a turn now
+            self.console.line(f"you (picture {self.image_name}): {message.text}")
+        else:
+            self.console.line(f"you (picture {self.image_name}): sent; it goes with your next question")
 
     def _save_image(self, message: ImageReady, record: dict[str, Any]) -> None:
         try:
@@ -366,7 +404,7 @@ class EdgeClient:
             return False
         if not self.source.finite:
             return False  # a live microphone session runs until stopped
-        if self.text and not self._text_sent:
+        if (self.text and not self._text_sent) or (self.image_message is not None and not self._image_sent):
             return False
         started = self._turn_started_at.get(turn_id, now)
         return self._last_user_activity is None or started >= self._last_user_activity
@@ -409,6 +447,8 @@ class EdgeClient:
             "events": self.events,
             "local_events": self.local_events,
             "images": self.images,
+            "images_sent": self.images_sent,
+            "voice": {"requested": self.voice, "server": self.server_voice, "available": self.server_voices},
             "reply_text": {str(k): v for k, v in self.reply_text.items()},
             "transcripts": {str(k): v for k, v in self.transcripts.items()},
             "barge_ins": self.barge_ins,

@@ -101,6 +101,14 @@ def _fixed_prefix(prompt: Tensor | None, context: Tensor | None, n_q: int) -> Te
     return torch.cat(parts, dim=1)  # [n_q, P]
 
 
+def _level_logits(model: AcousticDecoder, condition: Tensor, acoustic: Tensor, level: int, start: int) -> Tensor:
+    """Logits ``[B, T - start, K]`` of one predicted level: through ``AcousticDecoder.level_logits`` (computes only
+    that head) when available, else through the plain ``forward`` contract (wrappers, other networks)."""
+    if isinstance(model, AcousticDecoder):
+        return model.level_logits(condition, acoustic, level, start)
+    return model(condition, acoustic)[:, start:, level]
+
+
 @torch.no_grad()
 def fill_acoustic_levels(
     model: AcousticDecoder,
@@ -142,7 +150,7 @@ def fill_acoustic_levels(
     level = acoustic[0, 0, new]  # [T] view into acoustic
     for i in range(schedule.level2_steps + 1):
         masked = level == cfg.mask_id  # [T]
-        logits = model(condition, acoustic)[0, new, 0]  # [T, K]
+        logits = _level_logits(model, condition, acoustic, 0, num_prefix)[0]  # [T, K]
         codes, confidence = _sample(logits[masked], k, schedule.pass_temperature(i), generator)
         positions = masked.nonzero().squeeze(-1)  # [n_masked]
         level[positions] = codes
@@ -153,7 +161,7 @@ def fill_acoustic_levels(
 
     # Levels 3..n_q: one greedy pass each.
     for q in range(1, cfg.n_acoustic):
-        logits = model(condition, acoustic)[0, new, q]  # [T, K]
+        logits = _level_logits(model, condition, acoustic, q, num_prefix)[0]  # [T, K]
         acoustic[0, q, new] = logits.argmax(dim=-1)
 
     return torch.cat([semantic.to(device)[None, :], acoustic[0, :, new]], dim=0).cpu()  # [n_q, T]

@@ -134,10 +134,11 @@ class ConvModule(nn.Module):
         self.pointwise_out = nn.Conv1d(inner, dim, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
-        h = self.norm(x).transpose(1, 2)  # [B, D, T]
-        h = F.glu(self.pointwise_in(h), dim=1)  # [B, inner, T]
-        h = F.silu(self.depthwise_norm(self.depthwise(h)))  # [B, inner, T]
-        return self.pointwise_out(h).transpose(1, 2)  # [B, T, D]
+        # The pointwise convolutions run as linear layers on [B, T, C] (same weights; faster on CPU than conv1d).
+        h = F.linear(self.norm(x), self.pointwise_in.weight.squeeze(-1), self.pointwise_in.bias)  # [B, T, 2 * inner]
+        h = F.glu(h, dim=-1).transpose(1, 2)  # [B, inner, T]
+        h = F.silu(self.depthwise_norm(self.depthwise(h))).transpose(1, 2)  # [B, T, inner]
+        return F.linear(h, self.pointwise_out.weight.squeeze(-1), self.pointwise_out.bias)  # [B, T, D]
 
 
 class ConformerBlock(nn.Module):
@@ -200,11 +201,8 @@ class AcousticDecoder(Checkpointed, nn.Module):
     def mask_id(self) -> int:
         return self.config.mask_id
 
-    def forward(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
-        """semantic ``[B, T]`` in [0, K); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id).
-
-        Returns logits ``[B, T, n_q - 1, K]``.
-        """
+    def trunk(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
+        """semantic ``[B, T]`` in [0, K); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id) -> ``[B, T, D]``."""
         cfg = self.config
         batch, length = semantic.shape
         if acoustic.shape != (batch, cfg.n_acoustic, length):
@@ -216,8 +214,36 @@ class AcousticDecoder(Checkpointed, nn.Module):
         x = x + self.semantic_embed(semantic)  # [B, T, D]
         for block in self.blocks:
             x = block(x)  # [B, T, D]
+        return x
+
+    def forward(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
+        """semantic ``[B, T]`` in [0, K); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id).
+
+        Returns logits ``[B, T, n_q - 1, K]``.
+        """
+        cfg = self.config
+        x = self.trunk(semantic, acoustic)  # [B, T, D]
+        batch, length, _ = x.shape
         h = self.head_proj(x).view(batch, length, cfg.n_acoustic, cfg.dim)  # [B, T, Q, D]
         h = self.head_norm(h)
         logits = torch.einsum("btqd,qdk->btqk", h, self.head_weight) + self.head_bias  # [B, T, Q, K]
         return logits
 
+    def level_logits(self, semantic: Tensor, acoustic: Tensor, level: Tensor | int, start: int = 0) -> Tensor:
+        """The logits of one acoustic level per sequence, for frames ``start..T`` only: ``[B, T - start, K]``.
+
+        ``level`` (int or LongTensor ``[B]``) indexes the predicted levels (0 = codec level 2). Equal to
+        ``forward(semantic, acoustic)[:, start:, level]`` but skips the heads nobody reads, which is most of the cost
+        of a small decoder with a 1024-code vocabulary (the unmasking schedule reads one level per pass, training
+        one level per sequence).
+        """
+        cfg = self.config
+        batch = semantic.shape[0]
+        levels = torch.as_tensor(level, dtype=torch.long, device=semantic.device).expand(batch)  # [B]
+        if int(levels.min()) < 0 or int(levels.max()) >= cfg.n_acoustic:
+            raise ValueError(f"level must lie in [0, {cfg.n_acoustic}), got {levels.tolist()}")
+        x = self.trunk(semantic, acoustic)[:, start:]  # [B, T', D]
+        weight = self.head_proj.weight.view(cfg.n_acoustic, cfg.dim, cfg.dim)[levels]  # [B, D_out, D_in]
+        bias = self.head_proj.bias.view(cfg.n_acoustic, cfg.dim)[levels]  # [B, D]
+        h = self.head_norm(torch.einsum("btd,bed->bte", x, weight) + bias[:, None, :])  # [B, T', D]
+        return torch.einsum("btd,bdk->btk", h, self.head_weight[levels]) + self.head_bias[levels][:, None, :]

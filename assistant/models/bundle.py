@@ -9,6 +9,7 @@
     image.json          ImageCodecConfig fields                     image.safetensors     (optional)
     music.json          MusicCodecConfig fields                     music.safetensors     (optional)
     generation.json     GenerationSettings (GenerationSettings.to_dict format)
+    voices.json         VoiceBank: the acoustic prompts of the voices replies can be spoken in (optional)
 
 Each model is built from its config (seeded random initialisation), then, when ``<name>.safetensors`` exists, its
 weights are loaded strictly (every key, every shape). Trained weights and the untrained default take the same path;
@@ -33,10 +34,12 @@ from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenize
 from assistant.models.lm import LMConfig, build_lm
 from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
 from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.voices import VoiceBank
 from assistant.vocab import Modality, UnifiedVocab
 
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded"
 MODEL_NAMES = ("lm", "codec", "acoustic", "image", "music")
+VOICES_FILE = "voices.json"
 
 
 @dataclass
@@ -53,6 +56,7 @@ class ModelBundle:
     music: MusicDetokenizer | None
     lm_config: LMConfig | None = None
     weights_loaded: tuple[str, ...] = ()  # names of the models whose safetensors were found
+    voices: VoiceBank | None = None  # None: no voices.json (untrained family), replies use no acoustic prompt
 
     def modules(self) -> dict[str, nn.Module]:
         every = {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}
@@ -76,6 +80,10 @@ class ModelBundle:
             checks.append(("image codebook_size", self.image.config.codebook_size, v.range_of(Modality.IMAGE).n_codes))
         if self.music is not None:
             checks.append(("music vocab_size", self.music.config.vocab_size, v.range_of(Modality.MUSIC).n_codes))
+        if self.voices is not None:
+            checks.append(("voice bank codebook_size", self.voices.codebook_size, v.range_of(Modality.SPEECH).n_codes))
+            if self.acoustic is not None:
+                checks.append(("voice bank n_q", self.voices.n_q, self.acoustic.config.n_q))
         for what, got, want in checks:
             if got != want:
                 raise ValueError(f"{what} is {got}, expected {want}")
@@ -157,5 +165,7 @@ def load_embedded(
             loaded.append(name)
         module.eval()
     bundle.weights_loaded = tuple(loaded)
+    voices_path = directory / VOICES_FILE
+    bundle.voices = VoiceBank.from_json(voices_path) if voices_path.is_file() else None
     bundle.validate()
     return bundle

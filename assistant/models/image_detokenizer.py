@@ -1,8 +1,23 @@
 """Small image codec: 32 discrete codes <-> a 64x64 RGB image (the embedded stand-in for SEED's 32 tokens).
 
-decode: codes [N] -> embedding [N, code_dim] -> Linear -> [C, 4, 4] -> k x (ConvTranspose stride 2) -> [3, H, W]
-        -> sigmoid.
-encode: image [H, W, 3] uint8 -> k x (Conv stride 2) -> [C, 4, 4] -> Linear -> [N, code_dim] -> nearest code.
+A VQ autoencoder with a residual quantiser on a coarse grid. With the defaults the grid is 4x4 cells of 16x16
+pixels and each cell gets ``levels`` = 2 codes: 16 cells x 2 levels = 32 tokens.
+
+encode: image [H, W, 3] uint8 -> PixelUnshuffle(p) -> Conv1x1 -> k x (Conv 2x2 stride 2) -> Conv1x1 -> Conv1x1
+        -> latents [D, g, g]. The 2x2 stride-2 convolutions do not overlap, so each cell's code describes its own
+        block of pixels only (background cells get the same code whatever the shape: easy for the LM to learn).
+        -> residual VQ: level l picks the nearest row of its own block of the codebook for what the earlier levels
+        left over -> codes, cell-major (raster order of the cells), level-minor.
+decode: codes [N] -> codebook rows summed per cell -> [D, g, g] -> Conv1x1 -> ResBlock -> k x (ConvTranspose
+        stride 2 -> ResBlock) -> Conv3x3 -> PixelShuffle(p) -> sigmoid -> [3, H, W]; the decoder sees neighbouring
+        cells, so edges join up across cells.
+The p x p pixel (un)shuffle keeps every convolution at H/p resolution or coarser, which is what makes CPU training
+fast enough.
+
+The codebook has ``codebook_size`` rows; level l owns rows ``[l * K / L, (l + 1) * K / L)``, so a token's value tells
+its level (code ``c`` at any position decodes to row ``c``: a misplaced code still decodes). Encoding is deterministic
+(no sampling; ties go to the lowest index). Training (EMA codebooks, k-means initialisation, dead-code restarts,
+straight-through gradients) lives in ``training/fit_image_codec.py``; this module only runs the model.
 
 Token count policy (``fit_token_count``): an empty list always raises ``ValueError``. With ``strict=True`` (the
 default) any other wrong count raises ``ValueError``; with ``strict=False`` a short list is padded by repeating its
@@ -13,6 +28,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,45 +40,69 @@ from assistant.models.checkpoint_io import Checkpointed
 
 logger = logging.getLogger(__name__)
 
-BASE_GRID = 4  # the linear layer maps the token sequence to a [channels, 4, 4] seed grid
-
 
 @dataclass(frozen=True)
 class ImageCodecConfig:
     """Configuration of ``ImageDetokenizer``.
 
-    tokens_per_image: codes per image (AnyGPT/SEED: 32). codebook_size: code vocabulary.
-    image_size: output side in pixels (4 * 2**k). code_dim: code embedding width.
-    channels: conv width at the 4x4 seed grid (halved per upsampling stage, at least 16).
+    tokens_per_image: codes per image (AnyGPT/SEED: 32) = grid * grid * levels.
+    codebook_size: code vocabulary, split evenly between the levels.
+    image_size: image side in pixels; image_size / grid / pixel_shuffle must be a power of two >= 1.
+    pixel_shuffle: side of the pixel blocks folded into channels at the input and unfolded at the output.
+    levels: residual quantisation levels per grid cell.
+    code_dim: latent / codebook width.
+    channels: conv width at the grid resolution (halved per doubling of resolution, at least 32).
     seed: random-init seed. format_version: checkpoint format version.
     """
 
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2
 
     tokens_per_image: int = 32
     codebook_size: int = 1024
     image_size: int = 64
-    code_dim: int = 64
-    channels: int = 128
+    pixel_shuffle: int = 4
+    levels: int = 2
+    code_dim: int = 32
+    channels: int = 96
+    min_channels: int = 32
+    mixer_hidden: int = 0
     seed: int = 0
-    format_version: int = 1
+    format_version: int = 2
 
     def __post_init__(self) -> None:
-        if self.tokens_per_image < 1 or self.codebook_size < 2 or self.code_dim < 1 or self.channels < 1:
-            raise ValueError("tokens_per_image, code_dim, channels must be >= 1 and codebook_size >= 2")
-        side = self.image_size
-        if side < 2 * BASE_GRID or side % BASE_GRID or (side // BASE_GRID) & (side // BASE_GRID - 1):
-            raise ValueError(f"image_size must be 4 * 2**k with k >= 1, got {side}")
+        if min(self.tokens_per_image, self.levels, self.code_dim, self.channels, self.pixel_shuffle) < 1:
+            raise ValueError("tokens_per_image, levels, code_dim, channels, pixel_shuffle must be >= 1")
+        cells = self.tokens_per_image // self.levels
+        if self.tokens_per_image % self.levels or math.isqrt(cells) ** 2 != cells:
+            raise ValueError(f"tokens_per_image / levels must be a square number, got {self.tokens_per_image}")
+        if self.codebook_size % self.levels or self.codebook_size // self.levels < 2:
+            raise ValueError(f"codebook_size must split into >= 2 codes per level, got {self.codebook_size}")
+        stride = self.image_size // (self.grid * self.pixel_shuffle)
+        if self.image_size % (self.grid * self.pixel_shuffle) or stride & (stride - 1):
+            raise ValueError(
+                f"image_size / grid / pixel_shuffle must be a power of two, got {self.image_size} / {self.grid} "
+                f"/ {self.pixel_shuffle}"
+            )
         if self.format_version != self.FORMAT_VERSION:
             raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
 
     @property
+    def grid(self) -> int:
+        """Cells per side of the latent grid."""
+        return math.isqrt(self.tokens_per_image // self.levels)
+
+    @property
+    def codes_per_level(self) -> int:
+        return self.codebook_size // self.levels
+
+    @property
     def n_upsample(self) -> int:
-        return (self.image_size // BASE_GRID).bit_length() - 1
+        """Stride-2 stages between the grid and the pixel-shuffled image."""
+        return (self.image_size // (self.grid * self.pixel_shuffle)).bit_length() - 1
 
     def stage_channels(self) -> list[int]:
-        """Channel width at each resolution from 4x4 up to image_size (length n_upsample + 1)."""
-        return [max(16, self.channels >> i) for i in range(self.n_upsample + 1)]
+        """Channel width at each resolution from the grid up to image_size / pixel_shuffle (n_upsample + 1)."""
+        return [max(self.min_channels, self.channels >> i) for i in range(self.n_upsample + 1)]
 
 
 def fit_token_count(codes: list[int], expected: int, *, strict: bool = True) -> tuple[list[int], bool]:
@@ -82,6 +122,31 @@ def fit_token_count(codes: list[int], expected: int, *, strict: bool = True) -> 
     return fixed, True
 
 
+class ResBlock(nn.Module):
+    """x + Conv3x3(ReLU(Conv3x3(ReLU(x)))): context from the neighbouring cells."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class CellMixer(nn.Module):
+    """x + MLP over the cells (per channel): every cell sees every other cell of the grid at once."""
+
+    def __init__(self, cells: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cells, hidden)
+        self.fc2 = nn.Linear(hidden, cells)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.flatten(2)  # [B, C, g*g]
+        return x + self.fc2(torch.relu(self.fc1(torch.relu(flat)))).view_as(x)
+
+
 class ImageDetokenizer(Checkpointed, nn.Module):
     KIND: ClassVar[str] = "image_codec"
     CONFIG_CLASS: ClassVar[type] = ImageCodecConfig
@@ -89,23 +154,27 @@ class ImageDetokenizer(Checkpointed, nn.Module):
     def __init__(self, config: ImageCodecConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ImageCodecConfig()
-        widths = cfg.stage_channels()
-        seed_size = widths[0] * BASE_GRID * BASE_GRID
-        # decoder
-        self.code_embed = nn.Embedding(cfg.codebook_size, cfg.code_dim)
-        self.to_grid = nn.Linear(cfg.tokens_per_image * cfg.code_dim, seed_size)
+        widths = cfg.stage_channels()  # grid resolution first
+        # encoder: image -> latents
+        folded = 3 * cfg.pixel_shuffle**2
+        self.from_rgb = nn.Conv2d(folded, widths[-1], kernel_size=1)
+        self.down = nn.ModuleList(
+            nn.Conv2d(widths[i + 1], widths[i], kernel_size=2, stride=2) for i in reversed(range(cfg.n_upsample))
+        )
+        self.enc_mix = nn.Conv2d(widths[0], widths[0], kernel_size=1)
+        self.to_latent = nn.Conv2d(widths[0], cfg.code_dim, kernel_size=1)
+        # quantiser: level l owns rows [l * K / L, (l + 1) * K / L)
+        self.register_buffer("codebook", torch.zeros(cfg.codebook_size, cfg.code_dim))  # [K, D]
+        # decoder: latents -> image
+        self.from_latent = nn.Conv2d(cfg.code_dim, widths[0], kernel_size=1)
+        self.dec_block = ResBlock(widths[0])
+        self.mixer = CellMixer(cfg.grid * cfg.grid, cfg.mixer_hidden) if cfg.mixer_hidden else None
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i], widths[i + 1], kernel_size=4, stride=2, padding=1)
             for i in range(cfg.n_upsample)
         )
-        self.to_rgb = nn.Conv2d(widths[-1], 3, kernel_size=3, padding=1)
-        # encoder
-        self.from_rgb = nn.Conv2d(3, widths[-1], kernel_size=3, padding=1)
-        self.down = nn.ModuleList(
-            nn.Conv2d(widths[i + 1], widths[i], kernel_size=4, stride=2, padding=1)
-            for i in reversed(range(cfg.n_upsample))
-        )
-        self.to_codes = nn.Linear(seed_size, cfg.tokens_per_image * cfg.code_dim)
+        self.up_blocks = nn.ModuleList(ResBlock(widths[i + 1]) for i in range(cfg.n_upsample))
+        self.to_rgb = nn.Conv2d(widths[-1], folded, kernel_size=3, padding=1)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -114,28 +183,73 @@ class ImageDetokenizer(Checkpointed, nn.Module):
             for name, param in self.named_parameters():
                 if name.endswith("bias"):
                     param.zero_()
-                elif name == "code_embed.weight":
-                    param.normal_(0.0, 1.0, generator=gen)
                 else:
                     fan_in = param[0].numel() if not name.startswith("up.") else param.shape[0] * 4
                     param.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=gen)
+            self.codebook.normal_(0.0, 1.0, generator=gen)
 
+    # ----- continuous parts (used by training too) -----------------------------------------------------------------
+    def encode_latents(self, images: Tensor) -> Tensor:
+        """RGB in [0, 1] ``[B, 3, H, W]`` -> latents ``[B, D, g, g]``."""
+        x = nn.functional.pixel_unshuffle(images, self.config.pixel_shuffle)  # [B, 3 p^2, H/p, W/p]
+        x = torch.relu(self.from_rgb(x))  # [B, C_last, H/p, W/p]
+        for layer in self.down:
+            x = torch.relu(layer(x))  # [B, C_i, h/2, w/2]
+        return self.to_latent(torch.relu(self.enc_mix(x)))  # [B, D, g, g]
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """latents ``[B, D, g, g]`` -> RGB in [0, 1] ``[B, 3, H, W]``."""
+        x = self.dec_block(self.from_latent(latents))  # [B, C0, g, g]
+        if self.mixer is not None:
+            x = self.mixer(x)
+        for layer, block in zip(self.up, self.up_blocks, strict=True):
+            x = block(torch.relu(layer(torch.relu(x))))  # [B, C_{i+1}, 2h, 2w]
+        x = nn.functional.pixel_shuffle(self.to_rgb(torch.relu(x)), self.config.pixel_shuffle)  # [B, 3, H, W]
+        return torch.sigmoid(x)
+
+    def quantize(self, latents: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Residual VQ of ``[B, D, g, g]`` -> (quantized ``[B, D, g, g]``, codes ``[B, N]``, per-level residual inputs
+        ``[B * g * g, D]`` that each level quantised). No gradient flows through the codes."""
+        cfg = self.config
+        batch = latents.shape[0]
+        residual = latents.permute(0, 2, 3, 1).reshape(-1, cfg.code_dim)  # [B*g*g, D], cells in raster order
+        quantized = torch.zeros_like(residual)
+        codes, inputs = [], []
+        for level in range(cfg.levels):
+            first = level * cfg.codes_per_level
+            book = self.codebook[first : first + cfg.codes_per_level]  # [K_l, D]
+            inputs.append(residual)
+            distances = (
+                residual.pow(2).sum(-1, keepdim=True) - 2.0 * residual @ book.T + book.pow(2).sum(-1)[None]
+            )  # [B*g*g, K_l]
+            index = distances.argmin(dim=-1)  # [B*g*g]
+            chosen = book[index]  # [B*g*g, D]
+            quantized = quantized + chosen
+            residual = residual - chosen
+            codes.append(index + first)
+        grid = cfg.grid
+        codes_t = torch.stack(codes, dim=-1).reshape(batch, cfg.tokens_per_image)  # [B, g*g*L] cell-major
+        quantized = quantized.view(batch, grid, grid, cfg.code_dim).permute(0, 3, 1, 2)  # [B, D, g, g]
+        return quantized, codes_t, inputs
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        """codes ``[B, N]`` -> summed codebook rows per cell ``[B, D, g, g]``."""
+        cfg = self.config
+        batch = codes.shape[0]
+        rows = self.codebook[codes].view(batch, cfg.grid, cfg.grid, cfg.levels, cfg.code_dim)  # [B, g, g, L, D]
+        return rows.sum(dim=3).permute(0, 3, 1, 2)  # [B, D, g, g]
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """codes ``[B, N]`` -> RGB in [0, 1] ``[B, 3, H, W]``."""
+        return self.decode_latents(self.codes_to_latents(codes))
+
+    # ----- public API ----------------------------------------------------------------------------------------------
     def _validate(self, codes: Tensor) -> None:
         cfg = self.config
         if codes.shape != (cfg.tokens_per_image,):
             raise ValueError(f"expected {cfg.tokens_per_image} codes, got shape {tuple(codes.shape)}")
         if int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size:
             raise ValueError(f"image codes must lie in [0, {cfg.codebook_size})")
-
-    def forward(self, codes: Tensor) -> Tensor:
-        """codes ``[B, N]`` -> RGB in [0, 1] ``[B, 3, H, W]``."""
-        cfg = self.config
-        batch = codes.shape[0]
-        x = self.code_embed(codes).reshape(batch, cfg.tokens_per_image * cfg.code_dim)  # [B, N * E]
-        x = self.to_grid(x).view(batch, -1, BASE_GRID, BASE_GRID)  # [B, C0, 4, 4]
-        for layer in self.up:
-            x = torch.relu(layer(x))  # [B, C_{i+1}, 2h, 2w]
-        return torch.sigmoid(self.to_rgb(x))  # [B, 3, H, W]
 
     @torch.no_grad()
     def decode_image(self, codes: list[int], *, strict: bool = True) -> Tensor:
@@ -146,31 +260,42 @@ class ImageDetokenizer(Checkpointed, nn.Module):
         return self(tensor[None])[0]
 
     @torch.no_grad()
+    def decode_pixels(self, codes: list[int], *, strict: bool = True) -> np.ndarray:
+        """codes -> ``uint8 [H, W, 3]``."""
+        rgb = self.decode_image(codes, strict=strict)  # [3, H, W]
+        return (rgb.permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+
+    @torch.no_grad()
     def decode_png(self, codes: list[int], *, strict: bool = True) -> bytes:
         """codes -> PNG bytes of an ``image_size`` x ``image_size`` RGB image."""
         from PIL import Image
 
-        rgb = self.decode_image(codes, strict=strict)  # [3, H, W]
-        pixels = (rgb.permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()  # [H, W, 3]
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
+        Image.fromarray(self.decode_pixels(codes, strict=strict)).save(buffer, format="PNG")
         return buffer.getvalue()
+
+    @staticmethod
+    def to_unit_tensor(images: np.ndarray | Tensor, image_size: int) -> Tensor:
+        """uint8 ``[H, W, 3]`` or ``[B, H, W, 3]`` -> float ``[B, 3, S, S]`` in [0, 1] (bilinear resize if needed)."""
+        pixels = torch.as_tensor(np.asarray(images))
+        if pixels.dim() == 3:
+            pixels = pixels[None]
+        if pixels.dim() != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected an RGB image [H, W, 3], got shape {tuple(pixels.shape)}")
+        x = pixels.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
+        if x.shape[-2:] != (image_size, image_size):
+            x = nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        return x
+
+    @torch.no_grad()
+    def encode_batch(self, images: np.ndarray | Tensor) -> Tensor:
+        """uint8 ``[B, H, W, 3]`` -> codes ``[B, N]``."""
+        x = self.to_unit_tensor(images, self.config.image_size)
+        return self.quantize(self.encode_latents(x))[1]
 
     @torch.no_grad()
     def encode(self, image: np.ndarray | Tensor) -> list[int]:
         """uint8 image ``[H, W, 3]`` (resized to image_size if needed) -> ``tokens_per_image`` codes."""
-        cfg = self.config
-        pixels = torch.as_tensor(np.asarray(image))
-        if pixels.dim() != 3 or pixels.shape[-1] != 3:
-            raise ValueError(f"expected an RGB image [H, W, 3], got shape {tuple(pixels.shape)}")
-        x = pixels.permute(2, 0, 1).float()[None] / 255.0  # [1, 3, H, W]
-        if x.shape[-2:] != (cfg.image_size, cfg.image_size):
-            x = nn.functional.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
-        x = torch.relu(self.from_rgb(x))  # [1, C_last, H, W]
-        for layer in self.down:
-            x = torch.relu(layer(x))  # [1, C_{i}, h/2, w/2]
-        latents = self.to_codes(x.flatten(1)).view(cfg.tokens_per_image, cfg.code_dim)  # [N, E]
-        book = self.code_embed.weight  # [K, E]
-        distances = latents.pow(2).sum(-1, keepdim=True) - 2.0 * latents @ book.T + book.pow(2).sum(-1)[None]
-        return distances.argmin(dim=-1).tolist()  # [N]
-
+        if np.asarray(image).ndim != 3:
+            raise ValueError(f"expected an RGB image [H, W, 3], got shape {tuple(np.asarray(image).shape)}")
+        return self.encode_batch(image)[0].tolist()

@@ -1,4 +1,12 @@
-"""Small music codec: residual codes [L, T] at 50 Hz <-> 16 kHz waveform, plus AnyGPT's token flattening.
+"""Small music codec: residual codes [L, T] at 25 Hz <-> 16 kHz waveform, plus AnyGPT's token flattening.
+
+Codec (no neural network; fitted by k-means on CPU in seconds, see ``training/fit_music_codec.py``):
+    encode: wave -> STFT (Hann, n_fft 2048 = 7.8 Hz bins, enough to resolve semitones down to ~110 Hz)
+            -> log magnitude [T, n_freq] -> residual nearest-codeword search over L levels -> codes [L, T]
+    decode: codes -> sum of the chosen codewords (log magnitude) -> exp -> fast Griffin-Lim (momentum, from zero
+            phase, deterministic) -> wave, clipped to [-1, 1]
+Frame rate: 25 Hz x 4 levels = 100 tokens/s, half AnyGPT's 50 Hz Encodec (200 tokens/s), so that a ~3 s tune is
+about 300 tokens that a tiny CPU LM can generate.
 
 Flattening (AnyGPT, frame-major): for frame t and level l the token is ``code[l, t] + codebook_size * l``; so the
 level of a token is ``token // codebook_size``. Tokens here are music-local ids in [0, L * K), not LM vocab ids.
@@ -12,13 +20,11 @@ Re-alignment in ``realign_tokens`` (the LM may skip or repeat a level):
 - a trailing incomplete frame is completed the same way;
 - with no previous frame, missing levels are filled with code 0.
 Each filled level counts as one repair. Tokens outside [0, L * K) raise ``ValueError``.
-
-Network: decode = sum of the per-level code embeddings [T, D] -> ConvTranspose1d stack (product of strides = hop)
--> tanh wave. encode = Conv1d stack -> [T, D] latents -> residual nearest-code against the same embeddings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -36,35 +42,47 @@ class MusicCodecConfig:
 
     n_codebooks: residual levels per frame (AnyGPT/Encodec: 4). codebook_size: codes per level.
     frame_rate / sample_rate: code frame rate and wave rate (hop = sample_rate / frame_rate).
-    dim: code embedding width. channels: conv width. strides: upsampling strides, product must equal hop.
-    seed: random-init seed. format_version: checkpoint format version.
+    n_fft: STFT size (Hann window of the same length); the code vectors have n_fft // 2 + 1 log magnitudes.
+    log_floor: magnitude floor before the log (a sine of peak 0.5 reaches ~256 at n_fft 2048, so 0.1 keeps
+        ~68 dB: k-means spends no codes on window sidelobes far below the notes).
+    griffin_lim_iters / griffin_lim_momentum: fast Griffin-Lim in ``decode`` (momentum 0 = classic).
+    seed: seed of the random (unfitted) codebooks. format_version: checkpoint format version.
     """
 
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2
 
     n_codebooks: int = 4
     codebook_size: int = 256
-    frame_rate: int = 50
+    frame_rate: int = 25
     sample_rate: int = 16000
-    dim: int = 128
-    channels: int = 64
-    strides: tuple[int, ...] = (4, 4, 4, 5)
+    n_fft: int = 2048
+    log_floor: float = 0.1
+    griffin_lim_iters: int = 16
+    griffin_lim_momentum: float = 0.99
     seed: int = 0
-    format_version: int = 1
+    format_version: int = 2
 
     def __post_init__(self) -> None:
-        if self.n_codebooks < 1 or self.codebook_size < 2 or self.dim < 1 or self.channels < 1:
-            raise ValueError("n_codebooks, dim, channels must be >= 1 and codebook_size >= 2")
+        if self.n_codebooks < 1 or self.codebook_size < 2:
+            raise ValueError("n_codebooks must be >= 1 and codebook_size >= 2")
         if self.frame_rate <= 0 or self.sample_rate % self.frame_rate:
             raise ValueError(f"frame_rate {self.frame_rate} must divide sample_rate {self.sample_rate}")
-        if not self.strides or any(s < 1 for s in self.strides) or math.prod(self.strides) != self.hop:
-            raise ValueError(f"strides {self.strides} must be positive with product hop={self.hop}")
+        if self.n_fft < self.hop or self.n_fft % 2:
+            raise ValueError(f"n_fft {self.n_fft} must be even and >= hop {self.hop}")
+        if self.log_floor <= 0.0:
+            raise ValueError("log_floor must be positive")
+        if self.griffin_lim_iters < 0 or not 0.0 <= self.griffin_lim_momentum < 1.0:
+            raise ValueError("griffin_lim_iters must be >= 0 and griffin_lim_momentum in [0, 1)")
         if self.format_version != self.FORMAT_VERSION:
             raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
 
     @property
     def hop(self) -> int:
         return self.sample_rate // self.frame_rate
+
+    @property
+    def n_freq(self) -> int:
+        return self.n_fft // 2 + 1
 
     @property
     def vocab_size(self) -> int:
@@ -124,62 +142,111 @@ def unflatten_tokens(tokens: list[int], n_codebooks: int, codebook_size: int) ->
 
 
 class MusicDetokenizer(Checkpointed, nn.Module):
+    """Log-magnitude residual VQ with Griffin-Lim decoding; the only state is ``codebooks [L, K, n_freq]``."""
+
     KIND: ClassVar[str] = "music_codec"
     CONFIG_CLASS: ClassVar[type] = MusicCodecConfig
 
     def __init__(self, config: MusicCodecConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or MusicCodecConfig()
-        self.code_embed = nn.Parameter(torch.empty(cfg.n_codebooks, cfg.codebook_size, cfg.dim))  # [L, K, D]
-        # decoder
-        self.dec_in = nn.Conv1d(cfg.dim, cfg.channels, kernel_size=3, padding=1)
-        self.dec_up = nn.ModuleList(
-            nn.ConvTranspose1d(cfg.channels, cfg.channels, kernel_size=2 * s, stride=s, padding=s // 2 + s % 2,
-                               output_padding=s % 2)
-            for s in cfg.strides
-        )
-        self.dec_out = nn.Conv1d(cfg.channels, 1, kernel_size=7, padding=3)
-        # encoder
-        self.enc_in = nn.Conv1d(1, cfg.channels, kernel_size=7, padding=3)
-        self.enc_down = nn.ModuleList(
-            nn.Conv1d(cfg.channels, cfg.channels, kernel_size=2 * s, stride=s, padding=s // 2 + s % 2)
-            for s in reversed(cfg.strides)
-        )
-        self.enc_out = nn.Conv1d(cfg.channels, cfg.dim, kernel_size=3, padding=1)
-        self._init_weights()
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, dtype=torch.float32), persistent=False)
+        self.register_buffer("codebooks", self._random_codebooks())  # [L, K, n_freq]
 
-    def _init_weights(self) -> None:
-        gen = torch.Generator().manual_seed(self.config.seed)
-        with torch.no_grad():
-            for name, param in self.named_parameters():
-                if name.endswith("bias"):
-                    param.zero_()
-                elif name == "code_embed":
-                    level_scale = 1.0 / (1.0 + torch.arange(self.config.n_codebooks).float())  # [L]
-                    param.normal_(0.0, 1.0, generator=gen).mul_(level_scale[:, None, None])
-                else:
-                    param.normal_(0.0, (1.0 / param[0].numel()) ** 0.5, generator=gen)
-
-    def forward(self, codes: Tensor) -> Tensor:
-        """codes ``[B, L, T]`` -> wave ``[B, T * hop]`` in (-1, 1)."""
+    def _random_codebooks(self) -> Tensor:
+        """Level 0: decaying harmonic spectra at random pitches (so an unfitted codec still plays tones);
+        deeper levels: small random offsets."""
         cfg = self.config
-        levels = torch.arange(cfg.n_codebooks, device=codes.device)[None, :, None]  # [1, L, 1]
-        x = self.code_embed[levels, codes].sum(dim=1)  # [B, T, D]
-        length = codes.shape[-1] * cfg.hop
-        x = torch.relu(self.dec_in(x.transpose(1, 2)))  # [B, C, T]
-        for layer in self.dec_up:
-            x = torch.relu(layer(x))  # [B, C, T * s]
-        return torch.tanh(self.dec_out(x))[:, 0, :length]  # [B, T * hop]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        freqs = torch.arange(cfg.n_freq, dtype=torch.float32) * cfg.sample_rate / cfg.n_fft  # [n_freq]
+        f0 = 440.0 * 2.0 ** ((torch.randint(36, 90, (cfg.codebook_size, 1), generator=gen).float() - 69) / 12)
+        harmonic = freqs[None, :] / f0  # [K, n_freq] in units of f0
+        distance = (harmonic - harmonic.round()).abs() * f0  # Hz to the nearest harmonic  [K, n_freq]
+        peaks = torch.exp(-((distance / 8.0) ** 2)) / torch.clamp(harmonic.round(), min=1.0)  # [K, n_freq]
+        peaks = torch.where(harmonic > 0.5, peaks, torch.zeros_like(peaks))
+        level0 = torch.log(torch.clamp(30.0 * peaks, min=cfg.log_floor))  # [K, n_freq]
+        books = [level0]
+        for level in range(1, cfg.n_codebooks):
+            books.append(torch.randn(cfg.codebook_size, cfg.n_freq, generator=gen) * (0.3 / level))
+        return torch.stack(books)  # [L, K, n_freq]
+
+    # ----- analysis ---------------------------------------------------------------------------------------------
+    def num_frames(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.config.hop)
 
     @torch.no_grad()
+    def log_magnitude(self, wave: np.ndarray | Tensor) -> Tensor:
+        """float wave ``[S]`` -> log magnitude ``[ceil(S / hop), n_freq]`` (frame t centred at t * hop)."""
+        cfg = self.config
+        x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        if x.dim() != 1:
+            raise ValueError(f"expected a mono wave [S], got shape {tuple(x.shape)}")
+        frames = self.num_frames(x.shape[0])
+        x = nn.functional.pad(x, (0, frames * cfg.hop - x.shape[0]))  # [T * hop]
+        magnitude = self._stft(x).abs()[:, :frames]  # [n_freq, T]
+        return torch.log(torch.clamp(magnitude, min=cfg.log_floor)).T.contiguous()  # [T, n_freq]
+
+    def _stft(self, wave: Tensor) -> Tensor:
+        cfg = self.config
+        return torch.stft(
+            wave, cfg.n_fft, cfg.hop, window=self.window, center=True, pad_mode="constant", return_complex=True
+        )  # [n_freq, len // hop + 1]
+
+    def _istft(self, spec: Tensor, length: int) -> Tensor:
+        cfg = self.config
+        return torch.istft(spec, cfg.n_fft, cfg.hop, window=self.window, center=True, length=length)
+
+    # ----- quantisation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def quantise(self, features: Tensor) -> Tensor:
+        """log magnitude ``[T, n_freq]`` -> codes ``[L, T]`` (greedy residual nearest codeword)."""
+        cfg = self.config
+        residual = features.float()
+        codes = []
+        for level in range(cfg.n_codebooks):
+            index = _nearest(residual, self.codebooks[level])  # [T]
+            residual = residual - self.codebooks[level][index]
+            codes.append(index)
+        return torch.stack(codes) if features.shape[0] else torch.zeros(cfg.n_codebooks, 0, dtype=torch.long)
+
+    @torch.no_grad()
+    def dequantise(self, codes: Tensor) -> Tensor:
+        """codes ``[L, T]`` -> log magnitude ``[T, n_freq]`` (sum of the chosen codewords)."""
+        levels = torch.arange(codes.shape[0])[:, None]  # [L, 1]
+        return self.codebooks[levels, codes.long()].sum(dim=0)  # [T, n_freq]
+
+    # ----- synthesis --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features_to_wave(self, features: Tensor) -> np.ndarray:
+        """log magnitude ``[T, n_freq]`` -> float32 wave ``[T * hop]`` by fast Griffin-Lim from zero phase."""
+        cfg = self.config
+        frames = features.shape[0]
+        length = frames * cfg.hop
+        if frames == 0:
+            return np.zeros(0, dtype=np.float32)
+        magnitude = torch.exp(features.float()).T  # [n_freq, T]
+        # The STFT of a length T*hop wave has T + 1 centred frames; the last repeats the final magnitude.
+        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)  # [n_freq, T + 1]
+        phase = torch.ones_like(magnitude, dtype=torch.complex64)  # [n_freq, T + 1]
+        previous = torch.zeros_like(phase)
+        for _ in range(cfg.griffin_lim_iters):
+            projected = self._stft(self._istft(magnitude * phase, length))  # [n_freq, T + 1]
+            accelerated = projected + cfg.griffin_lim_momentum * (projected - previous)
+            previous = projected
+            phase = accelerated / torch.clamp(accelerated.abs(), min=1e-12)
+        wave = self._istft(magnitude * phase, length)  # [T * hop]
+        return torch.clamp(wave, -1.0, 1.0).numpy().astype(np.float32)
+
+    # ----- public API -------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def decode_codes(self, codes: Tensor) -> np.ndarray:
-        """codes ``[L, T]`` -> float32 wave ``[T * hop]``."""
+        """codes ``[L, T]`` -> float32 wave ``[T * hop]`` in [-1, 1]."""
         cfg = self.config
         if codes.dim() != 2 or codes.shape[0] != cfg.n_codebooks:
             raise ValueError(f"codes must be [{cfg.n_codebooks}, T], got {tuple(codes.shape)}")
-        if codes.shape[1] == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self(codes.long()[None])[0].numpy().astype(np.float32)
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size):
+            raise ValueError(f"codes must lie in [0, {cfg.codebook_size})")
+        return self.features_to_wave(self.dequantise(codes))
 
     @torch.no_grad()
     def decode(self, tokens: list[int]) -> np.ndarray:
@@ -189,27 +256,55 @@ class MusicDetokenizer(Checkpointed, nn.Module):
 
     @torch.no_grad()
     def encode_codes(self, wave: np.ndarray | Tensor) -> Tensor:
-        """float wave ``[S]`` -> codes ``[L, ceil(S / hop)]``."""
-        cfg = self.config
-        x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-        if x.dim() != 1:
-            raise ValueError(f"expected a mono wave [S], got shape {tuple(x.shape)}")
-        frames = math.ceil(x.shape[0] / cfg.hop)
-        x = nn.functional.pad(x, (0, frames * cfg.hop - x.shape[0]))[None, None]  # [1, 1, T * hop]
-        x = torch.relu(self.enc_in(x))  # [1, C, S]
-        for layer in self.enc_down:
-            x = torch.relu(layer(x))  # [1, C, S / s]
-        latents = self.enc_out(x)[0, :, :frames].T  # [T, D]
-        residual, codes = latents, []
-        for level in range(cfg.n_codebooks):
-            book = self.code_embed[level]  # [K, D]
-            index = (book.pow(2).sum(-1)[None] - 2.0 * residual @ book.T).argmin(-1)  # [T]
-            residual = residual - book[index]
-            codes.append(index)
-        return torch.stack(codes) if codes and frames else torch.zeros(cfg.n_codebooks, 0, dtype=torch.long)
+        """float wave ``[S]`` -> codes ``[L, ceil(S / hop)]`` (deterministic)."""
+        return self.quantise(self.log_magnitude(wave))
 
     @torch.no_grad()
     def encode(self, wave: np.ndarray | Tensor) -> list[int]:
         """float wave ``[S]`` at ``sample_rate`` -> flattened music-local tokens."""
         return flatten_codes(self.encode_codes(wave), self.config.codebook_size)
 
+    # ----- fitting ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_codebooks(self, features: Tensor, iters: int = 12, seed: int = 0) -> Tensor:
+        """Residual k-means on log-magnitude frames ``[N, n_freq]``; replaces the codebooks. Returns the RMS of
+        the residual left after each level ``[L]``.
+
+        Each level starts from ``codebook_size`` distinct random residual vectors and runs ``iters`` Lloyd steps;
+        an empty cluster is re-seeded with the residual vector currently worst served. Needs N >= codebook_size.
+        """
+        cfg = self.config
+        if features.dim() != 2 or features.shape[1] != cfg.n_freq:
+            raise ValueError(f"expected features [N, {cfg.n_freq}], got {tuple(features.shape)}")
+        if features.shape[0] < cfg.codebook_size:
+            raise ValueError(f"need at least {cfg.codebook_size} frames, got {features.shape[0]}")
+        gen = torch.Generator().manual_seed(seed)
+        residual = features.float().clone()  # [N, n_freq]
+        books, errors = [], []
+        for _level in range(cfg.n_codebooks):
+            centroids = residual[torch.randperm(residual.shape[0], generator=gen)[: cfg.codebook_size]].clone()
+            for _ in range(iters):
+                index = _nearest(residual, centroids)  # [N]
+                sums = torch.zeros_like(centroids).index_add_(0, index, residual)  # [K, n_freq]
+                counts = torch.bincount(index, minlength=cfg.codebook_size).float()  # [K]
+                filled = counts > 0
+                centroids[filled] = sums[filled] / counts[filled, None]
+                empty = int((~filled).sum())
+                if empty:
+                    error = (residual - centroids[index]).pow(2).sum(-1)  # [N]
+                    centroids[~filled] = residual[error.topk(empty).indices]
+            residual = residual - centroids[_nearest(residual, centroids)]
+            books.append(centroids)
+            errors.append(residual.pow(2).mean().sqrt())
+        self.codebooks.copy_(torch.stack(books))
+        return torch.stack(errors)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self.config, f.name)}" for f in dataclasses.fields(self.config))
+
+
+def _nearest(vectors: Tensor, book: Tensor, chunk: int = 8192) -> Tensor:
+    """Index ``[N]`` of the nearest row of ``book [K, D]`` for each of ``vectors [N, D]`` (squared Euclidean)."""
+    book_norm = book.pow(2).sum(-1)[None, :]  # [1, K]
+    out = [(book_norm - 2.0 * block @ book.T).argmin(-1) for block in vectors.split(chunk)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

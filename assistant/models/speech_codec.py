@@ -5,6 +5,7 @@
 
 ``MelRVQCodec`` is the no-training default (see shared/reference/embedded-default-feasibility.md):
     wave -> STFT magnitude -> HTK mel (area-normalised) -> log -> residual VQ (n_q codebooks)
+    (optionally level 1 quantises the frame minus the utterance's mean log-mel, see ``level1_mean_norm``)
     codes -> sum of codewords -> mel -> linear magnitude (pseudo-inverse + multiplicative NNLS steps)
           -> fast Griffin-Lim (momentum) -> wave
 The spectral part is frame-local, so a chunk decoded together with a few left-context frames (then trimmed) sounds
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -58,6 +60,13 @@ class MelCodecConfig:
     griffin_lim_iters: Griffin-Lim iterations in ``decode``.
     griffin_lim_momentum: momentum of fast Griffin-Lim (0 = classic Griffin-Lim).
     nnls_iters: multiplicative non-negative refinement steps after the mel pseudo-inverse.
+    level1_mean_norm: level 1 quantises each log-mel frame minus the utterance's per-band mean log-mel (mean over
+        its non-silent frames), so it carries content with less voice and loudness; levels 2..n_q quantise what is
+        left, mean and voice included. Reconstruction is still the sum of the codewords. False = plain residual VQ.
+    silence_margin: a frame is silent when its loudness (mean log-mel over bands) is more than this many nats below
+        the utterance's 95th-percentile frame loudness; silent frames are left out of the mean.
+    level1_range: before the mean is subtracted, level-1 input bins are floored at that 95th-percentile loudness
+        minus this many nats, so digital silence and quiet bins look the same at any input gain.
     seed: seed of the random (untrained) codebooks.
     format_version: checkpoint format version (must equal ``FORMAT_VERSION``).
     """
@@ -75,6 +84,9 @@ class MelCodecConfig:
     griffin_lim_iters: int = 32
     griffin_lim_momentum: float = 0.99
     nnls_iters: int = 15
+    level1_mean_norm: bool = False
+    silence_margin: float = 4.0
+    level1_range: float = 5.5
     seed: int = 0
     format_version: int = 1
 
@@ -95,6 +107,8 @@ class MelCodecConfig:
             raise ValueError("n_q must be >= 1 and codebook_size >= 2")
         if self.griffin_lim_iters < 0 or self.nnls_iters < 0:
             raise ValueError("iteration counts must be >= 0")
+        if self.silence_margin <= 0.0 or self.level1_range <= 0.0:
+            raise ValueError("silence_margin and level1_range must be positive")
         if not 0.0 <= self.griffin_lim_momentum < 1.0:
             raise ValueError("griffin_lim_momentum must be in [0, 1)")
         if self.format_version != self.FORMAT_VERSION:
@@ -141,23 +155,26 @@ def htk_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, 
     return triangles * (2.0 / (upper - lower))
 
 
-def residual_nearest(codebooks: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
+def nearest_code(book: Tensor, vectors: Tensor) -> Tensor:
+    """Index of the nearest codeword (squared L2) of ``book [K, D]`` for each of ``vectors [N, D]`` -> ``[N]``."""
+    distances = book.pow(2).sum(-1)[None, :] - 2.0 * vectors @ book.T  # [N, K] (|v|^2 dropped: same argmin)
+    return distances.argmin(dim=-1)
+
+
+def residual_nearest(codebooks: Tensor, vectors: Tensor, level1_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Residual VQ: at each level pick the nearest codeword (squared L2) and subtract it.
 
-    codebooks: ``[n_q, K, D]``; vectors: ``[N, D]``. Returns (codes ``[n_q, N]`` long, quantised ``[N, D]``).
+    codebooks: ``[n_q, K, D]``; vectors: ``[N, D]``. ``level1_vectors [N, D]``, when given, is what level 1 matches
+    instead of ``vectors`` (the normalised frames); the residual after level 1 is still ``vectors - codeword``.
+    Returns (codes ``[n_q, N]`` long, quantised ``[N, D]``).
     """
-    residual = vectors  # [N, D]
-    quantised = torch.zeros_like(vectors)
+    quantised = torch.zeros_like(vectors)  # [N, D]
     codes = []
     for level in range(codebooks.shape[0]):
         book = codebooks[level]  # [K, D]
-        distances = (
-            residual.pow(2).sum(-1, keepdim=True) - 2.0 * residual @ book.T + book.pow(2).sum(-1)[None, :]
-        )  # [N, K]
-        index = distances.argmin(dim=-1)  # [N]
-        chosen = book[index]  # [N, D]
-        residual = residual - chosen
-        quantised = quantised + chosen
+        target = level1_vectors if level == 0 and level1_vectors is not None else vectors - quantised  # [N, D]
+        index = nearest_code(book, target)  # [N]
+        quantised = quantised + book[index]
         codes.append(index)
     return torch.stack(codes), quantised
 
@@ -245,9 +262,34 @@ class MelRVQCodec(Checkpointed, nn.Module):
 
     # ----- quantisation -----------------------------------------------------------------------------------------
     @torch.no_grad()
+    def level1_input(self, log_mel: Tensor) -> Tensor:
+        """What level 1 quantises for one whole utterance: log-mel ``[F, M]`` -> ``[F, M]``.
+
+        Without ``level1_mean_norm`` that is the log-mel itself. With it: bins floored at (95th-percentile frame
+        loudness - ``level1_range``), minus the per-band mean over the non-silent frames. A gain change shifts every
+        log-mel bin by the same amount, so it leaves this unchanged (up to bins at the absolute ``LOG_FLOOR``).
+        """
+        log_mel = log_mel.float()
+        cfg = self.config
+        if not cfg.level1_mean_norm or log_mel.shape[0] == 0:
+            return log_mel
+        loudness = log_mel.mean(dim=1)  # [F]
+        reference = torch.quantile(loudness, 0.95)  # scalar: "speech level" of the utterance
+        voiced = loudness >= reference - cfg.silence_margin  # [F] (never empty: the 95th percentile frame is in)
+        floored = torch.clamp(log_mel, min=float(reference) - cfg.level1_range)  # [F, M]
+        mean = floored[voiced].mean(dim=0)  # [M]
+        return floored - mean[None, :]  # [F, M]
+
+    @torch.no_grad()
     def quantise(self, log_mel: Tensor) -> Tensor:
-        """log-mel ``[F, M]`` -> codes ``[n_q, F]``."""
-        codes, _ = residual_nearest(self.codebooks, log_mel.float())
+        """log-mel ``[F, M]`` of one whole utterance -> codes ``[n_q, F]``.
+
+        With ``level1_mean_norm`` the codes of a frame depend on the utterance's mean, so a chunk encoded alone can
+        differ from the same frames encoded as part of the whole utterance.
+        """
+        log_mel = log_mel.float()
+        level1 = self.level1_input(log_mel) if self.config.level1_mean_norm else None
+        codes, _ = residual_nearest(self.codebooks, log_mel, level1)
         return codes
 
     @torch.no_grad()
@@ -311,47 +353,85 @@ class MelRVQCodec(Checkpointed, nn.Module):
 
     # ----- fitting (optional) -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def fit_codebooks(self, frames: Tensor, iters: int = 12, seed: int = 0, chunk: int = 8192) -> Tensor:
+    def fit_codebooks(
+        self,
+        frames: Tensor,
+        iters: int = 12,
+        seed: int = 0,
+        chunk: int = 8192,
+        level1_frames: Tensor | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Tensor:
         """Residual k-means on log-mel frames ``[N, M]``; replaces the codebooks. Returns per-level residual RMSE.
 
-        Each level runs ``iters`` Lloyd iterations on the residual left by the levels before; empty clusters are
-        re-seeded with random residual vectors. Needs N >= codebook_size.
+        ``level1_frames [N, M]`` are the level-1 inputs of the same frames (``level1_input`` of each utterance);
+        required with ``level1_mean_norm``, where level 1 is fitted on them and levels 2..n_q on
+        ``frames - level-1 codeword``. Each level runs ``iters`` Lloyd iterations; a code left empty is re-seeded
+        with a vector drawn with probability proportional to its squared distance from its current codeword.
+        Needs N >= codebook_size. ``progress`` receives one line per level.
         """
         cfg = self.config
         if frames.dim() != 2 or frames.shape[1] != cfg.n_mels:
             raise ValueError(f"expected frames [N, {cfg.n_mels}], got {tuple(frames.shape)}")
         if frames.shape[0] < cfg.codebook_size:
             raise ValueError(f"need at least {cfg.codebook_size} frames, got {frames.shape[0]}")
+        if cfg.level1_mean_norm and level1_frames is None:
+            raise ValueError("level1_mean_norm codecs need level1_frames (level1_input of each utterance)")
+        if level1_frames is not None and level1_frames.shape != frames.shape:
+            raise ValueError(f"level1_frames {tuple(level1_frames.shape)} must match frames {tuple(frames.shape)}")
         gen = torch.Generator().manual_seed(seed)
-        residual = frames.float().clone()  # [N, M]
+        frames = frames.float()
+        quantised = torch.zeros_like(frames)  # [N, M]
         books, errors = [], []
-        for _level in range(cfg.n_q):
-            centroids = residual[torch.randperm(residual.shape[0], generator=gen)[: cfg.codebook_size]].clone()
-            for _ in range(iters):
-                assign = self._assign(residual, centroids, chunk)  # [N]
-                sums = torch.zeros_like(centroids).index_add_(0, assign, residual)
-                counts = torch.bincount(assign, minlength=cfg.codebook_size).float()  # [K]
-                filled = counts > 0
-                centroids[filled] = sums[filled] / counts[filled, None]
-                empty = int((~filled).sum())
-                if empty:
-                    reseed = torch.randint(0, residual.shape[0], (empty,), generator=gen)
-                    centroids[~filled] = residual[reseed]
-            assign = self._assign(residual, centroids, chunk)
-            residual = residual - centroids[assign]
+        for level in range(cfg.n_q):
+            if level == 0 and level1_frames is not None:
+                target = level1_frames.float()  # [N, M]
+            else:
+                target = frames - quantised  # [N, M]
+            centroids, reseeded = self._kmeans(target, iters, gen, chunk)  # [K, M]
+            assign, _ = self._assign(target, centroids, chunk)  # [N]
+            quantised = quantised + centroids[assign]
             books.append(centroids)
-            errors.append(residual.pow(2).mean().sqrt())
+            errors.append((frames - quantised).pow(2).mean().sqrt())
+            if progress is not None:
+                used = int(torch.bincount(assign, minlength=cfg.codebook_size).gt(0).sum())
+                progress(
+                    f"level {level + 1}/{cfg.n_q}: residual RMSE {float(errors[-1]):.3f}, "
+                    f"{used}/{cfg.codebook_size} codes used, {reseeded} re-seeds"
+                )
         self.codebooks.copy_(torch.stack(books))
         return torch.stack(errors)
 
+    def _kmeans(self, vectors: Tensor, iters: int, gen: torch.Generator, chunk: int) -> tuple[Tensor, int]:
+        """Lloyd iterations on ``vectors [N, M]`` -> (centroids ``[K, M]``, number of re-seeded codes)."""
+        k = self.config.codebook_size
+        centroids = vectors[torch.randperm(vectors.shape[0], generator=gen)[:k]].clone()  # [K, M]
+        reseeded = 0
+        for _ in range(iters):
+            assign, distance = self._assign(vectors, centroids, chunk)  # [N], [N]
+            sums = torch.zeros_like(centroids).index_add_(0, assign, vectors)  # [K, M]
+            counts = torch.bincount(assign, minlength=k).float()  # [K]
+            filled = counts > 0
+            centroids[filled] = sums[filled] / counts[filled, None]
+            empty = int((~filled).sum())
+            if empty:
+                weights = distance.clamp(min=0.0) + 1e-12  # [N]
+                picks = torch.multinomial(weights, empty, replacement=False, generator=gen)  # [empty]
+                centroids[~filled] = vectors[picks]
+                reseeded += empty
+        return centroids, reseeded
+
     @staticmethod
-    def _assign(vectors: Tensor, centroids: Tensor, chunk: int) -> Tensor:
-        out = []
+    def _assign(vectors: Tensor, centroids: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+        """Nearest centroid of each vector and its squared distance: ``[N]`` long, ``[N]`` float."""
+        indices, distances = [], []
         c_norm = centroids.pow(2).sum(-1)[None, :]  # [1, K]
         for start in range(0, vectors.shape[0], chunk):
             block = vectors[start : start + chunk]  # [n, M]
-            out.append((c_norm - 2.0 * block @ centroids.T).argmin(-1))
-        return torch.cat(out)
+            best, index = (c_norm - 2.0 * block @ centroids.T).min(dim=-1)  # [n], [n]
+            indices.append(index)
+            distances.append(best + block.pow(2).sum(-1))
+        return torch.cat(indices), torch.cat(distances)
 
     # ----- persistence ------------------------------------------------------------------------------------------
 

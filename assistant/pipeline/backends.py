@@ -46,6 +46,11 @@ class MediaBackend(ABC):
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
         """Flattened music tokens -> float32 [T] @ 16 kHz."""
 
+    @abstractmethod
+    async def image_codes(self, png: bytes) -> list[int]:
+        """An image file (PNG or JPEG bytes) sent by a user -> its image codes. Raises ``ValueError`` for bytes that
+        are not a readable image."""
+
 
 @dataclass(frozen=True)
 class Backends:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES, SAMPLE_RATE, FrameSplitter, float_to_pcm16
+from assistant.models.voices import VoiceBank
 from assistant.pipeline.backends import Backends
 from assistant.pipeline.chunking import SpeechChunker
 from assistant.pipeline.outputs import (
@@ -119,15 +120,16 @@ class EngineConfig:
 
 @dataclass(frozen=True, eq=False)
 class UserTurn:
-    """One user turn: audio (float32 mono 16 kHz), text, or both."""
+    """One user turn: audio (float32 mono 16 kHz), text, a picture (PNG/JPEG bytes), or several of them."""
 
     audio: np.ndarray | None = None
     text: str | None = None
+    image: bytes | None = None
 
     def __post_init__(self) -> None:
         has_audio = self.audio is not None and np.asarray(self.audio).size > 0
-        if not has_audio and not (self.text and self.text.strip()):
-            raise ValueError("UserTurn needs non-empty audio or text")
+        if not has_audio and not (self.text and self.text.strip()) and not self.image:
+            raise ValueError("UserTurn needs non-empty audio, text or an image")
 
 
 @dataclass
@@ -175,21 +177,30 @@ _DONE = object()  # end of the job stream
 class AssistantEngine:
     """Shared, stateless part: backends, vocabulary and settings. One ``Session`` per conversation."""
 
-    def __init__(self, backends: Backends, vocab: UnifiedVocab, config: EngineConfig | None = None):
+    def __init__(self, backends: Backends, vocab: UnifiedVocab, config: EngineConfig | None = None,
+                 voices: VoiceBank | None = None):
         self.backends = backends
         self.vocab = vocab
         self.config = config or EngineConfig()
         self.prompt_builder = ChatPromptBuilder(vocab)
+        self.voices = voices
 
-    def new_session(self) -> "Session":
-        return Session(self)
+    def new_session(self, voice: str | None = None) -> "Session":
+        """A conversation whose speech is rendered in ``voice`` (a name of the voice bank; None = its default).
+        Raises ``ValueError`` for a voice the bank does not know, or any voice when there is no bank."""
+        if self.voices is None:
+            if voice is not None:
+                raise ValueError(f"voice {voice!r} requested, but these models have no voice bank")
+            return Session(self, None)
+        return Session(self, self.voices.prompt(voice if voice is not None else self.voices.default))
 
 
 class Session:
     """One conversation: its history and at most one turn in flight."""
 
-    def __init__(self, engine: AssistantEngine):
+    def __init__(self, engine: AssistantEngine, voice_prompt: np.ndarray | None):
         self.engine = engine
+        self.voice_prompt = voice_prompt  # [n_q, Tp] acoustic prompt: the voice of every spoken reply
         self.vocab = engine.vocab
         self.config = engine.config
         self.conversation = Conversation()
@@ -321,8 +332,10 @@ class Session:
             if codes.ndim != 2 or codes.shape[1] == 0:
                 raise ValueError(f"speech encoder returned codes of shape {codes.shape}, expected [n_q, F>0]")
             speech_codes = [int(c) for c in codes[0]]  # level 1 = semantic stream
+        image_codes = list(await self.engine.backends.media.image_codes(turn.image)) if turn.image else None
         text = turn.text if turn.text and turn.text.strip() else None
-        return UserMessage(text=text, speech_codes=speech_codes), self.config.forced_for(speech_codes is not None)
+        message = UserMessage(text=text, speech_codes=speech_codes, image_codes=image_codes)
+        return message, self.config.forced_for(speech_codes is not None)
 
     def _build_prompt(self, user: UserMessage, forced: Modality | None) -> list[int]:
         builder = self.engine.prompt_builder
@@ -464,7 +477,7 @@ class Session:
             if job is _DONE:
                 break
             if isinstance(job, _SpeechChunk):
-                codes, wave = await backends.acoustic.decode_chunk(job.semantic, context, None)
+                codes, wave = await backends.acoustic.decode_chunk(job.semantic, context, self.voice_prompt)
                 codes = np.asarray(codes, dtype=np.int64)
                 wave = np.asarray(wave, dtype=np.float32).reshape(-1)
                 context = codes[:, -cfg.context_frames:] if cfg.context_frames > 0 else None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from assistant.decoding.lm_stream import TokenStream
+from assistant.image_io import read_image
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, UnmaskSchedule
 from assistant.models.bundle import ModelBundle
 from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
@@ -157,8 +158,16 @@ class LocalMediaBackend(MediaBackend):
         with torch.inference_mode():
             return np.asarray(self.music.decode(list(tokens)), dtype=np.float32)
 
+    def _image_codes(self, data: bytes) -> list[int]:
+        pixels = read_image(data, self.image.config.image_size)
+        with torch.inference_mode():
+            return [int(c) for c in self.image.encode(pixels)]
+
     async def image_png(self, codes: list[int]) -> tuple[bytes, int, int]:
         return await asyncio.to_thread(self._image, codes)
+
+    async def image_codes(self, png: bytes) -> list[int]:
+        return await asyncio.to_thread(self._image_codes, png)
 
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
         return await asyncio.to_thread(self._music, tokens)

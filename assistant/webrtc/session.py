@@ -5,7 +5,10 @@ An :class:`RtcSession` owns one aiortc ``RTCPeerConnection`` and one engine sess
 - the caller's audio track is always read (an unread track piles up in aiortc), converted to 16 kHz mono,
   cut into 20 ms frames and fed to :class:`~assistant.endpointing.VadEndpointer`; the end of an utterance
   starts a turn and the start of one interrupts a reply in progress (barge-in);
-- the caller's data channel ``events`` carries JSON messages both ways (:mod:`assistant.protocol`);
+- the caller's data channel ``events`` carries JSON messages both ways (:mod:`assistant.protocol`); a typed
+  question starts a turn, and so does a picture with a question. A picture without one waits ("pending picture")
+  and goes with the caller's next turn, spoken or typed; a newer picture replaces it, an ``interrupt`` message
+  drops it (a barge-in does not: the speech that barges in is usually the question about the picture);
 - the assistant's voice leaves on :class:`ReplyAudioTrack`, paced at 20 ms frames from a bounded queue, so a
   slow network slows the engine rather than growing memory.
 
@@ -54,6 +57,10 @@ _INTERRUPT_GRACE_S = 2.0
 
 class SessionLimitError(RuntimeError):
     """The manager already holds its maximum number of sessions."""
+
+
+class VoiceUnavailableError(ProtocolError):
+    """The offer asked for a voice the engine does not have (the text says which ones it has)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,6 +221,7 @@ class _Turn:
 class RtcSessionStats:
     inbound_frames: int = 0
     turns: int = 0
+    images_received: int = 0
     messages_sent: int = 0
     client_errors: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -232,7 +240,15 @@ class RtcSession:
         on_closed: Callable[[RtcSession], Awaitable[None] | None] | None = None,
         rtc_configuration: Any = None,
         turn_factory: Callable[..., Any] | None = None,
+        voice: str | None = None,
+        voices: list[str] | None = None,
     ):
+        """
+        turn_factory: builds the engine's turn from keyword arguments ``audio``, ``text`` and ``image``
+            (default: ``assistant.pipeline.engine.UserTurn``).
+        voice / voices: the voice the engine session speaks with and the voices the server offers; only told to
+            the caller in ``ready`` (the engine session already speaks with ``voice``).
+        """
         self.engine_session = engine_session
         self.session_id = session_id or uuid.uuid4().hex
         self.endpointer = VadEndpointer(endpointer_config or EndpointerConfig(sample_rate=SAMPLE_RATE))
@@ -244,6 +260,9 @@ class RtcSession:
         self._on_closed = on_closed
         self._rtc_configuration = rtc_configuration
         self._turn_factory = turn_factory
+        self.voice = voice
+        self.voices = list(voices) if voices is not None else None
+        self.pending_image: bytes | None = None  # a picture waiting for the caller's next turn
         self._pc: RTCPeerConnection | None = None
         self._channel = None
         self._pending_messages: list[str] = []
@@ -373,7 +392,8 @@ class RtcSession:
         channel.on("message", self._on_message)
 
         def opened() -> None:
-            self.send(protocol.Ready(session_id=self.session_id, sample_rate=self.track.sample_rate))
+            self.send(protocol.Ready(session_id=self.session_id, sample_rate=self.track.sample_rate,
+                                     voice=self.voice, voices=self.voices))
             self._flush_pending()
 
         if channel.readyState == "open":
@@ -391,8 +411,17 @@ class RtcSession:
             self.send(protocol.ErrorEvent(message=str(exc)))
             return
         if isinstance(message, protocol.TextMessage):
-            self._spawn(self.start_turn(text=message.text))
+            self._spawn(self.start_turn(text=message.text, image=self._take_pending_image()))
+        elif isinstance(message, protocol.ImageMessage):
+            self.stats.images_received += 1
+            image = message.image_bytes()  # validated by the parser
+            if message.text is not None:
+                self.pending_image = None  # this picture supersedes one still waiting
+                self._spawn(self.start_turn(text=message.text, image=image))
+            else:
+                self.pending_image = image
         elif isinstance(message, protocol.InterruptMessage):
+            self.pending_image = None
             self._spawn(self.interrupt())
         # Hello needs no answer: ``ready`` was sent when the channel opened.
 
@@ -429,16 +458,20 @@ class RtcSession:
                 await self.interrupt()
         elif isinstance(event, SpeechEnd):
             self.send(protocol.SpeechStopped(duration_s=round(event.duration_s, 3)))
-            self._spawn(self.start_turn(audio=event.audio))
+            self._spawn(self.start_turn(audio=event.audio, image=self._take_pending_image()))
 
     # ----- turns -----
 
-    def _make_turn(self, audio: np.ndarray | None, text: str | None) -> Any:
+    def _take_pending_image(self) -> bytes | None:
+        image, self.pending_image = self.pending_image, None
+        return image
+
+    def _make_turn(self, audio: np.ndarray | None, text: str | None, image: bytes | None) -> Any:
         if self._turn_factory is not None:
-            return self._turn_factory(audio=audio, text=text)
+            return self._turn_factory(audio=audio, text=text, image=image)
         from assistant.pipeline.engine import UserTurn  # the engine is only needed once a turn starts
 
-        return UserTurn(audio=audio, text=text)
+        return UserTurn(audio=audio, text=text, image=image)
 
     async def _call_engine_interrupt(self) -> None:
         try:
@@ -459,8 +492,10 @@ class RtcSession:
         self.track.clear()
         return True
 
-    async def start_turn(self, *, audio: np.ndarray | None = None, text: str | None = None) -> int:
-        """Starts a turn (interrupting the previous one) and returns its id; the turn runs in the background."""
+    async def start_turn(self, *, audio: np.ndarray | None = None, text: str | None = None,
+                         image: bytes | None = None) -> int:
+        """Starts a turn (interrupting the previous one) and returns its id; the turn runs in the background.
+        ``image`` is PNG/JPEG bytes; the pending picture is the caller's to pass (see :meth:`_take_pending_image`)."""
         async with self._turn_lock:
             if self._closed:
                 return -1
@@ -476,7 +511,7 @@ class RtcSession:
             turn = _Turn(turn_id=self._next_turn_id)
             self._turn = turn
             self.stats.turns += 1
-            turn.task = self._spawn(self._run_turn(turn, self._make_turn(audio, text)))
+            turn.task = self._spawn(self._run_turn(turn, self._make_turn(audio, text, image)))
             return turn.turn_id
 
     async def wait_turn(self, timeout: float | None = None) -> None:
@@ -546,13 +581,21 @@ class RtcSession:
 
 
 class RtcSessionManager:
-    """Creates and tracks the sessions of one process (a gateway replica)."""
+    """Creates and tracks the sessions of one process (a gateway replica).
+
+    new_engine_session: called as ``new_engine_session()`` for an offer without a voice and
+        ``new_engine_session(voice)`` for one with a voice (``AssistantEngine.new_session``); a ``ValueError`` or
+        ``KeyError`` from it means the voice is unknown.
+    voices: the engine's voice bank (``.names``, ``.default``) or None; it names the voice in ``ready`` and lets
+        an unknown voice be refused with the list of known ones before any engine state exists.
+    """
 
     def __init__(
         self,
-        new_engine_session: Callable[[], Any],
+        new_engine_session: Callable[..., Any],
         max_sessions: int = 8,
         endpointer_config: EndpointerConfig | None = None,
+        voices: Any = None,
         **session_options: Any,
     ):
         if max_sessions < 1:
@@ -560,6 +603,7 @@ class RtcSessionManager:
         self._new_engine_session = new_engine_session
         self.max_sessions = max_sessions
         self.endpointer_config = endpointer_config
+        self.voices = voices
         self._session_options = session_options
         self._sessions: dict[str, RtcSession] = {}
 
@@ -577,8 +621,10 @@ class RtcSessionManager:
         """Answers ``offer`` with a new session. Raises SessionLimitError or ProtocolError."""
         if len(self._sessions) >= self.max_sessions:
             raise SessionLimitError(f"server is at its limit of {self.max_sessions} sessions")
-        session = RtcSession(self._new_engine_session(), endpointer_config=self.endpointer_config,
-                             on_closed=self._forget, **self._session_options)
+        engine_session, voice = self._engine_session_for(offer.voice)
+        names = list(self.voices.names) if self.voices is not None else None
+        session = RtcSession(engine_session, endpointer_config=self.endpointer_config, on_closed=self._forget,
+                             voice=voice, voices=names, **self._session_options)
         self._sessions[session.session_id] = session
         try:
             answer = await session.accept(offer)
@@ -587,6 +633,25 @@ class RtcSessionManager:
             self._sessions.pop(session.session_id, None)
             raise
         return session, answer
+
+    def describe_voices(self) -> str:
+        if self.voices is None:
+            return "this server has no voice bank; leave 'voice' out of the offer"
+        names = ", ".join(self.voices.names)
+        return f"known voices: {names} (default: {self.voices.default})"
+
+    def _engine_session_for(self, voice: str | None) -> tuple[Any, str | None]:
+        """The engine session for ``voice`` (None = the default) and the name of the voice it speaks with."""
+        if voice is None:
+            return self._new_engine_session(), (self.voices.default if self.voices is not None else None)
+        if self.voices is not None and voice not in self.voices.names:
+            raise VoiceUnavailableError(f"unknown voice {voice!r}; {self.describe_voices()}")
+        try:
+            return self._new_engine_session(voice), voice
+        except (ValueError, KeyError) as exc:  # the engine is the judge when no bank was given to us
+            # (AssistantEngine raises ValueError without a bank; the bank's own UnknownVoiceError is a KeyError)
+            message = str(exc) if isinstance(exc, ValueError) or exc.args else f"unknown voice {voice!r}"
+            raise VoiceUnavailableError(message) from None
 
     def _forget(self, session: RtcSession) -> None:
         self._sessions.pop(session.session_id, None)

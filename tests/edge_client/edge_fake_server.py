@@ -1,7 +1,7 @@
 """A tiny in-process stand-in for the anystream server, used by the edge client tests.
 
 POST /offer answers with aiortc; once the data channel arrives it sends ``ready``; it runs webrtcvad on the
-client's audio and, when the client's speech ends, answers one turn: turn_started, transcript, text deltas,
+client's audio and, when the client's speech ends (or a picture with a question arrives), answers one turn: turn_started, transcript, text deltas,
 an image (tiny PNG), a tone on its audio track, then turn_end after the tone's last frame has been sent.
 """
 
@@ -26,6 +26,7 @@ from assistant.endpointing import EndpointerConfig, SpeechEnd, VadEndpointer
 
 SERVER_RATE = 16000
 SERVER_FRAME = 320  # 20 ms at 16 kHz, like the real server
+VOICES = ["alto", "bass"]
 REPLY_DELTAS = ["Hello", " there", ", friend."]
 
 
@@ -87,6 +88,7 @@ class FakeServer:
         self.send_turn = send_turn
         self.pcs: list[RTCPeerConnection] = []
         self.client_messages: list[dict] = []
+        self.offers: list[dict] = []  # the bodies of POST /offer
         self.frames_in = 0
         self.turns = 0
         self._tasks: list[asyncio.Task] = []
@@ -116,9 +118,14 @@ class FakeServer:
         if self.reject:
             return web.json_response({"error": "offer rejected for the test"}, status=400)
         try:
-            offer = protocol.OfferRequest.parse(await request.json())
+            body = await request.json()
+            self.offers.append(body)
+            offer = protocol.OfferRequest.parse(body)
         except (protocol.ProtocolError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if offer.voice is not None and offer.voice not in VOICES:
+            return web.json_response({"error": f"unknown voice {offer.voice!r}; known voices: {', '.join(VOICES)}"},
+                                     status=400)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pcs.append(pc)
         out = ToneTrack()
@@ -127,12 +134,16 @@ class FakeServer:
         @pc.on("datachannel")
         def on_channel(channel) -> None:
             state["channel"] = channel
-            channel.send(protocol.to_json(protocol.Ready(session_id="s1", sample_rate=SERVER_RATE)))
+            channel.send(protocol.to_json(protocol.Ready(session_id="s1", sample_rate=SERVER_RATE,
+                                                         voice=offer.voice or VOICES[0], voices=VOICES)))
 
             @channel.on("message")
             def on_message(raw) -> None:
                 message = json.loads(raw)
                 self.client_messages.append(message)
+                if message["type"] == "image" and message.get("text") and self.send_turn:
+                    state["answering"] = asyncio.ensure_future(self._answer(out, state))
+                    self._tasks.append(state["answering"])
                 if message["type"] == "interrupt" and state.get("answering"):
                     state["answering"].cancel()
                     state["answering"] = None

@@ -40,3 +40,34 @@ def test_module_entry_point_reports_unreachable_server(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "cannot reach the server" in result.stderr
     assert (tmp_path / "session.json").exists()
+
+
+def test_image_and_voice_options(tmp_path):
+    args = build_parser().parse_args(["--server", "http://x", "--image", "cat.png", "--text", "what is this?",
+                                      "--voice", "warm_alto-2"])
+    assert (args.image, args.text, args.voice) == ("cat.png", "what is this?", "warm_alto-2")
+    defaults = build_parser().parse_args(["--server", "http://x"])
+    assert defaults.image is None and defaults.voice is None
+    for bad in ("Alto", "a b", "x" * 40, ""):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--server", "http://x", "--voice", bad])
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (None, "cannot read picture"),
+        (b"GIF89a" + b"\x00" * 16, "neither PNG nor JPEG"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * (60 * 1024), "exceeds the limit"),
+    ],
+)
+def test_unusable_picture_is_a_clear_error_before_connecting(tmp_path, capsys, content, fragment):
+    path = tmp_path / "picture.png"
+    if content is not None:
+        path.write_bytes(content)
+    code = main(["--server", "http://127.0.0.1:9", "--image", str(path), "--text", "what is it?",
+                 "--output", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and str(path) in err
+    assert not (tmp_path / "session.json").exists()  # nothing was attempted

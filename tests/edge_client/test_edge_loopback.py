@@ -140,3 +140,73 @@ def test_sigint_closes_cleanly_and_exits_0(tmp_path):
     assert "SIGINT" in client.exit_reason
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed afterwards
 
+
+
+def test_picture_with_a_question_and_a_voice(tmp_path):
+    import base64
+
+    from edge_fake_server import VOICES
+
+    picture = tiny_png(4, 4)
+
+    async def main():
+        server = FakeServer(tone_frames=10)
+        await server.start()
+        try:
+            return await _run_client(server, tmp_path, SilenceSource(), text="what is in this picture?",
+                                     image=picture, image_name="cat.png", voice="bass", timeout=15,
+                                     handle_signals=False), server
+        finally:
+            await server.stop()
+
+    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    assert code == EXIT_OK, stderr
+    assert server.offers[0]["voice"] == "bass"
+    sent = [m for m in server.client_messages if m["type"] == "image"]
+    assert len(sent) == 1 and sent[0]["text"] == "what is in this picture?"
+    assert base64.b64decode(sent[0]["png_base64"]) == picture
+    assert not [m for m in server.client_messages if m["type"] == "text"]  # the question rode with the picture
+    assert "you (picture cat.png): what is in this picture?" in stdout and "voice: bass" in stdout
+    summary = json.loads((out / "session.json").read_text())
+    assert summary["images_sent"] == [{"t": summary["images_sent"][0]["t"], "name": "cat.png", "bytes": len(picture),
+                                       "text": "what is in this picture?"}]
+    assert summary["voice"] == {"requested": "bass", "server": "bass", "available": VOICES}
+    assert summary["reply_text"]["1"] == "".join(REPLY_DELTAS)
+
+
+def test_picture_alone_waits_for_the_spoken_question(tmp_path):
+    picture = tiny_png()
+
+    async def main():
+        server = FakeServer(tone_frames=10)
+        await server.start()
+        try:
+            source = FileSource(_noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            return await _run_client(server, tmp_path, source, image=picture, timeout=15,
+                                     handle_signals=False), server
+        finally:
+            await server.stop()
+
+    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    assert code == EXIT_OK, stderr
+    image, = [m for m in server.client_messages if m["type"] == "image"]
+    assert "text" not in image or image["text"] is None
+    assert "goes with your next question" in stdout
+    summary = json.loads((out / "session.json").read_text())
+    assert summary["images_sent"][0]["bytes"] == len(picture) and summary["images_sent"][0]["text"] is None
+    assert summary["voice"]["requested"] is None and summary["voice"]["server"] == "alto"
+
+
+def test_unknown_voice_exits_2_with_the_servers_list(tmp_path):
+    async def main():
+        server = FakeServer()
+        await server.start()
+        try:
+            return await _run_client(server, tmp_path, SilenceSource(), voice="tenor", timeout=5,
+                                     handle_signals=False)
+        finally:
+            await server.stop()
+
+    code, client, stdout, stderr, out = asyncio.run(main())
+    assert code == EXIT_SERVER
+    assert "HTTP 400" in stderr and "unknown voice 'tenor'" in stderr and "alto, bass" in stderr

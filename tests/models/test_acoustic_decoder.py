@@ -53,3 +53,18 @@ def test_save_load_round_trip_and_strict_key_error(tmp_path):
     save_file(weights, str(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(CheckpointError, match="model.safetensors.*head_bias"):
         AcousticDecoder.load(tmp_path / "m")
+
+
+def test_level_logits_equal_the_matching_slice_of_forward():
+    model = AcousticDecoder(TINY).eval()
+    semantic = torch.randint(0, 32, (3, 9), generator=torch.Generator().manual_seed(2))
+    acoustic = torch.randint(0, 33, (3, 3, 9), generator=torch.Generator().manual_seed(3))
+    full = model(semantic, acoustic)  # [B, T, Q, K]
+    levels = torch.tensor([2, 0, 1])
+    part = model.level_logits(semantic, acoustic, levels, start=4)  # [B, T - 4, K]
+    assert part.shape == (3, 5, 32)
+    for row, level in enumerate(levels.tolist()):
+        assert torch.allclose(part[row], full[row, 4:, level], atol=1e-5)
+    assert torch.allclose(model.level_logits(semantic, acoustic, 1), full[:, :, 1], atol=1e-5)
+    with pytest.raises(ValueError):
+        model.level_logits(semantic, acoustic, 3)

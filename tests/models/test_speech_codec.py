@@ -111,3 +111,80 @@ def test_save_load_round_trip_and_strict_failure(tmp_path):
     cfg_path.write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="bogus"):
         MelRVQCodec.load(tmp_path / "c")
+
+
+MEAN_NORM = MelCodecConfig(n_q=3, codebook_size=32, griffin_lim_iters=4, level1_mean_norm=True)
+
+
+def _utterance(seed: int, pitch: float = 140.0) -> torch.Tensor:
+    """Three broadband voiced bursts (harmonics up to 7 kHz) separated by digital silence, like espeak output."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(16000 * 0.25)) / 16000
+    parts = []
+    for k in range(3):
+        f0 = pitch * (1.0 + 0.15 * k)
+        harmonics = range(1, int(7000 / f0))
+        phases = torch.rand(len(harmonics), generator=gen) * 6.0
+        burst = sum(0.3 / h**0.5 * torch.sin(2 * math.pi * f0 * h * t + phases[i]) for i, h in enumerate(harmonics))
+        burst = burst + 0.01 * torch.randn(t.shape, generator=gen)
+        parts += [torch.zeros(1600), burst / burst.abs().max() * 0.7 * torch.hann_window(t.shape[0], periodic=False)]
+    return torch.cat(parts + [torch.zeros(1600)]).float()
+
+
+def _fitted_mean_norm_codec() -> MelRVQCodec:
+    codec = MelRVQCodec(MEAN_NORM)
+    mels = [codec.log_mel(_utterance(s, pitch=110 + 20 * s) * (0.3 + 0.2 * s)) for s in range(5)]
+    codec.fit_codebooks(torch.cat(mels), iters=4, level1_frames=torch.cat([codec.level1_input(m) for m in mels]))
+    return codec
+
+
+def test_mean_norm_level1_input_is_gain_invariant_and_zero_mean_on_speech():
+    codec = MelRVQCodec(MEAN_NORM)
+    wave = _utterance(0)
+    loud, quiet = codec.level1_input(codec.log_mel(wave)), codec.level1_input(codec.log_mel(wave * 0.2))
+    assert (loud - quiet).abs().max() < 1e-3
+    plain = codec.log_mel(wave)
+    assert (plain - codec.log_mel(wave * 0.2)).abs().max() > 1.0  # the raw log-mel does move with gain
+    voiced = plain.mean(1) > plain.mean(1).max() - 2.0
+    assert loud[voiced].mean(0).abs().max() < 2.0  # roughly centred (floored bins shift the mean a little)
+
+
+def test_mean_norm_level1_codes_ignore_gain_and_round_trip_shapes():
+    codec = _fitted_mean_norm_codec()
+    wave = _utterance(7, pitch=130)
+    codes, scaled = codec.encode(wave), codec.encode(wave * 3.0)
+    assert codes.shape == (3, math.ceil(wave.shape[0] / 320))
+    assert (codes[0] == scaled[0]).float().mean() > 0.95  # level 1: the same content at any loudness
+    assert (codes[1:] != scaled[1:]).any()  # the residual levels carry the loudness
+    assert codec.decode(codes).shape == (codes.shape[1] * 320,)
+    # reconstruction is the sum of codewords and tracks the real (un-normalised) log-mel, loudness included
+    for w in (wave, wave * 3.0):
+        err = (codec.dequantise(codec.encode(w)) - codec.log_mel(w)).pow(2).mean().sqrt()
+        assert err < 1.5
+
+
+def test_mean_norm_fit_beats_random_codebooks_and_requires_level1_frames():
+    codec = MelRVQCodec(MEAN_NORM)
+    waves = [_utterance(s, pitch=110 + 20 * s) * (0.3 + 0.2 * s) for s in range(5)]
+    frames = torch.cat([codec.log_mel(w) for w in waves])
+    before = torch.cat([codec.dequantise(codec.encode(w)) for w in waves]) - frames
+    with pytest.raises(ValueError, match="level1_frames"):
+        codec.fit_codebooks(frames, iters=2)
+    lines = []
+    level1 = torch.cat([codec.level1_input(codec.log_mel(w)) for w in waves])
+    errors = codec.fit_codebooks(frames, iters=4, level1_frames=level1, progress=lines.append)
+    after = torch.cat([codec.dequantise(codec.encode(w)) for w in waves]) - frames
+    assert after.pow(2).mean() < 0.5 * before.pow(2).mean()
+    assert errors.shape == (3,) and bool((errors[1:] <= errors[:-1] + 1e-6).all())  # each level helps
+    assert len(lines) == 3 and "level 1/3" in lines[0]
+
+
+def test_mean_norm_save_load_keeps_setting_and_codes(tmp_path):
+    codec = _fitted_mean_norm_codec()
+    codec.save(tmp_path / "c")
+    loaded = MelRVQCodec.load(tmp_path / "c")
+    assert loaded.config.level1_mean_norm and loaded.config == MEAN_NORM
+    wave = _utterance(3)
+    assert torch.equal(loaded.encode(wave), codec.encode(wave))
+    with pytest.raises(ValueError):
+        MelCodecConfig(level1_mean_norm=True, silence_margin=0.0)

@@ -117,6 +117,11 @@ class FakeMedia(MediaBackend):
         self.music.append(list(tokens))
         return np.full(len(tokens) * 100, 0.1, dtype=np.float32)
 
+    async def image_codes(self, png):
+        if not png.startswith(b"\x89PNG"):
+            raise ValueError("not a readable image")
+        return [b % 16 for b in png[8:40]]
+
 
 def make_backends(lm: LMBackend, acoustic: AcousticBackend | None = None) -> tuple[Backends, FakeSpeech, FakeAcoustic, FakeMedia]:
     speech, media = FakeSpeech(), FakeMedia()

@@ -40,3 +40,14 @@ def test_broken_wav_exits_nonzero(tmp_path):
     assert "cannot read audio file" in result.stderr
     missing = run_cli("--input", tmp_path / "nope.wav", "--out", tmp_path / "o")
     assert missing.returncode != 0 and "cannot read audio file" in missing.stderr
+
+
+def test_bad_picture_or_no_question_exits_2(tmp_path, capsys):
+    fake = tmp_path / "not_a_picture.png"
+    fake.write_bytes(b"hello, not a picture")
+    assert main(["chat", "--image", str(fake), "--out", str(tmp_path / "o")]) == 2
+    assert "not a PNG or JPEG" in capsys.readouterr().err
+    assert main(["chat", "--out", str(tmp_path / "o")]) == 2
+    assert "give a question" in capsys.readouterr().err
+    assert main(["chat", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read picture" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from assistant.endpointing import EndpointerConfig
 from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TranscriptDelta, TurnFinished
 from assistant.protocol import FinishReason, OfferRequest, ProtocolError
 from assistant.webrtc.ice import use_loopback_only
-from assistant.webrtc.session import ReplyAudioTrack, RtcSession, RtcSessionManager
+from assistant.webrtc.session import ReplyAudioTrack, RtcSession, RtcSessionManager, VoiceUnavailableError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 class FakeTurn:
     audio: np.ndarray | None
     text: str | None
+    image: bytes | None = None
 
 
 class FakeEngineSession:
@@ -204,7 +205,7 @@ def test_text_message_runs_a_turn_with_audio_and_turn_end():
         assert end["reason"] == "complete"
         types = client.types()
         assert types.index("turn_started") < types.index("transcript") < types.index("text") < types.index("turn_end")
-        assert engine.turns[0].text == "hi there" and engine.turns[0].audio is None
+        assert engine.turns[0].text == "hi there" and engine.turns[0].audio is None and engine.turns[0].image is None
         assert session.track.frames_sent == 15  # turn_end waited for the last frame to leave the track
         await asyncio.sleep(0.3)  # the client's jitter buffer holds ~80 ms
         assert client.loud_frames >= 5
@@ -404,6 +405,184 @@ def test_images_and_music_become_wire_events():
         assert types.index("image") < types.index("music") < types.index("turn_end")
         assert session.track.frames_sent == 5
         await session.close()
+        await client.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pictures and voices
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+JPEG = b"\xff\xd8\xff\xe0" + b"\x11" * 40
+
+
+def image_message(data: bytes, text: str | None = None) -> dict:
+    import base64
+
+    message = {"type": "image", "png_base64": base64.b64encode(data).decode("ascii")}
+    if text is not None:
+        message["text"] = text
+    return message
+
+
+def test_picture_with_a_question_starts_a_turn_at_once():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        client.send(image_message(PNG, "what is in this picture?"))
+        end = (await client.wait_for("turn_end"))[0]
+        assert end["reason"] == "complete"
+        turn = engine.turns[0]
+        assert (turn.image, turn.text, turn.audio) == (PNG, "what is in this picture?", None)
+        assert session.pending_image is None and session.stats.images_received == 1
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_picture_without_a_question_goes_with_the_next_spoken_turn_only():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        client.send(image_message(PNG))
+        client.send(image_message(JPEG))  # a newer picture replaces the waiting one
+        await asyncio.sleep(0.3)
+        assert "turn_started" not in client.types() and not engine.turns
+        assert session.pending_image == JPEG
+        client.mic.loud = True
+        await client.wait_for("speech_started", timeout=5)
+        await asyncio.sleep(0.5)
+        client.mic.loud = False
+        await client.wait_for("turn_end", timeout=5)
+        spoken = engine.turns[0]
+        assert spoken.audio is not None and spoken.image == JPEG and spoken.text is None
+        assert session.pending_image is None
+        client.send({"type": "text", "text": "and now?"})  # the picture went with one turn only
+        await client.wait_for("turn_end", count=2)
+        assert engine.turns[1].image is None
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_interrupt_drops_the_pending_picture_and_a_typed_turn_takes_it_otherwise():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        client.send(image_message(PNG))
+        client.send({"type": "interrupt"})
+        client.send({"type": "text", "text": "hello"})
+        await client.wait_for("turn_end")
+        assert engine.turns[0].image is None and session.pending_image is None
+        client.send(image_message(JPEG))
+        client.send({"type": "text", "text": "what about this one?"})
+        await client.wait_for("turn_end", count=2)
+        assert (engine.turns[1].image, engine.turns[1].text) == (JPEG, "what about this one?")
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_bad_pictures_get_errors_and_the_session_keeps_working():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        client.send({"type": "image", "png_base64": "%%% not base64"})
+        client.send(image_message(b"GIF89a" + b"\x00" * 10, "what is it?"))
+        client.send(image_message(PNG + b"\x00" * 50_000))
+        errors = await client.wait_for("error", count=3)
+        assert "base64" in errors[0]["message"]
+        assert "PNG nor JPEG" in errors[1]["message"]
+        assert "exceeds the limit" in errors[2]["message"]
+        assert session.pending_image is None and not engine.turns
+        client.send(image_message(PNG, "this one is fine"))
+        await client.wait_for("turn_end")
+        assert engine.turns[0].image == PNG and session.stats.client_errors == 3
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+def test_ready_names_the_voice_and_the_voices():
+    async def main():
+        session, client = await connect(FakeEngineSession(), voice="alto", voices=["alto", "bass"])
+        ready = client.messages[0]
+        assert ready["voice"] == "alto" and ready["voices"] == ["alto", "bass"]
+        await session.close()
+        await client.close()
+        session, client = await connect(FakeEngineSession())  # no voice bank: the fields are null
+        assert client.messages[0]["voice"] is None and client.messages[0]["voices"] is None
+        await session.close()
+        await client.close()
+
+    run(main())
+
+
+class FakeVoiceBank:
+    names = ("alto", "bass")
+    default = "alto"
+
+
+def test_manager_creates_the_engine_session_with_the_offered_voice():
+    async def main():
+        use_loopback_only()
+        calls = []
+
+        def new_engine_session(voice=None):
+            calls.append(voice)
+            if voice not in (None, *FakeVoiceBank.names):
+                raise ValueError(f"unknown voice {voice!r}")
+            return FakeEngineSession()
+
+        manager = RtcSessionManager(new_engine_session, voices=FakeVoiceBank(), turn_factory=FakeTurn)
+        client = Client()
+        offer = await client.offer()
+        with pytest.raises(VoiceUnavailableError, match=r"unknown voice 'tenor'; known voices: alto, bass \(default: alto\)"):
+            await manager.create(OfferRequest(sdp=offer.sdp, voice="tenor"))
+        assert len(manager) == 0 and calls == []  # refused before any engine state existed
+
+        session, answer = await manager.create(OfferRequest(sdp=offer.sdp, voice="bass"))
+        assert calls == ["bass"] and session.voice == "bass" and session.voices == ["alto", "bass"]
+        await client.answer(answer)
+        ready = (await client.wait_for("ready"))[0]
+        assert ready["voice"] == "bass" and ready["voices"] == ["alto", "bass"]
+        await manager.close_all()
+
+        other = Client()
+        session, _ = await manager.create(await other.offer())  # no voice asked: the engine's default
+        assert calls == ["bass", None] and session.voice == "alto"
+        await manager.close_all()
+        await client.close()
+        await other.close()
+
+    run(main())
+
+
+def test_manager_without_a_bank_lets_the_engine_refuse_a_voice():
+    async def main():
+        use_loopback_only()
+        created = []
+
+        def new_engine_session(voice=None):
+            if voice is not None:
+                raise ValueError(f"voice {voice!r} requested, but these models have no voice bank")
+            created.append(FakeEngineSession())
+            return created[-1]
+
+        manager = RtcSessionManager(new_engine_session, turn_factory=FakeTurn)
+        client = Client()
+        offer = await client.offer()
+        with pytest.raises(ProtocolError, match="no voice bank"):
+            await manager.create(OfferRequest(sdp=offer.sdp, voice="alto"))
+        assert len(manager) == 0 and not created
+        session, _ = await manager.create(offer)
+        assert session.voice is None and session.voices is None and len(manager) == 1
+        await manager.close_all()
         await client.close()
 
     run(main())

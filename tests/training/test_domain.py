@@ -1,0 +1,277 @@
+"""The synthesized instruction set: exact answers, reply shapes, follow-ups, determinism, the judge's vocabulary."""
+
+import collections
+import importlib.util
+import itertools
+from pathlib import Path
+
+import pytest
+
+from training import domain as d
+from training.specs import DEFAULT_BACKGROUND, DEFAULT_REGISTER, DEFAULT_SIZE, DEFAULT_TIMBRE, ImageSpec, MusicSpec, Voice
+
+VOICES = (Voice("a", "en-us+f2", pitch=40, speed=160), Voice("b", "en-us+m3", pitch=60, speed=190))
+NUMBER = {w: k for k, w in enumerate(d.NUMBER_WORDS)}
+
+
+@pytest.fixture(scope="module")
+def dialogues():
+    return d.generate_dialogues(3000, seed=7, voices=VOICES)
+
+
+def by_family(dialogues, family):
+    return [x for x in dialogues if x.family == family]
+
+
+def parse_answer(text):
+    """'six plus three is nine' -> ('plus', 6, 3, 9)."""
+    a, op, b, is_, c = text.split(" ")
+    assert is_ == "is"
+    return op, NUMBER[a], NUMBER[b], NUMBER[c]
+
+
+def check_arithmetic(text):
+    op, a, b, c = parse_answer(text)
+    assert c == {"plus": a + b, "minus": a - b, "times": a * b}[op]
+    assert 0 <= c <= d.MAX_NUMBER
+    return op, a, b, c
+
+
+def test_every_domain_word_is_in_the_pocketsphinx_dictionary():
+    spec = importlib.util.find_spec("pocketsphinx")
+    if spec is None:
+        pytest.skip("pocketsphinx not installed")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("model/en-us/*.dict"))
+    assert found, "no en-us dictionary inside the pocketsphinx package"
+    known = {line.split(" ", 1)[0] for line in found[0].read_text(encoding="utf-8", errors="replace").splitlines()}
+    missing = [w for w in d.vocabulary() if w not in known]
+    assert not missing
+
+
+def test_all_spoken_sentences_are_plain_words_and_fit_a_grammar():
+    sentences = d.all_spoken_sentences()
+    assert 5000 < len(sentences) <= 20000
+    assert len(set(sentences)) == len(sentences)
+    for s in sentences:
+        assert s == s.strip() and "  " not in s and all(w.isalpha() and w.islower() for w in s.split(" "))
+
+
+def test_every_generated_sentence_is_in_the_grammar(dialogues):
+    grammar = set(d.all_spoken_sentences())
+    for dialogue in dialogues:
+        for user, reply in dialogue.turns:
+            assert user.words in grammar and reply.text in grammar
+
+
+def test_arithmetic_table_is_exact_small_and_non_negative():
+    problems = d.arithmetic_problems()
+    assert {op for op, _, _ in problems} == {"plus", "minus", "times"}
+    for op, a, b in problems:
+        assert check_arithmetic(d.arithmetic_answer(op, a, b))[1:3] == (a, b)
+    assert ("minus", 3, 5) not in problems and ("times", 5, 5) not in problems
+
+
+def test_arithmetic_answers_follow_from_the_question(dialogues):
+    found = by_family(dialogues, d.ARITHMETIC)
+    assert len(found) > 100
+    phrasings = set()
+    for dialogue in found:
+        ((user, reply),) = dialogue.turns
+        op, a, b, _ = check_arithmetic(reply.text)
+        words = user.words.split(" ")
+        assert d.NUMBER_WORDS[a] in words and d.NUMBER_WORDS[b] in words
+        phrasings.add(user.words.replace(d.NUMBER_WORDS[a], "A").replace(d.NUMBER_WORDS[b], "B").split(" ")[0])
+    assert len(phrasings) >= 4  # several phrasings of the question
+
+
+def test_turn_modality_fields_are_consistent(dialogues):
+    speeds = collections.defaultdict(list)
+    for dialogue in dialogues:
+        voices = {u.voice for u, _ in dialogue.turns if u.spoken}
+        assert len(voices) <= 1  # one user per dialogue
+        for user, reply in dialogue.turns:
+            if user.spoken:
+                assert reply.transcript == user.words and user.voice in VOICES
+                speeds[user.voice].append(user.speed)
+            else:
+                assert reply.transcript is None and user.voice is None and user.speed is None
+    spoken = sum(u.spoken for x in dialogues for u, _ in x.turns) / sum(len(x.turns) for x in dialogues)
+    assert 0.75 < spoken < 0.85
+    for voice, values in speeds.items():
+        assert min(values) >= voice.speed * (1 - d.SPEED_JITTER) - 1 and max(values) <= voice.speed * (1 + d.SPEED_JITTER) + 1
+        assert len(set(values)) > 10
+
+
+def test_generation_is_reproducible_and_seeded():
+    a = d.generate_dialogues(50, seed=3, voices=VOICES)
+    assert a == d.generate_dialogues(50, seed=3, voices=VOICES)
+    assert a != d.generate_dialogues(50, seed=4, voices=VOICES)
+
+
+def test_family_mix_and_balanced_eval_sets(dialogues):
+    counts = collections.Counter(x.family for x in dialogues)
+    assert set(counts) == set(d.FAMILIES)
+    assert 0.12 < counts[d.FOLLOW_UP] / len(dialogues) < 0.18
+    assert all(len(x.turns) == 1 for x in dialogues if x.family != d.FOLLOW_UP)
+    assert all(len(x.turns) >= 2 for x in by_family(dialogues, d.FOLLOW_UP))
+
+    balanced = d.generate_dialogues(len(d.FAMILIES) * 5 + 2, seed=1, voices=VOICES, families=d.FAMILIES)
+    counts = collections.Counter(x.family for x in balanced)
+    assert sorted(counts.values()) == [5] * (len(d.FAMILIES) - 2) + [6, 6]
+    assert not any(x.family == d.FOLLOW_UP for x in d.generate_dialogues(300, seed=1, voices=VOICES, multi_turn_fraction=0))
+    typed = d.generate_dialogues(20, seed=1, voices=(), spoken_fraction=0.0)
+    assert not any(u.spoken for x in typed for u, _ in x.turns)
+    with pytest.raises(ValueError):
+        d.generate_dialogues(5, seed=1, voices=VOICES, families=["poetry"])
+
+
+def test_say_repeats_the_phrase_from_a_large_pool(dialogues):
+    assert len(set(d.say_phrases())) == len(d.say_phrases()) >= 2000
+    found = by_family(dialogues, d.SAY)
+    for dialogue in found:
+        ((user, reply),) = dialogue.turns
+        assert user.words.endswith(" " + reply.text) and reply.text in d.say_phrases()
+        assert reply.image is None and reply.music is None
+    assert len({x.turns[0][1].text for x in found}) > 0.8 * len(found)  # mostly distinct
+
+
+def test_facts_and_small_talk_answer_from_their_tables(dialogues):
+    for family, table in ((d.FACTS, d.FACTS_TABLE), (d.SMALL_TALK, d.SMALL_TALK_TABLE)):
+        answers = {q: a for questions, a in table for q in questions}
+        for dialogue in by_family(dialogues, family):
+            ((user, reply),) = dialogue.turns
+            assert answers[user.words] == reply.text
+    assert len(d.FACTS_TABLE) >= 30
+    assert dict((q, a) for qs, a in d.FACTS_TABLE for q in qs)["what colour is the sky"] == "the sky is blue"
+
+
+def test_draw_replies_with_the_canonical_picture(dialogues):
+    for dialogue in by_family(dialogues, d.DRAW):
+        ((user, reply),) = dialogue.turns
+        spec = reply.image
+        assert spec is not None and spec.jitter == 0 and reply.music is None and user.image is None
+        asked = user.words.split(" ")
+        assert spec.colour in asked and spec.shape in asked
+        assert spec.size == (next((w for w in asked if w in ("small", "big")), DEFAULT_SIZE))
+        assert spec.background == (asked[asked.index("background") - 1] if "background" in asked else DEFAULT_BACKGROUND)
+        assert reply.text.startswith("here is a") and user.words.endswith(reply.text.removeprefix("here is "))
+    assert d.image_phrase(ImageSpec("circle", "orange")) == "an orange circle"
+
+
+def test_play_fills_defaults_and_names_tempo_and_mode(dialogues):
+    found = by_family(dialogues, d.PLAY)
+    assert found
+    for dialogue in found:
+        ((user, reply),) = dialogue.turns
+        music = reply.music
+        assert music is not None and music.variant == 0 and reply.image is None
+        asked = user.words.split(" ")
+        assert music.tempo == next((w for w in asked if w in ("slow", "medium", "fast")), d.DEFAULT_TEMPO)
+        assert music.mode == next((w for w in asked if w in ("major", "minor")), d.DEFAULT_MODE)
+        assert music.timbre == (asked[-1] if "the" in asked else DEFAULT_TIMBRE)
+        assert music.register == (asked[asked.index("notes") - 1] if "notes" in asked else DEFAULT_REGISTER)
+        assert reply.text.split(" ")[3:5] == [music.tempo, music.mode]
+
+
+def test_image_in_answers_describe_the_users_picture(dialogues):
+    found = by_family(dialogues, d.IMAGE_IN)
+    kinds = set()
+    for dialogue in found:
+        ((user, reply),) = dialogue.turns
+        spec = user.image
+        assert spec is not None and spec.jitter > 0 and reply.image is None
+        kind = next(k for k, qs in d.PICTURE_QUESTIONS.items() if user.words in qs)
+        kinds.add(kind)
+        expected = {
+            "describe": spec.words(), "colour": f"it is {spec.colour}", "shape": f"it is a {spec.shape}",
+            "background": f"the background is {spec.background}", "size": f"it is {spec.size}",
+        }
+        if kind == "music":
+            assert reply.music == d.picture_music(spec)
+        else:
+            assert reply.text == expected[kind] and reply.music is None
+    assert kinds == set(d.PICTURE_QUESTIONS)
+
+
+def test_picture_music_mapping_is_the_documented_one():
+    assert d.picture_music(ImageSpec("circle", "red", "black", "small")) == MusicSpec("slow", "major", "low", "flute")
+    assert d.picture_music(ImageSpec("star", "blue", "white", "big")) == MusicSpec("fast", "minor", "high", "piano")
+    tunes = {d.picture_music(ImageSpec(s, c, g, z)) for s in ("circle", "square", "triangle") for c in ("red", "blue")
+             for g in ("white", "gray", "black") for z in ("big", "small")}
+    assert len(tunes) == 3 * 2 * 3 * 2
+
+
+def test_multi_output_replies_with_picture_and_tune(dialogues):
+    found = by_family(dialogues, d.MULTI_OUTPUT)
+    orders = set()
+    for dialogue in found:
+        ((user, reply),) = dialogue.turns
+        assert reply.image is not None and reply.music is not None
+        assert f"{reply.image.colour} {reply.image.shape}" in reply.text
+        assert f"{reply.music.tempo} {reply.music.mode} tune" in reply.text
+        orders.add(user.words.split(" ")[0])
+    assert orders == {"draw", "play"}
+
+
+def test_follow_ups_refer_to_the_previous_turn(dialogues):
+    seen = collections.Counter()
+    for dialogue in by_family(dialogues, d.FOLLOW_UP):
+        for (_, before), (user, reply) in itertools.pairwise(dialogue.turns):
+            words = user.words
+            if words in d.SAY_AGAIN_QUESTIONS:
+                seen["again"] += 1
+                assert reply.text == before.text and before.image is None and reply.music is None
+            elif " that " in f" {words} " or words.startswith("now ") and words.split(" ")[1] in ("plus", "minus", "times"):
+                seen["arithmetic"] += 1
+                assert check_arithmetic(reply.text)[1] == check_arithmetic(before.text)[3]
+            elif words.startswith("now make it") or words.startswith("now put it"):
+                if before.image is not None:
+                    seen["drawing"] += 1
+                    changed = [f for f in ("shape", "colour", "background", "size")
+                               if getattr(before.image, f) != getattr(reply.image, f)]
+                    assert len(changed) == 1 and getattr(reply.image, changed[0]) in words
+                else:
+                    seen["tune"] += 1
+                    old, new = before.music, reply.music
+                    if words.endswith("faster"):
+                        assert new.bpm > old.bpm and new.mode == old.mode
+                    elif words.endswith("slower"):
+                        assert new.bpm < old.bpm
+                    else:
+                        assert new.mode != old.mode and new.tempo == old.tempo
+            elif words.startswith("now play it on the"):
+                seen["tune"] += 1
+                assert reply.music.timbre == words.split(" ")[-1] and reply.music.tempo == before.music.tempo
+            elif words.startswith("and "):
+                seen["picture"] += 1
+                picture = dialogue.turns[0][0].image
+                assert user.image is None and picture is not None
+                assert reply.text in (picture.words(), f"it is {picture.colour}", f"it is a {picture.shape}",
+                                      f"the background is {picture.background}", f"it is {picture.size}") \
+                    or reply.music == d.picture_music(picture)
+            else:
+                raise AssertionError(f"unexpected follow-up {words!r}")
+    assert set(seen) == {"again", "arithmetic", "drawing", "tune", "picture"}
+
+
+def test_spoken_sentences_lists_spoken_questions_and_all_replies():
+    dialogues = d.generate_dialogues(200, seed=2, voices=VOICES, spoken_fraction=0.5)
+    sentences = set(d.spoken_sentences(dialogues))
+    for dialogue in dialogues:
+        for user, reply in dialogue.turns:
+            assert reply.text in sentences
+            if user.spoken:
+                assert user.words in sentences
+
+
+def test_specs_are_validated():
+    with pytest.raises(ValueError):
+        d.UserTurnSpec("hello", spoken=True)
+    with pytest.raises(ValueError):
+        d.UserTurnSpec("Hello there", spoken=False)
+    with pytest.raises(ValueError):
+        d.UserTurnSpec("what is this", spoken=False, image=ImageSpec("circle", "red"))
+    with pytest.raises(ValueError):
+        d.ReplySpec(None, "six plus 3 is nine")
+    with pytest.raises(ValueError):  # a typed turn has no transcript
+        d.Dialogue(d.SMALL_TALK, ((d.UserTurnSpec("hello", spoken=False), d.ReplySpec("hello", "hi")),))

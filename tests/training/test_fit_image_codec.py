@@ -1,0 +1,33 @@
+import numpy as np
+import torch
+
+from assistant.models.image_detokenizer import ImageCodecConfig
+from training.fit_image_codec import ImageFitSettings, _kmeans, fit_image_codec, judge_round_trip
+from training.specs import ImageSpec
+
+TINY = ImageCodecConfig(
+    tokens_per_image=8, codebook_size=32, image_size=16, pixel_shuffle=2, levels=2, code_dim=8, channels=32
+)
+SPECS = [ImageSpec(shape, colour, "white", "big") for shape in ("circle", "square") for colour in ("red", "blue")]
+
+
+def test_tiny_fit_reduces_reconstruction_loss_and_uses_codes():
+    torch.set_num_threads(1)
+    settings = ImageFitSettings(steps=120, warmup_steps=40, batch_size=16, jitters=3, restart_every=20, log_every=1000)
+    model, metrics = fit_image_codec(TINY, seed=0, max_minutes=1.0, settings=settings, specs=SPECS)
+    assert metrics["steps"] == 120
+    assert metrics["canonical_mse"] < 0.5 * metrics["first_mse"]
+    assert metrics["live_codes_per_level"][0] >= 2 and sum(metrics["live_codes_per_level"]) == metrics["live_codes"]
+    assert not model.training
+    image = np.zeros((16, 16, 3), np.uint8)
+    assert model.encode(image) == model.encode(image) and len(model.encode(image)) == 8
+    report = judge_round_trip(model, SPECS[:1])
+    assert report["n"] == 1 and report["original"]["both"] == 1.0
+
+
+def test_kmeans_finds_separated_clusters():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=gen) for c in centres])
+    book = _kmeans(points, 3, 5, gen)
+    assert torch.cdist(centres, book).min(dim=1).values.max() < 0.2

@@ -1,0 +1,297 @@
+"""`make train-mini`: every stage from synthesized data to the weights in ``assistant/assets/embedded/``.
+
+Stages (each leaves its result under ``work_dir`` and is skipped when that file exists, unless ``fresh``):
+    dialogues   seeded dialogues: training voices, validation voices (early stopping), held-out voices (eval only)
+    speech      espeak-ng renders every utterance; the speech codec is fitted; every utterance is encoded
+    music       music VQ fitted; tokens of every tune the dialogues ask for
+    acoustic    acoustic decoder trained on training-voice utterances; the voice prompt bank
+    image       image VQ trained; codes of every picture the dialogues show or ask for
+    corpus      dialogues -> token sequences with reply loss masks
+    lm          the LM, early-stopped on validation-voice dialogues
+then ``export`` writes the weights and ``training.json`` (what ran, how long, the metrics) into the assets folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from assistant.models.acoustic_decoder import AcousticDecoderConfig
+from assistant.models.bundle import EMBEDDED_DIR, load_embedded
+from assistant.models.image_detokenizer import ImageCodecConfig
+from assistant.models.lm import LMConfig
+from assistant.models.music_detokenizer import MusicCodecConfig
+from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.vocab import Modality, UnifiedVocab
+from training import domain, images, music, voices
+from training.corpus import encode_dialogue
+from training.fit_image_codec import ImageFitSettings, fit_image_codec
+from training.fit_music_codec import fit_music_codec
+from training.fit_speech_codec import fit_speech_codec
+from training.specs import ImageSpec, MusicSpec, Voice
+from training.train_acoustic import AcousticTrainingConfig, build_voice_bank, train_acoustic_decoder
+from training.train_lm import LMTrainingConfig, train_lm
+
+log = logging.getLogger(__name__)
+
+SpeechKey = tuple[str, str, int]  # (words, voice name, speed)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What ``train-mini`` does. Minutes are wall-clock budgets of the stages that have one.
+
+    train_dialogues / valid_dialogues: dialogue counts (validation dialogues use ``valid_voices`` training voices
+    that the LM never trains on; held-out voices are left to the evaluation).
+    codec_fit_utterances / codec_max_frames: utterances and frames for the k-means speech codec.
+    """
+
+    seed: int = 0
+    train_dialogues: int = 15_000
+    valid_dialogues: int = 400
+    valid_voices: int = 3
+    codec_fit_utterances: int = 3_000
+    codec_max_frames: int = 120_000
+    image_minutes: float = 6.0
+    image_steps: int | None = None  # None: the fitter's default
+    acoustic_minutes: float = 10.0
+    acoustic_utterances: int = 6_000
+    voice_prompt_frames: int = 90
+    music_max_frames: int = 30_000
+    lm_minutes: float = 45.0
+    threads: int = 2
+
+
+def split_training_voices(plan: TrainPlan) -> tuple[tuple[Voice, ...], tuple[Voice, ...]]:
+    """(LM training voices, validation voices). The assistant's own voice always stays in training."""
+    candidates = [v for v in voices.TRAIN_VOICES if v.name != voices.ASSISTANT_VOICE.name]
+    random.Random(plan.seed).shuffle(candidates)
+    valid = tuple(candidates[: plan.valid_voices])
+    train = tuple(v for v in voices.TRAIN_VOICES if v not in valid)
+    return train, valid
+
+
+class _Stages:
+    """Runs stages in order, reusing a stage's saved result while nothing before it was recomputed and the plan and
+    configs are those the cache was made with."""
+
+    def __init__(self, plan: TrainPlan, work_dir: Path, fresh: bool, fingerprint: dict) -> None:
+        self.plan = plan
+        self.work_dir = work_dir
+        self.timings: dict[str, float] = {}
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stamp = work_dir / "fingerprint.json"
+        current = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.fresh = fresh or not stamp.is_file() or stamp.read_text(encoding="utf-8") != current
+        stamp.write_text(current, encoding="utf-8")
+
+    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        path = self.work_dir / f"{name}.pt"
+        if path.is_file() and not self.fresh:
+            log.info("stage %s: cached (%s)", name, path)
+            return torch.load(path, weights_only=False)
+        self.fresh = True  # every later stage depends on this one
+        start = time.monotonic()
+        log.info("stage %s: running", name)
+        result = compute()
+        torch.save(result, path)
+        self.timings[name] = round((time.monotonic() - start) / 60, 2)
+        log.info("stage %s: done in %.1f min", name, self.timings[name])
+        return result
+
+
+def _speech_requests(dialogue_sets: list[list[domain.Dialogue]]) -> tuple[set[SpeechKey], set[str]]:
+    questions: set[SpeechKey] = set()
+    replies: set[str] = set()
+    for dialogues in dialogue_sets:
+        for dialogue in dialogues:
+            for user, reply in dialogue.turns:
+                if user.spoken:
+                    questions.add((user.words, user.voice.name, int(user.speed)))
+                replies.add(reply.text)
+    return questions, replies
+
+
+def _encode_all(codec: MelRVQCodec, requests: list[tuple[str, Voice, int | None]], batch: int = 256
+                ) -> list[np.ndarray]:
+    """Synthesize and encode in batches (bounded memory): int16 codes ``[n_q, F]`` per request."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(requests), batch):
+        waves = voices.synthesize_many(requests[start : start + batch])
+        with torch.inference_mode():
+            for wave in waves:
+                out.append(codec.encode(torch.from_numpy(wave)).numpy().astype(np.int16))
+        log.info("speech: encoded %d / %d utterances", min(start + batch, len(requests)), len(requests))
+    return out
+
+
+class _CachedMedia:
+    """``training.corpus.MediaTokenizers`` over the codes computed by the earlier stages."""
+
+    def __init__(self, speech: dict, image_codes: dict[ImageSpec, list[int]], music_tokens: dict[MusicSpec, list[int]]):
+        self.questions: dict[SpeechKey, np.ndarray] = speech["questions"]
+        self.replies: dict[str, np.ndarray] = speech["replies"]
+        self.images = image_codes
+        self.music = music_tokens
+
+    def question_codes(self, words: str, voice: Voice, speed: int | None) -> list[int]:
+        return self.questions[(words, voice.name, int(speed))][0].tolist()
+
+    def reply_codes(self, text: str) -> list[int]:
+        return self.replies[text][0].tolist()
+
+    def image_codes(self, spec: ImageSpec) -> list[int]:
+        return self.images[spec]
+
+    def music_tokens(self, spec: MusicSpec) -> list[int]:
+        return self.music[spec]
+
+
+def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Path = Path("build/train"),
+                 fresh: bool = False) -> dict:
+    """All stages, then the export into ``assets_dir``. Returns the summary written to ``training.json``."""
+    torch.set_num_threads(plan.threads)
+    started = time.monotonic()
+    configs = {name: _json(assets_dir / f"{name}.json") for name in ("codec", "acoustic", "image", "music", "lm")}
+    stages = _Stages(plan, work_dir, fresh, {"plan": dataclasses.asdict(plan), "configs": configs})
+    vocab = UnifiedVocab.from_dir(assets_dir / "tokenizer")
+    train_voices, valid_voices = split_training_voices(plan)
+
+    def make_dialogues() -> dict:
+        return {
+            "train": domain.generate_dialogues(plan.train_dialogues, seed=plan.seed, voices=train_voices),
+            "valid": domain.generate_dialogues(plan.valid_dialogues, seed=plan.seed + 1, voices=valid_voices),
+        }
+
+    dialogues = stages.cached("dialogues", make_dialogues)
+
+    def make_speech() -> dict:
+        questions, replies = _speech_requests([dialogues["train"], dialogues["valid"]])
+        question_list = sorted(questions)
+        reply_list = sorted(replies)
+        requests = [(w, voices.voice_by_name(v), s) for w, v, s in question_list]
+        requests += [(text, voices.ASSISTANT_VOICE, None) for text in reply_list]
+        rng = random.Random(plan.seed)
+        # The codec is fitted on training-voice speech only (validation voices stay unseen by every model).
+        fit_pool = [r for r in requests if r[1] not in valid_voices]
+        fit_requests = rng.sample(fit_pool, min(plan.codec_fit_utterances, len(fit_pool)))
+        config = MelCodecConfig(**_json(assets_dir / "codec.json"))
+        codec = fit_speech_codec(voices.synthesize_many(fit_requests), config, seed=plan.seed,
+                                 max_frames=plan.codec_max_frames)
+        codes = _encode_all(codec, requests)
+        return {
+            "codec_state": codec.state_dict(),
+            "questions": dict(zip(question_list, codes[: len(question_list)])),
+            "replies": dict(zip(reply_list, codes[len(question_list):])),
+        }
+
+    speech = stages.cached("speech", make_speech)
+
+    def make_music() -> dict:
+        config = MusicCodecConfig(**_json(assets_dir / "music.json"))
+        model, metrics = fit_music_codec(config, seed=plan.seed, max_frames=plan.music_max_frames)
+        wanted = {reply.music for d in dialogues["train"] + dialogues["valid"] for _, reply in d.turns if reply.music}
+        with torch.inference_mode():
+            tokens = {spec: list(model.encode(music.synthesize(spec))) for spec in wanted}
+        return {"state": model.state_dict(), "tokens": tokens, "metrics": metrics}
+
+    tunes = stages.cached("music", make_music)
+
+    def make_acoustic() -> dict:
+        valid_names = {v.name for v in valid_voices}
+        utterances = [(codes, name) for (_, name, _), codes in speech["questions"].items() if name not in valid_names]
+        utterances += [(codes, voices.ASSISTANT_VOICE.name) for codes in speech["replies"].values()]
+        random.Random(plan.seed).shuffle(utterances)
+        utterances = utterances[: plan.acoustic_utterances]
+        config = AcousticDecoderConfig(**_json(assets_dir / "acoustic.json"))
+        settings = AcousticTrainingConfig(max_minutes=plan.acoustic_minutes, seed=plan.seed)
+        model, metrics = train_acoustic_decoder([(c.astype(np.int64), n) for c, n in utterances], config, settings)
+        by_voice: dict[str, list[np.ndarray]] = {}
+        for codes, name in utterances:
+            by_voice.setdefault(name, []).append(codes.astype(np.int64))
+        bank = build_voice_bank(by_voice, n_q=config.n_q, prompt_frames=plan.voice_prompt_frames,
+                                default=voices.ASSISTANT_VOICE.name, codebook_size=config.codebook_size)
+        return {"state": model.state_dict(), "bank": bank, "metrics": metrics}
+
+    acoustic = stages.cached("acoustic", make_acoustic)
+
+    def pictures() -> set[ImageSpec]:
+        wanted = set()
+        for dialogue in dialogues["train"] + dialogues["valid"]:
+            for user, reply in dialogue.turns:
+                wanted |= {s for s in (user.image, reply.image) if s is not None}
+        return wanted
+
+    def make_images() -> dict:
+        config = ImageCodecConfig(**_json(assets_dir / "image.json"))
+        settings = ImageFitSettings() if plan.image_steps is None else ImageFitSettings(
+            steps=plan.image_steps, warmup_steps=plan.image_steps // 10)
+        model, metrics = fit_image_codec(config, seed=plan.seed, max_minutes=plan.image_minutes, settings=settings)
+        with torch.inference_mode():
+            codes = {spec: list(model.encode(images.render(spec))) for spec in pictures()}
+        return {"state": model.state_dict(), "codes": codes, "metrics": metrics}
+
+    image = stages.cached("image", make_images)
+
+    def make_corpus() -> dict:
+        media = _CachedMedia(speech, image["codes"], tunes["tokens"])
+        limit = LMConfig.from_json(assets_dir / "lm.json").max_positions
+        corpus: dict = {"dropped_too_long": 0}
+        for split in ("train", "valid"):
+            sequences = [seq for d in dialogues[split] for seq in encode_dialogue(d, vocab, media)]
+            kept = [seq for seq in sequences if len(seq.ids) <= limit]
+            corpus["dropped_too_long"] += len(sequences) - len(kept)
+            corpus[split] = kept
+        log.info("corpus: %d train / %d valid sequences, %d longer than %d tokens dropped",
+                 len(corpus["train"]), len(corpus["valid"]), corpus["dropped_too_long"], limit)
+        return corpus
+
+    corpus = stages.cached("corpus", make_corpus)
+
+    def make_lm() -> dict:
+        lm_config = LMConfig.from_json(assets_dir / "lm.json")
+        speech_range = vocab.range_of(Modality.SPEECH)
+        settings = LMTrainingConfig(max_minutes=plan.lm_minutes, seed=plan.seed)
+        model, metrics = train_lm(lm_config, corpus["train"], corpus["valid"],
+                                  (speech_range.first_id, speech_range.n_codes), settings)
+        return {"state": model.state_dict(), "metrics": metrics}
+
+    lm = stages.cached("lm", make_lm)
+
+    # Export: the same files `load_embedded` reads; it then checks every key and shape.
+    from safetensors.torch import save_file
+
+    for name, state in (("codec", speech["codec_state"]), ("image", image["state"]), ("music", tunes["state"]),
+                        ("acoustic", acoustic["state"]), ("lm", lm["state"])):
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, str(assets_dir / f"{name}.safetensors"), metadata={"model": name})
+    acoustic["bank"].to_json(assets_dir / "voices.json")
+    load_embedded(assets_dir)  # strict reload of everything just written
+
+    summary = {
+        "plan": dataclasses.asdict(plan),
+        "voices": {"train": [v.name for v in train_voices], "valid": [v.name for v in valid_voices],
+                   "heldout": [v.name for v in voices.HELDOUT_VOICES], "assistant": voices.ASSISTANT_VOICE.name},
+        "stage_minutes": stages.timings,
+        "total_minutes": round((time.monotonic() - started) / 60, 2),
+        "sequences": {split: len(corpus[split]) for split in ("train", "valid")},
+        "sequences_dropped_too_long": corpus["dropped_too_long"],
+        "metrics": {"image": image["metrics"], "music": tunes["metrics"], "acoustic": acoustic["metrics"],
+                    "lm": lm["metrics"]},
+    }
+    (assets_dir / "training.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return summary
+
+
+def _json(path: Path) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
