@@ -64,8 +64,6 @@ class ImageCodecConfig:
     levels: int = 2
     code_dim: int = 32
     channels: int = 96
-    min_channels: int = 32
-    mixer_hidden: int = 0
     seed: int = 0
     format_version: int = 2
 
@@ -102,7 +100,7 @@ class ImageCodecConfig:
 
     def stage_channels(self) -> list[int]:
         """Channel width at each resolution from the grid up to image_size / pixel_shuffle (n_upsample + 1)."""
-        return [max(self.min_channels, self.channels >> i) for i in range(self.n_upsample + 1)]
+        return [max(32, self.channels >> i) for i in range(self.n_upsample + 1)]
 
 
 def fit_token_count(codes: list[int], expected: int, *, strict: bool = True) -> tuple[list[int], bool]:
@@ -134,19 +132,6 @@ class ResBlock(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
-class CellMixer(nn.Module):
-    """x + MLP over the cells (per channel): every cell sees every other cell of the grid at once."""
-
-    def __init__(self, cells: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(cells, hidden)
-        self.fc2 = nn.Linear(hidden, cells)
-
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.flatten(2)  # [B, C, g*g]
-        return x + self.fc2(torch.relu(self.fc1(torch.relu(flat)))).view_as(x)
-
-
 class ImageDetokenizer(Checkpointed, nn.Module):
     KIND: ClassVar[str] = "image_codec"
     CONFIG_CLASS: ClassVar[type] = ImageCodecConfig
@@ -168,7 +153,6 @@ class ImageDetokenizer(Checkpointed, nn.Module):
         # decoder: latents -> image
         self.from_latent = nn.Conv2d(cfg.code_dim, widths[0], kernel_size=1)
         self.dec_block = ResBlock(widths[0])
-        self.mixer = CellMixer(cfg.grid * cfg.grid, cfg.mixer_hidden) if cfg.mixer_hidden else None
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i], widths[i + 1], kernel_size=4, stride=2, padding=1)
             for i in range(cfg.n_upsample)
@@ -200,8 +184,6 @@ class ImageDetokenizer(Checkpointed, nn.Module):
     def decode_latents(self, latents: Tensor) -> Tensor:
         """latents ``[B, D, g, g]`` -> RGB in [0, 1] ``[B, 3, H, W]``."""
         x = self.dec_block(self.from_latent(latents))  # [B, C0, g, g]
-        if self.mixer is not None:
-            x = self.mixer(x)
         for layer, block in zip(self.up, self.up_blocks, strict=True):
             x = block(torch.relu(layer(torch.relu(x))))  # [B, C_{i+1}, 2h, 2w]
         x = nn.functional.pixel_shuffle(self.to_rgb(torch.relu(x)), self.config.pixel_shuffle)  # [B, 3, H, W]

@@ -31,3 +31,16 @@ def test_kmeans_finds_separated_clusters():
     points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=gen) for c in centres])
     book = _kmeans(points, 3, 5, gen)
     assert torch.cdist(centres, book).min(dim=1).values.max() < 0.2
+
+
+def test_pixel_weights_stress_the_outline():
+    from training.fit_image_codec import _pixel_weights
+
+    image = torch.zeros(1, 3, 16, 16)
+    image[:, :, 4:12, 4:12] = 1.0  # a white square on black
+    weights = _pixel_weights(image, shape_weight=4.0, edge_weight=16.0)[0, 0]
+    assert weights[0, 0] == 1.0  # background
+    assert weights[8, 8] == 5.0  # shape interior: 1 + shape_weight
+    assert weights[4, 8] == 21.0 and weights[3, 8] == 17.0  # both sides of the edge
+    settings = ImageFitSettings()
+    assert settings.edge_weight > settings.shape_weight and settings.canonical_share >= 0.5

@@ -1,0 +1,60 @@
+"""The whole `train-mini` -> `eval-mini` path on a tiny plan: every stage runs, the export loads strictly through
+`load_embedded`, a second run reuses the stage cache, and the evaluation judges every task family."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from assistant.models.bundle import EMBEDDED_DIR, MODEL_NAMES, load_embedded
+from training.evaluate import EvalPlan, format_table, run_eval
+from training.pipeline import TrainPlan, run_training
+
+pytestmark = pytest.mark.slow
+
+TINY = TrainPlan(train_dialogues=120, valid_dialogues=16, valid_voices=2, codec_fit_utterances=120,
+                 codec_max_frames=4000, image_minutes=0.2, image_steps=20, acoustic_minutes=0.1,
+                 acoustic_utterances=120, lm_minutes=0.1, music_max_frames=2000, threads=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    assets = tmp_path_factory.mktemp("assets")
+    shutil.copytree(EMBEDDED_DIR, assets, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.safetensors", "voices.json", "training.json"))
+    lm = json.loads((assets / "lm.json").read_text())
+    lm.update(hidden_size=32, intermediate_size=64, num_layers=1)
+    (assets / "lm.json").write_text(json.dumps(lm))
+    work = tmp_path_factory.mktemp("work")
+    summary = run_training(TINY, assets, work)
+    return assets, work, summary
+
+
+def test_training_exports_weights_that_load_strictly(trained):
+    assets, _, summary = trained
+    bundle = load_embedded(assets)
+    assert set(bundle.weights_loaded) == set(MODEL_NAMES)
+    assert bundle.voices is not None and bundle.voices.default == summary["voices"]["assistant"]
+    assert set(summary["stage_minutes"]) == {"dialogues", "speech", "music", "acoustic", "image", "corpus", "lm"}
+    written = json.loads((assets / "training.json").read_text())
+    assert written["sequences"]["train"] > 0 and written["metrics"]["lm"]["steps"] > 0
+    assert not set(written["voices"]["heldout"]) & set(written["voices"]["train"] + written["voices"]["valid"])
+
+
+def test_second_run_reuses_every_stage(trained):
+    assets, work, _ = trained
+    again = run_training(TINY, assets, work)
+    assert again["stage_minutes"] == {}
+
+
+def test_evaluation_judges_every_family(trained, tmp_path):
+    assets, _, _ = trained
+    result = run_eval(EvalPlan(per_family=1, threads=1), assets, tmp_path)
+    families = result["summary"]["families"]
+    assert {"arithmetic", "draw", "play", "image_in", "multi_output", "follow_up"} <= set(families)
+    assert result["summary"]["overall"]["errors"] == 0
+    assert (tmp_path / "results.json").is_file()
+    assert "ALL" in format_table(result["summary"])
+    for turn in result["turns"]:
+        assert turn["ceiling_correct"] is not None  # the judge heard espeak's own rendering of every answer
