@@ -138,7 +138,7 @@ def _judge_turn(record: TurnRecord, reply: domain.ReplySpec, got: dict, judge: S
         record.speech_correct = _normalise(record.speech_heard) == _normalise(reply.text)
     else:
         record.speech_correct = False
-    record.ceiling_correct = judge.is_correct(voices.synthesize(reply.text, voices.ASSISTANT_VOICE), reply.text)
+    record.ceiling_correct = bool(judge.is_correct(voices.synthesize(reply.text, voices.ASSISTANT_VOICE), reply.text))
     music_seconds = 0.0
     if reply.image is not None:
         record.image_expected = f"{reply.image.colour} {reply.image.shape}"
@@ -153,10 +153,17 @@ def _judge_turn(record: TurnRecord, reply: domain.ReplySpec, got: dict, judge: S
             music_seconds = wave.size / SAMPLE_RATE
             bpm, mode = judge_music(wave, SAMPLE_RATE)
             record.music_judged = f"{bpm:.0f} bpm {mode}"
-            record.music_correct = abs(bpm - reply.music.bpm) <= 0.1 * reply.music.bpm and mode == reply.music.mode
+            record.music_correct = bool(abs(bpm - reply.music.bpm) <= 0.1 * reply.music.bpm and mode == reply.music.mode)
         else:
             record.music_correct = False
     record.audio_seconds = record.speech_seconds + music_seconds
+
+
+def _plain(value):
+    """numpy scalars (judges may return them) as JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _rate(values: list) -> float | None:
@@ -265,5 +272,5 @@ def run_eval(plan: EvalPlan, assets_dir: Path = EMBEDDED_DIR, out_dir: Path = Pa
         "turns": [asdict(r) for r in records],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2, default=_plain) + "\n", encoding="utf-8")
     return result

@@ -131,14 +131,15 @@ def corrupt_user_codes(ids: Tensor, labels: Tensor, code_range: tuple[int, int],
 
 def reply_loss(model: nn.Module, ids: Tensor, attention: Tensor, labels: Tensor, embed_dropout: float = 0.0
                ) -> tuple[Tensor, int]:
-    """Mean cross-entropy over reply tokens, and their count."""
+    """Mean cross-entropy over reply tokens, and their count. The output layer runs only where a reply token is
+    predicted (about half the positions): with a 3k-token vocabulary that is a tenth of the step's compute."""
     embeds = model.get_input_embeddings()(ids)  # [B, L, D]
     if embed_dropout > 0 and model.training:
         embeds = F.dropout(embeds, embed_dropout)
-    logits = model(inputs_embeds=embeds, attention_mask=attention).logits  # [B, L, V]
-    count = int((labels != IGNORE).sum())
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-    return loss, count
+    hidden = model.model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state  # [B, L, D]
+    predicted = labels != IGNORE  # [B, L]
+    logits = model.lm_head(hidden[predicted])  # [N, V]
+    return F.cross_entropy(logits.float(), labels[predicted]), int(predicted.sum())
 
 
 @torch.no_grad()
