@@ -225,7 +225,7 @@ def format_table(summary: dict) -> str:
     for name, block in [*summary["families"].items(), ("ALL", summary["overall"])]:
         rows.append([name, *(cell(block[c]) for c in columns)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows)
 
 
 async def _evaluate(engine: AssistantEngine, dialogues: list[domain.Dialogue], judge: SentenceJudge

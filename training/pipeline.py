@@ -190,8 +190,8 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         codes = _encode_all(codec, requests)
         return {
             "codec_state": codec.state_dict(),
-            "questions": dict(zip(question_list, codes[: len(question_list)])),
-            "replies": dict(zip(reply_list, codes[len(question_list):])),
+            "questions": dict(zip(question_list, codes[: len(question_list)], strict=True)),
+            "replies": dict(zip(reply_list, codes[len(question_list):], strict=True)),
         }
 
     speech = stages.cached("speech", make_speech)
