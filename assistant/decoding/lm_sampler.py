@@ -21,7 +21,9 @@ SETTINGS_FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class SamplingSettings:
     """do_sample False means greedy; top_k None or 0 disables top-k; top_p 1.0 disables nucleus filtering;
-    max_new_tokens bounds the text outside segments (TEXT) or the codes of one segment (other modalities)."""
+    max_new_tokens bounds the text outside segments (TEXT) or the codes of one segment (other modalities);
+    min_new_tokens is the fewest codes a segment holds before its end marker may come (codes modalities only; e.g.
+    min = max = 32 for images, whose de-tokenizer takes exactly 32 codes)."""
 
     do_sample: bool = True
     temperature: float = 1.0
@@ -29,6 +31,7 @@ class SamplingSettings:
     top_k: int | None = None
     repetition_penalty: float = 1.0
     max_new_tokens: int = 500
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -41,6 +44,8 @@ class SamplingSettings:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
 
 
 @dataclass(frozen=True)
@@ -177,8 +182,8 @@ class GrammarViolation(ValueError):
 class ReplyGrammar:
     """Keeps a reply well-formed, token by token.
 
-    - inside a ``<soX>`` segment: only X's codes and ``<eoX>``; only ``<eoX>`` once the segment holds
-      ``settings.for_modality(X).max_new_tokens`` codes;
+    - inside a ``<soX>`` segment: only X's codes and ``<eoX>``; only codes while the segment holds fewer than
+      ``settings.for_modality(X).min_new_tokens``; only ``<eoX>`` once it holds ``max_new_tokens`` codes;
     - outside segments: text ids, start markers, ``<-Ins->``/``<-Res->`` and stop ids (raw codes, end markers,
       ``[Human]``/``[MMGPT]``/``<eoh>`` and the BOS id are banned); only ``<eos>`` once the text budget
       (``settings.text.max_new_tokens`` text ids) is used up;
@@ -200,6 +205,7 @@ class ReplyGrammar:
         self._outside = outside.to(device)
         self._inside: dict[Modality, torch.Tensor] = {}
         self._end_only: dict[Modality, torch.Tensor] = {}
+        self._codes_only: dict[Modality, torch.Tensor] = {}
         for m, rng in vocab.ranges.items():
             inside = torch.zeros(size, dtype=torch.bool)
             inside[rng.first_id : rng.first_id + rng.n_codes] = True
@@ -208,6 +214,7 @@ class ReplyGrammar:
             end_only[rng.end_id] = True
             self._inside[m] = inside.to(device)
             self._end_only[m] = end_only.to(device)
+            self._codes_only[m] = (inside & ~end_only).to(device)
 
         def only(token_id: int) -> torch.Tensor:
             mask = torch.zeros(size, dtype=torch.bool)
@@ -243,8 +250,11 @@ class ReplyGrammar:
         if self.after_eos:
             return self._text_eos_only
         if self.segment is not None:
-            if self.segment_codes >= self.settings.for_modality(self.segment).max_new_tokens:
+            limits = self.settings.for_modality(self.segment)
+            if self.segment_codes >= limits.max_new_tokens:
                 return self._end_only[self.segment]
+            if self.segment_codes < limits.min_new_tokens:
+                return self._codes_only[self.segment]
             return self._inside[self.segment]
         if self.text_tokens >= self.settings.text.max_new_tokens:
             return self._eos_only

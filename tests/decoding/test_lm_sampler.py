@@ -88,6 +88,23 @@ def test_grammar_outside_inside_and_after_eos(vocab):
     assert g.finished and allowed(g, vocab) == set()
 
 
+def test_grammar_min_codes_hold_back_the_end_marker(vocab):
+    settings = GenerationSettings(image=SamplingSettings(min_new_tokens=3, max_new_tokens=3))
+    g = ReplyGrammar(vocab, settings)
+    im = vocab.range_of(Modality.IMAGE)
+    codes = set(range(im.first_id, im.first_id + im.n_codes))
+    g.advance(im.start_id)
+    for code in (0, 1):
+        assert allowed(g, vocab) == codes  # too few codes: no end marker yet
+        with pytest.raises(GrammarViolation):
+            g.advance(im.end_id)
+        g.advance(im.first_id + code)
+    g.advance(im.first_id + 2)
+    assert allowed(g, vocab) == {im.end_id}  # exactly three codes, then the end
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        SamplingSettings(min_new_tokens=5, max_new_tokens=4)
+
+
 def test_grammar_text_budget_forces_eos(vocab):
     g = ReplyGrammar(vocab, GenerationSettings(text=SamplingSettings(max_new_tokens=2)))
     for i in vocab.encode_text("ab"):
