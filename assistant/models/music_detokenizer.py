@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from assistant.models.checkpoint_io import Checkpointed
+from assistant.models.speech_codec import nearest_code
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ class MusicDetokenizer(Checkpointed, nn.Module):
         residual = features.float()
         codes = []
         for level in range(cfg.n_codebooks):
-            index = _nearest(residual, self.codebooks[level])  # [T]
+            index = nearest_code(self.codebooks[level], residual)  # [T]
             residual = residual - self.codebooks[level][index]
             codes.append(index)
         return torch.stack(codes) if features.shape[0] else torch.zeros(cfg.n_codebooks, 0, dtype=torch.long)
@@ -284,7 +285,7 @@ class MusicDetokenizer(Checkpointed, nn.Module):
         for _level in range(cfg.n_codebooks):
             centroids = residual[torch.randperm(residual.shape[0], generator=gen)[: cfg.codebook_size]].clone()
             for _ in range(iters):
-                index = _nearest(residual, centroids)  # [N]
+                index = nearest_code(centroids, residual)  # [N]
                 sums = torch.zeros_like(centroids).index_add_(0, index, residual)  # [K, n_freq]
                 counts = torch.bincount(index, minlength=cfg.codebook_size).float()  # [K]
                 filled = counts > 0
@@ -293,7 +294,7 @@ class MusicDetokenizer(Checkpointed, nn.Module):
                 if empty:
                     error = (residual - centroids[index]).pow(2).sum(-1)  # [N]
                     centroids[~filled] = residual[error.topk(empty).indices]
-            residual = residual - centroids[_nearest(residual, centroids)]
+            residual = residual - centroids[nearest_code(centroids, residual)]
             books.append(centroids)
             errors.append(residual.pow(2).mean().sqrt())
         self.codebooks.copy_(torch.stack(books))
@@ -301,10 +302,3 @@ class MusicDetokenizer(Checkpointed, nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{f.name}={getattr(self.config, f.name)}" for f in dataclasses.fields(self.config))
-
-
-def _nearest(vectors: Tensor, book: Tensor, chunk: int = 8192) -> Tensor:
-    """Index ``[N]`` of the nearest row of ``book [K, D]`` for each of ``vectors [N, D]`` (squared Euclidean)."""
-    book_norm = book.pow(2).sum(-1)[None, :]  # [1, K]
-    out = [(book_norm - 2.0 * block @ book.T).argmin(-1) for block in vectors.split(chunk)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

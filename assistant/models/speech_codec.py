@@ -155,10 +155,12 @@ def htk_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, 
     return triangles * (2.0 / (upper - lower))
 
 
-def nearest_code(book: Tensor, vectors: Tensor) -> Tensor:
-    """Index of the nearest codeword (squared L2) of ``book [K, D]`` for each of ``vectors [N, D]`` -> ``[N]``."""
-    distances = book.pow(2).sum(-1)[None, :] - 2.0 * vectors @ book.T  # [N, K] (|v|^2 dropped: same argmin)
-    return distances.argmin(dim=-1)
+def nearest_code(book: Tensor, vectors: Tensor, chunk: int = 8192) -> Tensor:
+    """Index of the nearest codeword (squared L2) of ``book [K, D]`` for each of ``vectors [N, D]`` -> ``[N]``;
+    ``chunk`` rows at a time, so an [N, K] distance matrix never has to fit at once."""
+    book_norm = book.pow(2).sum(-1)[None, :]  # [1, K] (|v|^2 dropped: same argmin)
+    out = [(book_norm - 2.0 * block @ book.T).argmin(dim=-1) for block in vectors.split(chunk)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=vectors.device)
 
 
 def residual_nearest(codebooks: Tensor, vectors: Tensor, level1_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
