@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from assistant.models.acoustic_decoder import AcousticDecoderConfig
-from assistant.models.bundle import EMBEDDED_DIR, load_embedded
+from assistant.models.bundle import EMBEDDED_DIR, config_from_json, load_embedded, read_json
 from assistant.models.image_detokenizer import ImageCodecConfig
 from assistant.models.lm import LMConfig
 from assistant.models.music_detokenizer import MusicCodecConfig
@@ -161,7 +161,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
     """All stages, then the export into ``assets_dir``. Returns the summary written to ``training.json``."""
     torch.set_num_threads(plan.threads)
     started = time.monotonic()
-    configs = {name: _json(assets_dir / f"{name}.json") for name in ("codec", "acoustic", "image", "music", "lm")}
+    configs = {name: read_json(assets_dir / f"{name}.json") for name in ("codec", "acoustic", "image", "music", "lm")}
     stages = _Stages(plan, work_dir, fresh, {"plan": dataclasses.asdict(plan), "configs": configs})
     vocab = UnifiedVocab.from_dir(assets_dir / "tokenizer")
     train_voices, valid_voices = split_training_voices(plan)
@@ -184,7 +184,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         # The codec is fitted on training-voice speech only (validation voices stay unseen by every model).
         fit_pool = [r for r in requests if r[1] not in valid_voices]
         fit_requests = rng.sample(fit_pool, min(plan.codec_fit_utterances, len(fit_pool)))
-        config = MelCodecConfig(**_json(assets_dir / "codec.json"))
+        config = config_from_json(assets_dir / "codec.json", MelCodecConfig)
         codec = fit_speech_codec(voices.synthesize_many(fit_requests), config, seed=plan.seed,
                                  max_frames=plan.codec_max_frames)
         codes = _encode_all(codec, requests)
@@ -197,7 +197,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
     speech = stages.cached("speech", make_speech)
 
     def make_music() -> dict:
-        config = MusicCodecConfig(**_json(assets_dir / "music.json"))
+        config = config_from_json(assets_dir / "music.json", MusicCodecConfig)
         model, metrics = fit_music_codec(config, seed=plan.seed, max_frames=plan.music_max_frames)
         wanted = {reply.music for d in dialogues["train"] + dialogues["valid"] for _, reply in d.turns if reply.music}
         with torch.inference_mode():
@@ -212,7 +212,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         utterances += [(codes, voices.ASSISTANT_VOICE.name) for codes in speech["replies"].values()]
         random.Random(plan.seed).shuffle(utterances)
         utterances = utterances[: plan.acoustic_utterances]
-        config = AcousticDecoderConfig(**_json(assets_dir / "acoustic.json"))
+        config = config_from_json(assets_dir / "acoustic.json", AcousticDecoderConfig)
         settings = AcousticTrainingConfig(max_minutes=plan.acoustic_minutes, seed=plan.seed)
         model, metrics = train_acoustic_decoder([(c.astype(np.int64), n) for c, n in utterances], config, settings)
         by_voice: dict[str, list[np.ndarray]] = {}
@@ -232,7 +232,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         return wanted
 
     def make_images() -> dict:
-        config = ImageCodecConfig(**_json(assets_dir / "image.json"))
+        config = config_from_json(assets_dir / "image.json", ImageCodecConfig)
         settings = ImageFitSettings() if plan.image_steps is None else ImageFitSettings(
             steps=plan.image_steps, warmup_steps=plan.image_steps // 10)
         model, metrics = fit_image_codec(config, seed=plan.seed, max_minutes=plan.image_minutes, settings=settings)
@@ -291,7 +291,3 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
     (assets_dir / "training.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return summary
 
-
-def _json(path: Path) -> dict:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

@@ -89,7 +89,7 @@ class ModelBundle:
                 raise ValueError(f"{what} is {got}, expected {want}")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
@@ -101,9 +101,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _dataclass_from_json(path: Path, cls: type, **overrides: Any) -> Any:
+def config_from_json(path: Path, cls: type, **overrides: Any) -> Any:
     """Config dataclass from a flat JSON object of its fields (lists become tuples); unknown keys are errors."""
-    data = _read_json(path)
+    data = read_json(path)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -145,7 +145,7 @@ def load_embedded(
     def seeded(name: str, cls: type, model_cls: type) -> Any:
         if name not in parts:
             return None
-        config = _dataclass_from_json(directory / f"{name}.json", cls)
+        config = config_from_json(directory / f"{name}.json", cls)
         return model_cls(dataclasses.replace(config, seed=config.seed + seed))
 
     lm_config = LMConfig.from_json(directory / "lm.json")
