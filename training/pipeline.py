@@ -1,6 +1,7 @@
 """`make train-mini`: every stage from synthesized data to the weights in ``assistant/assets/embedded/``.
 
-Stages (each leaves its result under ``work_dir`` and is skipped when that file exists, unless ``fresh``):
+First the text vocabulary is written (``training.vocabulary``), then the stages; each leaves its result under
+``work_dir`` and is reused while its inputs and every earlier stage are unchanged (unless ``fresh``):
     dialogues   seeded dialogues: training voices, validation voices (early stopping), held-out voices (eval only)
     speech      espeak-ng renders every utterance; the speech codec is fitted; every utterance is encoded
     music       music VQ fitted; tokens of every tune the dialogues ask for
@@ -14,6 +15,7 @@ then ``export`` writes the weights and ``training.json`` (what ran, how long, th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import random
@@ -31,7 +33,7 @@ from assistant.models.image_detokenizer import ImageCodecConfig
 from assistant.models.lm import LMConfig
 from assistant.models.music_detokenizer import MusicCodecConfig
 from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
-from assistant.vocab import Modality, UnifiedVocab
+from assistant.vocab import Modality
 from training import domain, images, music, voices
 from training.corpus import encode_dialogue
 from training.fit_image_codec import ImageFitSettings, fit_image_codec
@@ -40,6 +42,7 @@ from training.fit_speech_codec import fit_speech_codec
 from training.specs import ImageSpec, MusicSpec, Voice
 from training.train_acoustic import AcousticTrainingConfig, build_voice_bank, train_acoustic_decoder
 from training.train_lm import LMTrainingConfig, train_lm
+from training.vocabulary import write_embedded_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class TrainPlan:
     acoustic_utterances: int = 6_000
     voice_prompt_frames: int = 90
     music_max_frames: int = 30_000
-    lm_minutes: float = 45.0
+    lm_minutes: float = 55.0
     threads: int = 2
 
 
@@ -81,29 +84,39 @@ def split_training_voices(plan: TrainPlan) -> tuple[tuple[Voice, ...], tuple[Voi
 
 
 class _Stages:
-    """Runs stages in order, reusing a stage's saved result while nothing before it was recomputed and the plan and
-    configs are those the cache was made with."""
+    """Runs stages in order and reuses a stage's saved result while its key is the one it was saved under.
 
-    def __init__(self, plan: TrainPlan, work_dir: Path, fresh: bool, fingerprint: dict) -> None:
-        self.plan = plan
+    A stage's key is what it depends on (plan fields, configs) chained with the previous stage's key, so changing
+    the LM budget retrains only the LM while changing the dialogues recomputes everything after them.
+    """
+
+    def __init__(self, work_dir: Path, fresh: bool) -> None:
         self.work_dir = work_dir
+        self.fresh = fresh
         self.timings: dict[str, float] = {}
         work_dir.mkdir(parents=True, exist_ok=True)
-        stamp = work_dir / "fingerprint.json"
-        current = json.dumps(fingerprint, sort_keys=True, default=str)
-        self.fresh = fresh or not stamp.is_file() or stamp.read_text(encoding="utf-8") != current
-        stamp.write_text(current, encoding="utf-8")
+        self._stamp = work_dir / "fingerprint.json"
+        try:
+            saved = json.loads(self._stamp.read_text(encoding="utf-8")) if self._stamp.is_file() else {}
+        except json.JSONDecodeError:
+            saved = {}
+        self._saved: dict[str, str] = saved.get("stages", {}) if isinstance(saved, dict) else {}
+        self._chain = ""
 
-    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+    def cached(self, name: str, depends_on: Any, compute: Callable[[], Any]) -> Any:
+        key = hashlib.sha256(
+            (self._chain + json.dumps(depends_on, sort_keys=True, default=str)).encode("utf-8")).hexdigest()
+        self._chain = key
         path = self.work_dir / f"{name}.pt"
-        if path.is_file() and not self.fresh:
+        if path.is_file() and not self.fresh and self._saved.get(name) == key:
             log.info("stage %s: cached (%s)", name, path)
             return torch.load(path, weights_only=False)
-        self.fresh = True  # every later stage depends on this one
         start = time.monotonic()
         log.info("stage %s: running", name)
         result = compute()
         torch.save(result, path)
+        self._saved[name] = key
+        self._stamp.write_text(json.dumps({"stages": self._saved}, indent=2, sort_keys=True), encoding="utf-8")
         self.timings[name] = round((time.monotonic() - start) / 60, 2)
         log.info("stage %s: done in %.1f min", name, self.timings[name])
         return result
@@ -161,9 +174,9 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
     """All stages, then the export into ``assets_dir``. Returns the summary written to ``training.json``."""
     torch.set_num_threads(plan.threads)
     started = time.monotonic()
+    vocab = write_embedded_tokenizer(assets_dir)
     configs = {name: read_json(assets_dir / f"{name}.json") for name in ("codec", "acoustic", "image", "music", "lm")}
-    stages = _Stages(plan, work_dir, fresh, {"plan": dataclasses.asdict(plan), "configs": configs})
-    vocab = UnifiedVocab.from_dir(assets_dir / "tokenizer")
+    stages = _Stages(work_dir, fresh)
     train_voices, valid_voices = split_training_voices(plan)
 
     def make_dialogues() -> dict:
@@ -172,7 +185,8 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
             "valid": domain.generate_dialogues(plan.valid_dialogues, seed=plan.seed + 1, voices=valid_voices),
         }
 
-    dialogues = stages.cached("dialogues", make_dialogues)
+    dialogues = stages.cached("dialogues", [plan.seed, plan.train_dialogues, plan.valid_dialogues, plan.valid_voices],
+                              make_dialogues)
 
     def make_speech() -> dict:
         questions, replies = _speech_requests([dialogues["train"], dialogues["valid"]])
@@ -194,7 +208,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
             "replies": dict(zip(reply_list, codes[len(question_list):], strict=True)),
         }
 
-    speech = stages.cached("speech", make_speech)
+    speech = stages.cached("speech", [plan.codec_fit_utterances, plan.codec_max_frames, configs["codec"]], make_speech)
 
     def make_music() -> dict:
         config = config_from_json(assets_dir / "music.json", MusicCodecConfig)
@@ -204,7 +218,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
             tokens = {spec: list(model.encode(music.synthesize(spec))) for spec in wanted}
         return {"state": model.state_dict(), "tokens": tokens, "metrics": metrics}
 
-    tunes = stages.cached("music", make_music)
+    tunes = stages.cached("music", [plan.music_max_frames, configs["music"]], make_music)
 
     def make_acoustic() -> dict:
         valid_names = {v.name for v in valid_voices}
@@ -222,7 +236,8 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
                                 default=voices.ASSISTANT_VOICE.name, codebook_size=config.codebook_size)
         return {"state": model.state_dict(), "bank": bank, "metrics": metrics}
 
-    acoustic = stages.cached("acoustic", make_acoustic)
+    acoustic = stages.cached("acoustic", [plan.acoustic_minutes, plan.acoustic_utterances, plan.voice_prompt_frames,
+                                         configs["acoustic"]], make_acoustic)
 
     def pictures() -> set[ImageSpec]:
         wanted = set()
@@ -240,7 +255,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
             codes = {spec: list(model.encode(images.render(spec))) for spec in pictures()}
         return {"state": model.state_dict(), "codes": codes, "metrics": metrics}
 
-    image = stages.cached("image", make_images)
+    image = stages.cached("image", [plan.image_minutes, plan.image_steps, configs["image"]], make_images)
 
     def make_corpus() -> dict:
         media = _CachedMedia(speech, image["codes"], tunes["tokens"])
@@ -255,7 +270,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
                  len(corpus["train"]), len(corpus["valid"]), corpus["dropped_too_long"], limit)
         return corpus
 
-    corpus = stages.cached("corpus", make_corpus)
+    corpus = stages.cached("corpus", [configs["lm"], vocab.text_tokenizer.to_dict()], make_corpus)
 
     def make_lm() -> dict:
         lm_config = LMConfig.from_json(assets_dir / "lm.json")
@@ -265,7 +280,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
                                   (speech_range.first_id, speech_range.n_codes), settings)
         return {"state": model.state_dict(), "metrics": metrics}
 
-    lm = stages.cached("lm", make_lm)
+    lm = stages.cached("lm", [plan.lm_minutes, configs["lm"], dataclasses.asdict(LMTrainingConfig())], make_lm)
 
     # Export: the same files `load_embedded` reads; it then checks every key and shape.
     from safetensors.torch import save_file

@@ -47,13 +47,13 @@ class LMTrainingConfig:
     seed: data order, noise and initialisation.
     """
 
-    max_minutes: float = 45.0
+    max_minutes: float = 55.0
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    batch_tokens: int = 8192
+    batch_tokens: int = 4096
     embed_dropout: float = 0.1
     attention_dropout: float = 0.1
     code_noise: float = 0.05

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
+from assistant.models.lm_kv import LeanLlamaDecoder, supports_lean_decoding
 from assistant.decoding.lm_sampler import GenerationSettings, RepetitionPenalty, ReplyGrammar, make_selector
 from assistant.vocab import Modality, TokenKind, UnifiedVocab
 
@@ -36,7 +37,9 @@ class TokenStream:
             self.generator.manual_seed(seed)
         else:
             self.generator.seed()
-        self._cache: DynamicCache | None = None
+        # One generation's KV state: the lean loop for LLaMA models, else the transformers cache.
+        self._cache: LeanLlamaDecoder | DynamicCache | None = None
+        self._lean = supports_lean_decoding(model)
         self.modality: Modality = Modality.TEXT  # settings in force for the next token
         self.grammar: ReplyGrammar | None = None
 
@@ -44,8 +47,21 @@ class TokenStream:
     def has_cache(self) -> bool:
         return self._cache is not None
 
+    @property
+    def cached_tokens(self) -> int:
+        """Positions held in the KV state of the running generation (0 when none runs)."""
+        if self._cache is None:
+            return 0
+        if isinstance(self._cache, LeanLlamaDecoder):
+            return self._cache.length
+        return int(self._cache.get_seq_length())
+
     def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # input_ids [1, T] -> logits of the last position [V] (float32)
+        if isinstance(self._cache, LeanLlamaDecoder):
+            if self._cache.length == 0:
+                return self._cache.prefill(input_ids[0])
+            return self._cache.step(int(input_ids[0, -1]))
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
             return out.logits[0, -1].float()
@@ -84,7 +100,10 @@ class TokenStream:
         try:
             if cancel is not None and cancel.is_set():
                 return
-            self._cache = DynamicCache(config=getattr(self.model, "config", None))
+            if self._lean:
+                self._cache = LeanLlamaDecoder(self.model, capacity=len(prompt) + limit)
+            else:
+                self._cache = DynamicCache(config=getattr(self.model, "config", None))
             logits = self._forward(torch.tensor([prompt], dtype=torch.long, device=self.device))  # prefill once
             for step in range(limit):
                 sampling = self.settings.for_modality(self.modality)

@@ -60,16 +60,19 @@ class StubModel(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-def test_cached_steps_match_full_forward(vocab, model):
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-loop", "transformers-cache"])
+def test_cached_steps_match_full_forward(vocab, model, lean):
     settings = GenerationSettings(text=GREEDY)
     stream = TokenStream(model, vocab, settings, seed=0)
+    assert stream._lean  # a LLaMA: the lean loop is the default
+    stream._lean = lean
     recorded, lengths = [], []
     original = stream._forward
 
     def spy(input_ids):
         out = original(input_ids)
         recorded.append(out.clone())
-        lengths.append(stream._cache.get_seq_length())
+        lengths.append(stream.cached_tokens)
         return out
 
     stream._forward = spy

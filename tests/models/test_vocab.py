@@ -5,7 +5,6 @@ import pytest
 
 from assistant.vocab import (
     ADDED_TOKENS_FILE,
-    EMBEDDED_TOKENIZER_DIR,
     ByteTextTokenizer,
     Modality,
     ModalityRange,
@@ -144,12 +143,55 @@ def test_optional_ins_res(tmp_path):
     assert v.ins_id is None and v.res_id is None
 
 
-def test_committed_embedded_files_match_writer(tmp_path):
-    regenerated = write_embedded_vocab_files(tmp_path)
-    for name in ("added_tokens.json", "text_tokenizer.json"):
-        assert (EMBEDDED_TOKENIZER_DIR / name).read_bytes() == (regenerated / name).read_bytes()
+def test_committed_embedded_vocab_has_full_code_ranges():
     v = UnifiedVocab.embedded()
     assert all(r.n_codes == 1024 for r in v.ranges.values())
+    assert v.ranges[Modality.IMAGE].first_id == v.text_size + 4  # [Human] [MMGPT] <eoh> <eos> come first
+
+
+PIECES = ["hello", " hello", " world", "Hello there, friend.\n"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["hello world", "Hello there, friend.\n hello", "helloworld", "xhello", "hello1", "héllo wörld ✓", "", " "],
+)
+def test_pieces_round_trip(text):
+    tok = ByteTextTokenizer(pieces=PIECES)
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_pieces_match_whole_words_only():
+    tok = ByteTextTokenizer(pieces=PIECES)
+    first_piece = tok.piece_offset
+    assert tok.encode("hello world") == [first_piece, first_piece + 2]
+    assert tok.encode("Hello there, friend.\n") == [first_piece + 3]  # the longest piece wins
+    # Inside a longer word a piece does not match: the word stays bytes.
+    assert all(i < first_piece for i in tok.encode("helloworld"))
+    assert all(i < first_piece for i in tok.encode("xhello"))
+    assert tok.vocab_size == 3 + 256 + len(PIECES)
+
+
+def test_pieces_are_checked():
+    with pytest.raises(ValueError, match="duplicate pieces"):
+        ByteTextTokenizer(pieces=["ab", "ab"])
+    with pytest.raises(ValueError, match="at least 2 characters"):
+        ByteTextTokenizer(pieces=["a"])
+
+
+def test_pieces_survive_the_file_and_streaming_decode(tmp_path):
+    write_embedded_vocab_files(tmp_path, 4, 4, 4)
+    tok = ByteTextTokenizer(pieces=PIECES)
+    (tmp_path / "text_tokenizer.json").write_text(json.dumps(tok.to_dict()), encoding="utf-8")
+    (tmp_path / ADDED_TOKENS_FILE).write_text(
+        json.dumps({k: v - 259 + tok.vocab_size for k, v in json.loads(
+            (tmp_path / ADDED_TOKENS_FILE).read_text(encoding="utf-8")).items()}), encoding="utf-8")
+    vocab = UnifiedVocab.from_dir(tmp_path)
+    assert vocab.text_size == tok.vocab_size
+    text = "hello wörld hello"
+    detok = TextDetokenizer(vocab)
+    streamed = "".join(detok.push(i) for i in vocab.encode_text(text)) + detok.flush()
+    assert streamed == text
 
 
 def test_text_round_trip_and_render(vocab):
