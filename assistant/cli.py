@@ -51,7 +51,7 @@ async def _chat(args: argparse.Namespace, audio: np.ndarray | None, picture: byt
     from assistant.protocol import FinishReason
 
     bundle = load_embedded(args.assets, seed=args.seed)
-    engine = AssistantEngine(local_backends(bundle, seed=args.seed), bundle.vocab, EngineConfig.embedded_default(),
+    engine = AssistantEngine(local_backends(bundle, seed=args.seed), bundle.vocab, EngineConfig(),
                              voices=bundle.voices)
     try:
         session = engine.new_session(args.voice)

@@ -61,7 +61,7 @@ async def main() -> None:
     t0 = time.perf_counter()
     bundle = load_embedded()
     print(f"models loaded in {time.perf_counter() - t0:.2f} s (torch threads: {torch.get_num_threads()})")
-    engine = AssistantEngine(local_backends(bundle), bundle.vocab, EngineConfig.embedded_default())
+    engine = AssistantEngine(local_backends(bundle), bundle.vocab, EngineConfig())
     session = engine.new_session()
     print(f"question: {audio.size / SAMPLE_RATE:.2f} s of speech")
     print(f"{'turn':>4} {'first audio (s)':>16} {'answer (s)':>11} {'wall (s)':>9} {'RTF':>6}  finish")

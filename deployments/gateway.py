@@ -59,8 +59,7 @@ class Gateway:
             use_loopback_only()
         spec = ModelSpec.from_dict(model)
         vocab = UnifiedVocab.from_dir(spec.tokenizer_dir)
-        base = EngineConfig.embedded_default() if spec.family == "embedded" else EngineConfig()
-        config = EngineConfig(**{**base.__dict__, **(engine or {})})
+        config = EngineConfig(**(engine or {}))
         self._model_handles = (speech, lm, acoustic, media)
         self._models_ready = False
         # The voices of spoken replies: ``voices.json`` beside the tokenizer (made by training); none = one voice.

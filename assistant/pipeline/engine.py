@@ -69,8 +69,9 @@ class EngineConfig:
     force_modality: None, "speech", "image" or "music". When set, every assistant reply is forced to start with that
         modality: the prompt ends in ``[MMGPT]: <soX>`` and the LM is constrained accordingly.
     force_speech_for_spoken_turns: force "speech" for turns that carry audio (when ``force_modality`` is None). This
-        mirrors AnyGPT's ``force_speech_generation`` option of its chat CLI; the embedded default
-        (:meth:`embedded_default`) turns it on because its LM is untrained and would otherwise rarely speak.
+        mirrors AnyGPT's ``force_speech_generation`` option of its chat CLI. Off by default: a trained chat LM
+        answers a spoken turn with ``<-Ins->`` transcript ``<-Res->`` reply and then speech by itself, and forcing
+        ``<sosp>`` would skip the transcript and the text reply.
     first_chunk_frames / chunk_frames: speech chunk sizes in 20 ms codec frames (small first chunk = fast start).
     context_frames: frames of the previous chunk given to the acoustic decoder as left context.
     fade_ms: linear fade-out applied at the end of each speech segment and each piece of music (no click at turn end).
@@ -103,12 +104,6 @@ class EngineConfig:
     @property
     def fade_samples(self) -> int:
         return int(round(self.fade_ms * SAMPLE_RATE / 1000.0))
-
-    @classmethod
-    def embedded_default(cls) -> "EngineConfig":
-        """Settings for the untrained embedded models: spoken turns get a spoken answer (AnyGPT's
-        ``force_speech_generation``)."""
-        return cls(force_speech_for_spoken_turns=True)
 
     def forced_for(self, spoken: bool) -> Modality | None:
         if self.force_modality is not None:

@@ -16,6 +16,10 @@ import urllib.request
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
+from scipy.signal import resample_poly
+
+from training.judges.image import judge_image
 
 pytestmark = pytest.mark.slow
 
@@ -67,17 +71,35 @@ def server(tmp_path_factory):
         print(tail)
 
 
-def test_spoken_turn_over_webrtc(server, spoken_question, tmp_path):
-    out = tmp_path / "edge"
+def run_edge_client(server: str, out, *args: str) -> dict:
+    """The headless edge client against ``server``; returns its session.json."""
     result = subprocess.run(
         [sys.executable, "-c", "import sys; from edge_client.cli import main; sys.exit(main())",
-         "--server", server, "--input", str(spoken_question), "--output", str(out), "--loopback-only",
-         "--timeout", "150"],
+         "--server", server, "--output", str(out), "--loopback-only", "--timeout", "150", *args],
         capture_output=True, text=True, timeout=200,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads((out / "session.json").read_text())
 
-    summary = json.loads((out / "session.json").read_text())
+
+def trim_silence(wave: np.ndarray, rate: int = 16000, margin_s: float = 0.05) -> np.ndarray:
+    """The sound between the first and last audible sample (as the in-process evaluation judges it). The recording
+    also holds seconds of silence around the reply, which shift pocketsphinx's whole-utterance cepstral mean and
+    which its grammar without filler words cannot place."""
+    audible = np.flatnonzero(np.abs(wave) > 1e-3)
+    if audible.size == 0:
+        return wave[:0]
+    pad = int(margin_s * rate)
+    return wave[max(0, audible[0] - pad) : audible[-1] + pad]
+
+
+def joined(summary: dict, kind: str) -> str:
+    return "".join(event["delta"] for event in summary["events"] if event["type"] == kind).strip()
+
+
+def test_spoken_turn_over_webrtc(server, spoken_question, question_and_answer, sentence_judge, tmp_path):
+    out = tmp_path / "edge"
+    summary = run_edge_client(server, out, "--input", str(spoken_question))
     kinds = [event["type"] for event in summary["events"]]
     assert kinds[0] == "ready"
     assert "speech_started" in kinds and "speech_stopped" in kinds
@@ -90,20 +112,23 @@ def test_spoken_turn_over_webrtc(server, spoken_question, tmp_path):
     assert onsets, summary["audio"]
     print(f"time to first audio after speech_stopped: {onsets[0] - stopped_at:.3f} s")
 
+    # The right answer: understood, answered in text, and spoken so that a recogniser hears it.
+    question, answer_words = question_and_answer
+    assert joined(summary, "transcript") == question
+    assert joined(summary, "text") == answer_words
     answer, rate = soundfile.read(out / "answer.wav", dtype="float32")
-    assert answer.size > rate // 5
-    assert float(np.sqrt(np.mean(answer**2))) > 1e-3
+    assert rate == 48000  # the WebRTC (Opus) rate; the judge listens at 16 kHz
+    assert sentence_judge.transcribe(trim_silence(resample_poly(answer, 1, 3).astype(np.float32))) == answer_words
 
     with urllib.request.urlopen(server + "/health", timeout=5) as response:
         assert json.loads(response.read())["status"] == "ok"
 
 
-def test_malformed_offer_gets_400_and_server_keeps_serving(server):
-    request = urllib.request.Request(server + "/offer", data=b'{"sdp": "nonsense", "type": "offer"}',
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(request, timeout=10)
-    assert info.value.code == 400
-    assert "error" in json.loads(info.value.read())
-    with urllib.request.urlopen(server + "/health", timeout=5) as response:
-        assert json.loads(response.read())["status"] == "ok"
+def test_typed_drawing_request_over_webrtc(server, tmp_path):
+    out = tmp_path / "edge"
+    summary = run_edge_client(server, out, "--input", "silence", "--text", "draw a red circle")
+    assert joined(summary, "text") == "here is a red circle"
+    images = [event for event in summary["events"] if event["type"] == "image"]
+    assert len(images) == 1
+    pixels = np.asarray(Image.open(out / f"image_{images[0]['turn_id']}_0.png").convert("RGB"))
+    assert judge_image(pixels) == ("red", "circle")

@@ -240,7 +240,7 @@ def test_history_and_forced_speech(vocab):
 
     async def main():
         backends, _, acoustic, _ = make_backends(lm)
-        session = AssistantEngine(backends, vocab, EngineConfig.embedded_default()).new_session()
+        session = AssistantEngine(backends, vocab, EngineConfig(force_speech_for_spoken_turns=True)).new_session()
         first = await collect(session.respond(speech_turn()))
         second = await collect(session.respond(UserTurn(text="and text?")))
         return first, second, session, acoustic

@@ -26,7 +26,7 @@ def burst(seconds=0.8):
 
 
 def test_spoken_turn_yields_speech(bundle):
-    engine = AssistantEngine(local_backends(bundle), bundle.vocab, EngineConfig.embedded_default())
+    engine = AssistantEngine(local_backends(bundle), bundle.vocab, EngineConfig())
 
     async def main():
         session = engine.new_session()
