@@ -12,8 +12,8 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from assistant.models.lm_kv import LeanLlamaDecoder, supports_lean_decoding
 from assistant.decoding.lm_sampler import GenerationSettings, RepetitionPenalty, ReplyGrammar, make_selector
+from assistant.models.lm_kv import LeanLlamaDecoder, supports_lean_decoding
 from assistant.vocab import Modality, TokenKind, UnifiedVocab
 
 

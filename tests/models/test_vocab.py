@@ -180,14 +180,9 @@ def test_pieces_are_checked():
 
 
 def test_pieces_survive_the_file_and_streaming_decode(tmp_path):
-    write_embedded_vocab_files(tmp_path, 4, 4, 4)
-    tok = ByteTextTokenizer(pieces=PIECES)
-    (tmp_path / "text_tokenizer.json").write_text(json.dumps(tok.to_dict()), encoding="utf-8")
-    (tmp_path / ADDED_TOKENS_FILE).write_text(
-        json.dumps({k: v - 259 + tok.vocab_size for k, v in json.loads(
-            (tmp_path / ADDED_TOKENS_FILE).read_text(encoding="utf-8")).items()}), encoding="utf-8")
-    vocab = UnifiedVocab.from_dir(tmp_path)
-    assert vocab.text_size == tok.vocab_size
+    vocab = UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path, 4, 4, 4, pieces=PIECES))
+    assert vocab.text_size == 3 + 256 + len(PIECES)
+    assert vocab.human_id == vocab.text_size  # the added tokens follow the pieces
     text = "hello wörld hello"
     detok = TextDetokenizer(vocab)
     streamed = "".join(detok.push(i) for i in vocab.encode_text(text)) + detok.flush()
