@@ -101,7 +101,9 @@ class TokenStream:
             if cancel is not None and cancel.is_set():
                 return
             if self._lean:
-                self._cache = LeanLlamaDecoder(self.model, capacity=len(prompt) + limit)
+                # Room for a typical reply; the cache doubles when a long one needs more (a 7B model's full-length
+                # cache would hold GBs for every generation otherwise).
+                self._cache = LeanLlamaDecoder(self.model, capacity=len(prompt) + min(limit, 256))
             else:
                 self._cache = DynamicCache(config=getattr(self.model, "config", None))
             logits = self._forward(torch.tensor([prompt], dtype=torch.long, device=self.device))  # prefill once
