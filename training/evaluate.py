@@ -138,7 +138,7 @@ def _judge_turn(record: TurnRecord, reply: domain.ReplySpec, got: dict, judge: S
         record.speech_correct = _normalise(record.speech_heard) == _normalise(reply.text)
     else:
         record.speech_correct = False
-    record.ceiling_correct = bool(judge.is_correct(voices.synthesize(reply.text, voices.ASSISTANT_VOICE), reply.text))
+    record.ceiling_correct = judge.is_correct(voices.synthesize(reply.text, voices.ASSISTANT_VOICE), reply.text)
     music_seconds = 0.0
     if reply.image is not None:
         record.image_expected = f"{reply.image.colour} {reply.image.shape}"

@@ -56,12 +56,13 @@ class TokenStream:
             return self._cache.length
         return int(self._cache.get_seq_length())
 
-    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids [1, T] -> logits of the last position [V] (float32)
+    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
+        # ids: the whole prompt (first call) or the one new token -> logits of the last position [V] (float32)
         if isinstance(self._cache, LeanLlamaDecoder):
             if self._cache.length == 0:
-                return self._cache.prefill(input_ids[0])
-            return self._cache.step(int(input_ids[0, -1]))
+                return self._cache.prefill(torch.tensor(ids, dtype=torch.long, device=self.device))
+            return self._cache.step(int(ids[-1]))
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # [1, T]
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
             return out.logits[0, -1].float()
@@ -106,7 +107,7 @@ class TokenStream:
                 self._cache = LeanLlamaDecoder(self.model, capacity=len(prompt) + min(limit, 256))
             else:
                 self._cache = DynamicCache(config=getattr(self.model, "config", None))
-            logits = self._forward(torch.tensor([prompt], dtype=torch.long, device=self.device))  # prefill once
+            logits = self._forward(prompt)  # prefill once
             for step in range(limit):
                 sampling = self.settings.for_modality(self.modality)
                 with torch.inference_mode():
@@ -123,7 +124,7 @@ class TokenStream:
                 yield token
                 if token in vocab.stop_ids or step + 1 >= limit or (cancel is not None and cancel.is_set()):
                     return
-                logits = self._forward(torch.tensor([[token]], dtype=torch.long, device=self.device))
+                logits = self._forward([token])
                 if cancel is not None and cancel.is_set():
                     return
         finally:

@@ -69,8 +69,8 @@ def test_cached_steps_match_full_forward(vocab, model, lean):
     recorded, lengths = [], []
     original = stream._forward
 
-    def spy(input_ids):
-        out = original(input_ids)
+    def spy(ids):
+        out = original(ids)
         recorded.append(out.clone())
         lengths.append(stream.cached_tokens)
         return out
