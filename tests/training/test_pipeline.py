@@ -1,6 +1,7 @@
 """The whole `train-mini` -> `eval-mini` path on a tiny plan: every stage runs, the export loads strictly through
 `load_embedded`, a second run reuses the stage cache, and the evaluation judges every task family."""
 
+import dataclasses
 import json
 import shutil
 
@@ -45,6 +46,12 @@ def test_second_run_reuses_every_stage(trained):
     assets, work, _ = trained
     again = run_training(TINY, assets, work)
     assert again["stage_minutes"] == {}
+
+
+def test_a_change_of_the_lm_budget_retrains_only_the_lm(trained):
+    assets, work, _ = trained
+    again = run_training(dataclasses.replace(TINY, lm_minutes=0.05), assets, work)
+    assert set(again["stage_minutes"]) == {"lm"}
 
 
 def test_evaluation_judges_every_family(trained, tmp_path):
