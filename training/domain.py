@@ -81,6 +81,7 @@ TRAIN_WEIGHTS: dict[str, float] = {
 FOLLOW_UP_BASES: tuple[str, ...] = (ARITHMETIC, FACTS, SMALL_TALK, SAY, DRAW, PLAY, IMAGE_IN)
 
 SPEED_JITTER = 0.12  # a spoken question's speed is the voice's base speed times U(1 - j, 1 + j)
+MAX_PITCH = 99  # espeak-ng's pitch range is 0..99
 MAX_JITTER_SEED = 9999  # user pictures get ImageSpec.jitter in 1..MAX_JITTER_SEED
 
 
@@ -614,12 +615,20 @@ def _utterance_speed(rng: random.Random, voice: Voice) -> int:
     return max(80, min(450, speed))
 
 
-def _turn(exchange: _Exchange, rng: random.Random, voice: Voice | None, spoken_fraction: float) -> tuple[UserTurnSpec, ReplySpec]:
+def _utterance_voice(rng: random.Random, voice: Voice, pitch_jitter: int) -> Voice:
+    if pitch_jitter <= 0:  # no draw at all, so sets made without jitter stay what they were
+        return voice
+    pitch = voice.pitch + rng.randint(-pitch_jitter, pitch_jitter)
+    return replace(voice, pitch=max(0, min(MAX_PITCH, pitch)))
+
+
+def _turn(exchange: _Exchange, rng: random.Random, voice: Voice | None, spoken_fraction: float, pitch_jitter: int
+          ) -> tuple[UserTurnSpec, ReplySpec]:
     spoken = voice is not None and rng.random() < spoken_fraction
     user = UserTurnSpec(
         words=exchange.words,
         spoken=spoken,
-        voice=voice if spoken else None,
+        voice=_utterance_voice(rng, voice, pitch_jitter) if spoken else None,
         speed=_utterance_speed(rng, voice) if spoken else None,
         image=exchange.image_in,
     )
@@ -648,6 +657,7 @@ def generate_dialogues(
     spoken_fraction: float = 0.8,
     multi_turn_fraction: float = 0.15,
     families: Sequence[str] | None = None,
+    pitch_jitter: int = 0,
 ) -> list[Dialogue]:
     """``n`` dialogues, reproducible from ``seed``.
 
@@ -655,12 +665,16 @@ def generate_dialogues(
     single-turn family drawn with ``TRAIN_WEIGHTS``. families given (eval sets): the families take turns, so each
     gets n // len(families) dialogues (the first n % len(families) one more); ``multi_turn_fraction`` is unused.
     Each dialogue has one user voice (drawn from ``voices``); each turn is spoken with probability
-    ``spoken_fraction`` at a speed drawn around that voice's base speed.
+    ``spoken_fraction`` at a speed drawn around that voice's base speed and, when ``pitch_jitter`` > 0, at a pitch
+    drawn uniformly within that many espeak steps of the voice's own (a spoken turn's ``voice`` then carries the drawn
+    pitch under the voice's name): more voices for the models to generalise from at no cost in synthesis.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not 0.0 <= spoken_fraction <= 1.0 or not 0.0 <= multi_turn_fraction <= 1.0:
         raise ValueError("spoken_fraction and multi_turn_fraction must be in [0, 1]")
+    if pitch_jitter < 0:
+        raise ValueError(f"pitch_jitter must be >= 0, got {pitch_jitter}")
     if spoken_fraction > 0 and not voices:
         raise ValueError("spoken turns need at least one voice")
     if families is not None:
@@ -678,7 +692,7 @@ def generate_dialogues(
         else:
             family = rng.choices(names, weights)[0]
         voice = rng.choice(list(voices)) if voices else None
-        turns = tuple(_turn(e, rng, voice, spoken_fraction) for e in _exchanges(family, rng))
+        turns = tuple(_turn(e, rng, voice, spoken_fraction, pitch_jitter) for e in _exchanges(family, rng))
         out.append(Dialogue(family, turns))
     return out
 

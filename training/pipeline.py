@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +46,7 @@ from training.vocabulary import write_embedded_tokenizer
 
 log = logging.getLogger(__name__)
 
-SpeechKey = tuple[str, str, int]  # (words, voice name, speed)
+SpeechKey = tuple[str, str, int, int]  # (words, voice name, pitch, speed)
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,15 @@ class TrainPlan:
     train_dialogues / valid_dialogues: dialogue counts (validation dialogues use ``valid_voices`` training voices
     that the LM never trains on; held-out voices are left to the evaluation).
     codec_fit_utterances / codec_max_frames: utterances and frames for the k-means speech codec.
+    pitch_jitter: spoken training and validation questions are read within this many espeak pitch steps of their
+    voice's pitch (``domain.generate_dialogues``); the evaluation's held-out voices keep their own pitch.
     """
 
     seed: int = 0
     train_dialogues: int = 15_000
     valid_dialogues: int = 400
     valid_voices: int = 3
+    pitch_jitter: int = 10
     codec_fit_utterances: int = 3_000
     codec_max_frames: int = 120_000
     image_minutes: float = 6.0
@@ -129,7 +132,7 @@ def _speech_requests(dialogue_sets: list[list[domain.Dialogue]]) -> tuple[set[Sp
         for dialogue in dialogues:
             for user, reply in dialogue.turns:
                 if user.spoken:
-                    questions.add((user.words, user.voice.name, int(user.speed)))
+                    questions.add((user.words, user.voice.name, user.voice.pitch, int(user.speed)))
                 replies.add(reply.text)
     return questions, replies
 
@@ -157,7 +160,7 @@ class _CachedMedia:
         self.music = music_tokens
 
     def question_codes(self, words: str, voice: Voice, speed: int | None) -> list[int]:
-        return self.questions[(words, voice.name, int(speed))][0].tolist()
+        return self.questions[(words, voice.name, voice.pitch, int(speed))][0].tolist()
 
     def reply_codes(self, text: str) -> list[int]:
         return self.replies[text][0].tolist()
@@ -181,18 +184,21 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
 
     def make_dialogues() -> dict:
         return {
-            "train": domain.generate_dialogues(plan.train_dialogues, seed=plan.seed, voices=train_voices),
-            "valid": domain.generate_dialogues(plan.valid_dialogues, seed=plan.seed + 1, voices=valid_voices),
+            "train": domain.generate_dialogues(plan.train_dialogues, seed=plan.seed, voices=train_voices,
+                                               pitch_jitter=plan.pitch_jitter),
+            "valid": domain.generate_dialogues(plan.valid_dialogues, seed=plan.seed + 1, voices=valid_voices,
+                                               pitch_jitter=plan.pitch_jitter),
         }
 
-    dialogues = stages.cached("dialogues", [plan.seed, plan.train_dialogues, plan.valid_dialogues, plan.valid_voices],
+    dialogues = stages.cached("dialogues", [plan.seed, plan.train_dialogues, plan.valid_dialogues, plan.valid_voices,
+                                            plan.pitch_jitter],
                               make_dialogues)
 
     def make_speech() -> dict:
         questions, replies = _speech_requests([dialogues["train"], dialogues["valid"]])
         question_list = sorted(questions)
         reply_list = sorted(replies)
-        requests = [(w, voices.voice_by_name(v), s) for w, v, s in question_list]
+        requests = [(w, replace(voices.voice_by_name(v), pitch=p), s) for w, v, p, s in question_list]
         requests += [(text, voices.ASSISTANT_VOICE, None) for text in reply_list]
         rng = random.Random(plan.seed)
         # The codec is fitted on training-voice speech only (validation voices stay unseen by every model).
@@ -222,7 +228,7 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
 
     def make_acoustic() -> dict:
         valid_names = {v.name for v in valid_voices}
-        utterances = [(codes, name) for (_, name, _), codes in speech["questions"].items() if name not in valid_names]
+        utterances = [(codes, name) for (_, name, _, _), codes in speech["questions"].items() if name not in valid_names]
         utterances += [(codes, voices.ASSISTANT_VOICE.name) for codes in speech["replies"].values()]
         random.Random(plan.seed).shuffle(utterances)
         utterances = utterances[: plan.acoustic_utterances]

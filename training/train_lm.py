@@ -133,10 +133,14 @@ def reply_loss(model: nn.Module, ids: Tensor, attention: Tensor, labels: Tensor,
                ) -> tuple[Tensor, int]:
     """Mean cross-entropy over reply tokens, and their count. The output layer runs only where a reply token is
     predicted (about half the positions): with a 3k-token vocabulary that is a tenth of the step's compute."""
+    if bool((attention[:, 1:] > attention[:, :-1]).any()):
+        raise ValueError("reply_loss needs right-padded batches (a real token after padding)")
     embeds = model.get_input_embeddings()(ids)  # [B, L, D]
     if embed_dropout > 0 and model.training:
         embeds = F.dropout(embeds, embed_dropout)
-    hidden = model.model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state  # [B, L, D]
+    # Right padding: under the causal mask no real token sees a pad, and pads are never scored, so the padding mask
+    # is redundant; leaving it out lets attention take its causal fast path (about 20% faster steps at 512 tokens).
+    hidden = model.model(inputs_embeds=embeds).last_hidden_state  # [B, L, D]
     predicted = labels != IGNORE  # [B, L]
     logits = model.lm_head(hidden[predicted])  # [N, V]
     return F.cross_entropy(logits.float(), labels[predicted]), int(predicted.sum())

@@ -102,6 +102,23 @@ def test_turn_modality_fields_are_consistent(dialogues):
         assert len(set(values)) > 10
 
 
+def test_pitch_jitter_varies_pitch_per_turn_under_the_voice_name_and_is_off_by_default():
+    plain = d.generate_dialogues(300, seed=5, voices=VOICES)
+    jittered = d.generate_dialogues(300, seed=5, voices=VOICES, pitch_jitter=8)
+    assert all(u.voice in VOICES for x in plain for u, _ in x.turns if u.spoken)
+    pitches = collections.defaultdict(set)
+    for dialogue in jittered:
+        for user, _ in dialogue.turns:
+            if user.spoken:
+                base = next(v for v in VOICES if v.name == user.voice.name)
+                assert user.voice.espeak == base.espeak and user.voice.speed == base.speed
+                assert abs(user.voice.pitch - base.pitch) <= 8
+                pitches[base.name].add(user.voice.pitch)
+    assert all(len(values) >= 12 for values in pitches.values())  # most of the 17 allowed pitches occur
+    with pytest.raises(ValueError):
+        d.generate_dialogues(3, seed=5, voices=VOICES, pitch_jitter=-1)
+
+
 def test_generation_is_reproducible_and_seeded():
     a = d.generate_dialogues(50, seed=3, voices=VOICES)
     assert a == d.generate_dialogues(50, seed=3, voices=VOICES)

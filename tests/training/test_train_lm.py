@@ -1,10 +1,12 @@
 import random
 from dataclasses import dataclass
 
+import pytest
 import torch
 
-from assistant.models.lm import LMConfig
-from training.train_lm import IGNORE, LMTrainingConfig, collate, corrupt_user_codes, evaluate, make_batches, train_lm
+from assistant.models.lm import LMConfig, build_lm
+from training.train_lm import (IGNORE, LMTrainingConfig, collate, corrupt_user_codes, evaluate, make_batches,
+                               reply_loss, train_lm)
 
 
 @dataclass
@@ -31,6 +33,20 @@ def test_collate_labels_only_reply_tokens():
     assert attention.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     # position 1 predicts token 6 (a reply token), position 2 predicts 7; position 0 predicts 5 (prompt) -> ignored
     assert labels.tolist() == [[IGNORE, 6, 7, IGNORE], [8, IGNORE, IGNORE, IGNORE]]
+
+
+def test_reply_loss_of_a_padded_batch_equals_the_loss_of_each_sequence_alone():
+    config = LMConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=4, max_positions=64)
+    model = build_lm(config, seed=0).eval()
+    seqs = [Seq([1, 5, 6, 7, 8, 9, 3], [False] * 3 + [True] * 4), Seq([1, 8, 2, 4], [False, False, True, True])]
+    batch_loss, count = reply_loss(model, *collate(seqs, [0, 1]))
+    alone = [reply_loss(model, *collate(seqs, [i])) for i in (0, 1)]
+    expected = sum(float(loss) * n for loss, n in alone) / sum(n for _, n in alone)
+    assert count == 6 and abs(float(batch_loss) - expected) < 1e-5
+    ids, attention, labels = collate(seqs, [0, 1])
+    with pytest.raises(ValueError, match="right-padded"):
+        reply_loss(model, ids.flip(1), attention.flip(1), labels)
 
 
 def test_batches_respect_token_budget_and_cover_everything():
