@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -83,20 +83,55 @@ def load_safetensors_strict(path: str | Path, module: nn.Module) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
-    tensors = load_file(str(path))
-    expected = module.state_dict()
-    for key in expected:
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    load_state_dict_strict(module, tensors, path)
+
+
+def check_state_dict(expected: dict[str, tuple[int, ...]], tensors: dict[str, Tensor], source: str | Path) -> None:
+    """Every expected key present with its shape and no other key; else ``CheckpointError`` naming ``source``, the
+    key, and the expected and found shapes. Runs before anything is copied, so a bad file never half-loads."""
+    for key, shape in expected.items():
         if key not in tensors:
-            raise CheckpointError(f"{path}: missing key {key!r}")
+            raise CheckpointError(f"{source}: missing key {key!r} (expected shape {tuple(shape)})")
     for key, value in tensors.items():
         if key not in expected:
-            raise CheckpointError(f"{path}: unexpected key {key!r}")
-        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{source}: unexpected key {key!r} (shape {tuple(value.shape)})")
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(expected[key]):
             raise CheckpointError(
-                f"{path}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+                f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key])}"
             )
+
+
+def load_state_dict_strict(module: nn.Module, tensors: dict[str, Tensor], source: str | Path) -> None:
+    """Check ``tensors`` against ``module.state_dict()`` (``check_state_dict``), then copy them in (values are cast
+    to each parameter's dtype and device by ``load_state_dict``)."""
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    check_state_dict(expected, tensors, source)
     with torch.no_grad():
         module.load_state_dict(tensors, strict=True)
+
+
+def read_torch_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A plain ``torch.save``d state dict (``.pt``, ``.bin``, ``ckpt.dev``), read without running pickled code
+    (``weights_only``) and memory-mapped, so a 1.4 GB file is not copied before it is checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files in the pre-zip (legacy) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a state dict we can read"
+        raise CheckpointError(f"{path}: not a readable torch state dict ({exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors, got {type(state).__name__}")
+    return state
 
 
 class Checkpointed:
