@@ -18,7 +18,7 @@ def test_a_matching_state_dict_loads_and_casts_to_the_module_dtype(tmp_path):
     torch.save({k: v.double() for k, v in source.state_dict().items()}, path)
     target = small()
     load_state_dict_strict(target, read_torch_state_dict(path), path)
-    assert all(torch.equal(a.float(), b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    assert all(torch.equal(a.float(), b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
     assert target[0].weight.dtype == torch.float32
 
 

@@ -1,0 +1,191 @@
+"""The AnyGPT language model from a Hugging Face LLaMA folder (``fnlp/AnyGPT-chat`` or ``-base`` as downloaded).
+
+A folder holds::
+
+    config.json                      LlamaConfig (model_type "llama"; vocab_size = text + added tokens)
+    model.safetensors                weights, or model.safetensors.index.json + shards,
+      | pytorch_model.bin            or pytorch_model.bin.index.json + shards (AnyGPT ships one 27.7 GB fp32 .bin)
+    tokenizer.model                  LLaMA SentencePiece (the text part of the vocabulary)
+    added_tokens.json                every AnyGPT token string -> id ([Human], <eos>, <🗣️n>, <sosp>, <-Ins->, ...)
+
+No id is hard-coded: ``UnifiedVocab.from_dir`` parses ``added_tokens.json``, and the model's embedding rows must
+cover it. Loading is strict and two-phase: every shard's keys and shapes are read from its header (safetensors) or
+memory-mapped (torch pickles) and checked against the model built on the meta device, and only then are tensors
+cast and assigned, so a bad folder fails naming the file and the key before gigabytes are copied, and nothing
+half-loads. ``…rotary_emb.inv_freq`` keys written by transformers before 4.31 are accepted and dropped: the rotary
+tables are recomputed from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from assistant.decoding.lm_sampler import GenerationSettings
+from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_torch_state_dict
+from assistant.vocab import ADDED_TOKENS_FILE, SENTENCEPIECE_FILE, UnifiedVocab
+
+CONFIG_FILE = "config.json"
+# Preference order when a folder holds more than one format (a converted copy next to the original, say).
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+GENERATION_FILE = "anystream_generation.json"  # optional GenerationSettings override (GenerationSettings.to_dict)
+_LEGACY_ROTARY_KEY = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+
+@dataclass(frozen=True)
+class HFLMFolder:
+    """A checked folder: its config and the weight files that together hold every tensor."""
+
+    path: Path
+    config: LlamaConfig
+    weight_files: tuple[Path, ...]
+
+
+def read_llama_config(folder: str | Path) -> LlamaConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: config file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    if data.get("model_type") != "llama":
+        raise CheckpointError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'llama'")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        if not isinstance(data.get(key), int) or data[key] <= 0:
+            raise CheckpointError(f"{path}: key {key!r} must be a positive integer, got {data.get(key)!r}")
+    try:
+        return LlamaConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid LLaMA config ({exc})") from exc
+
+
+def find_weight_files(folder: str | Path) -> tuple[Path, ...]:
+    """The weight files of a folder: the shards an index names, else the single file."""
+    folder = Path(folder)
+    for name in WEIGHT_INDEXES:
+        index = folder / name
+        if not index.is_file():
+            continue
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a weight index with a 'weight_map' ({exc})") from exc
+        shards = tuple(folder / shard for shard in sorted(set(weight_map.values())))
+        for shard in shards:
+            if not shard.is_file():
+                raise CheckpointError(f"{index}: names shard {shard.name}, which is missing")
+        return shards
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return (folder / name,)
+    raise CheckpointError(f"{folder}: no weights ({', '.join(WEIGHT_INDEXES + WEIGHT_FILES)})")
+
+
+def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return {key: tuple(value.shape) for key, value in read_torch_state_dict(path).items()}
+
+
+def _shard_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    return read_torch_state_dict(path)
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of ``LlamaForCausalLM(config)``, from a model built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def check_hf_lm(folder: str | Path) -> HFLMFolder:
+    """Every key and shape of every weight file checked against the config, plus the vocabulary files; reads no
+    tensor data. Raises ``CheckpointError`` naming the file and the key."""
+    folder = Path(folder)
+    config = read_llama_config(folder)
+    files = find_weight_files(folder)
+    found: dict[str, tuple[int, ...]] = {}
+    owner: dict[str, Path] = {}
+    for path in files:
+        for key, shape in _shard_shapes(path).items():
+            if _LEGACY_ROTARY_KEY.match(key):
+                continue
+            if key in found:
+                raise CheckpointError(f"{path}: key {key!r} is also in {owner[key].name}")
+            found[key], owner[key] = shape, path
+    expected = expected_shapes(config)
+    source = files[0] if len(files) == 1 else f"{folder} ({len(files)} shards)"
+    for key in expected:
+        if key not in found:
+            raise CheckpointError(f"{source}: missing key {key!r} (expected shape {expected[key]})")
+    for key, shape in found.items():
+        if key not in expected:
+            raise CheckpointError(f"{owner[key]}: unexpected key {key!r} (shape {shape})")
+        if shape != expected[key]:
+            raise CheckpointError(f"{owner[key]}: key {key!r} has shape {shape}, expected {expected[key]}")
+    check_vocab_files(folder, config)
+    return HFLMFolder(folder, config, files)
+
+
+def check_vocab_files(folder: Path, config: LlamaConfig) -> UnifiedVocab:
+    for name in (SENTENCEPIECE_FILE, ADDED_TOKENS_FILE):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder / name}: vocabulary file not found")
+    try:
+        vocab = UnifiedVocab.from_dir(folder, vocab_size=config.vocab_size)
+    except (ValueError, ImportError, OSError) as exc:
+        raise CheckpointError(f"{folder / ADDED_TOKENS_FILE}: {exc}") from exc
+    return vocab
+
+
+def _materialise_rotary(model: LlamaForCausalLM, device: torch.device) -> None:
+    """Non-persistent buffers (the rotary inverse frequencies) are not in any checkpoint: after a meta-device build
+    they are recomputed on ``device`` from the config."""
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+
+
+def load_hf_lm(folder: str | Path, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu"
+               ) -> tuple[LlamaForCausalLM, UnifiedVocab]:
+    """Strictly load the model (cast to ``dtype`` on ``device``) and its unified vocabulary."""
+    checked = check_hf_lm(folder)
+    vocab = check_vocab_files(checked.path, checked.config)
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(checked.config)
+    state: dict[str, torch.Tensor] = {}
+    for path in checked.weight_files:
+        for key, tensor in _shard_tensors(path).items():
+            if not _LEGACY_ROTARY_KEY.match(key):
+                state[key] = tensor.to(device=device, dtype=dtype)  # one tensor at a time from the mmap
+    check_state_dict(expected_shapes(checked.config), state, checked.path)  # re-checked: files may change under us
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialise_rotary(model, device)
+    leftover = [name for name, buffer in model.named_buffers() if buffer.is_meta]
+    if leftover:
+        raise CheckpointError(f"{checked.path}: no value for buffer {leftover[0]!r} after loading")
+    return model.eval(), vocab
+
+
+def generation_settings(folder: str | Path) -> GenerationSettings:
+    """AnyGPT's per-modality settings (its config/*_generate_config.json), unless the folder carries an
+    ``anystream_generation.json`` override."""
+    path = Path(folder) / GENERATION_FILE
+    return GenerationSettings.from_json(path) if path.is_file() else GenerationSettings.anygpt_defaults()
