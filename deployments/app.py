@@ -21,6 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.common import ModelSpec
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "embedded.yaml"
 APP_NAME = "anystream"
@@ -54,9 +56,14 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_family: Literal["embedded"] = "embedded"
-    assets_dir: str | None = None
+    model_family: Literal["embedded", "anygpt"] = "embedded"
+    assets_dir: str | None = None  # embedded assets, or the AnyGPT weights root (see deployments.common.ModelSpec)
     seed: int = 0
+    lm_dir: str = "AnyGPT-chat"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+    lm_engine: Literal["transformers", "vllm"] = "transformers"
+    voices_file: str | None = None
     loopback_only: bool = True  # ICE host candidates on 127.0.0.1 only (single machine, tests)
     max_sessions: int = Field(default=8, ge=1)
     lm_chunk_interval_s: float = Field(default=0.03, ge=0)
@@ -72,8 +79,15 @@ class AppArgs(BaseModel):
         default_factory=lambda: DeploymentOptions(num_replicas=1, max_ongoing_requests=100)
     )
 
+    @model_validator(mode="after")
+    def _valid_model_spec(self) -> AppArgs:
+        self.model_spec()  # e.g. the anygpt family without a weights folder fails when the config is read
+        return self
+
     def model_spec(self) -> dict[str, Any]:
-        return {"family": self.model_family, "assets_dir": self.assets_dir, "seed": self.seed}
+        return ModelSpec(family=self.model_family, assets_dir=self.assets_dir, seed=self.seed, lm_dir=self.lm_dir,
+                         dtype=self.dtype, device=self.device, lm_engine=self.lm_engine,
+                         voices_file=self.voices_file).to_dict()
 
 
 class ServeSettings(BaseModel):

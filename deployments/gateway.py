@@ -62,9 +62,9 @@ class Gateway:
         config = EngineConfig(**(engine or {}))
         self._model_handles = (speech, lm, acoustic, media)
         self._models_ready = False
-        # The voices of spoken replies: ``voices.json`` beside the tokenizer (made by training); none = one voice.
-        voices_path = spec.tokenizer_dir.parent / "voices.json"
-        voices = VoiceBank.from_json(voices_path) if voices_path.is_file() else None
+        # The voices of spoken replies (embedded: ``voices.json`` made by training); none = one voice.
+        voices_path = spec.voices_path
+        voices = VoiceBank.from_json(voices_path) if voices_path is not None and voices_path.is_file() else None
         self.engine = AssistantEngine(ray_backends(speech, lm, acoustic, media), vocab, config, voices=voices)
         self.sessions = RtcSessionManager(
             self.engine.new_session,
