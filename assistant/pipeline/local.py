@@ -159,7 +159,9 @@ class LocalMediaBackend(MediaBackend):
             return np.asarray(self.music.decode(list(tokens)), dtype=np.float32)
 
     def _image_codes(self, data: bytes) -> list[int]:
-        pixels = read_image(data, self.image.config.image_size)
+        # the image tokenizer's input side (SEED reads 224 px pictures and draws 768 px ones)
+        side = getattr(self.image.config, "input_size", self.image.config.image_size)
+        pixels = read_image(data, side)
         with torch.inference_mode():
             return [int(c) for c in self.image.encode(pixels)]
 

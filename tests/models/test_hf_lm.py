@@ -34,7 +34,7 @@ def anygpt_added_tokens(text_vocab: int, codes=CODES, chat: bool = True) -> dict
 
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory) -> Path:
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm  # the [anygpt] extra, installed by `make`
     directory = tmp_path_factory.mktemp("spm")
     words = ["what is two plus three", "draw a red circle", "play a tune", "hello how are you", "the sky is blue"]
     sentences = [f"{a} and {b}" for a in words for b in words] * 4
