@@ -167,6 +167,14 @@ def fill_acoustic_levels(
     return torch.cat([semantic.to(device)[None, :], acoustic[0, :, new]], dim=0).cpu()  # [n_q, T]
 
 
+def module_device(module) -> torch.device:
+    """Where a module's weights live (CPU for anything that is not a module)."""
+    if isinstance(module, torch.nn.Module):
+        for tensor in (*module.parameters(), *module.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 class ChunkedAcousticDecoder:
     """Streaming primitive: semantic chunk (+ previous codes as context) -> all-level codes and audio.
 
@@ -193,6 +201,8 @@ class ChunkedAcousticDecoder:
         self.schedule = schedule or UnmaskSchedule()
         self.context_frames = context_frames
         self.hop = codec.sample_rate // codec.frame_rate
+        # codes cross in on the CPU; a codec on a GPU (the AnyGPT family) decodes them there
+        self._codec_device = module_device(codec)
 
     def _trim_context(self, context: Tensor | None) -> Tensor | None:
         if context is None or self.context_frames == 0 or context.shape[-1] == 0:
@@ -214,8 +224,8 @@ class ChunkedAcousticDecoder:
         )  # [n_q, t]
         num_context = 0 if context is None else context.shape[1]
         full = codes if context is None else torch.cat([context.cpu(), codes], dim=1)  # [n_q, Tc + t]
-        wave = self.codec.decode(full)[num_context * self.hop :]  # [t * hop]
-        return codes, wave
+        wave = self.codec.decode(full.to(self._codec_device))[num_context * self.hop :]  # [t * hop]
+        return codes, wave.float().cpu()
 
     @torch.no_grad()
     def decode_utterance(

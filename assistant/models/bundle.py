@@ -28,12 +28,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from assistant.decoding.lm_sampler import GenerationSettings
+from assistant.decoding.maskgit import UnmaskSchedule
 from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.checkpoint_io import load_safetensors_strict
 from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer
 from assistant.models.lm import LMConfig, build_lm
 from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec, SpeechCodec
 from assistant.models.voices import VoiceBank
 from assistant.vocab import Modality, UnifiedVocab
 
@@ -50,13 +51,14 @@ class ModelBundle:
     vocab: UnifiedVocab
     lm: nn.Module | None  # LlamaForCausalLM
     generation: GenerationSettings
-    codec: MelRVQCodec | None
-    acoustic: AcousticDecoder | None
-    image: ImageDetokenizer | None
-    music: MusicDetokenizer | None
+    codec: SpeechCodec | None  # MelRVQCodec (embedded) or SpeechTokenizer (AnyGPT)
+    acoustic: nn.Module | None  # AcousticDecoder (embedded) or SoundStorm (AnyGPT): the maskgit decoding interface
+    image: nn.Module | None  # ImageDetokenizer (embedded) or SeedImageCodec (AnyGPT)
+    music: nn.Module | None  # MusicDetokenizer (embedded) or EncodecMusic (AnyGPT)
     lm_config: LMConfig | None = None
     weights_loaded: tuple[str, ...] = ()  # names of the models whose safetensors were found
     voices: VoiceBank | None = None  # None: no voices.json (untrained family), replies use no acoustic prompt
+    acoustic_schedule: UnmaskSchedule | None = None  # None: the decoding default (AnyGPT's SoundStorm has its own)
 
     def modules(self) -> dict[str, nn.Module]:
         every = {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}

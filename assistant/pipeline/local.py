@@ -22,7 +22,7 @@ import torch
 
 from assistant.decoding.lm_stream import TokenStream
 from assistant.image_io import read_image
-from assistant.decoding.maskgit import ChunkedAcousticDecoder, UnmaskSchedule
+from assistant.decoding.maskgit import ChunkedAcousticDecoder, UnmaskSchedule, module_device
 from assistant.models.bundle import ModelBundle
 from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
 from assistant.vocab import Modality
@@ -36,7 +36,8 @@ class LocalSpeechEncoder(SpeechEncoderBackend):
 
     def _encode(self, wave: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            codes = self.codec.encode(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))  # [n_q, F]
+            samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(module_device(self.codec))
+            codes = self.codec.encode(samples)  # [n_q, F]
         return codes.cpu().numpy().astype(np.int64)
 
     async def encode(self, wave: np.ndarray) -> np.ndarray:
@@ -128,6 +129,7 @@ class LocalLMBackend(LMBackend):
 
 class LocalAcousticBackend(AcousticBackend):
     def __init__(self, bundle: ModelBundle, schedule: UnmaskSchedule | None = None, context_frames: int = 25):
+        schedule = schedule or bundle.acoustic_schedule
         self.decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, schedule, context_frames=context_frames)
 
     def _decode(self, semantic, context, prompt) -> tuple[np.ndarray, np.ndarray]:
