@@ -15,7 +15,7 @@ from assistant.models.hf_lm import check_hf_lm, expected_shapes, generation_sett
 from assistant.prompts import ChatPromptBuilder, Conversation, UserMessage
 from assistant.vocab import Modality, TokenKind
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 TEXT_VOCAB = 96
 CODES = {"\U0001f440": ("<soim>", "<eoim>", 24), "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 16),
          "\U0001f3b6": ("<somu>", "<eomu>", 32), "\U0001f442": ("<soau>", "<eoau>", 8)}
