@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -102,10 +103,11 @@ def _fixed_prefix(prompt: Tensor | None, context: Tensor | None, n_q: int) -> Te
 
 
 def _level_logits(model: AcousticDecoder, condition: Tensor, acoustic: Tensor, level: int, start: int) -> Tensor:
-    """Logits ``[B, T - start, K]`` of one predicted level: through ``AcousticDecoder.level_logits`` (computes only
-    that head) when available, else through the plain ``forward`` contract (wrappers, other networks)."""
-    if isinstance(model, AcousticDecoder):
-        return model.level_logits(condition, acoustic, level, start)
+    """Logits ``[B, T - start, K]`` of one predicted level: through the model's ``level_logits`` (computes only that
+    head; AcousticDecoder and SoundStorm have it) when available, else through the plain ``forward`` contract."""
+    level_logits = getattr(model, "level_logits", None)
+    if level_logits is not None:
+        return level_logits(condition, acoustic, level, start)
     return model(condition, acoustic)[:, start:, level]
 
 
@@ -175,6 +177,26 @@ def module_device(module) -> torch.device:
     return torch.device("cpu")
 
 
+class AcousticFill(Protocol):
+    """A decoding strategy: semantic ``[t]`` + optional prompt ``[n_q, Tp]`` and context ``[n_q, Tc]`` (fixed frames
+    before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``)."""
+
+    def __call__(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
+                 generator: torch.Generator | None = None) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class MaskGitFill:
+    """``fill_acoustic_levels`` with ``schedule``: the default strategy."""
+
+    schedule: UnmaskSchedule = UnmaskSchedule()
+
+    def __call__(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        return fill_acoustic_levels(model, semantic, prompt=prompt, context=context, schedule=self.schedule,
+                                    generator=generator)
+
+
 class ChunkedAcousticDecoder:
     """Streaming primitive: semantic chunk (+ previous codes as context) -> all-level codes and audio.
 
@@ -189,7 +211,9 @@ class ChunkedAcousticDecoder:
         codec: SpeechCodec,
         schedule: UnmaskSchedule | None = None,
         context_frames: int = 16,
+        fill: AcousticFill | None = None,
     ) -> None:
+        """``fill`` (default: ``MaskGitFill(schedule)``) decodes each chunk; ``schedule`` is ignored when it is given."""
         if model.config.n_q != codec.n_q or model.config.codebook_size != codec.codebook_size:
             raise ValueError(
                 f"model (n_q={model.config.n_q}, K={model.config.codebook_size}) does not match codec "
@@ -198,7 +222,7 @@ class ChunkedAcousticDecoder:
         if context_frames < 0:
             raise ValueError("context_frames must be >= 0")
         self.model, self.codec = model, codec
-        self.schedule = schedule or UnmaskSchedule()
+        self.fill = fill or MaskGitFill(schedule or UnmaskSchedule())
         self.context_frames = context_frames
         self.hop = codec.sample_rate // codec.frame_rate
         # codes cross in on the CPU; a codec on a GPU (the AnyGPT family) decodes them there
@@ -219,9 +243,7 @@ class ChunkedAcousticDecoder:
     ) -> tuple[Tensor, Tensor]:
         """semantic ``[t]`` -> (codes ``[n_q, t]``, wave ``[t * hop]``)."""
         context = self._trim_context(context)
-        codes = fill_acoustic_levels(
-            self.model, semantic_chunk, prompt=prompt, context=context, schedule=self.schedule, generator=generator
-        )  # [n_q, t]
+        codes = self.fill(self.model, semantic_chunk, prompt, context, generator)  # [n_q, t]
         num_context = 0 if context is None else context.shape[1]
         full = codes if context is None else torch.cat([context.cpu(), codes], dim=1)  # [n_q, Tc + t]
         wave = self.codec.decode(full.to(self._codec_device))[num_context * self.hop :]  # [t * hop]

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from assistant.decoding.lm_sampler import GenerationSettings
-from assistant.decoding.maskgit import UnmaskSchedule
+from assistant.decoding.maskgit import AcousticFill
 from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.checkpoint_io import load_safetensors_strict
 from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer
@@ -58,7 +58,7 @@ class ModelBundle:
     lm_config: LMConfig | None = None
     weights_loaded: tuple[str, ...] = ()  # names of the models whose safetensors were found
     voices: VoiceBank | None = None  # None: no voices.json (untrained family), replies use no acoustic prompt
-    acoustic_schedule: UnmaskSchedule | None = None  # None: the decoding default (AnyGPT's SoundStorm has its own)
+    acoustic_fill: AcousticFill | None = None  # None: the decoding default (AnyGPT's SoundStorm has its own loop)
 
     def modules(self) -> dict[str, nn.Module]:
         every = {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}

@@ -129,8 +129,9 @@ class LocalLMBackend(LMBackend):
 
 class LocalAcousticBackend(AcousticBackend):
     def __init__(self, bundle: ModelBundle, schedule: UnmaskSchedule | None = None, context_frames: int = 25):
-        schedule = schedule or bundle.acoustic_schedule
-        self.decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, schedule, context_frames=context_frames)
+        fill = None if schedule is not None else bundle.acoustic_fill
+        self.decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, schedule, context_frames=context_frames,
+                                              fill=fill)
 
     def _decode(self, semantic, context, prompt) -> tuple[np.ndarray, np.ndarray]:
         def tensor(a):
