@@ -182,10 +182,10 @@ def _check_encodec(layout: AnyGPTLayout) -> str:
 
 
 def _check_seed(layout: AnyGPTLayout) -> str:
-    from assistant.models.seed_image import load_seed_tokenizer
+    from assistant.models.seed_image import check_seed_checkpoints
 
     vit = layout.path("vit_file")
-    load_seed_tokenizer(layout.path("seed_file"), vit if vit.is_file() else None, device="meta")
+    check_seed_checkpoints(layout.path("seed_file"), vit if vit.is_file() else None)
     return "quantizer and decoder" + (" + ViT-g encoder" if vit.is_file() else " (no ViT: pictures cannot be read)")
 
 
@@ -263,7 +263,7 @@ def _report(root: Path, part: _Part, check: Callable[[AnyGPTLayout], str] | None
         return report
     if missing:
         report.status = "incomplete"
-        report.detail = f"missing {', '.join(missing)}"
+        report.detail = "missing " + ", ".join(name.replace("|", " or ") for name in missing)
         return report
     if check is None:
         return report

@@ -501,6 +501,28 @@ def _check_file(expected: dict[str, tuple[int, ...]], tensors: dict[str, Any], s
             raise CheckpointError(f"{source}: key {key!r} has dtype {value.dtype}, expected a floating point tensor")
 
 
+def check_seed_checkpoints(
+    seed_quantizer_path: str | Path,
+    vit_path: str | Path | None = None,
+    *,
+    config: SeedTokenizerConfig | None = None,
+    ignore_prefixes: tuple[str, ...] = (),
+) -> dict[str, dict[str, Tensor]]:
+    """Every key and shape of the files checked (memory-mapped, nothing copied) -> the tensors the tokenizer uses,
+    per file (``{SEED_FILE: ..., VIT_FILE: ...}``). Raises ``CheckpointError`` as ``load_seed_tokenizer`` does."""
+    cfg = dataclasses.replace(config or SeedTokenizerConfig(), with_encoder=vit_path is not None)
+    expected = checkpoint_shapes(cfg)
+    seed_path = Path(seed_quantizer_path)
+    seed_rules = _regex_rules(SEED_IGNORED)
+    found = {SEED_FILE: _split_ignored(read_torch_state_dict(seed_path), seed_rules, tuple(ignore_prefixes), seed_path)}
+    _check_file(expected[SEED_FILE], found[SEED_FILE], seed_path)
+    if vit_path is not None:
+        path = Path(vit_path)
+        found[VIT_FILE] = _split_ignored(read_torch_state_dict(path), vit_ignore_rules(cfg), (), path)
+        _check_file(expected[VIT_FILE], found[VIT_FILE], path)
+    return found
+
+
 def load_seed_tokenizer(
     seed_quantizer_path: str | Path,
     vit_path: str | Path | None = None,
@@ -523,15 +545,8 @@ def load_seed_tokenizer(
             floating point (naming the file and the key).
     """
     cfg = dataclasses.replace(config or SeedTokenizerConfig(), with_encoder=vit_path is not None)
-    expected = checkpoint_shapes(cfg)
     seed_path = Path(seed_quantizer_path)
-    seed_rules = _regex_rules(SEED_IGNORED)
-    found = {SEED_FILE: _split_ignored(read_torch_state_dict(seed_path), seed_rules, tuple(ignore_prefixes), seed_path)}
-    _check_file(expected[SEED_FILE], found[SEED_FILE], seed_path)
-    if vit_path is not None:
-        path = Path(vit_path)
-        found[VIT_FILE] = _split_ignored(read_torch_state_dict(path), vit_ignore_rules(cfg), (), path)
-        _check_file(expected[VIT_FILE], found[VIT_FILE], path)
+    found = check_seed_checkpoints(seed_path, vit_path, config=cfg, ignore_prefixes=ignore_prefixes)
 
     with torch.device("meta"):
         model = SeedImageTokenizer(cfg)

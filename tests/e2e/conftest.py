@@ -42,3 +42,13 @@ def sentence_judge():
     from training.judges.speech import SentenceJudge
 
     return SentenceJudge(domain.all_spoken_sentences())
+
+
+@pytest.fixture(scope="session")
+def answer_judge():
+    """pocketsphinx forced to choose among every answer of the domain's facts and small-talk tables (58 sentences):
+    which answer was spoken, when the reply is known to be one of them."""
+    from training import domain
+    from training.judges.speech import SentenceJudge
+
+    return SentenceJudge([answer for table in (domain.FACTS_TABLE, domain.SMALL_TALK_TABLE) for _, answer in table])

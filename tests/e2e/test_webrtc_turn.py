@@ -18,6 +18,7 @@ import pytest
 import soundfile
 from PIL import Image
 
+from assistant.audio import SAMPLE_RATE, resample
 from training.judges.image import judge_image
 
 pytestmark = pytest.mark.slow
@@ -95,7 +96,7 @@ def joined(summary: dict, kind: str) -> str:
     return "".join(event["delta"] for event in summary["events"] if event["type"] == kind).strip()
 
 
-def test_spoken_turn_over_webrtc(server, spoken_question, question_and_answer, tmp_path):
+def test_spoken_turn_over_webrtc(server, spoken_question, question_and_answer, answer_judge, tmp_path):
     out = tmp_path / "edge"
     summary = run_edge_client(server, out, "--input", str(spoken_question))
     kinds = [event["type"] for event in summary["events"]]
@@ -110,17 +111,18 @@ def test_spoken_turn_over_webrtc(server, spoken_question, question_and_answer, t
     assert onsets, summary["audio"]
     print(f"time to first audio after speech_stopped: {onsets[0] - stopped_at:.3f} s")
 
-    # The right answer, understood and answered in text. Whether the speech itself is heard right is judged on the
-    # in-process path (test_chat_cli.py): after Opus and a resampling, the embedded model's speech is too close
-    # to the recogniser's threshold for a stable verdict (two runs heard "yes i can hear you" and "please add three
-    # and"). Here it must be a reply-long stretch of sound.
+    # The right answer, understood and answered in text, and spoken: the sound that reached the client, after Opus
+    # and a resampling, is recognised as that answer among all 58 answers of the facts and small-talk tables. (Among
+    # all 15.6k sentences of the domain the verdict on this model's speech was not stable over Opus; the in-process
+    # path, test_chat_cli.py, is judged against all of them.)
     question, answer_words = question_and_answer
     assert joined(summary, "transcript") == question
     assert joined(summary, "text") == answer_words
     answer, rate = soundfile.read(out / "answer.wav", dtype="float32")
     spoken = trim_silence(answer, rate)
     assert spoken.size > 0.5 * rate
-    assert float(np.sqrt(np.mean(spoken**2))) > 1e-2
+    heard = answer_judge.transcribe(resample(spoken, rate, SAMPLE_RATE))
+    assert heard == answer_words, f"heard {heard!r}"
 
     with urllib.request.urlopen(server + "/health", timeout=5) as response:
         assert json.loads(response.read())["status"] == "ok"

@@ -149,7 +149,7 @@ def test_the_family_serves_a_turn_through_the_engine(root):
         session = engine.new_session()
         events = []
         wave = np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000).astype(np.float32) * 0.3
-        async for event in session.run_turn(UserTurn(audio=wave)):
+        async for event in session.respond(UserTurn(audio=wave)):
             events.append(event)
         return events
 
@@ -157,8 +157,29 @@ def test_the_family_serves_a_turn_through_the_engine(root):
     assert not [e for e in events if isinstance(e, TurnError)], events
     assert isinstance(events[-1], TurnFinished)
     audio = [e for e in events if isinstance(e, AudioFrame)]
-    assert audio and all(np.isfinite(frame.samples).all() for frame in audio)
+    assert audio and any(np.abs(frame.pcm).max() > 0 for frame in audio)
     codes = asyncio.run(backends.speech.encode(np.zeros(16000, dtype=np.float32)))
     assert codes.shape == (8, 50)
     music = asyncio.run(backends.media.music_wave([5, 2048 + 6, 4096 + 7, 6144 + 8] * 10))
     assert music.dtype == np.float32 and 0.15 * 16000 < music.size < 0.25 * 16000
+
+
+def test_make_voices_encodes_each_sample_into_an_acoustic_prompt(root, tmp_path, capsys):
+    from assistant.audio import write_wav
+    from assistant.models.voices import VoiceBank
+
+    t = np.arange(4 * 16000) / 16000
+    write_wav(tmp_path / "low.wav", (0.3 * np.sin(2 * np.pi * 140 * t)).astype(np.float32))
+    write_wav(tmp_path / "high.wav", (0.3 * np.sin(2 * np.pi * 260 * t[:16000])).astype(np.float32))
+    out = tmp_path / "voices.json"
+    args = ["make-voices", str(root), f"low={tmp_path / 'low.wav'}", f"high={tmp_path / 'high.wav'}", "--out",
+            str(out), "--default", "high"]
+    assert anystream_main(args) == 0
+    bank = VoiceBank.from_json(out)
+    assert bank.names == ("low", "high") and bank.default == "high" and bank.n_q == 8
+    assert bank.prompt("low").shape == (8, 150) and bank.prompt("high").shape == (8, 50)  # 3 s cap; a 1 s sample
+    capsys.readouterr()
+    assert anystream_main(["make-voices", str(root), "nameonly", "--out", str(out)]) == 2
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    assert anystream_main(["make-voices", str(root), f"x={tmp_path / 'broken.wav'}", "--out", str(out)]) == 2
+    assert "voice 'x'" in capsys.readouterr().err
