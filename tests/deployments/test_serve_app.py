@@ -26,6 +26,21 @@ def test_default_config_parses():
         AppArgs.model_validate({"model_family": "anygpt-7b"})
 
 
+def test_gpu_config_for_the_anygpt_family_parses_and_fits_one_gpu():
+    settings = load_config(DEFAULT_CONFIG.parent / "anygpt-gpu.yaml")
+    args = settings.args
+    assert (args.model_family, args.dtype, args.device, args.lm_engine) == ("anygpt", "float16", "cuda", "transformers")
+    assert args.model_spec()["assets_dir"] == "/models/anygpt" and not args.loopback_only
+    shares = [getattr(args, name).serve_options()["ray_actor_options"]["num_gpus"]
+              for name in ("speech_tokenizer", "lm", "acoustic", "media")]
+    assert all(share > 0 for share in shares) and sum(shares) <= 1.0  # one replica of each on one GPU
+    assert args.lm.autoscaling_config["max_replicas"] > 1  # scales out on a cluster
+    with pytest.raises(ValueError, match="assets_dir"):
+        AppArgs.model_validate({"model_family": "anygpt"})
+    with pytest.raises(ValueError, match="lm_engine"):
+        AppArgs.model_validate({"model_family": "embedded", "lm_engine": "vllm"})
+
+
 @pytest.fixture(scope="module")
 def serve_url():
     set_ray_environment()

@@ -183,3 +183,15 @@ def test_make_voices_encodes_each_sample_into_an_acoustic_prompt(root, tmp_path,
     (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
     assert anystream_main(["make-voices", str(root), f"x={tmp_path / 'broken.wav'}", "--out", str(out)]) == 2
     assert "voice 'x'" in capsys.readouterr().err
+
+
+def test_each_deployment_loads_its_part_of_the_family(root):
+    from assistant.pipeline import local
+    from deployments.common import ModelSpec, load_local_backend
+
+    spec = ModelSpec(family="anygpt", assets_dir=str(root), dtype="float32")
+    assert spec.tokenizer_dir == root / "AnyGPT-chat" and spec.voices_path is None
+    kinds = {"speech": local.LocalSpeechEncoder, "lm": local.LocalLMBackend, "acoustic": local.LocalAcousticBackend,
+             "media": local.LocalMediaBackend}
+    for kind, backend_type in kinds.items():
+        assert isinstance(load_local_backend(spec, kind), backend_type)
