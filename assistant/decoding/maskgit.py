@@ -13,6 +13,7 @@ Higher levels stay masked while a lower level is decoded. Total model calls: (st
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -172,8 +173,9 @@ def fill_acoustic_levels(
 def module_device(module) -> torch.device:
     """Where a module's weights live (CPU for anything that is not a module)."""
     if isinstance(module, torch.nn.Module):
-        for tensor in (*module.parameters(), *module.buffers()):
-            return tensor.device
+        first = next(itertools.chain(module.parameters(), module.buffers()), None)
+        if first is not None:
+            return first.device
     return torch.device("cpu")
 
 
