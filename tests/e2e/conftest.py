@@ -7,9 +7,9 @@ import pytest
 from assistant.audio import read_wav, write_wav
 
 # Chosen among the questions the committed embedded weights answer right when espeak-ng's en-us voice (not one of
-# the training voices) asks them; `make eval-mini` reports how often they do over the whole domain (e.g. "what is
-# two plus three" is heard as "what is ten minus two", see docs/model-card.md).
-QUESTION = "are you there"
+# the training voices) asks them (transcript, text and speech all right); `make eval-mini` reports how often it does
+# over the whole domain (docs/model-card.md).
+QUESTION = "what is the capital of france"
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def spoken_question(tmp_path_factory) -> Path:
     return path
 
 
-ANSWER = "yes i can hear you"
+ANSWER = "the capital of france is paris"
 
 
 @pytest.fixture(scope="session")
