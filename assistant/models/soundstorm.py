@@ -3,7 +3,7 @@
 The network is the conformer AnyGPT uses to turn SpeechTokenizer level-1 ("semantic") codes into levels 2..8
 (``fnlp/AnyGPT-speech-modules: soundstorm/speechtokenizer_soundstorm_mls.pt``, built by AnyGPT's
 ``voice_clone.py: load_soundstorm``). Our own implementation; the module tree only mirrors the reference's names so
-that ``state_dict()`` equals ``shared/reference/soundstorm_anygpt.json`` key for key (356 tensors, 351,378,432
+that ``state_dict()`` equals ``tests/reference/soundstorm_anygpt.json`` key for key (356 tensors, 351,378,432
 parameters, no buffers).
 
 Architecture (AnyGPT sizes: D=1024, 12 layers, 8 heads x 128, Q = n_q - 1 = 7 acoustic levels, K = 1024 codes):
@@ -20,8 +20,9 @@ Architecture (AnyGPT sizes: D=1024, 12 layers, 8 heads x 128, Q = n_q - 1 = 7 ac
 
 Acoustic prompt (AnyGPT ``generate``): the prompt's level 1 is prepended to the semantic condition and its levels
 2..8 to the acoustic input, unmasked; only the new frames are decoded. ``assistant/decoding/maskgit.py`` does this
-through ``trunk`` / ``forward`` / ``level_logits`` (same interface as ``AcousticDecoder``); ``anygpt_generate`` is a
-line-by-line account of AnyGPT's own decoding loop, kept as the reference behaviour.
+through ``trunk`` / ``forward`` / ``level_logits`` (same interface as ``AcousticDecoder``);
+``assistant/decoding/soundstorm_decoding.py: anygpt_generate`` is a line-by-line account of AnyGPT's own decoding
+loop, which the AnyGPT family uses.
 
 Numerics: in float32 on CPU, ``forward`` and ``anygpt_generate`` (same weights, same global RNG seed) were checked
 bit-identical to AnyGPT's code at tiny sizes; the ops are chosen for that (written-out Swish, AnyGPT's explicit
