@@ -4,7 +4,7 @@ AnyGPT's speech tokens come from ``fnlp/AnyGPT-speech-modules/speechtokenizer/{c
 SpeechTokenizer with Snake activations; the original ``speechtokenizer_hubert_avg`` release uses ELU. This file is
 our own implementation of the same maths (SEANet encoder -> residual VQ -> SEANet decoder, as in
 ZhangXInFD/SpeechTokenizer 0.1.2, itself built on EnCodec's modules). Its state-dict keys, shapes and dtypes equal
-the reference manifests ``shared/reference/speechtokenizer_{anygpt,hubert_avg}.json`` exactly, so a real
+the reference manifests ``tests/reference/speechtokenizer_{anygpt,hubert_avg}.json`` exactly, so a real
 ``ckpt.dev`` loads with every key checked. Numerically it is meant to differ from upstream in nothing but
 float rounding: with the same random weights, upstream 0.1.2 and this file gave identical codes and waves within
 3e-6 (AnyGPT's config, 1 s of audio; tiny configs, 1 to 16500 samples; checked once, outside this repository).
