@@ -47,12 +47,7 @@ def save_checkpoint(directory: str | Path, kind: str, config: Any, module: nn.Mo
 def load_config(directory: str | Path, kind: str, config_cls: type[C]) -> C:
     """Read and validate ``config.json``; raises ``CheckpointError`` naming the file and the field."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: config file not found")
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    payload = read_json_object(path)
     if payload.get("format") != kind:
         raise CheckpointError(f"{path}: key 'format' is {payload.get('format')!r}, expected {kind!r}")
     fields = payload.get("config")
@@ -80,14 +75,36 @@ def load_weights_strict(directory: str | Path, module: nn.Module) -> None:
 
 def load_safetensors_strict(path: str | Path, module: nn.Module) -> None:
     """Copy the safetensors file ``path`` into ``module``; every key and shape must match exactly."""
+    load_state_dict_strict(module, read_safetensors(path), path)
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding one object (a model's ``config.json``); ``CheckpointError`` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: config file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-    load_state_dict_strict(module, tensors, path)
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """A safetensors file (by suffix) or a plain ``torch.save``d state dict -> its tensors, as stored."""
+    return read_safetensors(path) if Path(path).suffix == ".safetensors" else read_torch_state_dict(path)
 
 
 def check_state_dict(expected: dict[str, tuple[int, ...]], tensors: dict[str, Tensor], source: str | Path) -> None:

@@ -37,7 +37,6 @@ weight the file lacks):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from assistant.audio import SAMPLE_RATE, resample
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_torch_state_dict
+from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_json_object, read_weights
 from assistant.models.music_detokenizer import flatten_codes, realign_tokens
 
 if TYPE_CHECKING:  # transformers is imported when a model is built (it takes seconds to import)
@@ -209,14 +208,7 @@ def read_encodec_config(path: str | Path, settings: EncodecMusicConfig) -> Encod
     from transformers import EncodecConfig
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: config file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    data = read_json_object(path)
     if data.get("model_type") != "encodec":
         raise CheckpointError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'encodec'")
     try:
@@ -234,21 +226,6 @@ def find_weights_file(folder: str | Path) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise CheckpointError(f"{folder / WEIGHTS_FILES[0]}: weights file not found (nor {WEIGHTS_FILES[1]})")
-
-
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """A safetensors file (by suffix) or a plain torch state dict -> tensors, as stored (no renaming)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return read_torch_state_dict(path)
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
 def check_encodec_state_dict(model: nn.Module, tensors: dict[str, Tensor], source: str | Path) -> dict[str, Tensor]:

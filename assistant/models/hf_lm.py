@@ -28,7 +28,8 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_sampler import GenerationSettings
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_torch_state_dict
+from assistant.models.checkpoint_io import (CheckpointError, check_state_dict, read_json_object, read_torch_state_dict,
+                                            read_weights)
 from assistant.vocab import ADDED_TOKENS_FILE, SENTENCEPIECE_FILE, UnifiedVocab
 
 CONFIG_FILE = "config.json"
@@ -50,14 +51,7 @@ class HFLMFolder:
 
 def read_llama_config(folder: str | Path) -> LlamaConfig:
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: config file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    data = read_json_object(path)
     if data.get("model_type") != "llama":
         raise CheckpointError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'llama'")
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
@@ -99,13 +93,6 @@ def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     return {key: tuple(value.shape) for key, value in read_torch_state_dict(path).items()}
-
-
-def _shard_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
-    return read_torch_state_dict(path)
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -172,7 +159,7 @@ def load_hf_lm(folder: str | Path, *, dtype: torch.dtype = torch.float16, device
         model = LlamaForCausalLM(checked.config)
     state: dict[str, torch.Tensor] = {}
     for path in checked.weight_files:
-        for key, tensor in _shard_tensors(path).items():
+        for key, tensor in read_weights(path).items():
             if not _LEGACY_ROTARY_KEY.match(key):
                 state[key] = tensor.to(device=device, dtype=dtype)  # one tensor at a time from the mmap
     check_state_dict(expected_shapes(checked.config), state, checked.path)  # re-checked: files may change under us

@@ -42,7 +42,6 @@ the codebook.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -52,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_torch_state_dict
+from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_json_object, read_torch_state_dict
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "ckpt.dev"
@@ -173,14 +172,7 @@ class SpeechTokenizerConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> SpeechTokenizerConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: config file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_json_object(path), Path(path))
 
 
 def _checked_field(name: str, value: Any, source: str | Path) -> Any:
