@@ -148,10 +148,10 @@ def _exists(root: Path, name: str) -> bool:
 
 
 def _check_lm(folder: Path) -> str:
-    from assistant.models.hf_lm import check_hf_lm, check_vocab_files
+    from assistant.models.hf_lm import check_hf_lm
 
     checked = check_hf_lm(folder)
-    vocab = check_vocab_files(folder, checked.config)
+    vocab = checked.vocab
     kinds = "chat (<-Ins->/<-Res->)" if vocab.ins_id is not None and vocab.res_id is not None else "base"
     return (f"LLaMA {checked.config.num_hidden_layers} layers, vocab {checked.config.vocab_size}, {kinds}; "
             f"{len(checked.weight_files)} weight file(s); keys and shapes checked from the file headers")

@@ -42,11 +42,12 @@ _LEGACY_ROTARY_KEY = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.in
 
 @dataclass(frozen=True)
 class HFLMFolder:
-    """A checked folder: its config and the weight files that together hold every tensor."""
+    """A checked folder: its config, the weight files that together hold every tensor, and its vocabulary."""
 
     path: Path
     config: LlamaConfig
     weight_files: tuple[Path, ...]
+    vocab: UnifiedVocab
 
 
 def read_llama_config(folder: str | Path) -> LlamaConfig:
@@ -127,8 +128,7 @@ def check_hf_lm(folder: str | Path) -> HFLMFolder:
             raise CheckpointError(f"{owner[key]}: unexpected key {key!r} (shape {shape})")
         if shape != expected[key]:
             raise CheckpointError(f"{owner[key]}: key {key!r} has shape {shape}, expected {expected[key]}")
-    check_vocab_files(folder, config)
-    return HFLMFolder(folder, config, files)
+    return HFLMFolder(folder, config, files, check_vocab_files(folder, config))
 
 
 def check_vocab_files(folder: Path, config: LlamaConfig) -> UnifiedVocab:
@@ -153,7 +153,6 @@ def load_hf_lm(folder: str | Path, *, dtype: torch.dtype = torch.float16, device
                ) -> tuple[LlamaForCausalLM, UnifiedVocab]:
     """Strictly load the model (cast to ``dtype`` on ``device``) and its unified vocabulary."""
     checked = check_hf_lm(folder)
-    vocab = check_vocab_files(checked.path, checked.config)
     device = torch.device(device)
     with torch.device("meta"):
         model = LlamaForCausalLM(checked.config)
@@ -168,7 +167,7 @@ def load_hf_lm(folder: str | Path, *, dtype: torch.dtype = torch.float16, device
     leftover = [name for name, buffer in model.named_buffers() if buffer.is_meta]
     if leftover:
         raise CheckpointError(f"{checked.path}: no value for buffer {leftover[0]!r} after loading")
-    return model.eval(), vocab
+    return model.eval(), checked.vocab
 
 
 def generation_settings(folder: str | Path) -> GenerationSettings:
