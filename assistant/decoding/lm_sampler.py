@@ -2,7 +2,9 @@
 
 AnyGPT picks a generation config per output modality (config/*_generate_config.json). Here the settings switch token
 by token: TEXT settings outside modality segments, the modality's settings between ``<soX>`` and ``<eoX>``.
-``ReplyGrammar`` masks logits so the reply stays well-formed whatever the model prefers.
+``ReplyGrammar`` masks logits so the reply stays well-formed whatever the model prefers. The strategies that pick a
+token from the masked logits (penalty, greedy, temperature / top-k / top-p) live in
+:mod:`assistant.decoding.reply_sampling`, vectorised over many replies at once.
 """
 
 from __future__ import annotations
@@ -117,62 +119,6 @@ class GenerationSettings:
     @classmethod
     def from_json(cls, path: str | Path) -> "GenerationSettings":
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Strategies (operate on one logits vector [V])
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class RepetitionPenalty:
-    """CTRL / Hugging Face penalty over every id already in the context: positive logits / p, negative * p."""
-
-    def __init__(self, penalty: float) -> None:
-        self.penalty = float(penalty)
-
-    def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        # logits [V] float, seen [V] bool
-        if self.penalty == 1.0:
-            return logits
-        penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
-        return torch.where(seen, penalised, logits)
-
-
-class Greedy:
-    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> int:
-        return int(torch.argmax(logits).item())
-
-
-class TemperatureTopKTopP:
-    """Temperature, then top-k, then nucleus (top-p) filtering, then one multinomial draw."""
-
-    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> None:
-        self.temperature = float(temperature)
-        self.top_k = top_k or None
-        self.top_p = float(top_p)
-
-    def filter(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits / self.temperature  # [V]
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)  # [V]
-            cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) >= self.top_p  # mass before this token >= p
-            drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-            logits = logits.masked_fill(drop, float("-inf"))
-        return logits
-
-    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> int:
-        probs = torch.softmax(self.filter(logits).float(), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator).item())
-
-
-def make_selector(settings: SamplingSettings) -> Greedy | TemperatureTopKTopP:
-    if not settings.do_sample:
-        return Greedy()
-    return TemperatureTopKTopP(settings.temperature, settings.top_k, settings.top_p)
 
 
 class GrammarViolation(ValueError):

@@ -1,7 +1,12 @@
-"""Streaming token generation for the unified LM (one request, KV-cached, cancellable).
+"""Streaming token generation for one request (KV-cached, cancellable): the single-session primitive.
 
-Per step: logits -> repetition penalty (current modality) -> ReplyGrammar mask -> greedy / sampling (current
-modality). After a sampled ``<soX>`` the settings of X apply until ``<eoX>`` (AnyGPT per-modality decoding).
+Per step the shared strategy of :mod:`assistant.decoding.reply_sampling` picks the token (repetition penalty of the
+current modality, ReplyGrammar mask, greedy / sampling); after a sampled ``<soX>`` the settings of X apply until
+``<eoX>`` (AnyGPT per-modality decoding). The batched engine (:mod:`assistant.lm_engine`) uses the same strategy and
+the same counter-based randomness, so a request yields the same tokens here and there for the same seed.
+
+LLaMA models run on a one-slot :class:`~assistant.lm_engine.model_runner.SlotModelRunner` (the engine's forward);
+other models through their own ``forward`` with a transformers cache.
 """
 
 from __future__ import annotations
@@ -12,15 +17,10 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from assistant.decoding.lm_sampler import GenerationSettings, RepetitionPenalty, ReplyGrammar, make_selector
-from assistant.models.lm_kv import LeanLlamaDecoder, supports_lean_decoding
-from assistant.vocab import Modality, TokenKind, UnifiedVocab
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+from assistant.decoding.lm_sampler import GenerationSettings
+from assistant.decoding.reply_sampling import ReplyState, mark_seen, select_tokens
+from assistant.lm_engine.model_runner import SlotModelRunner, model_device, supports_slot_decoding
+from assistant.vocab import Modality, UnifiedVocab
 
 
 class TokenStream:
@@ -31,17 +31,13 @@ class TokenStream:
         self.model = model
         self.vocab = vocab
         self.settings = settings
-        self.device = _model_device(model)
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        else:
-            self.generator.seed()
-        # One generation's KV state: the lean loop for LLaMA models, else the transformers cache.
-        self._cache: LeanLlamaDecoder | DynamicCache | None = None
-        self._lean = supports_lean_decoding(model)
-        self.modality: Modality = Modality.TEXT  # settings in force for the next token
-        self.grammar: ReplyGrammar | None = None
+        self.device = model_device(model)
+        self.seed = seed
+        # One generation's KV state: a one-slot runner for LLaMA models, else the transformers cache.
+        self._cache: SlotModelRunner | DynamicCache | None = None
+        self._position = 0
+        self._slot_runner = supports_slot_decoding(model)
+        self.state: ReplyState | None = None
 
     @property
     def has_cache(self) -> bool:
@@ -52,16 +48,19 @@ class TokenStream:
         """Positions held in the KV state of the running generation (0 when none runs)."""
         if self._cache is None:
             return 0
-        if isinstance(self._cache, LeanLlamaDecoder):
-            return self._cache.length
+        if isinstance(self._cache, SlotModelRunner):
+            return self._position
         return int(self._cache.get_seq_length())
 
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
         # ids: the whole prompt (first call) or the one new token -> logits of the last position [V] (float32)
-        if isinstance(self._cache, LeanLlamaDecoder):
-            if self._cache.length == 0:
-                return self._cache.prefill(torch.tensor(ids, dtype=torch.long, device=self.device))
-            return self._cache.step(int(ids[-1]))
+        if isinstance(self._cache, SlotModelRunner):
+            runner, start = self._cache, self._position
+            self._position += len(ids)
+            if start == 0:
+                return runner.prefill(0, torch.tensor(list(ids), dtype=torch.long, device=self.device), 0)
+            token = torch.tensor([int(ids[-1])], dtype=torch.long, device=self.device)
+            return runner.decode(token, torch.tensor([start], device=self.device))[0]
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # [1, T]
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
@@ -90,37 +89,29 @@ class TokenStream:
     def _run(self, prompt: list[int], force_modality: Modality | None, cancel: threading.Event | None,
              limit: int) -> Iterator[int]:
         vocab = self.vocab
-        grammar = ReplyGrammar(vocab, self.settings, device=self.device)
-        self.grammar = grammar
-        self.modality = Modality.TEXT
-        if force_modality is not None:
-            grammar.begin_segment(force_modality)
-            self.modality = force_modality
-        seen = torch.zeros(vocab.size, dtype=torch.bool, device=self.device)  # [V] ids in the context
-        seen[torch.tensor(prompt, device=self.device)] = True
+        state = ReplyState(vocab, self.settings, seed=self.seed, force_modality=force_modality, device=self.device)
+        self.state = state
+        seen = torch.zeros(1, vocab.size, dtype=torch.bool, device=self.device)  # [1, V] ids in the context
+        seen[0, torch.tensor(prompt, device=self.device)] = True
         try:
             if cancel is not None and cancel.is_set():
                 return
-            if self._lean:
-                # Room for a typical reply; the cache doubles when a long one needs more (a 7B model's full-length
-                # cache would hold GBs for every generation otherwise).
-                self._cache = LeanLlamaDecoder(self.model, capacity=len(prompt) + min(limit, 256))
+            if self._slot_runner:
+                capacity = min(len(prompt) + limit, int(self.model.config.max_position_embeddings))
+                self._cache = SlotModelRunner(self.model, max_slots=1, capacity=max(capacity, 2), cuda_graphs=False)
+                limit = min(limit, self._cache.capacity - len(prompt))
+                if limit <= 0:
+                    raise ValueError(f"prompt of {len(prompt)} tokens fills the model's {self._cache.capacity} positions")
             else:
                 self._cache = DynamicCache(config=getattr(self.model, "config", None))
+            self._position = 0
             logits = self._forward(prompt)  # prefill once
             for step in range(limit):
-                sampling = self.settings.for_modality(self.modality)
                 with torch.inference_mode():
-                    scores = RepetitionPenalty(sampling.repetition_penalty)(logits, seen)
-                    scores = grammar.apply(scores)
-                    token = make_selector(sampling)(scores, self.generator)
-                grammar.advance(token)  # cannot fail: the mask only allows grammatical ids
-                seen[token] = True
-                info = vocab.classify(token)
-                if info.kind is TokenKind.START:
-                    self.modality = info.modality
-                elif info.kind is TokenKind.END:
-                    self.modality = Modality.TEXT
+                    chosen = select_tokens(logits[None, : vocab.size], [state], seen)
+                    mark_seen(seen, chosen)
+                token = int(chosen[0])
+                state.advance(token)
                 yield token
                 if token in vocab.stop_ids or step + 1 >= limit or (cancel is not None and cancel.is_set()):
                     return

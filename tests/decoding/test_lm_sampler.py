@@ -5,11 +5,8 @@ import torch
 from assistant.decoding.lm_sampler import (
     GenerationSettings,
     GrammarViolation,
-    Greedy,
-    RepetitionPenalty,
     ReplyGrammar,
     SamplingSettings,
-    TemperatureTopKTopP,
 )
 from assistant.vocab import Modality, TokenKind, UnifiedVocab, write_embedded_vocab_files
 
@@ -34,26 +31,6 @@ def test_anygpt_defaults_and_json(tmp_path):
         GenerationSettings.from_dict({"format_version": 1, "text": {"bogus": 1}})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.text.temperature = 2.0
-
-
-def test_repetition_penalty():
-    logits = torch.tensor([2.0, -2.0, 1.0])
-    seen = torch.tensor([True, True, False])
-    out = RepetitionPenalty(2.0)(logits, seen)
-    assert out.tolist() == [1.0, -4.0, 1.0]
-    assert RepetitionPenalty(1.0)(logits, seen) is logits
-
-
-def test_greedy_and_filters():
-    logits = torch.tensor([0.0, 3.0, 1.0, 2.0])
-    assert Greedy()(logits) == 1
-    k2 = TemperatureTopKTopP(top_k=2).filter(logits)
-    assert torch.isinf(k2[[0, 2]]).all() and torch.isfinite(k2[[1, 3]]).all()
-    p = TemperatureTopKTopP(top_p=0.5).filter(torch.log(torch.tensor([0.1, 0.6, 0.2, 0.1])))
-    assert torch.isfinite(p).tolist() == [False, True, False, False]
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    s = TemperatureTopKTopP(temperature=0.7)
-    assert [s(logits, g1) for _ in range(20)] == [s(logits, g2) for _ in range(20)]
 
 
 def allowed(grammar, vocab):

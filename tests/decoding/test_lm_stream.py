@@ -60,12 +60,12 @@ class StubModel(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean-loop", "transformers-cache"])
-def test_cached_steps_match_full_forward(vocab, model, lean):
+@pytest.mark.parametrize("slot_runner", [True, False], ids=["slot-runner", "transformers-cache"])
+def test_cached_steps_match_full_forward(vocab, model, slot_runner):
     settings = GenerationSettings(text=GREEDY)
     stream = TokenStream(model, vocab, settings, seed=0)
-    assert stream._lean  # a LLaMA: the lean loop is the default
-    stream._lean = lean
+    assert stream._slot_runner  # a LLaMA: the engine's runner is the default
+    stream._slot_runner = slot_runner
     recorded, lengths = [], []
     original = stream._forward
 
@@ -96,8 +96,9 @@ def test_modality_switch_and_grammar_confinement(vocab, monkeypatch):
     speech = SamplingSettings(do_sample=False, repetition_penalty=1.05, max_new_tokens=4)
     settings = GenerationSettings(text=text, speech=speech)
     used = []
-    real = lm_stream.make_selector
-    monkeypatch.setattr(lm_stream, "make_selector", lambda s: used.append(s) or real(s))
+    real = lm_stream.select_tokens
+    monkeypatch.setattr(lm_stream, "select_tokens", lambda logits, states, seen: used.append(states[0].sampling)
+                        or real(logits, states, seen))
     stream = TokenStream(StubModel(vocab), vocab, settings, seed=0)
     tokens = list(stream.generate(prompt(vocab)))
     sp = vocab.range_of(Modality.SPEECH)

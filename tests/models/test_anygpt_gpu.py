@@ -37,7 +37,7 @@ def test_full_size_parts_fit_and_stream_in_half_precision():
 
     from assistant.decoding.maskgit import ChunkedAcousticDecoder
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
-    from assistant.models.lm_kv import LeanLlamaDecoder
+    from assistant.lm_engine.model_runner import SlotModelRunner
     from assistant.models.soundstorm import SoundStorm, SoundStormConfig
     from assistant.models.speechtokenizer import SpeechTokenizer
 
@@ -60,18 +60,23 @@ def test_full_size_parts_fit_and_stream_in_half_precision():
         lm = LlamaForCausalLM(config).half().eval()
     figures["lm_gib"] = _gib() - base
 
-    # LM: prefill a 300-token prompt, then one token at a time through the lean KV loop the server uses
+    # LM: prefill a 300-token prompt into slot 0 of the engine's runner, then one token at a time. Eager (the
+    # single-request TokenStream path) and captured as a CUDA graph (the batched engine's step at batch 1).
     prompt = torch.randint(0, 32000, (300,), device=device)
-    decoder = LeanLlamaDecoder(lm, capacity=300 + 200)
-    decoder.prefill(prompt)
     steps = 100
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(steps):
-        decoder.step(40198 + i % 1024)
-    torch.cuda.synchronize()
-    figures["lm_ms_per_token"] = (time.perf_counter() - start) / steps * 1000
-    figures["lm_with_cache_gib"] = _gib()
+    for graphs in (False, True):
+        runner = SlotModelRunner(lm, max_slots=1, capacity=512, cuda_graphs=graphs)
+        runner.prefill(0, prompt, 0)
+        position = torch.tensor([300], device=device)
+        runner.decode(torch.tensor([40198], device=device), position)  # warm-up / capture
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(steps):
+            runner.decode(torch.tensor([40198 + i % 1024], device=device), position + 1 + i)
+        torch.cuda.synchronize()
+        figures[f"lm_ms_per_token_{'graph' if graphs else 'eager'}"] = (time.perf_counter() - start) / steps * 1000
+        figures["lm_with_cache_gib"] = _gib()
+        del runner
 
     # SoundStorm + SpeechTokenizer: a 25-frame (0.5 s) chunk with a 3 s voice prompt and 25 frames of context
     chunked = ChunkedAcousticDecoder(soundstorm, codec, context_frames=25, fill=AnyGPTFill())
@@ -88,3 +93,50 @@ def test_full_size_parts_fit_and_stream_in_half_precision():
     print("\nAnyGPT family on", torch.cuda.get_device_name(), json.dumps({k: round(v, 3) for k, v in figures.items()}))
     assert figures["peak_gib"] < 40  # LM + speech parts leave room for SEED and unCLIP on an 80 GB GPU
     assert figures["acoustic_rtf"] < 1.0  # a chunk is decoded faster than it plays
+
+
+@torch.inference_mode()
+def test_captured_batched_steps_equal_eager_steps_and_the_engine_streams_on_cuda():
+    """The CUDA-graph decode step gives the eager step's logits for every bucket, and the engine on CUDA yields the
+    same greedy tokens with and without graphs, alone and batched."""
+    from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
+    from assistant.lm_engine import LMEngine, LMEngineConfig
+    from assistant.lm_engine.model_runner import SlotModelRunner
+    from assistant.models.lm import LMConfig, build_lm
+    from assistant.prompts import ChatPromptBuilder, UserMessage
+    from assistant.vocab import UnifiedVocab
+
+    vocab = UnifiedVocab.embedded()
+    config = LMConfig(vocab_size=vocab.size, hidden_size=256, intermediate_size=512, num_layers=4, num_heads=8,
+                      num_kv_heads=4, max_positions=512)
+    model = build_lm(config, seed=0).to("cuda")  # fp32: greedy choices must not hinge on half-precision rounding
+    gen = torch.Generator().manual_seed(0)
+
+    graphed = SlotModelRunner(model, max_slots=6, capacity=256, cuda_graphs=True, buckets=(1, 2, 4))
+    eager = SlotModelRunner(model, max_slots=6, capacity=256, cuda_graphs=False)
+    lengths = [5, 40, 17, 90, 3, 60]
+    for slot, n in enumerate(lengths):
+        ids = torch.randint(0, vocab.size, (n,), generator=gen).cuda()
+        graphed.prefill(slot, ids, 0)
+        eager.prefill(slot, ids, 0)
+    for rows in (1, 2, 3, 6):  # buckets 1, 2, 4 and max_slots
+        tokens = torch.randint(0, vocab.size, (rows,), generator=gen).cuda()
+        positions = torch.tensor(lengths[:rows]).cuda()
+        torch.testing.assert_close(graphed.decode(tokens, positions), eager.decode(tokens, positions),
+                                   atol=1e-3, rtol=1e-3)
+
+    settings = GenerationSettings(text=SamplingSettings(do_sample=False, max_new_tokens=48),
+                                  max_total_new_tokens=48)
+    builder = ChatPromptBuilder(vocab)
+    prompts = [builder.build(None, UserMessage(text=t)) for t in ("hi", "what is two plus two", "say hello")]
+    results = {}
+    for graphs in (False, True):
+        engine = LMEngine(model, vocab, settings, LMEngineConfig(max_slots=4, cuda_graphs=graphs))
+        engine.warmup()
+        alone = [list(engine.submit(p, seed=1).tokens(timeout=120)) for p in prompts]
+        requests = [engine.submit(p, seed=1) for p in prompts]
+        together = [list(r.tokens(timeout=120)) for r in requests]
+        engine.close()
+        assert together == alone
+        results[graphs] = alone
+    assert results[True] == results[False]
