@@ -8,6 +8,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
+from assistant.pipeline.backends import UnknownVoiceKeyError
 
 
 class RaySpeechEncoder(SpeechEncoderBackend):
@@ -15,6 +16,7 @@ class RaySpeechEncoder(SpeechEncoderBackend):
         self._handle = handle
 
     async def encode(self, wave: np.ndarray) -> np.ndarray:
+        """float32 [T] -> int64 [F] (level 1 only crosses the boundary)."""
         return await self._handle.encode.remote(np.asarray(wave, dtype=np.float32))
 
 
@@ -34,13 +36,26 @@ class RayLMBackend(LMBackend):
 
 
 class RayAcousticBackend(AcousticBackend):
+    """Only the chunk, its context and the voice key cross per call; the prompt crosses once per session
+    (``register_voice``) and again only when a replica does not know the key."""
+
     def __init__(self, handle: DeploymentHandle):
         self._handle = handle
 
+    async def register_voice(self, prompt: np.ndarray) -> str:
+        return await self._handle.register_voice.remote(np.asarray(prompt, dtype=np.int64))
+
     async def decode_chunk(
-        self, semantic: np.ndarray, context: np.ndarray | None, prompt: np.ndarray | None
+        self, semantic: np.ndarray, context: np.ndarray | None, voice: str | None, prompt: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        codes, wave = await self._handle.decode_chunk.remote(semantic, context, prompt)
+        try:
+            codes, wave = await self._handle.decode_chunk.remote(semantic, context, voice, prompt)
+        except Exception as exc:
+            # Ray re-raises a replica's exception as a RayTaskError that is also an instance of the cause's class;
+            # the cause itself is checked too, so the engine always sees UnknownVoiceKeyError.
+            if isinstance(exc, UnknownVoiceKeyError) or isinstance(getattr(exc, "cause", None), UnknownVoiceKeyError):
+                raise UnknownVoiceKeyError(f"unknown voice key {voice!r}") from exc
+            raise
         return codes, wave
 
 

@@ -9,12 +9,18 @@ Schedule (AnyGPT ``generate(steps=3, greedy=True, topk_pres=0.7)``):
   of the chosen code) are re-masked to leave n_{i+1} masked. Tokens unmasked earlier are never re-masked.
 - Levels 3..n_q: one greedy pass each over the whole level.
 Higher levels stay masked while a lower level is decoded. Total model calls: (steps + 1) + (n_q - 2).
+
+Batches: ``fill_acoustic_levels_batch`` fills B sequences of one shape in the same model calls, each row drawing its
+noise from its own generator, so a row gets the codes it would get alone (``fill_acoustic_levels`` is the batch of
+one). ``ChunkedAcousticDecoder.decode_chunks`` groups chunks of several sessions by shape and runs each group as one
+fill call and one codec decode.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,31 +82,46 @@ class UnmaskSchedule:
         return max(1, math.ceil((1.0 - self.topk_filter_thres) * codebook_size))
 
 
-def _sample(logits: Tensor, k: int, temperature: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """logits ``[N, K]`` -> (codes ``[N]``, confidence ``[N]`` = softmax prob of the chosen code)."""
-    probs = logits.float().softmax(dim=-1)  # [N, K]
+Generators = Sequence[torch.Generator | None]
+
+
+def row_uniform(shape: tuple[int, ...], generators: Generators, device: torch.device) -> Tensor:
+    """Uniform noise ``shape = [B, ...]`` in [0, 1), row b drawn from ``generators[b]`` exactly as a batch of one
+    draws it (so a row's noise does not depend on the other rows). All-None generators: one draw from torch's global
+    RNG."""
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    if all(g is None for g in generators):
+        return torch.rand(shape, device=device)
+    return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in generators])
+
+
+def _sample(logits: Tensor, k: int, temperature: float, generators: Generators) -> tuple[Tensor, Tensor]:
+    """logits ``[B, N, K]`` -> (codes ``[B, N]``, confidence ``[B, N]`` = softmax prob of the chosen code)."""
+    probs = logits.float().softmax(dim=-1)  # [B, N, K]
     if temperature <= 0.0:
         codes = logits.argmax(dim=-1)
     else:
-        top_values, top_index = logits.float().topk(k, dim=-1)  # [N, k]
-        uniform = torch.rand(top_values.shape, generator=generator, device=logits.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0)).clamp(min=1e-20))
-        choice = (top_values / temperature + gumbel).argmax(dim=-1, keepdim=True)  # [N, 1]
+        top_values, top_index = logits.float().topk(k, dim=-1)  # [B, N, k]
+        uniform = row_uniform(tuple(top_values.shape), generators, logits.device)
+        gumbel = -torch.log((-torch.log(uniform.clamp(1e-20, 1.0))).clamp(min=1e-20))  # finite: -log(u) > 0
+        choice = (top_values / temperature + gumbel).argmax(dim=-1, keepdim=True)  # [B, N, 1]
         codes = top_index.gather(-1, choice).squeeze(-1)
-    return codes, probs.gather(-1, codes[:, None]).squeeze(-1)
+    return codes, probs.gather(-1, codes[..., None]).squeeze(-1)
 
 
-def _fixed_prefix(prompt: Tensor | None, context: Tensor | None, n_q: int) -> Tensor:
+def _fixed_prefix(prompt: Tensor | None, context: Tensor | None, n_q: int, batch: int) -> Tensor:
+    """prompt ``[B, n_q, Tp]`` and context ``[B, n_q, Tc]`` (either None) -> ``[B, n_q, Tp + Tc]``."""
     parts = []
     for name, value in (("prompt", prompt), ("context", context)):
         if value is None:
             continue
-        if value.dim() != 2 or value.shape[0] != n_q:
-            raise ValueError(f"{name} must be [n_q={n_q}, frames], got {tuple(value.shape)}")
+        if value.dim() != 3 or value.shape[:2] != (batch, n_q):
+            raise ValueError(f"{name} must be [B={batch}, n_q={n_q}, frames], got {tuple(value.shape)}")
         parts.append(value.long())
     if not parts:
-        return torch.zeros(n_q, 0, dtype=torch.long)
-    return torch.cat(parts, dim=1)  # [n_q, P]
+        return torch.zeros(batch, n_q, 0, dtype=torch.long)
+    return torch.cat(parts, dim=2)  # [B, n_q, P]
 
 
 def _level_logits(model: AcousticDecoder, condition: Tensor, acoustic: Tensor, level: int, start: int) -> Tensor:
@@ -110,6 +131,72 @@ def _level_logits(model: AcousticDecoder, condition: Tensor, acoustic: Tensor, l
     if level_logits is not None:
         return level_logits(condition, acoustic, level, start)
     return model(condition, acoustic)[:, start:, level]
+
+
+@torch.no_grad()
+def fill_acoustic_levels_batch(
+    model: AcousticDecoder,
+    semantic: Tensor,
+    *,
+    prompt: Tensor | None = None,
+    context: Tensor | None = None,
+    schedule: UnmaskSchedule | None = None,
+    generators: Generators | None = None,
+) -> Tensor:
+    """Generate levels 2..n_q for B sequences of one shape: semantic ``[B, T]`` -> codes ``[B, n_q, T]`` on the CPU.
+
+    ``prompt`` ``[B, n_q, Tp]`` and ``context`` ``[B, n_q, Tc]`` are prepended, in that order, as fixed frames (every
+    row has the same Tp and Tc; their codes may differ). ``generators`` (one per row, None entries allowed) give each
+    row its own noise, drawn as a batch of one draws it, so row b equals ``fill_acoustic_levels`` of row b alone with
+    ``generators[b]`` (up to float rounding of the batched model call). Each row keeps its own re-masking order.
+    """
+    schedule = schedule or UnmaskSchedule()
+    cfg = model.config
+    if semantic.dim() != 2:
+        raise ValueError(f"semantic must be [B, T], got {tuple(semantic.shape)}")
+    batch, num_new = semantic.shape
+    generators = [None] * batch if generators is None else list(generators)
+    if len(generators) != batch:
+        raise ValueError(f"{len(generators)} generators for a batch of {batch}")
+    semantic = semantic.long()
+    if semantic.numel() and (int(semantic.min()) < 0 or int(semantic.max()) >= cfg.codebook_size):
+        raise ValueError(f"semantic codes must lie in [0, {cfg.codebook_size})")
+    device = next(model.parameters()).device
+    prefix = _fixed_prefix(prompt, context, cfg.n_q, batch).to(device)  # [B, n_q, P]
+    if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= cfg.codebook_size):
+        raise ValueError("prompt/context codes must lie in [0, codebook_size) (no mask ids)")
+    num_prefix = prefix.shape[2]
+    if num_new == 0:
+        return torch.zeros(batch, cfg.n_q, 0, dtype=torch.long)
+
+    semantic = semantic.to(device)
+    condition = torch.cat([prefix[:, 0], semantic], dim=1)  # [B, P + T]
+    acoustic = torch.full((batch, cfg.n_acoustic, num_prefix + num_new), cfg.mask_id, dtype=torch.long, device=device)
+    acoustic[:, :, :num_prefix] = prefix[:, 1:]  # [B, Q, P + T], new frames masked
+    new = slice(num_prefix, num_prefix + num_new)
+    k = schedule.topk(cfg.codebook_size)
+
+    # Level 2: MaskGIT iterations with re-masking of the least confident new tokens. Every row has the same number of
+    # masked tokens before each pass (all T, then the schedule's counts), so they stack as [B, n_masked].
+    counts = schedule.masked_counts(num_new) + [0]
+    level = acoustic[:, 0, new]  # [B, T] view into acoustic
+    for i in range(schedule.level2_steps + 1):
+        positions = (level == cfg.mask_id).nonzero()[:, 1].view(batch, -1)  # [B, n_masked], ascending per row
+        logits = _level_logits(model, condition, acoustic, 0, num_prefix)  # [B, T, K]
+        picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # [B, n_masked, K]
+        codes, confidence = _sample(picked, k, schedule.pass_temperature(i), generators)  # [B, n_masked] each
+        level.scatter_(1, positions, codes)
+        remask = counts[i + 1]
+        if remask > 0:
+            order = confidence.argsort(dim=-1, stable=True)[:, :remask]  # lowest confidence first
+            level.scatter_(1, positions.gather(1, order), cfg.mask_id)
+
+    # Levels 3..n_q: one greedy pass each.
+    for q in range(1, cfg.n_acoustic):
+        logits = _level_logits(model, condition, acoustic, q, num_prefix)  # [B, T, K]
+        acoustic[:, q, new] = logits.argmax(dim=-1)
+
+    return torch.cat([semantic[:, None, :], acoustic[:, :, new]], dim=1).cpu()  # [B, n_q, T]
 
 
 @torch.no_grad()
@@ -125,49 +212,19 @@ def fill_acoustic_levels(
     """Generate levels 2..n_q for ``semantic`` ``[T]`` -> codes ``[n_q, T]`` (row 0 = ``semantic``).
 
     ``prompt`` ``[n_q, Tp]`` (acoustic prompt) and ``context`` ``[n_q, Tc]`` (previous chunk) are prepended, in that
-    order, as fixed frames on every level; only the T new frames are generated and returned.
+    order, as fixed frames on every level; only the T new frames are generated and returned. (A batch of one of
+    ``fill_acoustic_levels_batch``.)
     """
-    schedule = schedule or UnmaskSchedule()
-    cfg = model.config
     if semantic.dim() != 1:
         raise ValueError(f"semantic must be [T], got {tuple(semantic.shape)}")
-    semantic = semantic.long()
-    if semantic.numel() and (int(semantic.min()) < 0 or int(semantic.max()) >= cfg.codebook_size):
-        raise ValueError(f"semantic codes must lie in [0, {cfg.codebook_size})")
-    device = next(model.parameters()).device
-    prefix = _fixed_prefix(prompt, context, cfg.n_q).to(device)  # [n_q, P]
-    if prefix.numel() and int(prefix.max()) >= cfg.codebook_size:
-        raise ValueError("prompt/context codes must be < codebook_size (no mask ids)")
-    num_new, num_prefix = semantic.shape[0], prefix.shape[1]
-    if num_new == 0:
-        return torch.zeros(cfg.n_q, 0, dtype=torch.long)
-
-    condition = torch.cat([prefix[0], semantic.to(device)])[None, :]  # [1, P + T]
-    acoustic = torch.full((1, cfg.n_acoustic, num_prefix + num_new), cfg.mask_id, dtype=torch.long, device=device)
-    acoustic[0, :, :num_prefix] = prefix[1:]  # [1, Q, P + T], new frames masked
-    new = slice(num_prefix, num_prefix + num_new)
-    k = schedule.topk(cfg.codebook_size)
-
-    # Level 2: MaskGIT iterations with re-masking of the least confident new tokens.
-    counts = schedule.masked_counts(num_new) + [0]
-    level = acoustic[0, 0, new]  # [T] view into acoustic
-    for i in range(schedule.level2_steps + 1):
-        masked = level == cfg.mask_id  # [T]
-        logits = _level_logits(model, condition, acoustic, 0, num_prefix)[0]  # [T, K]
-        codes, confidence = _sample(logits[masked], k, schedule.pass_temperature(i), generator)
-        positions = masked.nonzero().squeeze(-1)  # [n_masked]
-        level[positions] = codes
-        remask = counts[i + 1]
-        if remask > 0:
-            order = confidence.argsort()  # lowest confidence first
-            level[positions[order[:remask]]] = cfg.mask_id
-
-    # Levels 3..n_q: one greedy pass each.
-    for q in range(1, cfg.n_acoustic):
-        logits = _level_logits(model, condition, acoustic, q, num_prefix)[0]  # [T, K]
-        acoustic[0, q, new] = logits.argmax(dim=-1)
-
-    return torch.cat([semantic.to(device)[None, :], acoustic[0, :, new]], dim=0).cpu()  # [n_q, T]
+    n_q = model.config.n_q
+    for name, value in (("prompt", prompt), ("context", context)):
+        if value is not None and (value.dim() != 2 or value.shape[0] != n_q):
+            raise ValueError(f"{name} must be [n_q={n_q}, frames], got {tuple(value.shape)}")
+    return fill_acoustic_levels_batch(
+        model, semantic[None], prompt=None if prompt is None else prompt[None],
+        context=None if context is None else context[None], schedule=schedule, generators=[generator],
+    )[0]
 
 
 def module_device(module) -> torch.device:
@@ -181,7 +238,12 @@ def module_device(module) -> torch.device:
 
 class AcousticFill(Protocol):
     """A decoding strategy: semantic ``[t]`` + optional prompt ``[n_q, Tp]`` and context ``[n_q, Tc]`` (fixed frames
-    before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``)."""
+    before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``).
+
+    A strategy may also have ``batch(model, semantic [B, t], prompt [B, n_q, Tp] | None, context [B, n_q, Tc] | None,
+    generators) -> codes [B, n_q, t]`` (one generator per row; row b equal to the strategy's call on row b alone):
+    ``ChunkedAcousticDecoder.decode_chunks`` then runs a group of equal-shape chunks as one call (MaskGitFill and
+    AnyGPTFill have it); without it the group's chunks are filled one after another."""
 
     def __call__(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
                  generator: torch.Generator | None = None) -> Tensor: ...
@@ -198,6 +260,31 @@ class MaskGitFill:
         return fill_acoustic_levels(model, semantic, prompt=prompt, context=context, schedule=self.schedule,
                                     generator=generator)
 
+    def batch(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
+              generators: Generators) -> Tensor:
+        return fill_acoustic_levels_batch(model, semantic, prompt=prompt, context=context, schedule=self.schedule,
+                                          generators=generators)
+
+
+def decode_codes(codec: SpeechCodec, codes: Tensor) -> Tensor:
+    """codes ``[B, n_q, F]`` -> waves ``[B, F * hop]``: one ``decode_batch`` call when the codec has it (the embedded
+    mel codec and SpeechTokenizer do), else ``decode`` row by row."""
+    batched = getattr(codec, "decode_batch", None)
+    if batched is not None:
+        return batched(codes)
+    return torch.stack([codec.decode(row) for row in codes])
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkRequest:
+    """One chunk to decode: semantic ``[t]``, the previous codes ``[n_q, Tc]`` (None: first chunk of a segment),
+    the voice prompt ``[n_q, Tp]`` (None: no prompt) and the generator its noise comes from."""
+
+    semantic: Tensor
+    context: Tensor | None = None
+    prompt: Tensor | None = None
+    generator: torch.Generator | None = None
+
 
 class ChunkedAcousticDecoder:
     """Streaming primitive: semantic chunk (+ previous codes as context) -> all-level codes and audio.
@@ -205,6 +292,8 @@ class ChunkedAcousticDecoder:
     Stateless: the caller passes the previous chunk's codes (``[n_q, Tc]``; only the last ``context_frames`` are
     used) so consecutive calls may run in different processes. The codec decodes context + chunk together and the
     context's samples are trimmed, so the spectral envelope is continuous across chunk joins.
+
+    ``decode_chunks`` decodes many chunks (of different sessions) at once; see there.
     """
 
     def __init__(
@@ -227,13 +316,87 @@ class ChunkedAcousticDecoder:
         self.fill = fill or MaskGitFill(schedule or UnmaskSchedule())
         self.context_frames = context_frames
         self.hop = codec.sample_rate // codec.frame_rate
+        self.sample_rate = codec.sample_rate
+        self.n_q, self.codebook_size = codec.n_q, codec.codebook_size
+        self.semantic_vocab = getattr(model.config, "semantic_vocab", model.config.codebook_size)
         # codes cross in on the CPU; a codec on a GPU (the AnyGPT family) decodes them there
         self._codec_device = module_device(codec)
+        self.device = module_device(model)
 
     def _trim_context(self, context: Tensor | None) -> Tensor | None:
         if context is None or self.context_frames == 0 or context.shape[-1] == 0:
             return None
         return context[:, -self.context_frames :].long()
+
+    def check_request(self, request: ChunkRequest) -> None:
+        """Raises ``ValueError`` for a chunk that cannot be decoded (so that it never fails a batch of others)."""
+        semantic = request.semantic
+        if semantic.dim() != 1:
+            raise ValueError(f"semantic must be [t], got {tuple(semantic.shape)}")
+        if semantic.numel() and (int(semantic.min()) < 0 or int(semantic.max()) >= self.semantic_vocab):
+            raise ValueError(f"semantic codes must lie in [0, {self.semantic_vocab})")
+        for name, value in (("context", request.context), ("prompt", request.prompt)):
+            if value is None:
+                continue
+            if value.dim() != 2 or value.shape[0] != self.n_q:
+                raise ValueError(f"{name} must be [n_q={self.n_q}, frames], got {tuple(value.shape)}")
+            if value.numel() and (int(value.min()) < 0 or int(value.max()) >= self.codebook_size):
+                raise ValueError(f"{name} codes must lie in [0, {self.codebook_size})")
+
+    def batch_key(self, request: ChunkRequest) -> tuple[int, int, int]:
+        """(t, context frames used, prompt frames): chunks with equal keys are decoded in one call."""
+        context = self._trim_context(request.context)
+        prompt = request.prompt
+        return (int(request.semantic.shape[0]), 0 if context is None else int(context.shape[1]),
+                0 if prompt is None else int(prompt.shape[-1]))
+
+    @torch.no_grad()
+    def decode_chunks(self, requests: Sequence[ChunkRequest]) -> list[tuple[Tensor, Tensor]]:
+        """Several chunks at once -> [(codes ``[n_q, t]``, wave ``[t * hop]``)] in request order.
+
+        Chunks whose tensors have equal shapes (same t, same context frames after trimming, same prompt frames; see
+        ``batch_key``) are stacked into ONE fill call and ONE codec decode; chunks of different shapes run as separate
+        calls, one group after another. Nothing is padded: padding would change the conformer's attention and
+        convolution outputs and the codec's, so a padded chunk would not decode as it does alone. Each chunk draws its
+        noise from its own ``generator``, so it gets the same codes alone or batched (waves equal up to float
+        rounding of the batched calls).
+        """
+        for request in requests:
+            self.check_request(request)
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(self.batch_key(request), []).append(index)
+        results: list[tuple[Tensor, Tensor] | None] = [None] * len(requests)
+        for indices in groups.values():
+            for index, result in zip(indices, self._decode_group([requests[i] for i in indices]), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _decode_group(self, requests: list[ChunkRequest]) -> list[tuple[Tensor, Tensor]]:
+        """Chunks of one ``batch_key`` -> their (codes, wave), through one fill call and one codec decode."""
+        num_new, num_context, num_prompt = self.batch_key(requests[0])
+        batch = len(requests)
+        if num_new == 0:
+            empty = torch.zeros(self.n_q, 0, dtype=torch.long), torch.zeros(0)
+            return [empty] * batch
+        semantic = torch.stack([r.semantic.long() for r in requests])  # [B, t]
+        context = None if num_context == 0 else torch.stack([self._trim_context(r.context) for r in requests])
+        prompt = None if num_prompt == 0 else torch.stack([r.prompt.long() for r in requests])  # [B, n_q, Tp]
+        generators = [r.generator for r in requests]
+        batched_fill = getattr(self.fill, "batch", None)
+        if batched_fill is not None:
+            codes = batched_fill(self.model, semantic, prompt, context, generators)  # [B, n_q, t]
+        else:
+            codes = torch.stack([
+                self.fill(self.model, semantic[b], None if prompt is None else prompt[b],
+                          None if context is None else context[b], generators[b])
+                for b in range(batch)
+            ])
+        codes = codes.cpu()
+        full = codes if context is None else torch.cat([context.cpu(), codes], dim=2)  # [B, n_q, Tc + t]
+        waves = decode_codes(self.codec, full.to(self._codec_device))[:, num_context * self.hop :]  # [B, t * hop]
+        waves = waves.float().cpu()
+        return [(codes[b], waves[b]) for b in range(batch)]
 
     @torch.no_grad()
     def decode_chunk(
@@ -244,12 +407,7 @@ class ChunkedAcousticDecoder:
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """semantic ``[t]`` -> (codes ``[n_q, t]``, wave ``[t * hop]``)."""
-        context = self._trim_context(context)
-        codes = self.fill(self.model, semantic_chunk, prompt, context, generator)  # [n_q, t]
-        num_context = 0 if context is None else context.shape[1]
-        full = codes if context is None else torch.cat([context.cpu(), codes], dim=1)  # [n_q, Tc + t]
-        wave = self.codec.decode(full.to(self._codec_device))[num_context * self.hop :]  # [t * hop]
-        return codes, wave.float().cpu()
+        return self.decode_chunks([ChunkRequest(semantic_chunk, context, prompt, generator)])[0]
 
     @torch.no_grad()
     def decode_utterance(

@@ -6,11 +6,15 @@ acoustic level, then one greedy pass per higher level, 10 forward passes). ``Any
 chunked streaming decodes a chunk exactly as AnyGPT decodes an utterance with that prompt.
 ``anygpt_schedule`` is the closest ``UnmaskSchedule`` for ``fill_acoustic_levels`` (same passes and sampling, not
 every detail of the loop; see ``anygpt_generate``).
+
+Batches: ``anygpt_generate`` takes one generator per row, so a row decodes alike alone or batched with others of the
+same shape; ``AnyGPTFill.batch`` is what ``ChunkedAcousticDecoder.decode_chunks`` calls for a group of chunks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +34,26 @@ def anygpt_schedule(steps: int = 3) -> UnmaskSchedule:
     return UnmaskSchedule(level2_steps=steps, topk_filter_thres=0.7, temperature=1.0, greedy_final=True)
 
 
-def _gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+GeneratorArg = torch.Generator | Sequence[torch.Generator | None] | None
+
+
+def _uniform_like(logits: Tensor, generator: GeneratorArg) -> Tensor:
+    """Uniform [0, 1) noise shaped like ``logits [B, ...]``: from one generator (or torch's global RNG) over the whole
+    tensor, or, for a sequence of generators, row b from ``generator[b]`` exactly as a batch of one draws it."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.empty_like(logits).uniform_(0.0, 1.0, generator=generator)
+    generators = list(generator)
+    if len(generators) != logits.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {logits.shape[0]}")
+    if all(g is None for g in generators):
+        return torch.empty_like(logits).uniform_(0.0, 1.0)
+    return torch.stack([torch.empty_like(row).uniform_(0.0, 1.0, generator=g) for row, g in zip(logits, generators, strict=True)])
+
+
+def _gumbel_argmax(logits: Tensor, temperature: float, generator: GeneratorArg) -> Tensor:
     """argmax of ``logits / max(temperature, 1e-10) + Gumbel noise`` along the last dim (noise as in the reference:
     ``-log(-log(u + 1e-10) + 1e-10)``, u uniform in [0, 1))."""
-    uniform = torch.empty_like(logits).uniform_(0.0, 1.0, generator=generator)
+    uniform = _uniform_like(logits, generator)
     noise = -torch.log(-torch.log(uniform + 1e-10) + 1e-10)
     return (logits / max(temperature, 1e-10) + noise).argmax(dim=-1)
 
@@ -48,7 +68,7 @@ def anygpt_generate(
     topk_thres: float = 0.7,
     greedy: bool = True,
     num_full_sampling_levels: int = 1,
-    generator: torch.Generator | None = None,
+    generator: GeneratorArg = None,
 ) -> Tensor:
     """AnyGPT's ``SoundStorm.generate`` step for step, in AnyGPT's layouts: semantic ``[B, T]``, prompt ``[B, Tp, n_q]``
     (all levels of the prompt) -> codes ``[B, T, n_q]`` (level 1 = ``semantic``).
@@ -62,7 +82,9 @@ def anygpt_generate(
     - The final pass of a level, and each single pass of a higher level, also writes its argmax predictions into all
       still-masked higher levels, and a higher-level pass overwrites levels q.. of the prompt frames too.
     With ``generator=None`` the noise comes from torch's global RNG in the reference's order (so a seed reproduces
-    AnyGPT's output exactly).
+    AnyGPT's output exactly). A sequence of generators (one per row) gives each row its own noise, drawn as a batch of
+    one draws it: row b then decodes as it would alone with ``generator[b]`` (every row has the same T and Tp, so the
+    re-mask counts are the same; ranking and masking are per row).
     """
     cfg = model.config
     device = next(model.parameters()).device
@@ -119,8 +141,15 @@ class AnyGPTFill:
     def __call__(self, model: SoundStorm, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
                  generator: torch.Generator | None = None) -> Tensor:
         # semantic [t] -> codes [n_q, t]
+        return self.batch(model, semantic[None], None if prompt is None else prompt[None],
+                          None if context is None else context[None], [generator])[0]
+
+    def batch(self, model: SoundStorm, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
+              generators: Sequence[torch.Generator | None]) -> Tensor:
+        """semantic ``[B, t]``, prompt ``[B, n_q, Tp]`` | None, context ``[B, n_q, Tc]`` | None, one generator per row
+        -> codes ``[B, n_q, t]`` (row b as ``self(model, semantic[b], prompt[b], context[b], generators[b])``)."""
         prefix = [p.long() for p in (prompt, context) if p is not None and p.shape[-1] > 0]
-        joined = torch.cat(prefix, dim=1).T[None] if prefix else None  # [1, Tp + Tc, n_q]
-        codes = anygpt_generate(model, semantic.long()[None], joined, steps=self.steps, topk_thres=self.topk_thres,
-                                greedy=self.greedy, generator=generator)  # [1, t, n_q]
-        return codes[0].T.cpu()  # [n_q, t]
+        joined = torch.cat(prefix, dim=2).transpose(1, 2) if prefix else None  # [B, Tp + Tc, n_q]
+        codes = anygpt_generate(model, semantic.long(), joined, steps=self.steps, topk_thres=self.topk_thres,
+                                greedy=self.greedy, generator=list(generators))  # [B, t, n_q]
+        return codes.transpose(1, 2).cpu()  # [B, n_q, t]

@@ -225,17 +225,17 @@ class MelRVQCodec(Checkpointed, nn.Module):
     def _random_codebooks(self) -> Tensor:
         """Level 1 around a speech-like log-mel profile (decodes to audible sound); deeper levels small offsets."""
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
-        profile = torch.linspace(0.0, -5.0, cfg.n_mels)  # louder low bands, quieter high bands  # [M]
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # drawn on the CPU: same values on any device
+        profile = torch.linspace(0.0, -5.0, cfg.n_mels, device="cpu")  # louder low bands, quieter high bands  # [M]
         books = []
         for level in range(cfg.n_q):
-            noise = torch.randn(cfg.codebook_size, cfg.n_mels, generator=gen)  # [K, M]
+            noise = torch.randn(cfg.codebook_size, cfg.n_mels, generator=gen, device="cpu")  # [K, M]
             if level == 0:
-                loudness = torch.rand(cfg.codebook_size, 1, generator=gen) * 4.0 - 2.0  # [K, 1]
+                loudness = torch.rand(cfg.codebook_size, 1, generator=gen, device="cpu") * 4.0 - 2.0  # [K, 1]
                 books.append(profile[None, :] + loudness + 1.0 * noise)
             else:
                 books.append(noise * (0.5 / level))
-        return torch.stack(books)  # [n_q, K, M]
+        return torch.stack(books).to(torch.get_default_device())  # [n_q, K, M]
 
     # ----- analysis ---------------------------------------------------------------------------------------------
     def num_frames(self, num_samples: int) -> int:
@@ -318,11 +318,54 @@ class MelRVQCodec(Checkpointed, nn.Module):
         """LongTensor ``[n_q, F]`` -> float32 wave ``[F * hop]``."""
         return self.mel_to_wave(self.dequantise(codes))
 
+    # ----- batches (several utterances in one call) -------------------------------------------------------------
+    @torch.no_grad()
+    def encode_batch(self, waves: list[Tensor], n_q: int | None = None) -> list[Tensor]:
+        """Several utterances -> their codes ``[n_q, ceil(T_i / hop)]`` each, equal to ``encode(wave)[:n_q]``.
+
+        The waves are zero-padded on the right to the longest and analysed by one batched STFT + mel. Padding leaves
+        every utterance's frames unchanged: frames are analysed independently, and the zeros a frame near the end
+        sees are the zeros ``log_mel`` pads (to whole hops) and the STFT's constant centre padding adds anyway. The
+        frames past an utterance's end are dropped before quantisation, which (level-1 mean normalisation included)
+        runs per utterance on its own frames. ``n_q`` (default all) keeps the first levels only: residual VQ picks
+        level q from levels < q, so those codes are the same, and the deeper levels are not computed.
+        """
+        cfg = self.config
+        n_q = cfg.n_q if n_q is None else n_q
+        if not 1 <= n_q <= cfg.n_q:
+            raise ValueError(f"n_q must be in [1, {cfg.n_q}], got {n_q}")
+        for wave in waves:
+            if wave.dim() != 1:
+                raise ValueError(f"expected mono waves [T], got shape {tuple(wave.shape)}")
+        if not waves:
+            return []
+        frames = [self.num_frames(wave.shape[0]) for wave in waves]
+        width = max(frames) * cfg.hop
+        batch = torch.stack([torch.nn.functional.pad(w.float(), (0, width - w.shape[0])) for w in waves])  # [B, W]
+        magnitude = self._stft(batch).abs()  # [B, n_freq, W // hop + 1]
+        log_mel = torch.log(torch.clamp(self.mel_filterbank @ magnitude, min=LOG_FLOOR)).transpose(1, 2)  # [B, F, M]
+        codes = []
+        for row, count in zip(log_mel, frames, strict=True):
+            utterance = row[:count]  # [F_i, M]
+            level1 = self.level1_input(utterance) if cfg.level1_mean_norm else None
+            codes.append(residual_nearest(self.codebooks[:n_q], utterance, level1)[0])  # [n_q, F_i]
+        return codes
+
+    @torch.no_grad()
+    def decode_batch(self, codes: Tensor) -> Tensor:
+        """LongTensor ``[B, n_q, F]`` -> float32 waves ``[B, F * hop]``: ``decode`` of every row, with one batched
+        Griffin-Lim (equal to row-by-row decoding up to float rounding)."""
+        if codes.dim() != 3:
+            raise ValueError(f"expected codes [B, n_q, F], got shape {tuple(codes.shape)}")
+        if codes.shape[0] == 0:
+            return torch.zeros(0, codes.shape[2] * self.config.hop)
+        return self.mel_to_wave(torch.stack([self.dequantise(row) for row in codes]))  # [B, F, M] -> [B, F * hop]
+
     # ----- synthesis --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def mel_to_magnitude(self, log_mel: Tensor) -> Tensor:
-        """log-mel ``[F, M]`` -> non-negative linear magnitude ``[n_freq, F]`` (frame-local)."""
-        mel = torch.exp(log_mel.float()).T  # [M, F]
+        """log-mel ``[..., F, M]`` -> non-negative linear magnitude ``[..., n_freq, F]`` (frame-local)."""
+        mel = torch.exp(log_mel.float()).transpose(-1, -2)  # [..., M, F]
         magnitude = torch.clamp(self.mel_pinv @ mel, min=0.0) + 1e-6  # [n_freq, F]
         fb = self.mel_filterbank  # [M, n_freq]
         numerator = fb.T @ mel  # [n_freq, F]
@@ -333,15 +376,15 @@ class MelRVQCodec(Checkpointed, nn.Module):
 
     @torch.no_grad()
     def mel_to_wave(self, log_mel: Tensor) -> Tensor:
-        """log-mel ``[F, M]`` -> wave ``[F * hop]`` by fast Griffin-Lim from zero phase (deterministic)."""
+        """log-mel ``[..., F, M]`` -> wave ``[..., F * hop]`` by fast Griffin-Lim from zero phase (deterministic)."""
         cfg = self.config
-        frames = log_mel.shape[0]
+        frames = log_mel.shape[-2]
         length = frames * cfg.hop
         if frames == 0:
-            return torch.zeros(0)
-        magnitude = self.mel_to_magnitude(log_mel)  # [n_freq, F]
+            return torch.zeros(*log_mel.shape[:-2], 0)
+        magnitude = self.mel_to_magnitude(log_mel)  # [..., n_freq, F]
         # The STFT of a length F*hop wave has F + 1 centred frames; the last repeats the final magnitude.
-        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)  # [n_freq, F + 1]
+        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # [..., n_freq, F + 1]
         phase = torch.ones_like(magnitude, dtype=torch.complex64)  # [n_freq, F + 1]
         previous = torch.zeros_like(phase)
         alpha = cfg.griffin_lim_momentum

@@ -566,6 +566,13 @@ class SpeechTokenizer(nn.Module):
             wave = self.decoder(latent).float().to(codes.device)  # [B, 1, F * hop]
         return wave[0, 0] if single else wave
 
+    @torch.no_grad()
+    def decode_batch(self, codes: Tensor) -> Tensor:
+        """LongTensor ``[B, k, F]`` (rows of equal length, nothing padded) -> float32 waves ``[B, F * hop]``."""
+        if codes.dim() != 3:
+            raise ValueError(f"expected codes [B, k, F], got shape {tuple(codes.shape)}")
+        return self.decode(codes.transpose(0, 1))[:, 0]  # [k, B, F] -> [B, 1, F * hop] -> [B, F * hop]
+
     def forward(self, wave: Tensor) -> Tensor:
         """Reconstruction through all levels: ``[B, 1, T]`` -> ``[B, 1, ceil(T / hop) * hop]``."""
         return self.decode(self.encode(wave))

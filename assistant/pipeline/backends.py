@@ -6,6 +6,7 @@ Numpy (not torch) crosses these boundaries so the same engine runs over in-proce
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import numpy as np
 class SpeechEncoderBackend(ABC):
     @abstractmethod
     async def encode(self, wave: np.ndarray) -> np.ndarray:
-        """float32 [T] @ 16 kHz -> int64 [n_q, F] codec codes (level 1 = row 0 is the semantic stream)."""
+        """float32 [T] @ 16 kHz -> int64 [F]: the level-1 codec codes (the semantic stream the LM reads), the only
+        level the engine uses, so the other levels are neither computed where avoidable nor sent."""
 
 
 class LMBackend(ABC):
@@ -28,13 +30,48 @@ class LMBackend(ABC):
         """
 
 
+def voice_key(prompt: np.ndarray) -> str:
+    """The key of an acoustic prompt (int64 [n_q, Tp]): a hash of its shape and codes, so every process (every
+    acoustic replica) derives the same key for the same prompt."""
+    codes = np.ascontiguousarray(prompt, dtype="<i8")
+    if codes.ndim != 2:
+        raise ValueError(f"a voice prompt is [n_q, frames], got shape {codes.shape}")
+    digest = hashlib.sha256(f"{codes.shape[0]}x{codes.shape[1]}:".encode() + codes.tobytes()).hexdigest()
+    return f"voice-{digest[:32]}"
+
+
+class UnknownVoiceKeyError(KeyError):
+    """``decode_chunk`` got a voice key this acoustic backend (replica) does not hold, e.g. a replica that was
+    restarted or added by autoscaling: send the prompt again (``decode_chunk(..., prompt=...)`` or
+    ``register_voice``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown voice key"
+
+
 class AcousticBackend(ABC):
+    """Semantic chunks -> all codec levels + audio, in a voice registered once per session.
+
+    A session registers its voice prompt once (``register_voice``) and then sends only the key with every chunk.
+    Keys are content hashes (``voice_key``): registering is idempotent, every replica derives the same key, and a
+    replica that lacks a key (restarted, autoscaled) raises ``UnknownVoiceKeyError``; the caller then sends the
+    prompt along with the chunk once (``prompt=``), which registers it where the chunk is decoded.
+    """
+
+    @abstractmethod
+    async def register_voice(self, prompt: np.ndarray) -> str:
+        """int64 [n_q, Tp] acoustic prompt -> its key (``voice_key(prompt)``); idempotent."""
+
     @abstractmethod
     async def decode_chunk(
-        self, semantic: np.ndarray, context: np.ndarray | None, prompt: np.ndarray | None
+        self, semantic: np.ndarray, context: np.ndarray | None, voice: str | None, prompt: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """semantic int64 [t], context int64 [n_q, Tc] | None, prompt int64 [n_q, Tp] | None
-        -> (codes int64 [n_q, t], wave float32 [t * 320])."""
+        """semantic int64 [t], context int64 [n_q, Tc] | None (the previous chunk's codes), voice key | None (no
+        prompt) -> (codes int64 [n_q, t], wave float32 [t * 320]).
+
+        The returned codes are what the caller keeps as the next chunk's context. ``prompt`` (int64 [n_q, Tp]) is
+        sent only to re-register ``voice`` with a replica that raised ``UnknownVoiceKeyError``; it must be the prompt
+        whose key ``voice`` is."""
 
 
 class MediaBackend(ABC):

@@ -2,12 +2,13 @@
 
 Flow of one turn (``Session.respond``)::
 
-    audio --SpeechEncoderBackend--> codes[n_q, F]; level 1 (row 0) becomes the user's speech_codes
+    audio --SpeechEncoderBackend--> level-1 codes [F]: the user's speech_codes
     ChatPromptBuilder(history, user message, force marker) -> prompt ids
     LMBackend.stream(prompt) --chunks of ids--> router (this task)
         text ids  -> TextDetokenizer -> TranscriptDelta (between <-Ins-> and <-Res->) | ReplyTextDelta
         speech    -> SpeechChunker -> chunk queue --> audio worker task:
-                         AcousticBackend.decode_chunk(chunk, context = last context_frames of the previous chunk)
+                         AcousticBackend.decode_chunk(chunk, context = last context_frames of the previous chunk,
+                                                      the session's voice key: its prompt is registered once)
                          -> FrameSplitter(20 ms) -> AudioFrame(source="speech"), short fade at segment end
         image     -> codes until <eoim> -> (audio worker) MediaBackend.image_png -> ImageOutput
         music     -> tokens until <eomu> -> (audio worker) MediaBackend.music_wave -> MusicOutput + AudioFrame("music")
@@ -41,7 +42,7 @@ import numpy as np
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES, SAMPLE_RATE, FrameSplitter, float_to_pcm16
 from assistant.models.voices import VoiceBank
-from assistant.pipeline.backends import Backends
+from assistant.pipeline.backends import Backends, UnknownVoiceKeyError
 from assistant.pipeline.chunking import SpeechChunker
 from assistant.pipeline.outputs import (
     AudioFrame,
@@ -196,6 +197,7 @@ class Session:
     def __init__(self, engine: AssistantEngine, voice_prompt: np.ndarray | None):
         self.engine = engine
         self.voice_prompt = voice_prompt  # [n_q, Tp] acoustic prompt: the voice of every spoken reply
+        self._voice_key: str | None = None  # its key with the acoustic backend, once registered
         self.vocab = engine.vocab
         self.config = engine.config
         self.conversation = Conversation()
@@ -323,10 +325,10 @@ class Session:
         speech_codes = None
         if turn.audio is not None and np.asarray(turn.audio).size > 0:
             wave = np.asarray(turn.audio, dtype=np.float32)
-            codes = np.asarray(await self.engine.backends.speech.encode(wave))
-            if codes.ndim != 2 or codes.shape[1] == 0:
-                raise ValueError(f"speech encoder returned codes of shape {codes.shape}, expected [n_q, F>0]")
-            speech_codes = [int(c) for c in codes[0]]  # level 1 = semantic stream
+            codes = np.asarray(await self.engine.backends.speech.encode(wave))  # level 1 = the semantic stream
+            if codes.ndim != 1 or codes.size == 0:
+                raise ValueError(f"speech encoder returned codes of shape {codes.shape}, expected level 1: [F>0]")
+            speech_codes = [int(c) for c in codes]
         image_codes = list(await self.engine.backends.media.image_codes(turn.image)) if turn.image else None
         text = turn.text if turn.text and turn.text.strip() else None
         message = UserMessage(text=text, speech_codes=speech_codes, image_codes=image_codes)
@@ -472,7 +474,7 @@ class Session:
             if job is _DONE:
                 break
             if isinstance(job, _SpeechChunk):
-                codes, wave = await backends.acoustic.decode_chunk(job.semantic, context, self.voice_prompt)
+                codes, wave = await self._decode_speech(job.semantic, context)
                 codes = np.asarray(codes, dtype=np.int64)
                 wave = np.asarray(wave, dtype=np.float32).reshape(-1)
                 context = codes[:, -cfg.context_frames:] if cfg.context_frames > 0 else None
@@ -494,6 +496,21 @@ class Session:
                 faded = np.concatenate([wave[: wave.size - min(cfg.fade_samples, wave.size)],
                                         _fade_out(wave[wave.size - min(cfg.fade_samples, wave.size):])])
                 await self._put_frames(music_splitter.push(faded) + music_splitter.flush(pad=True), "music")
+
+    async def _decode_speech(self, semantic: np.ndarray, context: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One chunk through the acoustic backend in this session's voice: the prompt is registered once (first
+        chunk of the session) and only its key travels afterwards. A backend that lost the key (a restarted or new
+        replica) gets the prompt once more with the retried chunk, which registers it where the chunk is decoded."""
+        acoustic = self.engine.backends.acoustic
+        if self.voice_prompt is None:
+            return await acoustic.decode_chunk(semantic, context, None)
+        if self._voice_key is None:
+            self._voice_key = await acoustic.register_voice(self.voice_prompt)
+        try:
+            return await acoustic.decode_chunk(semantic, context, self._voice_key)
+        except UnknownVoiceKeyError:
+            log.info("acoustic backend lost voice %s; sending the prompt again", self._voice_key)
+            return await acoustic.decode_chunk(semantic, context, self._voice_key, prompt=self.voice_prompt)
 
     async def _put_frames(self, frames: list[np.ndarray], source: str) -> None:
         for frame in frames:

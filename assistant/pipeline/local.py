@@ -3,146 +3,178 @@
 Every model call runs in a worker thread (``asyncio.to_thread``) under ``torch.inference_mode`` so the event loop
 keeps serving other work (the engine decodes speech while the LM generates).
 
-LM streaming: ``TokenStream.generate`` runs in a dedicated thread that hands ids to the event loop through a BOUNDED
-``asyncio.Queue`` (``LocalLMBackend.queue_size`` ids). When the consumer falls behind, the thread blocks on the full
-queue, so generation pauses (backpressure) instead of buffering without limit. The consumer receives the first id as
-soon as it exists, then whatever has accumulated since, as one chunk. Closing (or cancelling) the async iterator sets
-the cancel event, unblocks and joins the thread; ``TokenStream`` frees its KV cache when its generator ends.
+LM streaming: every stream is a request of one shared batched engine (:mod:`assistant.lm_engine`), whose loop runs in
+its own thread and steps every active generation together. The consumer receives the first id as soon as it exists,
+then whatever has accumulated since, as one chunk; a request whose consumer holds ``max_backlog`` undelivered ids
+sits out steps (backpressure) instead of buffering without limit. Closing (or cancelling) the async iterator cancels
+the request; its KV slot is free by the engine's next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from collections.abc import AsyncIterator
 
 import numpy as np
 import torch
 
-from assistant.decoding.lm_stream import TokenStream
 from assistant.image_io import read_image
-from assistant.decoding.maskgit import ChunkedAcousticDecoder, UnmaskSchedule, module_device
+from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule, module_device
+from assistant.pipeline.acoustic_batching import AcousticBatcher, AcousticBatchStats
+from assistant.pipeline.backends import UnknownVoiceKeyError, voice_key
+from assistant.lm_engine import LMEngine, LMEngineConfig
 from assistant.models.bundle import ModelBundle
 from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
 from assistant.vocab import Modality
 
-_POLL_S = 0.05  # how often a blocked producer thread re-checks the cancel event
-
-
 class LocalSpeechEncoder(SpeechEncoderBackend):
+    """Waves -> level-1 codes (int64 [F]), the only level the engine reads.
+
+    ``encode_batch`` encodes several utterances in one call: padded into one batched analysis when the codec can do
+    that without changing any utterance's codes (the embedded mel codec's ``encode_batch``, level 1 only), else one
+    after another (SpeechTokenizer: its reflect-padded convolutions and BiLSTM would see the padding, so a padded
+    utterance would not get its own codes)."""
+
     def __init__(self, bundle: ModelBundle):
         self.codec = bundle.codec
 
-    def _encode(self, wave: np.ndarray) -> np.ndarray:
+    def _encode_many(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        device = module_device(self.codec)
         with torch.inference_mode():
-            samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(module_device(self.codec))
-            codes = self.codec.encode(samples)  # [n_q, F]
-        return codes.cpu().numpy().astype(np.int64)
+            samples = [torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(device) for w in waves]
+            batched = getattr(self.codec, "encode_batch", None)
+            if batched is not None:
+                codes = [c[0] for c in batched(samples, n_q=1)]  # [F] each
+            else:
+                codes = [self.codec.encode(s)[0] for s in samples]  # level 1 of [n_q, F]
+        return [c.cpu().numpy().astype(np.int64) for c in codes]
 
     async def encode(self, wave: np.ndarray) -> np.ndarray:
-        return await asyncio.to_thread(self._encode, np.asarray(wave, dtype=np.float32))
+        return (await self.encode_batch([wave]))[0]
+
+    async def encode_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """float32 [T_i] each -> int64 [F_i] each, in one worker-thread call."""
+        return await asyncio.to_thread(self._encode_many, [np.asarray(w, dtype=np.float32) for w in waves])
 
 
 class LocalLMBackend(LMBackend):
-    """One ``TokenStream`` (and one thread) per ``stream`` call; ``seed`` makes the sampled sequence reproducible."""
+    """Every ``stream`` call is one request of a shared batched :class:`~assistant.lm_engine.LMEngine`: concurrent
+    sessions decode together, one step for all. ``seed`` makes the sampled sequences reproducible (call n samples
+    with seed + n); ``engine_config`` sets the slots, waiting places and backlog (``max_backlog`` ids undelivered
+    before the request sits out steps: backpressure from a slow consumer)."""
 
-    def __init__(self, bundle: ModelBundle, seed: int | None = 0, queue_size: int = 64):
-        if queue_size <= 0:
-            raise ValueError("queue_size must be positive")
-        self.model = bundle.lm
+    def __init__(self, bundle: ModelBundle, seed: int | None = 0, engine_config: LMEngineConfig | None = None):
         self.vocab = bundle.vocab
-        self.settings = bundle.generation
+        self.engine = LMEngine(bundle.lm, bundle.vocab, bundle.generation, engine_config)
         self.seed = seed
-        self.queue_size = queue_size
         self._calls = itertools.count()
-        self.active_threads = 0  # streams whose thread is still alive (tests check it returns to 0)
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
+        """Raises ``BusyError`` when every slot and waiting place is taken, ``ValueError`` for a bad prompt."""
         force = Modality(force_modality) if force_modality is not None else None
         seed = None if self.seed is None else self.seed + next(self._calls)
-        token_stream = TokenStream(self.model, self.vocab, self.settings, seed=seed)
-        ids = token_stream.generate(list(prompt_ids), force_modality=force)  # validates before the thread starts
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=self.queue_size)
-        cancel = threading.Event()
-
-        slots = threading.Semaphore(self.queue_size)  # free places in `queue`; the thread waits for one
-
-        def post(item: tuple) -> bool:
-            """Backpressured hand-over; False once cancelled (or the loop is gone)."""
-            while not slots.acquire(timeout=_POLL_S):
-                if cancel.is_set():
-                    return False
-            if cancel.is_set():
-                return False
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)  # never full: a slot was taken
-            except RuntimeError:  # event loop closed
-                return False
-            return True
-
-        def produce() -> None:
-            try:
-                with torch.inference_mode():
-                    for token in ids:
-                        if not post(("id", int(token))):
-                            break
-                post(("end", None))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                post(("error", exc))
-            finally:
-                ids.close()  # frees the KV cache even when cancelled mid-generation
-
-        self.active_threads += 1
-        thread = threading.Thread(target=produce, name="lm-stream", daemon=True)
-        thread.start()
+        request = self.engine.submit(list(prompt_ids), force_modality=force, seed=seed)
         try:
-            done = False
-            while not done:
-                kind, value = await queue.get()
-                slots.release()
-                chunk: list[int] = []
-                while True:
-                    if kind == "id":
-                        chunk.append(value)
-                    elif kind == "error":
-                        if chunk:
-                            yield chunk
-                        raise value
-                    else:
-                        done = True
-                        break
-                    if queue.empty():
-                        break
-                    kind, value = queue.get_nowait()
-                    slots.release()
-                if chunk:
-                    yield chunk
+            async for chunk in request.chunks():
+                yield chunk
         finally:
-            cancel.set()  # the thread stops at its next token or within _POLL_S when blocked on a full queue
-            while not queue.empty():
-                queue.get_nowait()
-            await asyncio.to_thread(thread.join)
-            self.active_threads -= 1
+            request.cancel()  # no-op once finished; else the slot is free by the engine's next step
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 class LocalAcousticBackend(AcousticBackend):
-    def __init__(self, bundle: ModelBundle, schedule: UnmaskSchedule | None = None, context_frames: int = 25):
+    """Chunks of concurrent sessions decoded in shared batched calls (an ``AcousticBatcher``: ``window_s``,
+    ``max_batch``), in voices registered once.
+
+    Voices: ``register_voice`` / ``add_voice`` keep a prompt under its ``voice_key`` (at most ``max_voices``, least
+    recently used dropped first; a dropped key raises ``UnknownVoiceKeyError`` and is registered again by the caller);
+    ``voices`` (e.g. a voice bank's prompts) are registered at construction. Randomness: every chunk gets its own
+    generator, seeded from ``seed`` (None: fresh entropy) or the ``seed`` given with the chunk, so a chunk decodes
+    to the same codes alone or batched with others.
+    """
+
+    def __init__(self, bundle: ModelBundle, schedule: UnmaskSchedule | None = None, context_frames: int = 25, *,
+                 window_s: float = 0.005, max_batch: int = 8, seed: int | None = None,
+                 voices: Iterable[np.ndarray] = (), max_voices: int = 1024):
+        if max_voices < 1:
+            raise ValueError(f"max_voices must be >= 1, got {max_voices}")
         fill = None if schedule is not None else bundle.acoustic_fill
         self.decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, schedule, context_frames=context_frames,
                                               fill=fill)
+        self.batcher = AcousticBatcher(self.decoder, window_s=window_s, max_batch=max_batch)
+        self.max_voices = max_voices
+        self._voices: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._seeds = np.random.default_rng(seed)
+        for prompt in voices:
+            self.add_voice(prompt)
 
-    def _decode(self, semantic, context, prompt) -> tuple[np.ndarray, np.ndarray]:
-        def tensor(a):
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    # ----- voices
+    def add_voice(self, prompt: np.ndarray) -> str:
+        """Keeps ``prompt`` (int64 [n_q, Tp]) under its key; returns the key. Raises ``ValueError`` for a prompt
+        this decoder cannot use."""
+        codes = np.asarray(prompt)
+        if codes.ndim != 2 or codes.shape[0] != self.decoder.n_q or codes.shape[1] == 0:
+            raise ValueError(f"a voice prompt is [n_q={self.decoder.n_q}, frames >= 1], got shape {codes.shape}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"voice prompt codes must be integers, got {codes.dtype}")
+        if int(codes.min()) < 0 or int(codes.max()) >= self.decoder.codebook_size:
+            raise ValueError(f"voice prompt codes must lie in [0, {self.decoder.codebook_size})")
+        key = voice_key(codes)
+        if key not in self._voices:
+            self._voices[key] = torch.from_numpy(np.array(codes, dtype=np.int64))
+            while len(self._voices) > self.max_voices:
+                self._voices.popitem(last=False)
+        self._voices.move_to_end(key)
+        return key
 
-        with torch.inference_mode():
-            codes, wave = self.decoder.decode_chunk(tensor(semantic), tensor(context), tensor(prompt))
-        return codes.cpu().numpy().astype(np.int64), wave.cpu().numpy().astype(np.float32)
+    @property
+    def voice_keys(self) -> tuple[str, ...]:
+        return tuple(self._voices)
 
-    async def decode_chunk(self, semantic, context, prompt):
-        return await asyncio.to_thread(self._decode, semantic, context, prompt)
+    async def register_voice(self, prompt: np.ndarray) -> str:
+        return self.add_voice(prompt)
+
+    # ----- decoding
+    async def decode_chunk(self, semantic, context, voice, prompt=None, seed: int | None = None):
+        """See ``AcousticBackend.decode_chunk``; ``seed`` (default: drawn from the backend's seed) seeds this chunk's
+        generator."""
+        if prompt is not None:
+            key = self.add_voice(prompt)
+            if voice is not None and voice != key:
+                raise ValueError(f"the prompt sent with voice {voice!r} has key {key!r}")
+            voice = key
+        voice_codes = None
+        if voice is not None:
+            voice_codes = self._voices.get(voice)
+            if voice_codes is None:
+                raise UnknownVoiceKeyError(f"unknown voice key {voice!r}; register the prompt again")
+            self._voices.move_to_end(voice)
+        if seed is None:
+            seed = int(self._seeds.integers(0, 2**63 - 1))
+        generator = torch.Generator(device=self.decoder.device).manual_seed(seed)
+        request = ChunkRequest(_long_tensor(semantic), _long_tensor(context), voice_codes, generator)
+        self.decoder.check_request(request)  # a bad chunk fails alone, never the batch it would join
+        codes, wave = await self.batcher.decode(request)
+        return codes.numpy().astype(np.int64), wave.numpy().astype(np.float32)
+
+    def stats(self) -> AcousticBatchStats:
+        """Queue depth, batches, mean batch size, model seconds and audio seconds (real-time factor)."""
+        return self.batcher.stats()
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def _long_tensor(a) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(np.array(a, dtype=np.int64))
 
 
 class LocalMediaBackend(MediaBackend):
@@ -182,6 +214,6 @@ def local_backends(bundle: ModelBundle, seed: int | None = 0, context_frames: in
     return Backends(
         speech=LocalSpeechEncoder(bundle),
         lm=LocalLMBackend(bundle, seed=seed),
-        acoustic=LocalAcousticBackend(bundle, context_frames=context_frames),
+        acoustic=LocalAcousticBackend(bundle, context_frames=context_frames, seed=seed),
         media=LocalMediaBackend(bundle),
     )

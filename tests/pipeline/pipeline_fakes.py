@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
+from assistant.pipeline.backends import (
+    AcousticBackend,
+    Backends,
+    LMBackend,
+    MediaBackend,
+    SpeechEncoderBackend,
+    UnknownVoiceKeyError,
+    voice_key,
+)
 from assistant.vocab import Modality, UnifiedVocab, write_embedded_vocab_files
 
 N_Q = 4
@@ -47,7 +55,7 @@ class FakeSpeech(SpeechEncoderBackend):
     async def encode(self, wave):
         self.calls += 1
         frames = max(1, int(np.ceil(len(wave) / HOP)))
-        return np.arange(N_Q * frames, dtype=np.int64).reshape(N_Q, frames) % 64
+        return np.arange(frames, dtype=np.int64) % 64  # level 1 only: [F]
 
 
 class FakeLM(LMBackend):
@@ -83,22 +91,45 @@ class FakeLM(LMBackend):
 
 
 class FakeAcoustic(AcousticBackend):
-    """A 440 Hz tone per chunk; records chunk sizes and contexts."""
+    """A 440 Hz tone per chunk; records chunk sizes, contexts, voice keys and registrations. ``forget()`` drops the
+    registered voices (a restarted replica); ``forget_always`` makes every key unknown even right after it was sent
+    again (a replica that keeps failing)."""
 
     def __init__(self, fail: bool = False, delay: float = 0.0):
         self.chunks: list[np.ndarray] = []
         self.contexts: list[np.ndarray | None] = []
+        self.voices_used: list[str | None] = []
+        self.prompts_sent = 0  # prompts that came with a chunk (re-registration)
+        self.registered: list[str] = []  # register_voice calls, in order
+        self.voices: dict[str, np.ndarray] = {}
+        self.forget_always = False
         self.fail = fail
         self.delay = delay
 
-    async def decode_chunk(self, semantic, context, prompt):
+    async def register_voice(self, prompt):
+        key = voice_key(prompt)
+        self.voices[key] = np.asarray(prompt)
+        self.registered.append(key)
+        return key
+
+    def forget(self) -> None:
+        self.voices.clear()
+
+    async def decode_chunk(self, semantic, context, voice, prompt=None):
         if self.fail:
             raise RuntimeError("acoustic decoder exploded")
+        if prompt is not None:
+            self.prompts_sent += 1
+            assert voice_key(prompt) == voice
+            self.voices[voice] = np.asarray(prompt)
+        if voice is not None and (voice not in self.voices or self.forget_always):
+            raise UnknownVoiceKeyError(f"unknown voice key {voice!r}")
         if self.delay:
             await asyncio.sleep(self.delay)
         semantic = np.asarray(semantic, dtype=np.int64)
         self.chunks.append(semantic)
         self.contexts.append(None if context is None else np.asarray(context))
+        self.voices_used.append(voice)
         codes = np.tile(semantic, (N_Q, 1))
         t = np.arange(semantic.size * HOP, dtype=np.float32) / 16000.0
         return codes, (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)

@@ -1,6 +1,7 @@
 """AssistantEngine with fake backends: routing, streaming, interrupt, errors, history."""
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from assistant.pipeline.outputs import (
 from assistant.protocol import FinishReason
 from assistant.vocab import Modality
 
-from pipeline_fakes import FakeAcoustic, FakeLM, Script, collect, make_backends, make_vocab
+from pipeline_fakes import N_Q, FakeAcoustic, FakeLM, FakeSpeech, Script, collect, make_backends, make_vocab
 
 SP, IM, MU = Modality.SPEECH, Modality.IMAGE, Modality.MUSIC
 
@@ -302,3 +303,88 @@ def test_config_validation():
         EngineConfig(chunk_queue_size=0)
     with pytest.raises(ValueError):
         UserTurn()
+
+
+def _bank():
+    from assistant.models.voices import VoiceBank
+
+    alto = np.arange(N_Q * 6, dtype=np.int64).reshape(N_Q, 6) % 64
+    return VoiceBank({"alto": alto, "bass": (alto * 7 + 3) % 64}, "alto", codebook_size=64)
+
+
+def test_voice_is_registered_once_and_sent_again_to_a_backend_that_lost_it(vocab):
+    from assistant.pipeline.backends import voice_key
+
+    s = Script(vocab)
+    lm = FakeLM(s.seg(SP, [i % 64 for i in range(60)]) + [vocab.eos_id], chunk=7)
+    bank = _bank()
+
+    async def main():
+        backends, _, acoustic, _ = make_backends(lm)
+        engine = AssistantEngine(backends, vocab, EngineConfig(), voices=bank)
+        session = engine.new_session("bass")
+        first = await collect(session.respond(UserTurn(text="one")))
+        after_first = (list(acoustic.registered), list(acoustic.voices_used), acoustic.prompts_sent)
+        acoustic.forget()  # the replica restarted: it no longer knows the key
+        second = await collect(session.respond(UserTurn(text="two")))
+        return first, second, after_first, acoustic
+
+    first, second, (registered, used, sent), acoustic = run(main())
+    key = voice_key(bank.prompt("bass"))
+    assert registered == [key] and used == [key] * 3 and sent == 0  # once, then only the key travels
+    assert acoustic.registered == [key]  # not registered again by a second register_voice call ...
+    assert acoustic.prompts_sent == 1  # ... but the prompt went once more with the chunk the backend refused
+    assert acoustic.voices_used == [key] * 6
+    for outputs in (first, second):
+        assert sum(isinstance(o, AudioFrame) for o in outputs) == 60
+        assert outputs[-1] == TurnFinished(FinishReason.COMPLETE)
+
+
+def test_a_backend_that_keeps_refusing_the_voice_fails_the_turn_after_one_retry(vocab):
+    s = Script(vocab)
+    lm = FakeLM(s.seg(SP, range(30)) + [vocab.eos_id], chunk=5)
+
+    async def main():
+        backends, _, acoustic, _ = make_backends(lm)
+        acoustic.forget_always = True
+        session = AssistantEngine(backends, vocab, EngineConfig(), voices=_bank()).new_session()
+        return await collect(session.respond(UserTurn(text="x"))), acoustic
+
+    outputs, acoustic = run(main())
+    errors = [o for o in outputs if isinstance(o, TurnError)]
+    assert len(errors) == 1 and "unknown voice key" in errors[0].message
+    assert outputs[-1] == TurnFinished(FinishReason.ERROR)
+    assert acoustic.prompts_sent == 1 and acoustic.chunks == []
+
+
+def test_no_voice_bank_sends_no_voice(vocab):
+    s = Script(vocab)
+    lm = FakeLM(s.seg(SP, range(12)) + [vocab.eos_id], chunk=5)
+
+    async def main():
+        backends, _, acoustic, _ = make_backends(lm)
+        session = AssistantEngine(backends, vocab, EngineConfig()).new_session()
+        return await collect(session.respond(UserTurn(text="x"))), acoustic
+
+    outputs, acoustic = run(main())
+    assert acoustic.registered == [] and acoustic.voices_used == [None, None]
+    assert outputs[-1] == TurnFinished(FinishReason.COMPLETE)
+
+
+def test_the_speech_encoder_must_return_level_one_only(vocab):
+    class TwoLevels(FakeSpeech):
+        async def encode(self, wave):
+            return np.zeros((N_Q, 5), dtype=np.int64)  # [n_q, F]: the old contract
+
+    lm = FakeLM(Script(vocab).text("ok") + [vocab.eos_id])
+
+    async def main():
+        backends, *_ = make_backends(lm)
+        backends = dataclasses.replace(backends, speech=TwoLevels())
+        session = AssistantEngine(backends, vocab, EngineConfig()).new_session()
+        return await collect(session.respond(speech_turn()))
+
+    outputs = run(main())
+    errors = [o for o in outputs if isinstance(o, TurnError)]
+    assert len(errors) == 1 and "expected level 1" in errors[0].message
+    assert lm.prompts == []  # nothing reached the LM

@@ -7,6 +7,7 @@ import pytest
 
 from assistant.models.bundle import load_embedded
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
+from assistant.lm_engine import LMEngineConfig
 from assistant.pipeline.local import LocalLMBackend, local_backends
 from assistant.pipeline.outputs import AudioFrame, TurnFinished
 from assistant.protocol import FinishReason
@@ -45,21 +46,30 @@ def test_spoken_turn_yields_speech(bundle):
 
 
 def test_lm_stream_chunks_and_cancels(bundle):
-    lm = LocalLMBackend(bundle, seed=1, queue_size=4)
+    lm = LocalLMBackend(bundle, seed=1, engine_config=LMEngineConfig(max_slots=2, max_backlog=4))
     prompt = [bundle.vocab.bos_id, *bundle.vocab.encode_text("hi")]
 
     async def main():
         stream = lm.stream(prompt, None)
         first = await stream.__anext__()
-        await asyncio.sleep(0.2)  # the thread fills the bounded queue and blocks
+        request = next(iter(lm.engine.scheduler.decoding.values()), None)
+        if request is not None:  # until the engine has filled the bounded backlog (or the reply ended)
+            def filled():
+                with request._ready:
+                    request._ready.wait_for(lambda: request.backlog >= 4 or request.finish_reason is not None, 30)
+
+            await asyncio.to_thread(filled)
         second = await stream.__anext__()
         await stream.aclose()
-        return first, second
+        return first, second, request
 
-    first, second = asyncio.run(asyncio.wait_for(main(), 60))
+    first, second, request = asyncio.run(asyncio.wait_for(main(), 60))
     assert len(first) >= 1
-    assert 1 <= len(second) <= 4  # never more than the queue bound at once
-    assert lm.active_threads == 0  # thread joined on close
+    assert 1 <= len(second) <= 4  # never more than the backlog bound at once
+    list(request.tokens(timeout=60))  # ends once the engine has dropped the request
+    assert request.finish_reason in ("cancelled", "stop", "length")
+    assert lm.stats()["active_slots"] == 0
+    lm.close()
 
 
 def test_lm_stream_is_reproducible_for_a_seed(bundle):

@@ -143,8 +143,7 @@ class ScriptedSpeech(SpeechEncoderBackend):
         self.rows = list(rows)
 
     async def encode(self, wave):
-        row = np.asarray(self.rows.pop(0), dtype=np.int64)
-        return np.stack([row, row])  # [n_q = 2, F]; the engine uses level 1 (row 0)
+        return np.asarray(self.rows.pop(0), dtype=np.int64)  # level 1 only: [F]
 
 
 class ScriptedLM(LMBackend):
@@ -161,7 +160,10 @@ class ScriptedLM(LMBackend):
 
 
 class SilentAcoustic(AcousticBackend):
-    async def decode_chunk(self, semantic, context, prompt):
+    async def register_voice(self, prompt):
+        raise AssertionError("these sessions have no voice bank")
+
+    async def decode_chunk(self, semantic, context, voice, prompt=None):
         semantic = np.asarray(semantic, dtype=np.int64)
         return np.stack([semantic, semantic]), np.zeros(semantic.size * 320, dtype=np.float32)
 
