@@ -3,6 +3,11 @@
     assistant chat --input question.wav --out DIR [--seed N] [--voice NAME]
     assistant chat --text "what is two plus three" --out DIR
     assistant chat --image picture.png [--text "what is in this picture" | --input question.wav] --out DIR
+    assistant chat --family anygpt --assets /models/anygpt --device cuda --text "hello" --out DIR
+
+Models: ``--family embedded`` (default: the package's tiny CPU models, or ``--assets DIR``) or ``--family anygpt``
+(``--assets`` is the AnyGPT weights root laid out as on the hub; ``--lm-dir``, ``--dtype``, ``--device``), loaded
+once in this process by ``assistant.models.loading.load_backends``.
 
 Writes ``DIR/answer.wav`` (every audio frame of the reply, speech and music, 16 kHz), ``DIR/reply.txt``
 (transcript and reply text), ``DIR/image_{i}.png`` and ``DIR/music_{i}.wav``; prints the text as it streams.
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from assistant.audio import SAMPLE_RATE, AudioFormatError, pcm16_to_float, read_wav, write_wav
+from assistant.models.loading import DTYPES, MODEL_FAMILIES, ModelSpec, load_backends, load_vocab_and_voices
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,15 +36,40 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--voice", help="voice of the spoken reply (a name from the models' voice bank)")
     chat.add_argument("--out", type=Path, required=True, help="output directory")
     chat.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and of sampling")
-    chat.add_argument("--assets", type=Path, default=None, help="model assets directory (default: embedded)")
+    chat.add_argument("--family", choices=MODEL_FAMILIES, default="embedded",
+                      help="model family (default: %(default)s)")
+    chat.add_argument("--assets", type=Path, default=None,
+                      help="embedded: model assets directory (default: the package's own); anygpt: the weights root")
+    chat.add_argument("--lm-dir", default="AnyGPT-chat",
+                      help="anygpt: the LLM folder under --assets (default: %(default)s)")
+    chat.add_argument("--dtype", choices=DTYPES, default=None,
+                      help="anygpt: weights dtype (default: float16 on CUDA, float32 elsewhere)")
+    chat.add_argument("--device", default="cpu",
+                      help="anygpt: torch device, e.g. cuda or cuda:1 (default: %(default)s)")
+    chat.add_argument("--voices-file", type=Path, default=None,
+                      help="anygpt: a voices.json made by `anystream make-voices` (the names --voice picks from)")
     return parser
 
 
-async def _chat(args: argparse.Namespace, audio: np.ndarray | None, picture: bytes | None) -> int:
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The models ``assistant chat`` loads (raises ValueError for a combination that cannot load)."""
+    if args.family == "embedded":
+        # the embedded family is a CPU float32 family whose voices live beside its assets: say so, never ignore
+        unset = {"--dtype": args.dtype in (None, "float32"), "--device": args.device == "cpu",
+                 "--voices-file": args.voices_file is None, "--lm-dir": args.lm_dir == "AnyGPT-chat"}
+        given = [flag for flag, is_unset in unset.items() if not is_unset]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for --family anygpt only (the embedded family runs on the CPU "
+                             "in float32 and reads voices.json from its assets folder)")
+    dtype = args.dtype or ("float16" if str(args.device).startswith("cuda") else "float32")
+    return ModelSpec(family=args.family, assets_dir=str(args.assets) if args.assets is not None else None,
+                     seed=args.seed, lm_dir=args.lm_dir, dtype=dtype, device=args.device,
+                     voices_file=str(args.voices_file) if args.voices_file is not None else None)
+
+
+async def _chat(args: argparse.Namespace, spec: ModelSpec, audio: np.ndarray | None, picture: bytes | None) -> int:
     # torch-heavy imports only once the input is known to be good
-    from assistant.models.bundle import load_embedded
     from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
-    from assistant.pipeline.local import local_backends
     from assistant.pipeline.outputs import (
         AudioFrame,
         ImageOutput,
@@ -50,9 +81,13 @@ async def _chat(args: argparse.Namespace, audio: np.ndarray | None, picture: byt
     )
     from assistant.protocol import FinishReason
 
-    bundle = load_embedded(args.assets, seed=args.seed)
-    engine = AssistantEngine(local_backends(bundle, seed=args.seed), bundle.vocab, EngineConfig(),
-                             voices=bundle.voices)
+    try:
+        vocab, voices = load_vocab_and_voices(spec)
+        backends = load_backends(spec)
+    except (OSError, ValueError, ImportError) as exc:  # a missing or damaged weights folder, a missing extra
+        print(f"error: cannot load the {spec.family} models: {exc}", file=sys.stderr)
+        return 2
+    engine = AssistantEngine(backends, vocab, EngineConfig(), voices=voices)
     try:
         session = engine.new_session(args.voice)
     except (KeyError, ValueError) as exc:
@@ -94,6 +129,9 @@ async def _chat(args: argparse.Namespace, audio: np.ndarray | None, picture: byt
                     status = 1
     finally:
         await session.close()
+        close_lm = getattr(backends.lm, "close", None)  # the batched LM engine's thread
+        if close_lm is not None:
+            close_lm()
 
     wave = pcm16_to_float(np.concatenate(frames)) if frames else np.zeros(0, dtype=np.float32)
     write_wav(out / "answer.wav", wave, SAMPLE_RATE)
@@ -133,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.text is not None and not args.text.strip():
         print("error: --text is empty", file=sys.stderr)
         return 2
-    return asyncio.run(_chat(args, audio, picture))
+    try:
+        spec = model_spec(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_chat(args, spec, audio, picture))
 
 
 if __name__ == "__main__":

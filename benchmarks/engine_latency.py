@@ -1,6 +1,7 @@
 """Prints time to first audio, real-time factor and frame pacing of one spoken turn through the in-process engine.
 
     .venv/bin/python benchmarks/engine_latency.py [--input question.wav] [--turns 3]
+    .venv/bin/python benchmarks/engine_latency.py --family anygpt --assets /models/anygpt --device cuda
 
 Without --input it speaks a question with espeak-ng. Figures, not assertions: targets live here, not in unit tests.
 """
@@ -19,9 +20,8 @@ import numpy as np
 import torch
 
 from assistant.audio import OUTPUT_FRAME_MS, SAMPLE_RATE, read_wav
-from assistant.models.bundle import load_embedded
+from assistant.models.loading import DTYPES, MODEL_FAMILIES, ModelSpec, load_backends, load_vocab_and_voices
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
-from assistant.pipeline.local import local_backends
 from assistant.pipeline.outputs import AudioFrame, TurnFinished
 
 
@@ -56,12 +56,22 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path)
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--family", choices=MODEL_FAMILIES, default="embedded")
+    parser.add_argument("--assets", help="embedded assets folder (default: the package's own) or the AnyGPT root")
+    parser.add_argument("--lm-dir", default="AnyGPT-chat")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: float16 on CUDA, float32 elsewhere")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    spec = ModelSpec(family=args.family, assets_dir=args.assets, seed=args.seed, lm_dir=args.lm_dir, dtype=dtype,
+                     device=args.device)
     audio = read_wav(args.input) if args.input else spoken_question()
     t0 = time.perf_counter()
-    bundle = load_embedded()
-    print(f"models loaded in {time.perf_counter() - t0:.2f} s (torch threads: {torch.get_num_threads()})")
-    engine = AssistantEngine(local_backends(bundle), bundle.vocab, EngineConfig())
+    backends = load_backends(spec)
+    vocab, voices = load_vocab_and_voices(spec)
+    print(f"{spec.family} models loaded in {time.perf_counter() - t0:.2f} s (torch threads: {torch.get_num_threads()})")
+    engine = AssistantEngine(backends, vocab, EngineConfig(), voices=voices)
     session = engine.new_session()
     print(f"question: {audio.size / SAMPLE_RATE:.2f} s of speech")
     print(f"{'turn':>4} {'first audio (s)':>16} {'answer (s)':>11} {'wall (s)':>9} {'RTF':>6}  finish")
@@ -71,6 +81,9 @@ async def main() -> None:
         first = f"{r['first_audio_s']:.3f}" if r["first_audio_s"] is not None else "-"
         print(f"{turn:>4} {first:>16} {r['audio_s']:>11.2f} {r['wall_s']:>9.2f} {rtf:>6}  {r['reason']}")
     await session.close()
+    close_lm = getattr(backends.lm, "close", None)  # the batched LM engine's thread
+    if close_lm is not None:
+        close_lm()
 
 
 if __name__ == "__main__":

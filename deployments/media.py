@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from deployments.common import FAST_SHUTDOWN, ModelSpec, ReadinessProbe, load_local_backend
+from assistant.models.loading import ModelSpec, load_role
+from deployments.common import FAST_SHUTDOWN, ReadinessProbe
 
 
 @serve.deployment(**FAST_SHUTDOWN)
 class MediaDecoderDeployment(ReadinessProbe):
     def __init__(self, model: dict | None = None):
-        self._media = load_local_backend(ModelSpec.from_dict(model), "media")
+        self._media = load_role(ModelSpec.from_dict(model), "media")
 
     async def image_png(self, codes: list[int]) -> tuple[bytes, int, int]:
         return await self._media.image_png(list(codes))

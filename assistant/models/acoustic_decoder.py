@@ -181,7 +181,11 @@ class AcousticDecoder(Checkpointed, nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        gen = torch.Generator().manual_seed(self.config.seed)
+        gen = torch.Generator(device="cpu").manual_seed(self.config.seed)
+
+        def normal_(param: torch.Tensor, std: float) -> None:  # drawn on the CPU: same values on any device
+            param.copy_(torch.empty(param.shape, device="cpu").normal_(0.0, std, generator=gen))
+
         with torch.no_grad():
             for name, param in self.named_parameters():
                 if name.endswith("bias"):
@@ -189,13 +193,13 @@ class AcousticDecoder(Checkpointed, nn.Module):
                 elif "norm" in name:
                     param.fill_(1.0)
                 elif name == "head_weight":
-                    param.normal_(0.0, self.config.dim**-0.5, generator=gen)
+                    normal_(param, self.config.dim**-0.5)
                 elif param.dim() == 1:
                     param.fill_(1.0)
                 else:
                     fan_in = param[0].numel() if param.dim() > 1 else 1
                     std = 0.02 if "embed" in name else fan_in**-0.5
-                    param.normal_(0.0, std, generator=gen)
+                    normal_(param, std)
 
     @property
     def mask_id(self) -> int:

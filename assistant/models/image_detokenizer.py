@@ -162,15 +162,19 @@ class ImageDetokenizer(Checkpointed, nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        gen = torch.Generator().manual_seed(self.config.seed)
+        gen = torch.Generator(device="cpu").manual_seed(self.config.seed)
+
+        def normal_(param: Tensor, std: float) -> None:  # drawn on the CPU: same values on any device
+            param.copy_(torch.empty(param.shape, device="cpu").normal_(0.0, std, generator=gen))
+
         with torch.no_grad():
             for name, param in self.named_parameters():
                 if name.endswith("bias"):
                     param.zero_()
                 else:
                     fan_in = param[0].numel() if not name.startswith("up.") else param.shape[0] * 4
-                    param.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=gen)
-            self.codebook.normal_(0.0, 1.0, generator=gen)
+                    normal_(param, (2.0 / fan_in) ** 0.5)
+            normal_(self.codebook, 1.0)
 
     # ----- continuous parts (used by training too) -----------------------------------------------------------------
     def encode_latents(self, images: Tensor) -> Tensor:

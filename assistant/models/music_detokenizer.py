@@ -158,9 +158,10 @@ class MusicDetokenizer(Checkpointed, nn.Module):
         """Level 0: decaying harmonic spectra at random pitches (so an unfitted codec still plays tones);
         deeper levels: small random offsets."""
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
-        freqs = torch.arange(cfg.n_freq, dtype=torch.float32) * cfg.sample_rate / cfg.n_fft  # [n_freq]
-        f0 = 440.0 * 2.0 ** ((torch.randint(36, 90, (cfg.codebook_size, 1), generator=gen).float() - 69) / 12)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # drawn on the CPU: same values on any device
+        freqs = torch.arange(cfg.n_freq, dtype=torch.float32, device="cpu") * cfg.sample_rate / cfg.n_fft  # [n_freq]
+        f0 = 440.0 * 2.0 ** ((torch.randint(36, 90, (cfg.codebook_size, 1), generator=gen, device="cpu").float()
+                              - 69) / 12)
         harmonic = freqs[None, :] / f0  # [K, n_freq] in units of f0
         distance = (harmonic - harmonic.round()).abs() * f0  # Hz to the nearest harmonic  [K, n_freq]
         peaks = torch.exp(-((distance / 8.0) ** 2)) / torch.clamp(harmonic.round(), min=1.0)  # [K, n_freq]
@@ -168,8 +169,8 @@ class MusicDetokenizer(Checkpointed, nn.Module):
         level0 = torch.log(torch.clamp(30.0 * peaks, min=cfg.log_floor))  # [K, n_freq]
         books = [level0]
         for level in range(1, cfg.n_codebooks):
-            books.append(torch.randn(cfg.codebook_size, cfg.n_freq, generator=gen) * (0.3 / level))
-        return torch.stack(books)  # [L, K, n_freq]
+            books.append(torch.randn(cfg.codebook_size, cfg.n_freq, generator=gen, device="cpu") * (0.3 / level))
+        return torch.stack(books).to(torch.get_default_device())  # [L, K, n_freq]
 
     # ----- analysis ---------------------------------------------------------------------------------------------
     def num_frames(self, num_samples: int) -> int:

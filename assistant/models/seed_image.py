@@ -652,7 +652,7 @@ class UnclipRenderer:
         self.device = torch.device(device)
         self.dtype = dtype
         generator = torch.Generator().manual_seed(cfg.seed)
-        self.latents = torch.randn(cfg.latent_shape, generator=generator)  # [1, 4, 96, 96], fp32 CPU, fixed
+        self.latents = torch.randn(cfg.latent_shape, generator=generator, device="cpu")  # [1, 4, 96, 96], fixed
 
     @classmethod
     def from_folder(

@@ -344,12 +344,16 @@ class SoundStorm(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Seeded random init with PyTorch's / einops' default distributions (real use loads weights)."""
-        gen = torch.Generator().manual_seed(self.config.seed)
+        """Seeded random init with PyTorch's / einops' default distributions (real use loads weights).
+
+        Every value is drawn on the CPU from a CPU generator, then copied to the parameter's device: the weights are
+        the same whatever the parameters' device or torch's default device (a model built under
+        ``with torch.device("cuda")`` would otherwise make CUDA tensors from a CPU generator, which torch refuses)."""
+        gen = torch.Generator(device="cpu").manual_seed(self.config.seed)
 
         def uniform_(param: Tensor, fan_in: int) -> None:
             bound = fan_in**-0.5
-            param.copy_(torch.rand(param.shape, generator=gen) * (2 * bound) - bound)
+            param.copy_(torch.rand(param.shape, generator=gen, device="cpu") * (2 * bound) - bound)
 
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Conv1d):
@@ -358,7 +362,7 @@ class SoundStorm(nn.Module):
                 if module.bias is not None:
                     uniform_(module.bias, fan_in)
             elif isinstance(module, nn.Embedding):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen))
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen, device="cpu"))
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()

@@ -1,0 +1,95 @@
+"""The LM deployment on a local Ray scales on its own load signal: up while sessions keep its slots busy, down once
+they stop, and the replica that goes drains first (no stream started before the scale-down is cut off)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from deployments.app import runtime_env, set_ray_environment
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "upscale_delay_s": 0,
+    "downscale_delay_s": 3,
+    "metrics_interval_s": 0.5,
+    "look_back_period_s": 1.0,
+    "policy": {"policy_function": "deployments.autoscaling:LoadSignalPolicy",
+               "policy_kwargs": {"target_per_replica": 1}},
+}
+
+
+def _running_lm_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments["LMDeployment"]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+async def _wait_for(predicate, timeout: float, what: str) -> float:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.25)
+    return time.monotonic()
+
+
+def test_lm_replicas_rise_under_load_and_fall_after_without_dropping_a_stream():
+    set_ray_environment()
+    import ray
+    from ray import serve
+
+    from assistant.prompts import ChatPromptBuilder, UserMessage
+    from assistant.vocab import UnifiedVocab
+    from deployments.lm import LMDeployment
+
+    vocab = UnifiedVocab.embedded()
+    prompt = ChatPromptBuilder(vocab).build(None, UserMessage(text="play a fast major tune and say hello"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
+             runtime_env=runtime_env())
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 18433})
+        deployment = LMDeployment.options(autoscaling_config=AUTOSCALING, max_ongoing_requests=4,
+                                          graceful_shutdown_timeout_s=60,
+                                          ray_actor_options={"num_cpus": 0.4, "num_gpus": 0})
+        handle = serve.run(deployment.bind(None, 0.0, engine={"max_slots": 2, "max_waiting": 2}),
+                           name="lm-scaling", route_prefix=None).options(stream=True)
+
+        async def scenario() -> dict:
+            outcomes = {"completed": 0, "failed": []}
+            stop = asyncio.Event()
+
+            async def one_stream():
+                try:
+                    ids = [i async for chunk in handle.stream.remote(prompt, None) for i in chunk]
+                    assert ids, "an empty reply"
+                    outcomes["completed"] += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is reported by the test
+                    outcomes["failed"].append(repr(exc))
+
+            async def caller():
+                while not stop.is_set():  # one session asking again and again: a slot stays busy
+                    await one_stream()
+
+            callers = [asyncio.create_task(caller()) for _ in range(3)]
+            await _wait_for(lambda: _running_lm_replicas("lm-scaling") == 2, 180, "scaling up to 2 replicas")
+            stop.set()
+            # Streams started before the scale-down; they run while a replica is told to go.
+            tail = [asyncio.create_task(one_stream()) for _ in range(2)]
+            await asyncio.gather(*callers)
+            await _wait_for(lambda: _running_lm_replicas("lm-scaling") == 1, 120, "scaling down to 1 replica")
+            await asyncio.gather(*tail)
+            return outcomes
+
+        outcomes = asyncio.run(scenario())
+        assert outcomes["failed"] == []
+        assert outcomes["completed"] >= 5
+    finally:
+        serve.shutdown()
+        ray.shutdown()
