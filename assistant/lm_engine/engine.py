@@ -129,10 +129,11 @@ class GenerationRequest(ScheduledRequest):
 
     def _take(self) -> list:
         with self._lock:
+            was_full = len(self._items) >= self.engine.config.max_backlog
             items = list(self._items)
             self._items.clear()
-        if self.paused:
-            self.engine._wake()  # it sat out steps for this reader: there is room again
+        if was_full or self.paused:
+            self.engine._wake()  # the engine may be sitting this request out: there is room again
         return items
 
     def tokens(self, timeout: float | None = None) -> Iterator[int]:

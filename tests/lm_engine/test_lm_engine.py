@@ -211,3 +211,12 @@ def test_scheduler_blocks_respect_the_budget_and_slots_go_lowest_first():
     scheduler.admit()
     assert d.slot == 0  # the lowest free slot
     assert isinstance(scheduler.next_prefill_blocks()[0], PrefillBlock)
+
+
+def test_a_full_backlog_resumes_when_read_even_if_it_filled_within_one_step(make_engine, prompts):
+    """The reader drains a backlog that filled up during the engine's last step (before the engine marked it
+    paused): the engine must be woken, not left waiting for a reader that already read."""
+    engine = make_engine(max_slots=1, max_backlog=1)
+    request = engine.submit(prompts[0], seed=1, max_new_tokens=20)
+    tokens = list(request.tokens(timeout=TIMEOUT))  # one token per wake-up: hangs (times out) if a wake-up is lost
+    assert len(tokens) == request.generated and request.finish_reason in ("stop", "length")
