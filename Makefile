@@ -38,7 +38,7 @@ system-packages:
 $(STAMP): pyproject.toml | system-packages
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[server,edge,train,dev,anygpt]"
+	$(PIP) install -q -e ".[server,edge,train,dev,anygpt,bench]"
 	touch $(STAMP)
 
 clean:

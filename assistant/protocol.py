@@ -56,6 +56,7 @@ class ClientEvent(str, Enum):
     TEXT = "text"
     IMAGE = "image"  # a picture from the user, with an optional typed question
     INTERRUPT = "interrupt"
+    BYE = "bye"  # the caller hangs up: the server ends the session and closes the peer connection
 
 
 class FinishReason(str, Enum):
@@ -200,11 +201,20 @@ class InterruptMessage:
     type: str = field(default=ClientEvent.INTERRUPT.value, init=False)
 
 
+@dataclass(frozen=True)
+class ByeMessage:
+    """Ends the session: the server stops any reply, frees the session and closes the peer connection (which the
+    caller sees as its data channel closing). Everything after the offer travels on the peer connection, so with
+    several gateway replicas no HTTP request has to find the replica that holds the session."""
+
+    type: str = field(default=ClientEvent.BYE.value, init=False)
+
+
 ServerMessage = (
     Ready | SpeechStarted | SpeechStopped | TurnStarted | Transcript | TextDelta | ImageReady | MusicReady
     | Interrupted | TurnEnd | ErrorEvent
 )
-ClientMessage = Hello | TextMessage | ImageMessage | InterruptMessage
+ClientMessage = Hello | TextMessage | ImageMessage | InterruptMessage | ByeMessage
 
 
 def to_json(message: ServerMessage | ClientMessage) -> str:
@@ -232,6 +242,7 @@ _CLIENT_CLASSES: dict[str, type] = {
     ClientEvent.TEXT.value: TextMessage,
     ClientEvent.IMAGE.value: ImageMessage,
     ClientEvent.INTERRUPT.value: InterruptMessage,
+    ClientEvent.BYE.value: ByeMessage,
 }
 # Field -> accepted python types, checked before construction so a wrong type is a ProtocolError, not a crash
 # somewhere downstream.
@@ -252,6 +263,7 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     TextMessage: {"text": (str,)},
     ImageMessage: {"png_base64": (str,), "text": (str, type(None))},
     InterruptMessage: {},
+    ByeMessage: {},
 }
 _OPTIONAL_FIELDS: dict[type, set[str]] = {
     Ready: {"protocol_version", "voice", "voices"},

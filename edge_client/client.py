@@ -4,7 +4,9 @@
 plus the ``events`` data channel), posts the offer to ``{server}/offer``, plays/records the server's audio,
 prints the streamed text, saves images as they arrive, sends a picture (``image``, with or without a typed question)
 once the server is ready and, for a finite source (a file), hangs up after the
-answer to the file's speech (a live microphone session runs until SIGINT/SIGTERM or the timeout).
+answer to the file's speech (a live microphone session runs until SIGINT/SIGTERM or the timeout). It hangs up by
+saying ``bye`` on the data channel and waiting (at most ``bye_timeout`` s) for the server to close the connection, so
+no HTTP request after the offer has to reach the gateway replica that holds the session.
 Exit codes: 0 done (or stopped by SIGINT/SIGTERM), 1 audio device could not be opened, 2 server unreachable /
 rejected the offer / bad answer / connection lost, 3 timed out.
 """
@@ -27,7 +29,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from assistant import protocol
 from assistant.protocol import (
-    DATA_CHANNEL_LABEL, ErrorEvent, Hello, ImageMessage, ImageReady, InterruptMessage, Interrupted, MusicReady,
+    DATA_CHANNEL_LABEL, ByeMessage, ErrorEvent, Hello, ImageMessage, ImageReady, InterruptMessage, Interrupted, MusicReady,
     OfferRequest, ProtocolError, Ready, SpeechStarted, SpeechStopped, TextDelta, TextMessage, Transcript, TurnEnd,
     TurnStarted,
 )
@@ -76,7 +78,8 @@ class EdgeClient:
                  loopback_only: bool = False, text: str | None = None, timeout: float | None = None,
                  vad_aggressiveness: int = 2, offer_timeout: float = 15.0, drain_s: float = 0.4,
                  handle_signals: bool = True, stdout: TextIO | None = None, stderr: TextIO | None = None,
-                 image: bytes | None = None, image_name: str | None = None, voice: str | None = None):
+                 image: bytes | None = None, image_name: str | None = None, voice: str | None = None,
+                 bye_timeout: float = 1.0):
         """
         server_url: base URL of the server (``http://host:port``); the offer goes to ``{server_url}/offer``.
         source / sink: see :mod:`edge_client.audio_io`. A ``finite`` source makes the session end after the
@@ -92,6 +95,8 @@ class EdgeClient:
         timeout: seconds before giving up (exit 3); None waits forever (until Ctrl-C).
         drain_s: how long to keep reading the audio track after ``turn_end`` (the jitter buffer still
             holds the last ~80 ms) before hanging up.
+        bye_timeout: how long to wait, after saying ``bye``, for the server to close the connection before closing
+            it from this side.
         """
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -111,6 +116,7 @@ class EdgeClient:
         self.vad_aggressiveness = vad_aggressiveness
         self.offer_timeout = offer_timeout
         self.drain_s = drain_s
+        self.bye_timeout = bye_timeout
         self.handle_signals = handle_signals
         self.console = _Console(stdout or sys.stdout)
         self.err = stderr or sys.stderr
@@ -139,6 +145,7 @@ class EdgeClient:
         self._last_user_activity: float | None = None  # local speech start or typed question
         self._text_sent = False
         self._image_sent = False
+        self._channel_closed = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------------------
     # lifecycle
@@ -195,6 +202,7 @@ class EdgeClient:
         self._channel.on("open", self._on_channel_open)
         self._channel.on("message", self._on_message)
         self._channel.on("close", lambda: self._finish(EXIT_SERVER, "the server closed the events channel"))
+        self._channel.on("close", self._channel_closed.set)
         self._capture = CaptureTrack(self.source, vad_aggressiveness=self.vad_aggressiveness,
                                      on_speech_start=self._on_local_speech_start,
                                      on_speech_end=self._on_local_speech_end)
@@ -260,8 +268,20 @@ class EdgeClient:
         self._finish(EXIT_SERVER, message)
         return EXIT_SERVER, message
 
+    async def _say_bye(self) -> None:
+        """Asks the server to end the session and waits (bounded) until it has closed the events channel."""
+        if not self._send(ByeMessage()):
+            return
+        try:
+            await asyncio.wait_for(self._channel_closed.wait(), self.bye_timeout)
+            self._local("bye", acknowledged=True)
+        except asyncio.TimeoutError:
+            self._local("bye", acknowledged=False)
+            log.info("the server did not close the session within %.1f s of bye", self.bye_timeout)
+
     async def _teardown(self) -> None:
         self.console.end_stream()
+        await self._say_bye()
         if self._pc is not None:
             try:
                 await self._pc.close()

@@ -8,9 +8,12 @@ An :class:`RtcSession` owns one aiortc ``RTCPeerConnection`` and one engine sess
 - the caller's data channel ``events`` carries JSON messages both ways (:mod:`assistant.protocol`); a typed
   question starts a turn, and so does a picture with a question. A picture without one waits ("pending picture")
   and goes with the caller's next turn, spoken or typed; a newer picture replaces it, an ``interrupt`` message
-  drops it (a barge-in does not: the speech that barges in is usually the question about the picture);
+  drops it (a barge-in does not: the speech that barges in is usually the question about the picture); ``bye``
+  ends the session (so no HTTP request after the offer has to reach the replica that holds it);
 - the assistant's voice leaves on :class:`ReplyAudioTrack`, paced at 20 ms frames from a bounded queue, so a
-  slow network slows the engine rather than growing memory.
+  slow network slows the engine rather than growing memory;
+- an optional metrics object (:class:`assistant.metrics.ServingMetrics`) hears of time to first audio, finished
+  turns, underruns and the number of sessions.
 
 This module imports neither ray nor torch; the engine session is any object with ``respond(turn)``,
 ``interrupt()`` and ``close()`` (see ``assistant/pipeline/engine.py``).
@@ -72,6 +75,11 @@ class ReplyAudioTrack(MediaStreamTrack):
 
     Producers ``await put(pcm)`` into a bounded queue (backpressure). ``clear()`` drops everything queued
     (interrupt). ``wait_played()`` resolves once every frame put so far has left the track or was cleared.
+
+    Metrics hooks: ``call_when_next_sent(callback)`` calls ``callback(time.monotonic())`` when the next frame put
+    after it leaves the track (not when it is cleared first). Between ``begin_reply()`` and ``end_reply()`` (or
+    ``clear()``), once the reply's first frame has left, every silent frame sent because the queue was empty is an
+    underrun: counted in ``underruns`` (runs) and ``underrun_frames``, and reported to ``on_underrun(started, seconds)``.
     """
 
     kind = "audio"
@@ -92,6 +100,13 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._done_count = 0  # frames that left the track or were dropped by clear()
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self.frames_sent = 0  # non-silent frames handed to the encoder
+        self.underruns = 0  # runs of silence sent in the middle of a reply (see begin_reply)
+        self.underrun_frames = 0
+        self.on_underrun: Callable[[bool, float], None] | None = None
+        self._sent_watch: tuple[int, Callable[[float], None]] | None = None
+        self._reply_open = False  # between begin_reply() and end_reply()/clear()
+        self._reply_playing = False  # a frame of the open reply has left the track
+        self._in_underrun = False
 
     @property
     def queued_frames(self) -> int:
@@ -113,8 +128,24 @@ class ReplyAudioTrack(MediaStreamTrack):
             self._queue.get_nowait()
             dropped += 1
         self._done_count = self._put_count
+        self._sent_watch = None  # the frame it waited for will never leave
+        self._reply_open = False
         self._wake_waiters()
         return dropped
+
+    def call_when_next_sent(self, callback: Callable[[float], None]) -> None:
+        """Calls ``callback(time.monotonic())`` once the next frame put from now on leaves the track."""
+        self._sent_watch = (self._put_count + 1, callback)
+
+    def begin_reply(self) -> None:
+        """A reply's audio starts being put: a dry queue after its first frame left counts as an underrun."""
+        self._reply_open = True
+        self._reply_playing = False
+        self._in_underrun = False
+
+    def end_reply(self) -> None:
+        """The reply has put its last frame: the queue running dry from now on is the reply's end, not an underrun."""
+        self._reply_open = False
 
     async def wait_played(self, timeout: float | None = None) -> bool:
         """Waits until the frames put so far have been sent (or cleared). False on timeout."""
@@ -153,14 +184,40 @@ class ReplyAudioTrack(MediaStreamTrack):
             self._done_count += 1
             self.frames_sent += 1
             self._wake_waiters()
+            self._frame_left()
         except asyncio.QueueEmpty:
             pcm = self._silence
+            if self._reply_open and self._reply_playing:
+                self._count_underrun()
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._pts
         frame.time_base = self._time_base
         self._pts += self.frame_samples
         return frame
+
+    def _frame_left(self) -> None:
+        if self._reply_open:
+            self._reply_playing = True
+            self._in_underrun = False
+        watch = self._sent_watch
+        if watch is not None and self._done_count >= watch[0]:
+            self._sent_watch = None
+            try:
+                watch[1](time.monotonic())
+            except Exception:
+                logger.exception("reply track: a frame-sent callback failed")
+
+    def _count_underrun(self) -> None:
+        started = not self._in_underrun
+        self._in_underrun = True
+        self.underruns += started
+        self.underrun_frames += 1
+        if self.on_underrun is not None:
+            try:
+                self.on_underrun(started, self.frame_samples / self.sample_rate)
+            except Exception:
+                logger.exception("reply track: the underrun callback failed")
 
     def stop(self) -> None:
         super().stop()
@@ -212,6 +269,7 @@ class InboundAudio:
 @dataclass
 class _Turn:
     turn_id: int
+    started_at: float = 0.0  # time.monotonic() when the turn was asked for (the end of the user's turn)
     task: asyncio.Task | None = None
     interrupted: bool = False
     done: bool = False
@@ -242,12 +300,15 @@ class RtcSession:
         turn_factory: Callable[..., Any] | None = None,
         voice: str | None = None,
         voices: list[str] | None = None,
+        metrics: Any = None,
     ):
         """
         turn_factory: builds the engine's turn from keyword arguments ``audio``, ``text`` and ``image``
             (default: ``assistant.pipeline.engine.UserTurn``).
         voice / voices: the voice the engine session speaks with and the voices the server offers; only told to
             the caller in ``ready`` (the engine session already speaks with ``voice``).
+        metrics: None, or an :class:`assistant.metrics.ServingMetrics` (``observe_ttfa``, ``turn_finished``,
+            ``underrun``).
         """
         self.engine_session = engine_session
         self.session_id = session_id or uuid.uuid4().hex
@@ -255,6 +316,9 @@ class RtcSession:
         if self.endpointer.config.sample_rate != SAMPLE_RATE:
             raise ValueError(f"the endpointer must run at {SAMPLE_RATE} Hz (the engine's input rate)")
         self.track = ReplyAudioTrack(max_queued_frames=max_queued_frames)
+        self.metrics = metrics
+        if metrics is not None:
+            self.track.on_underrun = metrics.underrun
         self.stats = RtcSessionStats()
         self._inbound = InboundAudio(frame_samples=self.endpointer.config.frame_samples)
         self._on_closed = on_closed
@@ -423,6 +487,9 @@ class RtcSession:
         elif isinstance(message, protocol.InterruptMessage):
             self.pending_image = None
             self._spawn(self.interrupt())
+        elif isinstance(message, protocol.ByeMessage):
+            logger.info("session %s: the caller said bye", self.session_id)
+            self._close_task = asyncio.ensure_future(self.close())
         # Hello needs no answer: ``ready`` was sent when the channel opened.
 
     # ----- audio in -----
@@ -496,6 +563,7 @@ class RtcSession:
                          image: bytes | None = None) -> int:
         """Starts a turn (interrupting the previous one) and returns its id; the turn runs in the background.
         ``image`` is PNG/JPEG bytes; the pending picture is the caller's to pass (see :meth:`_take_pending_image`)."""
+        asked_at = time.monotonic()  # the end of the user's turn: time to first audio counts from here
         async with self._turn_lock:
             if self._closed:
                 return -1
@@ -508,7 +576,7 @@ class RtcSession:
                         previous.task.cancel()
                         await asyncio.wait({previous.task})
             self._next_turn_id += 1
-            turn = _Turn(turn_id=self._next_turn_id)
+            turn = _Turn(turn_id=self._next_turn_id, started_at=asked_at)
             self._turn = turn
             self.stats.turns += 1
             turn.task = self._spawn(self._run_turn(turn, self._make_turn(audio, text, image)))
@@ -525,10 +593,17 @@ class RtcSession:
         reason = FinishReason.ERROR
         self.send(protocol.TurnStarted(turn_id=tid))
         outputs = self.engine_session.respond(user_turn)
+        first_audio = True
         try:
             async for out in outputs:
                 if isinstance(out, AudioFrame):
                     if not turn.interrupted:
+                        if first_audio:
+                            first_audio = False
+                            self.track.begin_reply()
+                            if self.metrics is not None:
+                                self.track.call_when_next_sent(
+                                    lambda sent_at, start=turn.started_at: self.metrics.observe_ttfa(sent_at - start))
                         await self.track.put(out.pcm)
                         if turn.interrupted:  # interrupted while we waited for room: drop what slipped in
                             self.track.clear()
@@ -551,6 +626,7 @@ class RtcSession:
                     reason = out.reason
                 else:
                     logger.warning("session %s: unknown engine output %r", self.session_id, type(out).__name__)
+            self.track.end_reply()
             if not turn.interrupted:
                 # turn_end means "playback is done": wait for the last frame to leave the track.
                 budget = (self.track.queued_frames + 5) * self.track.frame_samples / self.track.sample_rate + 1.0
@@ -564,6 +640,7 @@ class RtcSession:
             reason = FinishReason.ERROR
         finally:
             turn.done = True
+            self.track.end_reply()
             aclose = getattr(outputs, "aclose", None)
             if aclose is not None:
                 try:
@@ -574,6 +651,8 @@ class RtcSession:
                 reason = FinishReason.INTERRUPTED
                 self.send(protocol.Interrupted(turn_id=tid))
             self.send(protocol.TurnEnd(turn_id=tid, reason=FinishReason(reason).value))
+            if self.metrics is not None:
+                self.metrics.turn_finished(FinishReason(reason).value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -588,6 +667,8 @@ class RtcSessionManager:
         ``KeyError`` from it means the voice is unknown.
     voices: the engine's voice bank (``.names``, ``.default``) or None; it names the voice in ``ready`` and lets
         an unknown voice be refused with the list of known ones before any engine state exists.
+    metrics: None, or an :class:`assistant.metrics.ServingMetrics`; it hears of sessions created and the number held,
+        and every session reports to it.
     """
 
     def __init__(
@@ -596,10 +677,12 @@ class RtcSessionManager:
         max_sessions: int = 8,
         endpointer_config: EndpointerConfig | None = None,
         voices: Any = None,
+        metrics: Any = None,
         **session_options: Any,
     ):
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        self.metrics = metrics
         self._new_engine_session = new_engine_session
         self.max_sessions = max_sessions
         self.endpointer_config = endpointer_config
@@ -617,6 +700,14 @@ class RtcSessionManager:
     def session_ids(self) -> list[str]:
         return list(self._sessions)
 
+    def reply_queue_depths(self) -> list[int]:
+        """Frames queued on each session's reply track now."""
+        return [session.track.queued_frames for session in self._sessions.values()]
+
+    def _count_sessions(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_active_sessions(len(self._sessions))
+
     async def create(self, offer: OfferRequest) -> tuple[RtcSession, OfferAnswer]:
         """Answers ``offer`` with a new session. Raises SessionLimitError or ProtocolError."""
         if len(self._sessions) >= self.max_sessions:
@@ -624,14 +715,18 @@ class RtcSessionManager:
         engine_session, voice = self._engine_session_for(offer.voice)
         names = list(self.voices.names) if self.voices is not None else None
         session = RtcSession(engine_session, endpointer_config=self.endpointer_config, on_closed=self._forget,
-                             voice=voice, voices=names, **self._session_options)
+                             voice=voice, voices=names, metrics=self.metrics, **self._session_options)
         self._sessions[session.session_id] = session
         try:
             answer = await session.accept(offer)
         except BaseException:
             await session.close()
             self._sessions.pop(session.session_id, None)
+            self._count_sessions()
             raise
+        if self.metrics is not None:
+            self.metrics.session_created()
+        self._count_sessions()
         return session, answer
 
     def describe_voices(self) -> str:
@@ -655,14 +750,17 @@ class RtcSessionManager:
 
     def _forget(self, session: RtcSession) -> None:
         self._sessions.pop(session.session_id, None)
+        self._count_sessions()
 
     async def close(self, session_id: str) -> bool:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
+        self._count_sessions()
         await session.close()
         return True
 
     async def close_all(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
+        self._count_sessions()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

@@ -144,6 +144,8 @@ class FakeServer:
                 if message["type"] == "image" and message.get("text") and self.send_turn:
                     state["answering"] = asyncio.ensure_future(self._answer(out, state))
                     self._tasks.append(state["answering"])
+                if message["type"] == "bye":  # the caller hangs up: end the call like the real server
+                    self._tasks.append(asyncio.ensure_future(pc.close()))
                 if message["type"] == "interrupt" and state.get("answering"):
                     state["answering"].cancel()
                     state["answering"] = None

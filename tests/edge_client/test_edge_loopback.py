@@ -77,6 +77,26 @@ def test_file_question_gets_text_image_and_audio(tmp_path):
     assert all("png_base64" not in e for e in summary["events"])
 
 
+def test_the_client_hangs_up_by_saying_bye_and_the_server_closes(tmp_path):
+    async def main():
+        server = FakeServer(tone_frames=5)
+        await server.start()
+        try:
+            source = FileSource(_noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            result = await _run_client(server, tmp_path, source, timeout=15, handle_signals=False, bye_timeout=5.0)
+            return result, server
+        finally:
+            await server.stop()
+
+    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    assert code == EXIT_OK, stderr
+    assert server.client_messages[-1] == {"type": "bye"}
+    byes = [e for e in client.local_events if e["event"] == "bye"]
+    assert len(byes) == 1 and byes[0]["acknowledged"] is True  # the server closed the channel, well within 5 s
+    hangup = next(e for e in client.local_events if e["event"] == "hangup")
+    assert byes[0]["t"] - hangup["t"] < 4.0
+
+
 def test_typed_question_with_silence_source(tmp_path):
     async def main():
         server = FakeServer(send_turn=False)

@@ -1,0 +1,2 @@
+"""``anystream-bench``: load benchmark of the anystream assistant (see :mod:`anystream_bench.load` and
+``docs/benchmarks.md``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from anystream_bench.load import main
+
+sys.exit(main())
