@@ -148,10 +148,14 @@ async def _level(bundle, n: int, args: Any, engine_config) -> dict[str, Any]:
 
     lm = LocalLMBackend(bundle, seed=args.seed, engine_config=engine_config)
     lm.engine.warmup()
-    acoustic = LocalAcousticBackend(bundle)
+    acoustic = LocalAcousticBackend(bundle, context_frames=args.context_frames, max_batch=args.acoustic_batch,
+                                    seed=args.seed)
     backends = Backends(speech=LocalSpeechEncoder(bundle), lm=lm, acoustic=acoustic, media=LocalMediaBackend(bundle))
-    engine = AssistantEngine(backends, bundle.vocab, EngineConfig(force_modality="speech"))
-    thresholds = Thresholds(args.loud_rms, args.silence_peak, args.underrun_gap_ms / 1000)
+    chunking = EngineConfig(force_modality="speech", first_chunk_frames=args.first_chunk_frames,
+                            chunk_frames=args.chunk_frames, context_frames=args.context_frames)
+    engine = AssistantEngine(backends, bundle.vocab, chunking)
+    # every frame the engine yields is answer audio: none is skipped as digital silence (see inprocess.py)
+    thresholds = Thresholds(args.loud_rms, -1, args.underrun_gap_ms / 1000)
     offsets = start_offsets(n, args.spread, args.ramp, args.seed)
     started = time.monotonic()
     try:

@@ -8,6 +8,7 @@ counted per session by wrapping the LM backend (a context variable tells the ses
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import contextvars
 import dataclasses
 import logging
@@ -98,7 +99,9 @@ async def run_sessions(loaded: LoadedEngine, question: np.ndarray, offsets: list
     from assistant.pipeline.engine import UserTurn
     from assistant.pipeline.outputs import AudioFrame, TurnError, TurnFinished
 
-    thresholds = thresholds or Thresholds()
+    # Every frame the engine yields is answer audio (it never sends filler silence; a quiet stretch is the answer's
+    # own), so no frame is skipped as digital silence, unlike over WebRTC.
+    thresholds = replace(thresholds or Thresholds(), silence_peak=-1)
     tokens_before = loaded.tokens.total
 
     async def one(index: int, offset: float) -> dict[str, Any]:

@@ -11,7 +11,8 @@ Definitions (the same for the WebRTC clients and the in-process sessions):
   duration).
 - **answer audio**: the frames between the first and the last loud frame (both included) that are not digital
   silence (peak > ``silence_peak``, default 16): what the server had to say. The WebRTC server sends exact zeros when
-  it has nothing (Opus keeps them at or near zero), while speech, even its pauses, is never that quiet.
+  it has nothing (Opus keeps them at or near zero), while speech, even its pauses, is never that quiet. In-process
+  and engine-only every frame the engine yields counts (``silence_peak`` -1): the engine sends no filler.
 - **answer RTF**: answer span / answer audio seconds. Over WebRTC the server paces its audio, so 1.0 is a seamless
   answer and every underrun adds to it; in-process the engine's frames arrive as fast as they are made, so below 1.0
   the engine runs ahead of real time.

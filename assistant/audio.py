@@ -6,7 +6,6 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
 SAMPLE_RATE = 16_000  # speech codec, engine input and engine output
 CODEC_HOP = 320  # samples per codec frame: 16000 / 320 = 50 frames per second
@@ -35,6 +34,8 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float = MAX_INPUT_SECONDS) -> np.ndarray:
     """Reads any soundfile-readable file as float32 mono at ``sample_rate``."""
+    import soundfile  # here: the engine itself needs no audio files (a GPU benchmark machine may lack libsndfile)
+
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
@@ -47,6 +48,8 @@ def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: floa
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    import soundfile
+
     soundfile.write(str(path), np.asarray(wave, dtype=np.float32), sample_rate, subtype="PCM_16")
 
 
