@@ -155,7 +155,8 @@ class SlotModelRunner:
         if self.use_graphs:
             graph = self._graphs.get(batch) or self._capture(batch)
             graph.replay()
-            return self._logits[batch][:rows].float()
+            # a copy: the next replay overwrites the graph's output buffer
+            return self._logits[batch][:rows].to(torch.float32, copy=True)
         if self.static_shapes:
             span = self.capacity
         elif span is None:
@@ -219,7 +220,8 @@ class SlotModelRunner:
         graph = torch.cuda.CUDAGraph()
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._graph_pool), torch.inference_mode():
+        # thread_local: the acoustic decoder may launch work from its own thread while a bucket is captured
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"), torch.inference_mode():
             self._logits[batch] = self._decode_step(batch, self.capacity)
         self._graphs[batch] = graph
         return graph
