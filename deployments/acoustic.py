@@ -18,7 +18,7 @@ from ray import serve
 
 from assistant.models.loading import ModelSpec, load_role, load_vocab_and_voices
 from deployments.autoscaling import LOAD_METRIC
-from deployments.common import FAST_SHUTDOWN, ReadinessProbe
+from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
 
 
 @serve.deployment(**FAST_SHUTDOWN)
@@ -47,7 +47,7 @@ class AcousticDecoderDeployment(ReadinessProbe):
 
     def stats(self) -> dict[str, Any]:
         """The batcher's ``AcousticBatchStats`` as a dict (with ``real_time_factor``)."""
-        return self._acoustic.stats().to_dict()
+        return {**self._acoustic.stats().to_dict(), "replica": replica_name()}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """The load signal of ``deployments.autoscaling.LoadSignalPolicy``: chunks waiting plus chunks in flight."""

@@ -1,26 +1,18 @@
-"""What every deployment shares: fast graceful shutdown and the readiness probe.
+"""What every deployment shares: fast graceful shutdown, the readiness probe and the replica's name in its stats.
 
 Model code and model loading live in ``assistant/`` (:mod:`assistant.models.loading`); a deployment loads its
 role's in-process backend with ``load_role`` and forwards calls to it. ``ModelSpec`` travels to replicas as a plain
-dict (it pickles without pydantic). ``ModelSpec``, ``BACKEND_PARTS`` and ``load_local_backend`` are re-exported here
-for older imports.
+dict (it pickles without pydantic).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from assistant.models.loading import DTYPES, LM_ENGINES, MODEL_FAMILIES, ROLE_PARTS, ModelSpec, load_role
-
 # Serve's defaults (2 s wait loop, 20 s timeout) make every shutdown take seconds; replicas here hold no
-# work worth waiting for beyond half a second.
+# work worth waiting for beyond half a second. A deployment that streams replies sets a longer
+# graceful_shutdown_timeout_s in its config, so a replica that is scaled down drains first.
 FAST_SHUTDOWN: dict[str, Any] = {"graceful_shutdown_wait_loop_s": 0.1, "graceful_shutdown_timeout_s": 0.5}
-
-BACKEND_PARTS = ROLE_PARTS
-load_local_backend = load_role
-
-__all__ = ["BACKEND_PARTS", "DTYPES", "FAST_SHUTDOWN", "LM_ENGINES", "MODEL_FAMILIES", "ModelSpec", "ReadinessProbe",
-           "load_local_backend", "load_role"]
 
 
 class ReadinessProbe:
@@ -29,3 +21,13 @@ class ReadinessProbe:
 
     async def ready(self) -> bool:
         return True
+
+
+def replica_name() -> str:
+    """This replica's id (the ``replica`` label of its metrics), or "" outside a Serve replica."""
+    from ray import serve
+
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 - not inside a replica (tests call the shims directly)
+        return ""

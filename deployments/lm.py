@@ -11,7 +11,7 @@ from ray import serve
 from assistant.lm_engine import LMEngineConfig
 from assistant.models.loading import ModelSpec, load_role
 from deployments.autoscaling import LOAD_METRIC
-from deployments.common import FAST_SHUTDOWN, ReadinessProbe
+from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
 from deployments.streams import batch_chunks
 
 
@@ -40,7 +40,7 @@ class LMDeployment(ReadinessProbe):
         """The engine's occupancy and speed figures (``assistant.lm_engine.LMEngine.stats``); {} for engines
         without them (vLLM)."""
         stats = getattr(self._lm, "stats", None)
-        return dict(stats()) if callable(stats) else {}
+        return {**stats(), "replica": replica_name()} if callable(stats) else {}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """The load signal of ``deployments.autoscaling.LoadSignalPolicy``: slots taken plus requests waiting."""
