@@ -41,7 +41,7 @@ from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.protocol import OfferRequest, ProtocolError
 from assistant.webrtc.session import RtcSessionManager, SessionLimitError
 from deployments.backends import ray_backends
-from deployments.common import FAST_SHUTDOWN
+from deployments.common import FAST_SHUTDOWN, replica_name
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,6 @@ async def collect_metrics(metrics: ServingMetrics, sessions: RtcSessionManager |
     return metrics.render()
 
 
-def _replica_name() -> str | None:
-    try:
-        return str(serve.get_replica_context().replica_tag)
-    except Exception:  # noqa: BLE001 - outside a replica (tests)
-        return None
-
-
 @serve.deployment(**FAST_SHUTDOWN)
 @serve.ingress(api)
 class Gateway:
@@ -157,7 +150,7 @@ class Gateway:
         config = EngineConfig(**(engine or {}))
         self._model_handles = (speech, lm, acoustic, media)
         self._models_ready = False
-        self.serving_metrics = ServingMetrics(replica=_replica_name())
+        self.serving_metrics = ServingMetrics(replica=replica_name() or None)
         self._stats_sources = {"lm": lm, "acoustic": acoustic}
         backends = ray_backends(speech, lm, acoustic, media)
         backends = dataclasses.replace(backends, lm=CountingLMBackend(backends.lm, self.serving_metrics))
