@@ -271,9 +271,10 @@ class LMEngine:
         }
 
     def warmup(self) -> None:
-        """Captures the CUDA graphs now (no-op on CPU) so no session's first step pays for it."""
+        """Captures the CUDA graphs now (no-op on CPU) so no session's first step pays for it. Only before the first
+        ``submit``: once the loop runs, it captures a bucket itself the first time it needs one."""
         with self._lock:
-            if self.scheduler.active == 0:
+            if self._thread is None:
                 self.runner.capture_all()
 
     def close(self) -> None:
