@@ -19,9 +19,11 @@ it catches up (backpressure: a slow acoustic decoder pauses its own session, not
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,17 @@ log = logging.getLogger(__name__)
 FINISH_STOP = "stop"  # a stop id was generated
 FINISH_LENGTH = "length"  # the token budget or the slot's capacity ran out
 FINISH_CANCELLED = "cancelled"
+
+# Engines whose loop thread runs. A loop thread still parked when the interpreter exits aborts the process (torch's
+# native teardown meets a thread it cannot join: "terminate called without an active exception"), so whatever was not
+# closed is closed at exit.
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running_engines() -> None:
+    for engine in list(_RUNNING):
+        engine.close()
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ class GenerationRequest(ScheduledRequest):
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._notify_async: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._async_woken = False  # an async reader's event is set (or about to be) and it has not read since
         self.cancelled = False
 
     # ------------------------------------------------------------------ engine side
@@ -106,7 +120,9 @@ class GenerationRequest(ScheduledRequest):
         with self._lock:
             self._items.append(item)
             self._ready.notify_all()
-            waiters = list(self._notify_async)
+            # One cross-thread wake-up per read: an async reader that was already woken takes this item too.
+            waiters = [] if self._async_woken else list(self._notify_async)
+            self._async_woken = bool(waiters)
         for loop, event in waiters:
             try:
                 loop.call_soon_threadsafe(event.set)
@@ -164,6 +180,8 @@ class GenerationRequest(ScheduledRequest):
         try:
             while True:
                 event.clear()
+                with self._lock:
+                    self._async_woken = False
                 items = self._take()
                 if not items:
                     await event.wait()
@@ -285,6 +303,7 @@ class LMEngine:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        _RUNNING.discard(self)
 
     # ------------------------------------------------------------------ loop
     def _wake(self) -> None:
@@ -295,6 +314,7 @@ class LMEngine:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="lm-engine", daemon=True)
             self._thread.start()
+            _RUNNING.add(self)
 
     def _loop(self) -> None:
         if self.device.type == "cpu" and self.config.cpu_threads is not None:

@@ -220,3 +220,17 @@ def test_a_full_backlog_resumes_when_read_even_if_it_filled_within_one_step(make
     request = engine.submit(prompts[0], seed=1, max_new_tokens=20)
     tokens = list(request.tokens(timeout=TIMEOUT))  # one token per wake-up: hangs (times out) if a wake-up is lost
     assert len(tokens) == request.generated and request.finish_reason in ("stop", "length")
+
+
+def test_engines_left_running_are_closed_at_exit(make_engine, prompts):
+    """A loop thread still parked when the interpreter exits can abort it (status 134, seen with an unclosed backend):
+    the exit hook closes every running engine and joins its thread."""
+    from assistant.lm_engine import engine as engine_module
+
+    engine = make_engine(max_slots=1)
+    assert _run(engine.submit(prompts[0], seed=1, max_new_tokens=5))
+    assert engine._thread.is_alive() and engine in engine_module._RUNNING
+    engine_module._close_running_engines()
+    assert not engine._thread.is_alive() and engine not in engine_module._RUNNING
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(prompts[0])
