@@ -23,9 +23,11 @@ from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
 
 @serve.deployment(**FAST_SHUTDOWN)
 class AcousticDecoderDeployment(ReadinessProbe):
-    def __init__(self, model: dict | None = None, batch_window_s: float = 0.005, max_batch: int = 8):
+    def __init__(self, model: dict | None = None, batch_window_s: float = 0.005, max_batch: int = 8,
+                 context_frames: int = 25):
+        """``context_frames``: frames of the previous chunk each chunk is decoded after (the engine's setting)."""
         spec = ModelSpec.from_dict(model)
-        self._acoustic = load_role(spec, "acoustic")
+        self._acoustic = load_role(spec, "acoustic", context_frames=context_frames)
         self._acoustic.batcher.window_s = batch_window_s
         self._acoustic.batcher.max_batch = max_batch
         _, voices = load_vocab_and_voices(spec)

@@ -102,6 +102,9 @@ class AppArgs(BaseModel):
     # LMEngineConfig overrides for each LM replica: max_slots (sessions generating at once), max_waiting,
     # slot_capacity (positions of KV cache per slot), prefill_budget, max_backlog, cuda_graphs, graph_buckets.
     lm_batching: dict[str, Any] = Field(default_factory=dict)
+    # Each acoustic replica batches the chunks that arrive within this window, at most this many per call.
+    acoustic_batch_window_s: float = Field(default=0.005, ge=0)
+    acoustic_max_batch: int = Field(default=8, ge=1)
     endpointer: dict[str, Any] = Field(default_factory=dict)  # EndpointerConfig overrides
     speech_tokenizer: DeploymentOptions = Field(default_factory=DeploymentOptions)
     lm: DeploymentOptions = Field(default_factory=DeploymentOptions)
@@ -199,7 +202,11 @@ def build_app(args: AppArgs | dict[str, Any] | None = None):
         model, args.encode_max_batch_size, args.encode_batch_wait_s)
     lm = LMDeployment.options(**args.lm.serve_options()).bind(model, args.lm_chunk_interval_s,
                                                               engine=args.lm_batching_config())
-    acoustic = AcousticDecoderDeployment.options(**args.acoustic.serve_options()).bind(model)
+    from assistant.pipeline.engine import EngineConfig
+
+    context_frames = EngineConfig(**args.engine).context_frames  # the replica trims context to what the engine sends
+    acoustic = AcousticDecoderDeployment.options(**args.acoustic.serve_options()).bind(
+        model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames)
     media = MediaDecoderDeployment.options(**args.media.serve_options()).bind(model)
     return Gateway.options(**args.gateway.serve_options()).bind(
         speech, lm, acoustic, media, model=model, loopback_only=args.loopback_only, max_sessions=args.max_sessions,

@@ -22,7 +22,7 @@ class LMDeployment(ReadinessProbe):
         if chunk_interval_s < 0:
             raise ValueError("chunk_interval_s must be >= 0")
         config = LMEngineConfig(**(engine or {}))
-        self._lm = load_role(ModelSpec.from_dict(model), "lm", lm_engine=config)
+        self._lm = load_role(ModelSpec.from_dict(model), "lm", lm_batching=config)
         self._interval_s = chunk_interval_s
         warmup = getattr(getattr(self._lm, "engine", None), "warmup", None)
         if warmup is not None:

@@ -114,11 +114,11 @@ def load_bundle(spec: ModelSpec, parts: tuple[str, ...]) -> ModelBundle:
     return load_embedded(spec.assets_dir, seed=spec.seed, parts=parts)
 
 
-def _lm_backend(bundle: ModelBundle, spec: ModelSpec, lm_engine: LMEngineConfig | None = None):
+def _lm_backend(bundle: ModelBundle, spec: ModelSpec, lm_batching: LMEngineConfig | None = None):
     """The in-process LM backend over a bundle that holds the LM (the one line to change for another engine)."""
     from assistant.pipeline.local import LocalLMBackend
 
-    return LocalLMBackend(bundle, seed=spec.seed, engine_config=lm_engine)
+    return LocalLMBackend(bundle, seed=spec.seed, engine_config=lm_batching)
 
 
 def _vllm_backend(spec: ModelSpec):
@@ -131,29 +131,33 @@ def _vllm_backend(spec: ModelSpec):
     return VLLMBackend(engine, UnifiedVocab.from_dir(folder), generation_settings(folder), seed=spec.seed)
 
 
-def _role_backend(bundle: ModelBundle, spec: ModelSpec, role: str, lm_engine: LMEngineConfig | None = None):
+def _role_backend(bundle: ModelBundle, spec: ModelSpec, role: str, lm_batching: LMEngineConfig | None = None,
+                  context_frames: int = 25):
     from assistant.pipeline import local
 
     if role == "speech":
         return local.LocalSpeechEncoder(bundle)
     if role == "lm":
-        return _lm_backend(bundle, spec, lm_engine)
+        return _lm_backend(bundle, spec, lm_batching)
     if role == "acoustic":
-        return local.LocalAcousticBackend(bundle, seed=spec.seed)  # reproducible chunks, as the LM's seed makes replies
+        # seeded: reproducible chunks, as the LM's seed makes replies
+        return local.LocalAcousticBackend(bundle, context_frames=context_frames, seed=spec.seed)
     return local.LocalMediaBackend(bundle)
 
 
-def load_role(spec: ModelSpec, role: str, *, lm_engine: LMEngineConfig | None = None):
+def load_role(spec: ModelSpec, role: str, *, lm_batching: LMEngineConfig | None = None, context_frames: int = 25):
     """The in-process backend of ``role`` ("speech", "lm", "acoustic" or "media") over just the models it needs:
-    a ``SpeechEncoderBackend``, ``LMBackend``, ``AcousticBackend`` or ``MediaBackend``. ``lm_engine`` configures
-    the batched LM engine of role "lm" (slots, waiting places; None: its defaults; vLLM ignores it)."""
+    a ``SpeechEncoderBackend``, ``LMBackend``, ``AcousticBackend`` or ``MediaBackend``. ``lm_batching`` configures
+    the batched LM engine of role "lm" (slots, waiting places; None: its defaults; vLLM ignores it);
+    ``context_frames`` is how much of the previous chunk the acoustic decoder reads (the engine's setting)."""
     _check_role(role)
     if role == "lm" and spec.lm_engine == "vllm":
         return _vllm_backend(spec)
-    return _role_backend(load_bundle(spec, ROLE_PARTS[role]), spec, role, lm_engine)
+    return _role_backend(load_bundle(spec, ROLE_PARTS[role]), spec, role, lm_batching, context_frames)
 
 
-def load_backends(spec: ModelSpec, *, lm_engine: LMEngineConfig | None = None) -> Backends:
+def load_backends(spec: ModelSpec, *, lm_batching: LMEngineConfig | None = None, context_frames: int = 25
+                  ) -> Backends:
     """All four backends in this process, over one bundle that holds every model once (the codec the speech
     encoder and the acoustic decoder share is loaded once). The vLLM LM engine loads its own weights."""
     from assistant.pipeline.backends import Backends
@@ -162,7 +166,7 @@ def load_backends(spec: ModelSpec, *, lm_engine: LMEngineConfig | None = None) -
     roles = [role for role in ROLES if not (vllm and role == "lm")]
     parts = tuple(dict.fromkeys(part for role in roles for part in ROLE_PARTS[role]))
     bundle = load_bundle(spec, parts)
-    backends = {role: _role_backend(bundle, spec, role, lm_engine) for role in roles}
+    backends = {role: _role_backend(bundle, spec, role, lm_batching, context_frames) for role in roles}
     if vllm:
         backends["lm"] = _vllm_backend(spec)
     return Backends(**backends)

@@ -72,3 +72,7 @@ def test_the_configs_lm_autoscaling_uses_the_load_signal_policy(name):
     built = LoadSignalPolicy(**policy.policy_kwargs)
     assert built.target_per_replica <= args.lm_batching["max_slots"]
     assert args.lm.graceful_shutdown_timeout_s >= 10  # a scaled-down replica drains its replies
+    if args.acoustic.autoscaling_config is not None:  # the acoustic deployment scales on its queue, too
+        acoustic = AutoscalingConfig(**args.acoustic.autoscaling_config).policy
+        assert acoustic.policy_function == "deployments.autoscaling:LoadSignalPolicy"
+        assert args.acoustic.graceful_shutdown_timeout_s > 0

@@ -68,7 +68,7 @@ def test_each_role_loads_only_its_parts(embedded_calls):
 def test_the_lm_engine_settings_reach_the_lm_backend():
     from assistant.lm_engine import LMEngineConfig
 
-    backend = load_role(ModelSpec(), "lm", lm_engine=LMEngineConfig(max_slots=3, max_waiting=1))
+    backend = load_role(ModelSpec(), "lm", lm_batching=LMEngineConfig(max_slots=3, max_waiting=1))
     try:
         assert (backend.engine.config.max_slots, backend.engine.config.max_waiting) == (3, 1)
     finally:
