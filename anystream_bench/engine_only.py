@@ -57,7 +57,7 @@ def anygpt_random_bundle(device: str, dtype: str, layers: int | None, speech_tok
 
     from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
-    from assistant.models.anygpt import torch_dtype
+    from assistant.models.anygpt import anygpt_added_tokens, torch_dtype
     from assistant.models.bundle import ModelBundle
     from assistant.models.soundstorm import SoundStorm, SoundStormConfig
     from assistant.models.speechtokenizer import SpeechTokenizer
@@ -68,7 +68,7 @@ def anygpt_random_bundle(device: str, dtype: str, layers: int | None, speech_tok
     if layers:
         config_dict["num_hidden_layers"] = layers
     config = LlamaConfig(**config_dict)
-    added = _anygpt_added_tokens(first_id=32000)
+    added = anygpt_added_tokens(first_id=32000)
     vocab = UnifiedVocab(_NumberedText(), added, vocab_size=config.vocab_size, source="anygpt-random")
     half = torch_dtype(dtype)
     with torch.device(device):
@@ -80,17 +80,6 @@ def anygpt_random_bundle(device: str, dtype: str, layers: int | None, speech_tok
     generation = GenerationSettings(text=SamplingSettings(max_new_tokens=8), speech=speech,
                                     max_total_new_tokens=speech_tokens + 4)
     return ModelBundle(vocab, lm, generation, codec, acoustic, None, None, acoustic_fill=AnyGPTFill())
-
-
-def _anygpt_added_tokens(first_id: int) -> dict[str, int]:
-    """AnyGPT's added tokens in the order of its ``added_tokens.json`` (see ``../shared/reference/anygpt.md``)."""
-    order = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
-    for prefix, start, end, count in (("\U0001f440", "<soim>", "<eoim>", 8192),
-                                      ("\U0001f5e3\ufe0f", "<sosp>", "<eosp>", 1024),
-                                      ("\U0001f3b6", "<somu>", "<eomu>", 8192)):
-        order += [f"<{prefix}{n}>" for n in range(count)] + [start, end]
-    order += ["<-Res->", "<-Ins->"]
-    return {token: first_id + i for i, token in enumerate(order)}
 
 
 def load_speaking_bundle(args: Any, speech_tokens: int):

@@ -53,6 +53,24 @@ class AnyGPTLayout:
         return self.root / getattr(self, name)
 
 
+# The code tokens of AnyGPT's vocabulary in its ``added_tokens.json`` order: prefix -> (start, end, number of codes).
+ANYGPT_CODE_TOKENS = {"\U0001f440": ("<soim>", "<eoim>", 8192), "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
+                      "\U0001f3b6": ("<somu>", "<eomu>", 8192)}
+
+
+def anygpt_added_tokens(first_id: int, codes: dict[str, tuple[str, str, int]] = ANYGPT_CODE_TOKENS,
+                        chat: bool = True) -> dict[str, int]:
+    """Token string -> id in the order AnyGPT adds them (roles, then per modality its codes, start and end; the chat
+    model appends <-Res-> and <-Ins->), from ``first_id`` on: what a hub ``added_tokens.json`` holds, for stand-ins
+    built without the files (tests, the random-weights benchmark)."""
+    order = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
+    for prefix, (start, end, count) in codes.items():
+        order += [f"<{prefix}{n}>" for n in range(count)] + [start, end]
+    if chat:
+        order += ["<-Res->", "<-Ins->"]
+    return {token: first_id + i for i, token in enumerate(order)}
+
+
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES
+from waiting import until
+
 from assistant.metrics import ServingMetrics
 from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
 from assistant.protocol import FinishReason
@@ -230,14 +232,6 @@ class RoundRobinProxy:
         host, port = runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
         return runner
-
-
-async def until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def test_two_gateway_replicas_serve_edge_clients_that_hang_up_with_bye():

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from transformers import EncodecConfig, EncodecModel, LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
+from assistant.models.anygpt import anygpt_added_tokens
 from assistant.models.encodec_music import to_checkpoint_naming
 from assistant.models.seed_image import SEED_FILE, SeedTokenizerConfig, checkpoint_shapes
 from assistant.models.soundstorm import SoundStorm, SoundStormConfig
@@ -28,16 +29,6 @@ TINY_ENCODEC = {"model_type": "encodec", "sampling_rate": 32000, "audio_channels
                 "normalize": False, "chunk_length_s": None}
 
 
-def added_tokens() -> dict[str, int]:
-    order = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
-    for prefix, start, end, count in (("\U0001f440", "<soim>", "<eoim>", 8192),
-                                      ("\U0001f5e3\ufe0f", "<sosp>", "<eosp>", 1024),
-                                      ("\U0001f3b6", "<somu>", "<eomu>", 8192)):
-        order += [f"<{prefix}{n}>" for n in range(count)] + [start, end]
-    order += ["<-Res->", "<-Ins->"]
-    return {token: TEXT_VOCAB + i for i, token in enumerate(order)}
-
-
 def write_lm(folder: Path) -> None:
     import sentencepiece as spm
 
@@ -47,7 +38,7 @@ def write_lm(folder: Path) -> None:
                                    vocab_size=TEXT_VOCAB, model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
                                    minloglevel=2)
     (folder / "tokenizer.vocab").unlink()
-    added = added_tokens()
+    added = anygpt_added_tokens(TEXT_VOCAB)
     config = LlamaConfig(vocab_size=TEXT_VOCAB + len(added), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=512, tie_word_embeddings=False)

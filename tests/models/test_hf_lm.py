@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from assistant.decoding.lm_stream import TokenStream
 from assistant.models.checkpoint_io import CheckpointError
 from assistant.models.hf_lm import check_hf_lm, expected_shapes, generation_settings, load_hf_lm
+from assistant.models.anygpt import anygpt_added_tokens
 from assistant.prompts import ChatPromptBuilder, Conversation, UserMessage
 from assistant.vocab import Modality, TokenKind
 
@@ -19,17 +20,6 @@ REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 TEXT_VOCAB = 96
 CODES = {"\U0001f440": ("<soim>", "<eoim>", 24), "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 16),
          "\U0001f3b6": ("<somu>", "<eomu>", 32), "\U0001f442": ("<soau>", "<eoau>", 8)}
-
-
-def anygpt_added_tokens(text_vocab: int, codes=CODES, chat: bool = True) -> dict[str, int]:
-    """AnyGPT's order of ``add_tokens`` (roles, then per modality its codes, start, end; SFT appends <-Res->,
-    <-Ins->), with small code counts."""
-    order = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
-    for prefix, (start, end, count) in codes.items():
-        order += [f"<{prefix}{n}>" for n in range(count)] + [start, end]
-    if chat:
-        order += ["<-Res->", "<-Ins->"]
-    return {token: text_vocab + i for i, token in enumerate(order)}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def tiny_config(vocab_size: int) -> LlamaConfig:
 def write_folder(directory: Path, spm_model: Path, weights: str = "safetensors", *, chat: bool = True,
                  legacy_rotary: bool = False, seed: int = 0) -> tuple[Path, LlamaForCausalLM]:
     directory.mkdir(parents=True, exist_ok=True)
-    added = anygpt_added_tokens(TEXT_VOCAB, chat=chat)
+    added = anygpt_added_tokens(TEXT_VOCAB, CODES, chat=chat)
     config = tiny_config(TEXT_VOCAB + len(added))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry
 from test_rtc_session import Client, FakeEngineSession, FakeTurn
+
+from waiting import until
 
 from assistant.metrics import ServingMetrics
 from assistant.webrtc.ice import use_loopback_only
@@ -19,14 +20,6 @@ pytestmark = pytest.mark.timeout(60)
 def value(metrics: ServingMetrics, name: str, **labels) -> float:
     found = metrics.registry.get_sample_value(name, labels)
     return 0.0 if found is None else found
-
-
-async def until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 class SlowStartEngineSession(FakeEngineSession):
