@@ -75,7 +75,7 @@ def test_health_bad_offer_and_real_offer(serve_url):
     assert httpx.get(f"{serve_url}/health", timeout=10).json()["status"] == "ok"
 
     async def call() -> dict:
-        from aiortc import RTCPeerConnection
+        from aiortc import RTCPeerConnection, RTCSessionDescription
 
         from assistant.webrtc.ice import use_loopback_only
 
@@ -83,18 +83,27 @@ def test_health_bad_offer_and_real_offer(serve_url):
         pc = RTCPeerConnection()
         pc.addTransceiver("audio", direction="sendrecv")
         pc.createDataChannel("events")
+        connected = asyncio.Event()
+        pc.on("connectionstatechange", lambda: pc.connectionState == "connected" and connected.set())
         await pc.setLocalDescription(await pc.createOffer())
         async with httpx.AsyncClient() as client:
             reply = await client.post(f"{serve_url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"},
                                       timeout=30)
-        await pc.close()
-        return reply.json() | {"status": reply.status_code}
+            answer = reply.json() | {"status": reply.status_code}
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+                await asyncio.wait_for(connected.wait(), 30)  # a live peer: its session stays until ended
+                answer["held"] = (await client.get(f"{serve_url}/health", timeout=10)).json()["sessions"]
+                gone = await client.delete(f"{serve_url}/sessions/{answer['session_id']}", timeout=10)
+                answer["deleted"] = gone.status_code
+                answer["after"] = (await client.get(f"{serve_url}/health", timeout=10)).json()
+            finally:
+                await pc.close()
+        return answer
 
     answer = asyncio.run(call())
     assert answer["status"] == 200 and answer["type"] == "answer" and answer["session_id"]
     assert "a=sendrecv" in answer["sdp"] and "m=audio" in answer["sdp"]
-    health = httpx.get(f"{serve_url}/health", timeout=10).json()
-    assert health["sessions"] in (0, 1)  # the closed client may already have been noticed
-    gone = httpx.delete(f"{serve_url}/sessions/{answer['session_id']}", timeout=10)
-    assert gone.status_code in (200, 404)
-    assert httpx.get(f"{serve_url}/health", timeout=10).json() == {"status": "ok", "sessions": 0}
+    assert answer["held"] == 1
+    assert answer["deleted"] == 200
+    assert answer["after"] == {"status": "ok", "sessions": 0}
