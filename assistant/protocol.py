@@ -144,10 +144,23 @@ class TurnEnd:
     type: str = field(default=ServerEvent.TURN_END.value, init=False)
 
 
+class ErrorCode(str, Enum):
+    """What went wrong, for programs; ``ErrorEvent.message`` says it for people."""
+
+    BAD_MESSAGE = "bad_message"  # a client message the server could not use (the message says why)
+    RATE_LIMITED = "rate_limited"  # the client sent messages or started turns faster than allowed; that one was dropped
+    TOO_LARGE = "too_large"  # a message, turn or upload over a limit
+    TURN_FAILED = "turn_failed"  # the reply could not be produced (a model failed or timed out); the next turn may work
+    UNAVAILABLE = "unavailable"  # a model deployment is down or overloaded; try again shortly
+    TIMEOUT = "timeout"  # the session ended for inactivity, or never connected
+    INTERNAL = "internal"  # a server fault; the text carries no detail
+
+
 @dataclass(frozen=True)
 class ErrorEvent:
     message: str
     turn_id: int | None = None
+    code: str | None = None  # an ErrorCode value; None from servers older than the field
     type: str = field(default=ServerEvent.ERROR.value, init=False)
 
 
@@ -258,7 +271,7 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     MusicReady: {"turn_id": (int,), "index": (int,), "duration_s": (int, float)},
     Interrupted: {"turn_id": (int,)},
     TurnEnd: {"turn_id": (int,), "reason": (str,)},
-    ErrorEvent: {"message": (str,), "turn_id": (int, type(None))},
+    ErrorEvent: {"message": (str,), "turn_id": (int, type(None)), "code": (str, type(None))},
     Hello: {"client": (str,), "protocol_version": (int,)},
     TextMessage: {"text": (str,)},
     ImageMessage: {"png_base64": (str,), "text": (str, type(None))},
@@ -267,7 +280,7 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
 }
 _OPTIONAL_FIELDS: dict[type, set[str]] = {
     Ready: {"protocol_version", "voice", "voices"},
-    ErrorEvent: {"turn_id"},
+    ErrorEvent: {"turn_id", "code"},
     TurnEnd: {"reason"},
     Hello: {"client", "protocol_version"},
     ImageMessage: {"text"},
