@@ -69,9 +69,14 @@ class TurnFinished:
 
 @dataclass(frozen=True)
 class TurnError:
-    """A backend failed; a ``TurnFinished(ERROR)`` follows and the session stays usable."""
+    """A backend failed; a ``TurnFinished(ERROR)`` follows and the session stays usable.
+
+    ``message`` is fit for the caller (no exception text, host or pid: those go to the log under ``error_id``);
+    ``code`` is an :class:`assistant.protocol.ErrorCode` value."""
 
     message: str
+    code: str = "turn_failed"
+    error_id: str | None = None  # names the log line that holds the details
 
 
 EngineOutput = AudioFrame | TranscriptDelta | ReplyTextDelta | ImageOutput | MusicOutput | TurnFinished | TurnError
