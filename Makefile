@@ -9,13 +9,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := espeak-ng sox libsndfile1 libportaudio2
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test setup train-mini eval-mini system-packages clean
+.PHONY: serve test test-resilience setup train-mini eval-mini system-packages clean
 
 serve: $(STAMP)
 	$(VENV)/bin/anystream-serve --config deployments/configs/embedded.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not faults and not soak"
+
+# Replicas killed mid-turn, and the soak (300 sequential sessions, 20 concurrent for 3 minutes): about 25 minutes on
+# 2 cores. SOAK_SESSIONS / SOAK_CONCURRENT / SOAK_MINUTES size the soak; SOAK_JSON=path keeps its figures.
+test-resilience: $(STAMP)
+	$(PY) -m pytest -q -s -m "faults or soak" tests/resilience
 
 setup: $(STAMP)
 

@@ -116,7 +116,7 @@ async def _one_session(engine, index: int, offset: float, question: str, thresho
                 if isinstance(output, AudioFrame):
                     timeline.add(time.monotonic(), output.pcm, 16000)
                 elif isinstance(output, TurnError):
-                    busy = "BusyError" in output.message
+                    busy = output.code == "unavailable"  # in-process, only a full LM engine refuses
                     result["status"], result["reason"] = ("rejected" if busy else "failed"), output.message
                 elif isinstance(output, TurnFinished):
                     result["finish"] = output.reason.value

@@ -38,6 +38,9 @@ class TokenCountingLM(LMBackend):
         self.total = 0
         self.metrics = None
 
+    async def limits(self):
+        return await self.inner.limits()  # the engine sizes its prompts by the wrapped LM
+
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
         counter = _session_tokens.get()
         stream = self.inner.stream(prompt_ids, force_modality)

@@ -20,7 +20,7 @@ level; with several gateway replicas that counter is one replica's). CPU and mem
 ``--server-pid`` processes and, with ``--ray-procs``, every local ``ray::`` process (:mod:`anystream_bench.procstats`).
 
 Output: a table on stdout, ``--json PATH`` (every per-caller figure and each level's summary) and ``--plot PATH``
-(TTFA p50/p95/p99 against concurrency, PNG). Exit status 0 when every caller was answered or refused with 503, 1 when
+(TTFA p50/p95/p99 against concurrency, PNG). Exit status 0 when every caller was answered or refused (503, 429), 1 when
 some caller failed (no answer, a timeout, an error), 2 for bad arguments.
 """
 
@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ from anystream_bench.procstats import ProcessMonitor
 from anystream_bench.timeline import LOUD_RMS, SILENCE_PEAK, UNDERRUN_GAP_S, Thresholds, spread
 
 DEFAULT_QUESTION = "what is the capital of france"
+API_KEY_ENV = "ANYSTREAM_API_KEY"  # read when --api-key is not given (command lines are visible to other users)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -83,10 +85,12 @@ def load_question(args: argparse.Namespace, folder: Path) -> tuple[np.ndarray, d
     return wave, described
 
 
-def scrape_metrics(url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
+def scrape_metrics(url: str, timeout_s: float = 5.0, api_key: str | None = None) -> dict[str, float] | None:
     """``{sample name: value summed over labels}`` from ``url/metrics``; None when there is none."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout_s) as response:
+        request = urllib.request.Request(f"{url.rstrip('/')}/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             text = response.read().decode("utf-8", errors="replace")
     except Exception:  # noqa: BLE001 - an older server, or no metrics route: the figure is just missing
         return None
@@ -143,14 +147,15 @@ async def run_webrtc_level(url: str, question: np.ndarray, n: int, args: argpars
     from anystream_bench.webrtc_client import run_clients
 
     offsets = start_offsets(n, args.spread, args.ramp, args.seed)
-    before = await asyncio.to_thread(scrape_metrics, url)
+    before = await asyncio.to_thread(scrape_metrics, url, api_key=args.api_key)
     monitor = ProcessMonitor(args.server_pid, find_ray=args.ray_procs).start()
     start = time.monotonic()
     results = await run_clients(url, question, offsets, turns=args.turns, turn_timeout_s=args.turn_timeout,
-                                loopback_only=args.loopback_only, voice=args.voice, thresholds=thresholds(args))
+                                loopback_only=args.loopback_only, voice=args.voice, thresholds=thresholds(args),
+                                api_key=args.api_key)
     wall = time.monotonic() - start
     resources = monitor.stop()
-    after = await asyncio.to_thread(scrape_metrics, url)
+    after = await asyncio.to_thread(scrape_metrics, url, api_key=args.api_key)
     clients = [r.to_dict() for r in results]
     summary = summarize(clients, wall, _delta(before, after, "anystream_lm_tokens_received_total"))
     count = _delta(before, after, "anystream_time_to_first_audio_seconds_count")
@@ -279,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes.add_argument("--compare", action="store_true", help="WebRTC and in-process, and the overhead ratio")
     modes.add_argument("--engine-only", action="store_true", help="the batched LM engine alone")
     p.add_argument("--server", default="http://127.0.0.1:8000", help="base URL of a running anystream-serve")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})")
     p.add_argument("--local-server", action="store_true",
                    help="serve the in-process engine over WebRTC from this process (no Ray) instead of --server")
     p.add_argument("--max-sessions", type=int, default=None,
@@ -322,6 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--family anygpt-random is for --engine-only")
     if args.turns < 1 or args.spread < 0 or args.ramp < 0 or args.turn_timeout <= 0:
         p.error("--turns must be >= 1, --spread and --ramp >= 0, --turn-timeout > 0")
+    args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if args.loopback_only is None:
         args.loopback_only = (urlparse(args.server).hostname or "") in ("127.0.0.1", "localhost", "::1") \
             or args.local_server
@@ -376,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     ratios = overhead(levels)
     print_table(levels, ratios)
     report = {
-        "tool": "anystream-bench", "started_unix": started, "argv": sys.argv[1:] if argv is None else argv,
-        "config": {k: v for k, v in vars(args).items() if k not in ("json_path", "plot_path")},
+        "tool": "anystream-bench", "started_unix": started,
+        "argv": _without_api_key(sys.argv[1:] if argv is None else argv),
+        # never the API key: reports are shared
+        "config": {k: v for k, v in vars(args).items() if k not in ("json_path", "plot_path", "api_key")},
         "question": question_info, **info, "levels": levels, "overhead": ratios,
     }
     if args.json_path:
@@ -387,6 +397,23 @@ def main(argv: list[str] | None = None) -> int:
         plot_levels(levels, args.plot_path)
     failed = sum(level["summary"]["failed"] for level in levels)
     return 1 if failed else 0
+
+
+def _without_api_key(argv: list[str]) -> list[str]:
+    """The command line for the report, with the value of --api-key (or an abbreviation argparse takes for it,
+    down to ``--ap``) blanked."""
+    shown, hide_next = [], False
+    for arg in argv:
+        name, equals, _ = arg.partition("=")
+        names_key = len(name) >= 4 and "--api-key".startswith(name)
+        if hide_next:
+            shown.append("***")
+        elif names_key and equals:
+            shown.append(f"{name}=***")
+        else:
+            shown.append(arg)
+        hide_next = names_key and not equals and not hide_next
+    return shown
 
 
 def _json_default(value: Any) -> Any:

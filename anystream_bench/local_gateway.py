@@ -2,8 +2,9 @@
 thread of its own (its own event loop), so the benchmark's WebRTC clients can measure WebRTC alone (``--local-server``)
 and the test suite can run the WebRTC mode without a Ray cluster.
 
-Offers are answered by :func:`deployments.gateway.answer_offer`, the deployment's own code (importing it imports the
-ray package, but no Ray cluster is started), over an :class:`assistant.webrtc.session.RtcSessionManager`.
+Offers are answered by :func:`deployments.gateway.receive_offer`, the deployment's own code (importing it imports the
+ray package, but no Ray cluster is started), over an :class:`assistant.webrtc.session.RtcSessionManager`, under the
+same access rules (:mod:`assistant.access`; off unless ``access`` is given).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from assistant.access import AccessConfig, AccessDenied, authorize
 from assistant.metrics import ServingMetrics
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import RtcSessionManager
@@ -25,8 +27,9 @@ class LocalGateway:
     """``engine``: anything with ``new_session(voice=None)`` and ``voices`` (an ``AssistantEngine``)."""
 
     def __init__(self, engine: Any, max_sessions: int = 8, endpointer: Any = None, turn_factory: Any = None,
-                 metrics: ServingMetrics | None = None):
+                 metrics: ServingMetrics | None = None, access: AccessConfig | None = None):
         self.engine = engine
+        self.access = access or AccessConfig()
         self.max_sessions = max_sessions
         self.endpointer = endpointer
         self.turn_factory = turn_factory
@@ -62,7 +65,7 @@ class LocalGateway:
             raise
 
     async def _main(self, host: str, port: int, ready: Future) -> None:
-        from deployments.gateway import answer_offer, collect_metrics
+        from deployments.gateway import collect_metrics, receive_offer
 
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -72,13 +75,19 @@ class LocalGateway:
             options["turn_factory"] = self.turn_factory
         self.sessions = RtcSessionManager(self.engine.new_session, max_sessions=self.max_sessions,
                                           endpointer_config=self.endpointer, voices=self.engine.voices,
-                                          metrics=self.metrics, **options)
+                                          metrics=self.metrics,
+                                          max_sessions_per_client=self.access.max_sessions_per_client, **options)
 
         async def offer(request: web.Request) -> web.Response:
-            status, body = await answer_offer(self.sessions, await request.read(), self.metrics)
-            return web.json_response(body, status=status)
+            status, body, headers = await receive_offer(self.access, request.headers, request.content.iter_any(),
+                                                        self.sessions, self.metrics)
+            return web.json_response(body, status=status, headers=headers)
 
         async def metrics(request: web.Request) -> web.Response:
+            try:
+                authorize(self.access, request.headers)
+            except AccessDenied as exc:
+                return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
             body = await collect_metrics(self.metrics, self.sessions, {})
             return web.Response(body=body, headers={"Content-Type": ServingMetrics.CONTENT_TYPE})
 

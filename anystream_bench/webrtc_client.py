@@ -110,7 +110,9 @@ class ClientResult:
 class BenchClient:
     def __init__(self, index: int, server_url: str, question: np.ndarray, *, start_offset_s: float = 0.0,
                  turns: int = 1, turn_timeout_s: float = 120.0, loopback_only: bool = True, voice: str | None = None,
-                 thresholds: Thresholds | None = None, drain_s: float = 0.4, offer_timeout_s: float = 30.0):
+                 thresholds: Thresholds | None = None, drain_s: float = 0.4, offer_timeout_s: float = 30.0,
+                 api_key: str | None = None):
+        """api_key: an API key or session token sent with the offer (``Authorization: Bearer``); None sends none."""
         self.index = index
         self.server_url = server_url.rstrip("/")
         self.source = QuestionSource(question)
@@ -122,6 +124,7 @@ class BenchClient:
         self.thresholds = thresholds or Thresholds()
         self.drain_s = drain_s
         self.offer_timeout_s = offer_timeout_s
+        self.api_key = api_key
         self.result = ClientResult(client=index, start_offset_s=start_offset_s)
         self._events: list[tuple[float, dict[str, Any]]] = []
         self._new_event = asyncio.Event()
@@ -214,8 +217,9 @@ class BenchClient:
         body = protocol.OfferRequest(sdp=pc.localDescription.sdp, voice=self.voice).to_dict()
         try:
             timeout = aiohttp.ClientTimeout(total=self.offer_timeout_s)
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             async with aiohttp.ClientSession(timeout=timeout) as http:
-                async with http.post(f"{self.server_url}/offer", json=body) as response:
+                async with http.post(f"{self.server_url}/offer", json=body, headers=headers) as response:
                     self.result.http_status = response.status
                     text = await response.text()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -226,9 +230,17 @@ class BenchClient:
         except ValueError:
             answer = {}
         if self.result.http_status != 200:
-            self.result.status = "rejected" if self.result.http_status == 503 else "failed"
-            self.result.reason = answer.get("reason") if isinstance(answer, dict) else None
-            self.result.reason = self.result.reason or text[:200]
+            # a full server (503) or a key at its session limit (429) refused a caller: a figure of the load level.
+            # Anything else (401 no key, 403, 413, 415, 400) is a broken set-up: failed, with the server's words.
+            refused = self.result.http_status in (429, 503)
+            self.result.status = "rejected" if refused else "failed"
+            if not isinstance(answer, dict):
+                answer = {}
+            reason, error = answer.get("reason"), answer.get("error")
+            if refused:
+                self.result.reason = reason or text[:200]
+            else:
+                self.result.reason = f"HTTP {self.result.http_status} {reason}: {error}" if reason else text[:200]
             return False
         self.result.session_id = answer.get("session_id")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))

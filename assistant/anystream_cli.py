@@ -8,12 +8,17 @@ reported but are not failures: a machine may hold only what its deployments load
 ``anystream make-voices DIR NAME=WAV [NAME=WAV ...] --out voices.json [--default NAME] [--seconds 3]``: the voices
 replies can be spoken in. Each WAV's first seconds are encoded by DIR's SpeechTokenizer into all 8 levels: the
 acoustic prompt SoundStorm continues (AnyGPT's voice cloning uses 3 s). Serve with ``voices_file: voices.json``.
+
+``anystream token --client NAME [--ttl SECONDS] [--secret-env VAR]``: prints a session token for a server whose
+``access.token_secret_env`` names VAR (default ``ANYSTREAM_TOKEN_SECRET``, read from this environment). The caller
+sends it as ``Authorization: Bearer TOKEN`` until it expires; exit 2 when the secret is missing or too short.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +35,32 @@ def _parser() -> argparse.ArgumentParser:
     voices.add_argument("--out", type=Path, required=True, help="voices.json to write")
     voices.add_argument("--default", help="the default voice (default: the first)")
     voices.add_argument("--seconds", type=float, default=3.0, help="prompt length per voice (default: %(default)s)")
+    token = sub.add_parser("token", help="mint a signed session token for a server with access on")
+    token.add_argument("--client", required=True, help="the client id the token speaks for (per-client limits)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid (default: %(default)g)")
+    token.add_argument("--secret-env", default=TOKEN_SECRET_ENV,
+                       help="environment variable holding the server's token secret (default: %(default)s)")
     return parser
+
+
+TOKEN_SECRET_ENV = "ANYSTREAM_TOKEN_SECRET"
+
+
+def _mint_token(args: argparse.Namespace) -> int:
+    from assistant.access import mint_token
+
+    # The secret comes from the environment only: a command-line argument would show in every `ps`.
+    secret = os.environ.get(args.secret_env, "")
+    if not secret:
+        print(f"anystream: set {args.secret_env} to the server's token secret (access.token_secret_env)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(mint_token(secret, args.client, args.ttl))
+    except ValueError as exc:
+        print(f"anystream: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _make_voices(args: argparse.Namespace) -> int:
@@ -86,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "make-voices":
         return _make_voices(args)
+    if args.command == "token":
+        return _mint_token(args)
     from assistant.models.anygpt import check_weights, failed
 
     try:

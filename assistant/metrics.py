@@ -83,9 +83,15 @@ class ServingMetrics:
         self.sessions_created = Counter(f"{PREFIX}_sessions_created", "Sessions accepted (offers answered).",
                                         registry=r)
         self.active_sessions = Gauge(f"{PREFIX}_active_sessions", "Sessions this process holds now.", registry=r)
-        self.rejected_sessions = Counter(f"{PREFIX}_rejected_sessions", "Offers refused, by reason (busy: at "
-                                         "capacity; bad_request: a malformed offer or an unknown voice; error: a "
-                                         "server fault).", ["reason"], registry=r)
+        self.asyncio_tasks = Gauge(f"{PREFIX}_asyncio_tasks", "Asyncio tasks alive in this process's event loop.",
+                                   registry=r)
+        self.threads = Gauge(f"{PREFIX}_threads", "Python threads alive in this process.", registry=r)
+        self.peer_connections = Gauge(f"{PREFIX}_peer_connections", "WebRTC peer connections of this process that "
+                                      "are not closed.", registry=r)
+        self.rejected_sessions = Counter(f"{PREFIX}_rejected_sessions", "Offers refused, by reason (the error body's "
+                                         "reason: busy, client_limit, bad_request, unauthorized, forbidden_origin, "
+                                         "forbidden_host, too_large, unsupported_media_type, error).", ["reason"],
+                                         registry=r)
         self.audio_underruns = Counter(f"{PREFIX}_audio_underruns", "Times a reply track ran dry in the middle of a "
                                        "reply and sent silence instead of answer audio.", registry=r)
         self.audio_underrun_seconds = Counter(f"{PREFIX}_audio_underrun_seconds", "Seconds of silence sent in the "
@@ -116,6 +122,12 @@ class ServingMetrics:
 
     def session_created(self) -> None:
         self.sessions_created.inc()
+
+    def observe_runtime(self, asyncio_tasks: int, threads: int, peer_connections: int) -> None:
+        """What a leak would grow: sampled at scrape time (the soak tests check they return to their baseline)."""
+        self.asyncio_tasks.set(asyncio_tasks)
+        self.threads.set(threads)
+        self.peer_connections.set(peer_connections)
 
     def set_active_sessions(self, count: int) -> None:
         self.active_sessions.set(count)
@@ -246,6 +258,9 @@ class CountingLMBackend(LMBackend):
     def __init__(self, inner: LMBackend, metrics: ServingMetrics):
         self.inner = inner
         self.metrics = metrics
+
+    async def limits(self):
+        return await self.inner.limits()  # the engine sizes its prompts by the wrapped LM
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
         stream = self.inner.stream(prompt_ids, force_modality)

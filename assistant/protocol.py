@@ -4,8 +4,10 @@ This module is torch-free and ray-free on purpose: the edge client and the brows
 browser mirrors the same names). Messages travel as JSON text on the WebRTC data channel labelled
 ``events``; the assistant's audio travels on the audio track, never in these messages.
 
-Every message has a ``type``. Parsers validate size, JSON, type and field types, and raise
-:class:`ProtocolError` with a message fit to send back to the peer.
+Every message has a ``type``. Parsers validate size, UTF-8, JSON (and its nesting depth), Unicode (no lone
+surrogates), type and field types, and raise :class:`ProtocolError` and nothing else, with a message fit to send back
+to the peer: UTF-8-encodable, at most ``MAX_ERROR_CHARS`` long, quoting the peer's data only through
+:func:`printable_excerpt`. :func:`to_json` never raises, whatever text the model produced.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -31,10 +35,55 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 MAX_VOICE_CHARS = 32
 _VOICE_NAME = re.compile(r"[a-z0-9_-]+")
+# Messages are flat objects (a list inside Ready is the deepest part), so anything deeper is not ours; the bound
+# also keeps validation from walking a pathological tree.
+MAX_JSON_DEPTH = 8
+# Error texts go back to the peer in an ErrorEvent or an HTTP body; they stay short whatever the peer sent.
+MAX_ERROR_CHARS = 300
+EXCERPT_CHARS = 40  # how much of the peer's data an error text may quote
+
+
+def printable_excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` quoted as printable ASCII for an error message: non-ASCII, control characters and lone surrogates are
+    escaped as ``ascii()`` would, and the escaped form is cut after ``limit`` characters with ``...``."""
+    pieces: list[str] = []
+    used = 0
+    for char in text:
+        if char == "'" or char == "\\":
+            piece = "\\" + char
+        elif " " <= char <= "~":
+            piece = char
+        else:
+            piece = ascii(char)[1:-1]  # \xNN, \uNNNN, \UNNNNNNNN, \n ...
+        if used + len(piece) > limit:
+            return "'" + "".join(pieces) + "'..."
+        pieces.append(piece)
+        used += len(piece)
+    return "'" + "".join(pieces) + "'"
+
+
+def _sendable(message: str) -> str:
+    """A last guard under every ProtocolError: its text always encodes as UTF-8 and stays short."""
+    message = str(message).encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    return message
+
+
+def _is_valid_unicode(text: str) -> bool:
+    """False when ``text`` holds a lone UTF-16 surrogate (JSON's "\\ud800" makes one): it cannot be sent as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ProtocolError(ValueError):
     """A message that does not follow this protocol; the text is safe to send back to the peer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_sendable(message))
 
 
 class ServerEvent(str, Enum):
@@ -198,6 +247,7 @@ class ImageMessage:
     def from_bytes(cls, data: bytes, text: str | None = None) -> ImageMessage:
         """Builds the message for a picture, raising :class:`ProtocolError` when the server would refuse it."""
         message = cls(png_base64=base64.b64encode(data).decode("ascii"), text=text)
+        _refuse_nul(message)
         _check_image_message(message)
         size = len(to_json(message).encode("utf-8"))
         if size > MAX_MESSAGE_BYTES:
@@ -231,7 +281,18 @@ ClientMessage = Hello | TextMessage | ImageMessage | InterruptMessage | ByeMessa
 
 
 def to_json(message: ServerMessage | ClientMessage) -> str:
-    return json.dumps(asdict(message), ensure_ascii=False, separators=(",", ":"))
+    """The message as JSON text; never raises. A lone surrogate in a string field (model text can hold one) becomes
+    U+FFFD, so the text always encodes as UTF-8 on the data channel."""
+    fields = asdict(message)
+    try:
+        text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or infinity (e.g. a duration): JSON has no such number and browsers refuse the message
+        finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
+        text = json.dumps(finite, ensure_ascii=False, separators=(",", ":"))
+    if _is_valid_unicode(text):
+        return text
+    # Through UTF-16 so that a surrogate pair split across code units is joined, and only lone halves are replaced.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,14 +348,65 @@ _OPTIONAL_FIELDS: dict[type, set[str]] = {
 }
 
 
-def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
-    size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+def _text_of(raw: str | bytes, max_bytes: int, what: str) -> str:
+    """Size check and strict UTF-8: ``raw`` as text that is valid Unicode."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        data = bytes(raw)
+        if len(data) > max_bytes:
+            raise ProtocolError(f"{what} of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+        try:
+            # Explicitly UTF-8: json.loads(bytes) would also guess UTF-16 and UTF-32.
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    if not isinstance(raw, str):
+        raise ProtocolError(f"{what} must be text or bytes")
+    if len(raw) > max_bytes:  # every character takes at least one byte: too large, without encoding all of it
+        raise ProtocolError(f"{what} of {len(raw)} characters exceeds the limit of {max_bytes} bytes")
+    size = len(raw.encode("utf-8", "surrogatepass"))  # surrogatepass: a lone surrogate counts, it does not raise
     if size > max_bytes:
-        raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_bytes} bytes")
+        raise ProtocolError(f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes")
+    if not _is_valid_unicode(raw):
+        raise ProtocolError(f"{what} is not valid Unicode (it holds a lone surrogate)")
+    return raw
+
+
+def _check_tree(obj: Any, what: str) -> None:
+    """Every string (keys too) valid Unicode and no container deeper than MAX_JSON_DEPTH; iterative, so a deep tree
+    cannot exhaust the stack here."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not _is_valid_unicode(value):
+                raise ProtocolError(f"{what} holds a string that is not valid Unicode (a lone surrogate)")
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(value, dict):
+                stack.extend((key, depth) for key in value)
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+
+
+def _load_json(raw: str | bytes, max_bytes: int, what: str) -> Any:
+    text = _text_of(raw, max_bytes, what)
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"message is not valid JSON: {exc}") from None
+        obj = json.loads(text)
+    except RecursionError:  # json's C parser recurses per nesting level
+        raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        # exc.msg is json's own wording (no quoted input); the position says where.
+        raise ProtocolError(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except ValueError:  # an integer over Python's digit limit for int(str), for one
+        raise ProtocolError(f"{what} is not valid JSON: it holds a value that cannot be read") from None
+    _check_tree(obj, what)
+    return obj
+
+
+def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    obj = _load_json(raw, max_bytes, "message")
     if not isinstance(obj, dict):
         raise ProtocolError("message must be a JSON object")
     if not isinstance(obj.get("type"), str):
@@ -305,27 +417,30 @@ def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
 def _build(cls: type, obj: dict[str, Any]) -> Any:
     spec = _FIELD_TYPES[cls]
     optional = _OPTIONAL_FIELDS.get(cls, set())
+    kind = cls.__dataclass_fields__["type"].default  # our own name for it, not the peer's text
     kwargs = {}
     for name, types in spec.items():
         if name not in obj:
             if name in optional:
                 continue
-            raise ProtocolError(f"'{obj['type']}' message is missing field '{name}'")
+            raise ProtocolError(f"'{kind}' message is missing field '{name}'")
         value = obj[name]
         # bool is an int subclass; a boolean where a number belongs is a client bug worth reporting.
         if isinstance(value, bool) or not isinstance(value, types):
             want = " or ".join(t.__name__ for t in types)
-            raise ProtocolError(f"field '{name}' of '{obj['type']}' must be {want}")
+            raise ProtocolError(f"field '{name}' of '{kind}' must be {want}")
         kwargs[name] = value
     return cls(**kwargs)
 
 
 def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """One message from the client; raises :class:`ProtocolError` and nothing else."""
     obj = _decode(raw, MAX_MESSAGE_BYTES)
     cls = _CLIENT_CLASSES.get(obj["type"])
     if cls is None:
-        raise ProtocolError(f"unknown message type '{obj['type']}'")
+        raise ProtocolError(f"unknown message type {printable_excerpt(obj['type'])}")
     message = _build(cls, obj)
+    _refuse_nul(message)
     if isinstance(message, TextMessage):
         if not message.text.strip():
             raise ProtocolError("text message is empty")
@@ -336,6 +451,14 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
             message = ImageMessage(png_base64=message.png_base64)  # a blank question is no question
         _check_image_message(message)
     return message
+
+
+def _refuse_nul(message: ClientMessage) -> None:
+    # Control characters other than NUL pass through untouched (a typed tab or newline is text); NUL is never text
+    # and truncates the string in C code further down (logs, tokenizers).
+    for name, value in vars(message).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ProtocolError(f"field '{name}' of '{message.type}' holds a NUL character")
 
 
 def image_kind(data: bytes) -> str | None:
@@ -367,7 +490,7 @@ def parse_server_message(raw: str | bytes, max_bytes: int = 4 * 1024 * 1024) -> 
     obj = _decode(raw, max_bytes)
     cls = _SERVER_CLASSES.get(obj["type"])
     if cls is None:
-        raise ProtocolError(f"unknown message type '{obj['type']}'")
+        raise ProtocolError(f"unknown message type {printable_excerpt(obj['type'])}")
     message = _build(cls, obj)
     if isinstance(message, Ready) and message.voices is not None:
         if not all(isinstance(v, str) for v in message.voices):
@@ -388,6 +511,11 @@ def validate_voice_name(voice: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # signalling (HTTP POST /offer)
+
+MAX_SDP_LINES = 500  # a browser's audio + data channel offer has well under 100
+# C0 controls other than TAB, LF and CR, DEL and the C1 controls: no SDP line holds them.
+_SDP_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_OFFER_MEDIA = ("audio", "application")  # the one audio section and the data channel (error texts list them so)
 
 
 @dataclass(frozen=True)
@@ -419,15 +547,61 @@ class OfferRequest:
             raise ProtocolError("field 'type' must be 'offer'")
         if not isinstance(sdp, str) or not sdp.strip():
             raise ProtocolError("field 'sdp' must be a non-empty string")
+        if not _is_valid_unicode(sdp):
+            raise ProtocolError("sdp is not valid Unicode (it holds a lone surrogate)")
         if len(sdp.encode("utf-8")) > cls.MAX_SDP_BYTES:
             raise ProtocolError(f"sdp exceeds {cls.MAX_SDP_BYTES} bytes")
+        control = _SDP_CONTROL.search(sdp)
+        if control is not None:
+            raise ProtocolError(f"sdp holds the control character {printable_excerpt(control.group())} at offset "
+                                f"{control.start()}; only TAB, CR and LF may appear")
         if not sdp.startswith("v=0"):
             raise ProtocolError("sdp does not start with 'v=0'")
-        if "m=audio" not in sdp:
-            raise ProtocolError("offer has no audio media section")
-        if "m=application" not in sdp:
-            raise ProtocolError(f"offer has no data channel (label '{DATA_CHANNEL_LABEL}')")
+        _check_offer_media(sdp)
+        _check_offer_security(sdp)
         return cls(sdp=sdp, voice=voice)
+
+
+# An offer without these can never connect: aiortc would accept it and fail later in the background, holding a
+# session slot until the connect deadline. DTLS needs the fingerprint (media is always encrypted), ICE the credentials.
+_OFFER_REQUIRED_ATTRIBUTES = ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:")
+
+
+def _check_offer_security(sdp: str) -> None:
+    lines = [line.rstrip("\r") for line in sdp.split("\n")]
+    missing = [attr[2:-1] for attr in _OFFER_REQUIRED_ATTRIBUTES if not any(line.startswith(attr) for line in lines)]
+    if missing:
+        raise ProtocolError(f"offer has no {', '.join(missing)} attribute: it could never connect (WebRTC needs DTLS "
+                            "fingerprints and ICE credentials)")
+
+
+def _check_offer_media(sdp: str) -> None:
+    """Exactly one ``m=audio`` and one ``m=application`` line and no other media (each counted at a line start)."""
+    lines = sdp.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final CRLF ends the last line; it does not start another
+    if len(lines) > MAX_SDP_LINES:
+        raise ProtocolError(f"sdp has {len(lines)} lines, over the limit of {MAX_SDP_LINES}")
+    kinds = Counter(line[2:].split(" ", 1)[0].rstrip("\r") for line in lines if line.startswith("m="))
+    if all(kinds[kind] == 1 for kind in _OFFER_MEDIA) and len(kinds) == len(_OFFER_MEDIA):
+        return
+    counts = [f"{kinds.pop(kind, 0)} {kind}" for kind in _OFFER_MEDIA]
+    shown = 4  # a few of the other kinds are enough to say what is wrong
+    counts += [f"{n} {printable_excerpt(kind, 16)}" for kind, n in kinds.most_common(shown)]
+    if len(kinds) > shown:
+        counts.append(f"{len(kinds) - shown} more kinds")
+    raise ProtocolError(f"offer must have exactly one audio section and one data channel (label "
+                        f"'{DATA_CHANNEL_LABEL}') and no other media; got {', '.join(counts)}")
+
+
+# JSON doubles every CRLF of the SDP ("\\r\\n"), so the body may be up to twice the SDP it carries.
+MAX_OFFER_BODY_BYTES = 2 * OfferRequest.MAX_SDP_BYTES
+
+
+def parse_offer_body(raw: bytes, max_bytes: int = MAX_OFFER_BODY_BYTES) -> OfferRequest:
+    """The body of ``POST /offer`` as it arrived: size, UTF-8, JSON, then :meth:`OfferRequest.parse`. Raises
+    :class:`ProtocolError` and nothing else, so every refusal is a 400 whose text can go back to the caller."""
+    return OfferRequest.parse(_load_json(raw, max_bytes, "offer body"))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ Where Ray runs comes from the config's ``ray:`` section (:class:`RaySettings`) o
 deployments on it; without one it starts a local single-node Ray on 127.0.0.1 only, sized by
 :func:`cluster_resources` from what the config's deployments ask for.
 
+Who may call the HTTP routes is the ``access`` argument (:class:`assistant.access.AccessConfig`): off by default,
+and then the HTTP proxy must listen on a loopback address (``anystream-serve`` refuses ``http_options.host:
+0.0.0.0`` without it). Ray's own ports stay on 127.0.0.1 for a local cluster whatever that host is.
+
 Ray is imported lazily: :func:`main` must set Ray's environment (loopback node address, no usage stats)
 before the first ``import ray``.
 """
@@ -17,6 +21,7 @@ before the first ``import ray``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import signal
@@ -28,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from assistant.access import AccessConfig
 from assistant.models.loading import ModelSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +112,15 @@ class AppArgs(BaseModel):
     acoustic_batch_window_s: float = Field(default=0.005, ge=0)
     acoustic_max_batch: int = Field(default=8, ge=1)
     endpointer: dict[str, Any] = Field(default_factory=dict)  # EndpointerConfig overrides
+    # Who may call the gateway (assistant.access.AccessConfig): api_keys_env / api_keys, token_secret_env /
+    # token_secret, allowed_origins, max_body_bytes, max_sessions_per_client. Empty: access off (loopback only).
+    access: dict[str, Any] = Field(default_factory=dict)
+    # Seconds a model replica may take per call before the turn fails with "unavailable"
+    # (deployments.backends.CallTimeouts: encode_s, lm_first_chunk_s, lm_next_chunk_s, acoustic_s, media_s).
+    call_timeouts: dict[str, float] = Field(default_factory=dict)
+    # What one WebRTC session may cost (assistant.webrtc.limits.SessionLimits: connect_timeout_s, media_timeout_s,
+    # idle_timeout_s, messages_per_s, message_burst, turns_per_s, turn_burst, ...).
+    session_limits: dict[str, Any] = Field(default_factory=dict)
     speech_tokenizer: DeploymentOptions = Field(default_factory=DeploymentOptions)
     lm: DeploymentOptions = Field(default_factory=DeploymentOptions)
     acoustic: DeploymentOptions = Field(default_factory=DeploymentOptions)
@@ -120,7 +135,16 @@ class AppArgs(BaseModel):
         from assistant.lm_engine import LMEngineConfig
 
         LMEngineConfig(**self.lm_batching_config())  # a wrong slot count fails here, not in a replica
+        self.access_config()  # and a misspelt access setting fails here (its variables are read later, where used)
+        from assistant.webrtc.limits import SessionLimits
+        from deployments.backends import CallTimeouts
+
+        CallTimeouts(**self.call_timeouts)
+        SessionLimits(**self.session_limits)
         return self
+
+    def access_config(self) -> AccessConfig:
+        return AccessConfig.from_dict(self.access)
 
     def lm_batching_config(self) -> dict[str, Any]:
         return {k: tuple(v) if isinstance(v, list) else v for k, v in self.lm_batching.items()}
@@ -167,6 +191,28 @@ class ServeSettings(BaseModel):
     port: int = DEFAULT_PORT
     ray: RaySettings = Field(default_factory=RaySettings)
 
+    @model_validator(mode="after")
+    def _exposed_only_with_access(self) -> ServeSettings:
+        check_exposure(self.host, self.args)
+        return self
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, args: AppArgs) -> None:
+    """Raises ValueError when Serve's HTTP proxy would listen beyond this machine with access off: anyone who can
+    reach the port could then start sessions on our GPUs."""
+    if not is_loopback_host(host) and not args.access_config().enabled:
+        raise ValueError(f"http_options.host is {host!r}, which other machines can reach, but access is off: configure "
+                         "the app's access section (api_keys_env and/or token_secret_env) or listen on 127.0.0.1")
+
 
 def load_config(yaml_path: str | Path) -> ServeSettings:
     """Reads a Serve config file (``http_options`` + ``applications[0].args`` + an optional top-level ``ray``) or a
@@ -210,7 +256,8 @@ def build_app(args: AppArgs | dict[str, Any] | None = None):
     media = MediaDecoderDeployment.options(**args.media.serve_options()).bind(model)
     return Gateway.options(**args.gateway.serve_options()).bind(
         speech, lm, acoustic, media, model=model, loopback_only=args.loopback_only, max_sessions=args.max_sessions,
-        engine=dict(args.engine), endpointer=dict(args.endpointer))
+        engine=dict(args.engine), endpointer=dict(args.endpointer), access=dict(args.access),
+        call_timeouts=dict(args.call_timeouts), session_limits=dict(args.session_limits))
 
 
 def set_ray_environment(local: bool = True) -> None:
@@ -353,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host = opts.host or settings.host
     port = opts.port or settings.port
+    try:
+        check_exposure(host, settings.args)
+        if settings.ray.address is None:
+            # a local cluster's replicas inherit this environment: a missing variable fails here, not in a replica
+            settings.args.access_config().resolve(os.environ)
+    except ValueError as exc:
+        print(f"anystream-serve: {opts.config}: {exc}", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
 
@@ -383,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_app(settings.args), name=APP_NAME, route_prefix="/", blocking=False)
         shown = "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
         install_handlers()
-        print(f"anystream is serving at http://{shown}:{port} (POST /offer, GET /health)", flush=True)
+        access = "on" if settings.args.access_config().enabled else "off (this machine only)"
+        print(f"anystream is serving at http://{shown}:{port} (POST /offer, GET /health; access {access})",
+              flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -1,55 +1,178 @@
-"""The engine's backend ABCs implemented over Ray Serve DeploymentHandles (numpy crosses unchanged)."""
+"""The engine's backend ABCs implemented over Ray Serve DeploymentHandles (numpy crosses unchanged).
+
+Every call to a replica has a deadline (``CallTimeouts``). A call that misses it is cancelled (the replica stops
+working on it) and raises ``BackendUnavailableError``, as do the errors Ray raises for a replica that died, cannot be
+reached or refuses work for load; the engine turns that into a caller-safe "service unavailable" error and the next
+turn goes to whichever replica is healthy by then.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+from ray import exceptions as ray_errors
+from ray.serve import exceptions as serve_errors
 from ray.serve.handle import DeploymentHandle
 
-from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
-from assistant.pipeline.backends import UnknownVoiceKeyError
+from assistant.lm_engine import BusyError
+from assistant.pipeline.backends import AcousticBackend, Backends, BackendUnavailableError, LMBackend, LMLimits
+from assistant.pipeline.backends import MediaBackend, SpeechEncoderBackend, UnknownVoiceKeyError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CallTimeouts:
+    """Seconds a replica may take to answer one call; past that the call is cancelled and the turn fails with
+    "unavailable". The defaults fit the embedded models on CPU, with room for a replica that is busy with other
+    sessions (the slowest calls there take well under a second); GPU deployments may set them tighter.
+
+    encode_s: one utterance through the speech tokenizer (batched with others for up to its batch wait).
+    lm_first_chunk_s: the LM's first chunk of a reply: a wait for a slot, the prompt's prefill, one step. Also bounds
+        the one ``limits`` call.
+    lm_next_chunk_s: every later chunk, counted from the moment the engine asks for it (a consumer that is slow,
+        e.g. backpressured by the acoustic decoder, does not count against the LM).
+    acoustic_s: one speech chunk decoded (or a voice registered).
+    media_s: one picture drawn or read, or one piece of music rendered (the slowest models).
+    """
+
+    encode_s: float = 10.0
+    lm_first_chunk_s: float = 20.0
+    lm_next_chunk_s: float = 10.0
+    acoustic_s: float = 10.0
+    media_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value}")
+
+
+# Ray's ways of saying a replica cannot take the call: it died or is unreachable (RayActorError covers ActorDiedError
+# and ActorUnavailableError), its worker or node went away, or Serve has no replica / refuses for load.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    ray_errors.RayActorError,
+    ray_errors.WorkerCrashedError,
+    ray_errors.NodeDiedError,
+    ray_errors.LocalRayletDiedError,
+    serve_errors.BackPressureError,
+    serve_errors.DeploymentUnavailableError,
+    serve_errors.ReplicaUnavailableError,
+)
+# What a replica itself raises when it refuses for load (re-raised by Ray as a RayTaskError "as instance of cause").
+_REFUSED_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailableError, BusyError)
+
+
+def _cancel(call: object) -> None:
+    """Best effort: a DeploymentResponse / -Generator stops the replica's work; a plain awaitable has nothing to stop."""
+    cancel = getattr(call, "cancel", None)
+    if callable(cancel):
+        try:
+            cancel()
+        except Exception:  # noqa: BLE001 - cancelling a call that already ended may complain; nothing is left to stop
+            log.debug("cancelling a replica call failed", exc_info=True)
+
+
+def as_unavailable(role: str, exc: BaseException) -> BackendUnavailableError | None:
+    """``exc`` as the engine's ``BackendUnavailableError`` when it means the ``role`` service cannot answer now, else
+    None (the error is the replica's own: a bad request, a model failure)."""
+    if isinstance(exc, BackendUnavailableError) and not isinstance(exc, ray_errors.RayTaskError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        return BackendUnavailableError(role, f"{type(exc).__name__}: {exc}")
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray_errors.RayTaskError) else None
+    if isinstance(exc, _REFUSED_ERRORS) or isinstance(cause, _REFUSED_ERRORS):
+        return BackendUnavailableError(role, f"refused for load: {cause if cause is not None else exc}")
+    return None
+
+
+async def _answer(role: str, call: Awaitable[T], timeout_s: float) -> T:
+    """``call``'s result within ``timeout_s``; else the call is cancelled and ``BackendUnavailableError`` raised."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except TimeoutError:
+        _cancel(call)
+        raise BackendUnavailableError(role, f"no answer within {timeout_s:g} s") from None
+    except Exception as exc:
+        unavailable = as_unavailable(role, exc)
+        if unavailable is None or unavailable is exc:
+            raise
+        raise unavailable from exc
 
 
 class RaySpeechEncoder(SpeechEncoderBackend):
-    def __init__(self, handle: DeploymentHandle):
+    def __init__(self, handle: DeploymentHandle, timeouts: CallTimeouts | None = None):
         self._handle = handle
+        self._timeouts = timeouts or CallTimeouts()
 
     async def encode(self, wave: np.ndarray) -> np.ndarray:
         """float32 [T] -> int64 [F] (level 1 only crosses the boundary)."""
-        return await self._handle.encode.remote(np.asarray(wave, dtype=np.float32))
+        call = self._handle.encode.remote(np.asarray(wave, dtype=np.float32))
+        return await _answer("speech", call, self._timeouts.encode_s)
 
 
 class RayLMBackend(LMBackend):
-    def __init__(self, handle: DeploymentHandle):
-        self._handle = handle.options(stream=True)
+    def __init__(self, handle: DeploymentHandle, timeouts: CallTimeouts | None = None):
+        self._handle = handle
+        self._streaming = handle.options(stream=True)
+        self._timeouts = timeouts or CallTimeouts()
+        self._limits: LMLimits | None = None
+        self._limits_known = False
+        self._limits_lock = asyncio.Lock()
+
+    async def limits(self) -> LMLimits | None:
+        """Asked of one replica once (every replica runs the same model), then remembered. A failed call is not
+        remembered: the next turn asks again."""
+        if not self._limits_known:
+            async with self._limits_lock:
+                if not self._limits_known:
+                    call = self._handle.limits.remote()
+                    self._limits = await _answer("lm", call, self._timeouts.lm_first_chunk_s)
+                    self._limits_known = True
+        return self._limits
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
-        remote = self._handle.stream.remote(list(prompt_ids), force_modality)
+        remote = self._streaming.stream.remote(list(prompt_ids), force_modality)
+        timeout_s = self._timeouts.lm_first_chunk_s
         try:
-            async for chunk in remote:
+            while True:
+                try:
+                    chunk = await _answer("lm", anext(remote), timeout_s)
+                except StopAsyncIteration:
+                    return
                 yield list(chunk)
+                timeout_s = self._timeouts.lm_next_chunk_s
         finally:
-            # Closing this iterator (interrupt, finished turn, error) cancels the generator in the LM replica,
-            # whose cleanup stops generation there.
-            remote.cancel()
+            # Closing this iterator (interrupt, finished turn, error, timeout) cancels the generator in the LM
+            # replica, whose cleanup stops generation there.
+            _cancel(remote)
 
 
 class RayAcousticBackend(AcousticBackend):
     """Only the chunk, its context and the voice key cross per call; the prompt crosses once per session
     (``register_voice``) and again only when a replica does not know the key."""
 
-    def __init__(self, handle: DeploymentHandle):
+    def __init__(self, handle: DeploymentHandle, timeouts: CallTimeouts | None = None):
         self._handle = handle
+        self._timeouts = timeouts or CallTimeouts()
 
     async def register_voice(self, prompt: np.ndarray) -> str:
-        return await self._handle.register_voice.remote(np.asarray(prompt, dtype=np.int64))
+        call = self._handle.register_voice.remote(np.asarray(prompt, dtype=np.int64))
+        return await _answer("acoustic", call, self._timeouts.acoustic_s)
 
     async def decode_chunk(
         self, semantic: np.ndarray, context: np.ndarray | None, voice: str | None, prompt: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         try:
-            codes, wave = await self._handle.decode_chunk.remote(semantic, context, voice, prompt)
+            call = self._handle.decode_chunk.remote(semantic, context, voice, prompt)
+            codes, wave = await _answer("acoustic", call, self._timeouts.acoustic_s)
         except Exception as exc:
             # Ray re-raises a replica's exception as a RayTaskError that is also an instance of the cause's class;
             # the cause itself is checked too, so the engine always sees UnknownVoiceKeyError.
@@ -60,21 +183,25 @@ class RayAcousticBackend(AcousticBackend):
 
 
 class RayMediaBackend(MediaBackend):
-    def __init__(self, handle: DeploymentHandle):
+    def __init__(self, handle: DeploymentHandle, timeouts: CallTimeouts | None = None):
         self._handle = handle
+        self._timeouts = timeouts or CallTimeouts()
 
     async def image_png(self, codes: list[int]) -> tuple[bytes, int, int]:
-        png, width, height = await self._handle.image_png.remote(list(codes))
+        call = self._handle.image_png.remote(list(codes))
+        png, width, height = await _answer("media", call, self._timeouts.media_s)
         return png, width, height
 
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
-        return await self._handle.music_wave.remote(list(tokens))
+        return await _answer("media", self._handle.music_wave.remote(list(tokens)), self._timeouts.media_s)
 
     async def image_codes(self, png: bytes) -> list[int]:
-        return list(await self._handle.image_codes.remote(bytes(png)))
+        return list(await _answer("media", self._handle.image_codes.remote(bytes(png)), self._timeouts.media_s))
 
 
 def ray_backends(speech: DeploymentHandle, lm: DeploymentHandle, acoustic: DeploymentHandle,
-                 media: DeploymentHandle) -> Backends:
-    return Backends(speech=RaySpeechEncoder(speech), lm=RayLMBackend(lm), acoustic=RayAcousticBackend(acoustic),
-                    media=RayMediaBackend(media))
+                 media: DeploymentHandle, timeouts: CallTimeouts | None = None) -> Backends:
+    """The four backends over their deployments' handles; ``timeouts`` (None: the defaults) bounds every call."""
+    timeouts = timeouts or CallTimeouts()
+    return Backends(speech=RaySpeechEncoder(speech, timeouts), lm=RayLMBackend(lm, timeouts),
+                    acoustic=RayAcousticBackend(acoustic, timeouts), media=RayMediaBackend(media, timeouts))

@@ -10,6 +10,7 @@ from ray import serve
 
 from assistant.lm_engine import LMEngineConfig
 from assistant.models.loading import ModelSpec, load_role
+from assistant.pipeline.backends import LMLimits
 from deployments.autoscaling import LOAD_METRIC
 from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
 from deployments.streams import batch_chunks
@@ -30,11 +31,17 @@ class LMDeployment(ReadinessProbe):
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None = None) -> AsyncIterator[list[int]]:
         """Call with ``handle.options(stream=True)``. Cancelling the call cancels the request (its slot is free by
-        the engine's next step). Raises ``BusyError`` when every slot and waiting place of this replica is taken."""
+        the engine's next step). Raises ``BackendUnavailableError`` when every slot and waiting place of this replica
+        is taken."""
         source = self._lm.stream(list(prompt_ids), force_modality)
         async with aclosing(batch_chunks(source, self._interval_s)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def limits(self) -> LMLimits | None:
+        """The model's context and reply sizes (``LMBackend.limits``): the gateway's engine keeps prompts within
+        them. Every replica of a deployment runs the same model and settings, so any replica's answer holds."""
+        return await self._lm.limits()
 
     def stats(self) -> dict:
         """The engine's occupancy and speed figures (``assistant.lm_engine.LMEngine.stats``); {} for engines

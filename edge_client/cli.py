@@ -2,7 +2,8 @@
 
 ``--image PIC.png [--text QUESTION]`` sends a picture once connected: with ``--text`` the picture and the question
 start a turn at once; without it the picture goes with your next spoken question. ``--voice NAME`` asks for one
-of the server's voices (``GET /voices`` lists them).
+of the server's voices (``GET /voices`` lists them). A server with access on wants an API key or session token:
+``--api-key KEY`` or, better (other users of the machine can read command lines), ``ANYSTREAM_API_KEY``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from assistant.protocol import MAX_IMAGE_BYTES, ImageMessage, ProtocolError, val
 from edge_client.client import EXIT_SERVER, EdgeClient
 
 DEFAULT_FILE_TIMEOUT_S = 120.0
+API_KEY_ENV = "ANYSTREAM_API_KEY"
 
 
 def _voice_name(value: str) -> str:
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --text it is asked about at once, otherwise it goes with your next spoken question")
     p.add_argument("--voice", default=None, type=_voice_name,
                    help="the voice the assistant speaks with (a name from the server's GET /voices)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})")
     p.add_argument("--loopback-only", action="store_true",
                    help="keep WebRTC on 127.0.0.1 and use no STUN server (server on this machine)")
     p.add_argument("--timeout", type=float, default=None,
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         timeout = DEFAULT_FILE_TIMEOUT_S
     client = EdgeClient(args.server, source, sink, out_dir=out_dir, loopback_only=args.loopback_only,
                         text=args.text, timeout=timeout, vad_aggressiveness=args.vad_aggressiveness,
-                        image=image, image_name=args.image, voice=args.voice)
+                        image=image, image_name=args.image, voice=args.voice,
+                        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
     try:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # a second Ctrl-C while closing

@@ -79,7 +79,7 @@ class EdgeClient:
                  vad_aggressiveness: int = 2, offer_timeout: float = 15.0, drain_s: float = 0.4,
                  handle_signals: bool = True, stdout: TextIO | None = None, stderr: TextIO | None = None,
                  image: bytes | None = None, image_name: str | None = None, voice: str | None = None,
-                 bye_timeout: float = 1.0):
+                 bye_timeout: float = 1.0, api_key: str | None = None):
         """
         server_url: base URL of the server (``http://host:port``); the offer goes to ``{server_url}/offer``.
         source / sink: see :mod:`edge_client.audio_io`. A ``finite`` source makes the session end after the
@@ -97,6 +97,8 @@ class EdgeClient:
             holds the last ~80 ms) before hanging up.
         bye_timeout: how long to wait, after saying ``bye``, for the server to close the connection before closing
             it from this side.
+        api_key: an API key or session token, sent with the offer as ``Authorization: Bearer ...``; None sends none
+            (a server with access off).
         """
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -117,6 +119,7 @@ class EdgeClient:
         self.offer_timeout = offer_timeout
         self.drain_s = drain_s
         self.bye_timeout = bye_timeout
+        self.api_key = api_key
         self.handle_signals = handle_signals
         self.console = _Console(stdout or sys.stdout)
         self.err = stderr or sys.stderr
@@ -242,12 +245,14 @@ class EdgeClient:
         body = OfferRequest(sdp=pc.localDescription.sdp, type=pc.localDescription.type, voice=self.voice).to_dict()
         try:
             timeout = aiohttp.ClientTimeout(total=self.offer_timeout)
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             async with aiohttp.ClientSession(timeout=timeout) as http:
-                async with http.post(url, json=body) as resp:
+                async with http.post(url, json=body, headers=headers) as resp:
                     text = await resp.text()
                     if resp.status != 200:
                         detail = _error_detail(text)
-                        return self._fail(f"the server rejected the offer (HTTP {resp.status}): {detail}")
+                        hint = _REFUSAL_HINTS.get(resp.status, "")
+                        return self._fail(f"the server rejected the offer (HTTP {resp.status}): {detail}{hint}")
                     try:
                         answer = json.loads(text)
                         sdp, kind = answer["sdp"], answer["type"]
@@ -490,6 +495,13 @@ class EdgeClient:
             (self.out_dir / "session.json").write_text(json.dumps(self.summary(), indent=2, ensure_ascii=False))
         except OSError as exc:
             self.err.write(f"anystream-edge: could not write session.json: {exc}\n")
+
+
+# What the caller can do about a refusal (the server's own text comes first).
+_REFUSAL_HINTS = {
+    401: " (give an API key or token: --api-key, or the ANYSTREAM_API_KEY environment variable)",
+    429: " (this key already holds as many sessions as the server allows; end one first)",
+}
 
 
 def _error_detail(body: str) -> str:

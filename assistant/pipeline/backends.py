@@ -21,6 +21,42 @@ class SpeechEncoderBackend(ABC):
         level the engine uses, so the other levels are neither computed where avoidable nor sent."""
 
 
+BACKEND_ROLES = ("speech", "lm", "acoustic", "media")  # the fields of ``Backends``
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend could not answer: a call timed out, its replica died or is unreachable, or it refused the work for
+    load (every LM slot taken). ``role`` names the service (one of ``BACKEND_ROLES``). The engine tells the caller
+    that service is unavailable (error code "unavailable"): a later turn may work. The text is for the log only."""
+
+    def __init__(self, role: str, detail: str):
+        super().__init__(f"{role} backend unavailable: {detail}")
+        self.role = role
+        self.detail = detail
+
+    def __reduce__(self):
+        # raised inside a Ray replica it travels pickled; the default would call __init__ with the message alone
+        return type(self), (self.role, self.detail)
+
+
+@dataclass(frozen=True)
+class LMLimits:
+    """How much one generation of an LM may hold.
+
+    context_tokens: positions one generation may use, prompt and reply together (a KV slot, ``max_model_len``).
+    max_reply_tokens: the most new tokens one reply may take (the generation settings' total limit).
+    """
+
+    context_tokens: int
+    max_reply_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.context_tokens < 2:
+            raise ValueError(f"context_tokens must be >= 2, got {self.context_tokens}")
+        if self.max_reply_tokens < 1:
+            raise ValueError(f"max_reply_tokens must be >= 1, got {self.max_reply_tokens}")
+
+
 class LMBackend(ABC):
     @abstractmethod
     def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
@@ -28,6 +64,12 @@ class LMBackend(ABC):
 
         Closing the returned async iterator (``aclose``) aborts generation and frees its state.
         """
+
+    async def limits(self) -> LMLimits | None:
+        """The context and reply sizes of this LM; the engine keeps every prompt small enough that the reply fits.
+        None: unknown (the engine then bounds prompts by ``EngineConfig.max_history_tokens`` alone). Not abstract so
+        that existing backends keep working; every real backend answers, and a wrapper forwards its inner one's."""
+        return None
 
 
 def voice_key(prompt: np.ndarray) -> str:

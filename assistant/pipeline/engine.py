@@ -26,6 +26,17 @@ Queues (all bounded; nothing grows without limit):
   audio worker and the router. Audio is never silently dropped.
 - On interrupt everything queued (pending chunker codes, chunk jobs, outputs, splitter samples) is dropped at once.
 
+Limits (a turn never fails later turns):
+- Prompt: at most ``EngineConfig.max_history_tokens``, lowered so that the LM's longest reply still fits beside it in
+  the LM's context (``LMBackend.limits``, asked once per engine; see ``prompt_budget``). The oldest turns are
+  dropped to fit; a user message too long to fit even alone fails its turn with code "too_large".
+- Reply: at most ``EngineConfig.max_reply_audio_s`` of speech and music; at that point generation is aborted and the
+  turn ends with ``TurnFinished(MAX_TOKENS)`` after the audio up to the limit.
+- A turn that ends in ERROR is not remembered: one failure (or an oversized message) cannot poison the history.
+
+Errors reach the caller as a ``TurnError`` with a fixed, caller-safe text per failure class (a service unavailable,
+a message too long, anything else); the exception itself is logged under the ``error_id`` the caller sees.
+
 Malformed token sequences (codes outside their segment, an END without START, a nested START, an empty image, invalid
 ids) are dropped and counted in ``Session.stats``; they never end a turn.
 """
@@ -35,15 +46,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES, SAMPLE_RATE, FrameSplitter, float_to_pcm16
 from assistant.models.voices import VoiceBank
-from assistant.pipeline.backends import Backends, UnknownVoiceKeyError
+from assistant.pipeline.backends import Backends, BackendUnavailableError, LMLimits, UnknownVoiceKeyError
 from assistant.pipeline.chunking import SpeechChunker
+from assistant.pipeline.demux import (  # SessionStats is re-exported: it lived here before the grammar moved out
+    ImageSegment,
+    MusicSegment,
+    ReplyDemultiplexer,
+    ReplyEvent,
+    SessionStats,
+    SpeechCode,
+    SpeechEnd,
+    SpeechStart,
+    Stop,
+    TextPiece,
+)
 from assistant.pipeline.outputs import (
     AudioFrame,
     EngineOutput,
@@ -55,8 +79,8 @@ from assistant.pipeline.outputs import (
     TurnFinished,
 )
 from assistant.prompts import AssistantMessage, ChatPromptBuilder, Conversation, UserMessage
-from assistant.protocol import FinishReason
-from assistant.vocab import Modality, TextDetokenizer, TokenKind, UnifiedVocab
+from assistant.protocol import ErrorCode, FinishReason
+from assistant.vocab import Modality, UnifiedVocab
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +102,10 @@ class EngineConfig:
     fade_ms: linear fade-out applied at the end of each speech segment and each piece of music (no click at turn end).
     chunk_queue_size: bound of the router -> audio worker job queue (backpressure).
     output_queue_size: bound of the output queue (backpressure).
-    max_history_tokens: the prompt (history + new user message) is kept under this by dropping the oldest turns.
+    max_history_tokens: the prompt (history + new user message) is kept under this by dropping the oldest turns; the
+        LM's context lowers it further so that a whole reply fits (``AssistantEngine.prompt_token_budget``).
+    max_reply_audio_s: the most speech + music one reply may play, in seconds (None: no limit). Reaching it aborts
+        generation; the turn ends with ``TurnFinished(MAX_TOKENS)``.
     """
 
     force_modality: str | None = None
@@ -90,6 +117,7 @@ class EngineConfig:
     chunk_queue_size: int = 4
     output_queue_size: int = 64
     max_history_tokens: int = 4096
+    max_reply_audio_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         if self.force_modality is not None and self.force_modality not in _FORCEABLE:
@@ -101,10 +129,19 @@ class EngineConfig:
             raise ValueError(f"context_frames must be >= 0, got {self.context_frames}")
         if self.fade_ms < 0:
             raise ValueError(f"fade_ms must be >= 0, got {self.fade_ms}")
+        if self.max_reply_audio_s is not None and self.max_reply_audio_s * SAMPLE_RATE < OUTPUT_FRAME_SAMPLES:
+            raise ValueError(f"max_reply_audio_s must be None or at least one 20 ms frame, got {self.max_reply_audio_s}")
 
     @property
     def fade_samples(self) -> int:
         return int(round(self.fade_ms * SAMPLE_RATE / 1000.0))
+
+    @property
+    def max_reply_frames(self) -> int | None:
+        """``max_reply_audio_s`` in whole 20 ms output frames (rounded down: a reply never plays past the limit)."""
+        if self.max_reply_audio_s is None:
+            return None
+        return int(self.max_reply_audio_s * SAMPLE_RATE) // OUTPUT_FRAME_SAMPLES
 
     def forced_for(self, spoken: bool) -> Modality | None:
         if self.force_modality is not None:
@@ -126,22 +163,6 @@ class UserTurn:
         has_audio = self.audio is not None and np.asarray(self.audio).size > 0
         if not has_audio and not (self.text and self.text.strip()) and not self.image:
             raise ValueError("UserTurn needs non-empty audio, text or an image")
-
-
-@dataclass
-class SessionStats:
-    """Counters of dropped, malformed LM output (never fatal)."""
-
-    invalid_ids: int = 0  # ids outside the vocabulary
-    stray_codes: int = 0  # codes outside a segment of their modality
-    stray_ends: int = 0  # an END without its START
-    nested_starts: int = 0  # a START inside an open segment (ignored)
-    empty_segments: int = 0  # an image/music segment without codes
-    unterminated_segments: int = 0  # a segment still open when generation stopped
-    markers_ignored: int = 0  # [Human], <eoh>, ... inside a reply
-
-    def total_dropped(self) -> int:
-        return sum(vars(self).values())
 
 
 # Jobs of the audio worker (ordered).
@@ -170,6 +191,25 @@ class _MusicJob:
 _DONE = object()  # end of the job stream
 
 
+class MessageTooLongError(ValueError):
+    """The user's message alone leaves no room in the LM's context for history and reply. Its text is fit for the
+    caller (it names sizes, nothing else)."""
+
+    def __init__(self, message_tokens: int, limit_tokens: int):
+        super().__init__(f"your message is too long for this model ({message_tokens} tokens, at most {limit_tokens})")
+        self.message_tokens = message_tokens
+        self.limit_tokens = limit_tokens
+
+
+class _ReplyAudioFull(Exception):
+    """Raised by the audio worker once the reply has played ``max_reply_audio_s``: ends the turn's task group, which
+    cancels the router (closing the LM stream aborts generation)."""
+
+
+# What the caller is told a service is, when it is unavailable (keys: ``backends.BACKEND_ROLES``).
+_SERVICE_NAMES = {"speech": "speech recognizer", "lm": "language model", "acoustic": "voice", "media": "picture/music"}
+
+
 class AssistantEngine:
     """Shared, stateless part: backends, vocabulary and settings. One ``Session`` per conversation."""
 
@@ -180,6 +220,25 @@ class AssistantEngine:
         self.config = config or EngineConfig()
         self.prompt_builder = ChatPromptBuilder(vocab)
         self.voices = voices
+        self._lm_limits: LMLimits | None = None
+        self._lm_limits_known = False
+        self._lm_limits_lock = asyncio.Lock()  # concurrent first turns ask the LM once
+
+    async def lm_limits(self) -> LMLimits | None:
+        """The LM backend's limits, asked once per engine (a failed ask is not remembered: the next turn asks again).
+        Raises what ``LMBackend.limits`` raises, e.g. ``BackendUnavailableError``."""
+        if not self._lm_limits_known:
+            async with self._lm_limits_lock:
+                if not self._lm_limits_known:
+                    self._lm_limits = await self.backends.lm.limits()
+                    self._lm_limits_known = True
+                    log.info("LM limits: %s; prompts of at most %d tokens", self._lm_limits,
+                             prompt_budget(self.config.max_history_tokens, self._lm_limits))
+        return self._lm_limits
+
+    async def prompt_token_budget(self) -> int:
+        """The most tokens one prompt (history + new user message) may have with this LM."""
+        return prompt_budget(self.config.max_history_tokens, await self.lm_limits())
 
     def new_session(self, voice: str | None = None) -> "Session":
         """A conversation whose speech is rendered in ``voice`` (a name of the voice bank; None = its default).
@@ -211,6 +270,7 @@ class Session:
         self._turn_active = False
         self._interrupted = False
         self._closed = False
+        self._reply_frames_left: int | None = None  # audio frames the turn in flight may still play (None: no limit)
 
     # ------------------------------------------------------------------ public
     async def respond(self, turn: UserTurn) -> AsyncIterator[EngineOutput]:
@@ -293,21 +353,29 @@ class Session:
         forced: Modality | None = None
         generated: list[int] = []
         reason = FinishReason.COMPLETE
-        error: str | None = None
+        error: TurnError | None = None
         try:
             user, forced = await self._user_message(turn)
-            prompt = self._build_prompt(user, forced)
+            prompt = await self._build_prompt(user, forced)
             reason = await self._run_lm_and_audio(prompt, forced, generated)
         except asyncio.CancelledError:
             reason = FinishReason.INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - a failing backend ends the turn, never the session
-            reason, error = FinishReason.ERROR, _describe(exc)
-            log.warning("turn failed: %s", error, exc_info=exc)
+            reason, error = FinishReason.ERROR, _turn_error(exc)
+            if error.code == ErrorCode.TOO_LARGE.value:
+                log.info("turn refused [error %s]: %s", error.error_id, error.message)
+            else:  # the whole exception (hosts, pids, remote tracebacks) goes to the log only
+                log.warning("turn failed [error %s]: %s", error.error_id, _describe(exc), exc_info=exc)
         # (cancellation is swallowed on purpose: this task is only ever cancelled by interrupt/respond/close)
 
-        if user is not None and (generated or reason is not FinishReason.ERROR):
+        # A failed turn is forgotten, even with a partial reply: remembering it could make every later prompt fail
+        # the same way (e.g. a reply cut by an error that left the history too long for the model).
+        if user is not None and reason is not FinishReason.ERROR:
             prefix = [self.vocab.range_of(forced).start_id] if forced is not None else []
-            self._remember(user, AssistantMessage.from_generated(self.vocab, generated, prefix=prefix))
+            try:
+                self._remember(user, AssistantMessage.from_generated(self.vocab, generated, prefix=prefix))
+            except Exception:  # noqa: BLE001 - an unrememberable reply costs its place in the history, not the turn
+                log.exception("could not keep the turn in the history")
 
         if reason is FinishReason.INTERRUPTED or self._interrupted:
             self._clear_buffers()
@@ -315,7 +383,7 @@ class Session:
             return
         try:
             if error is not None:
-                await out.put(TurnError(error))
+                await out.put(error)
             await out.put(TurnFinished(reason))
         except asyncio.CancelledError:
             self._clear_buffers()
@@ -325,31 +393,55 @@ class Session:
         speech_codes = None
         if turn.audio is not None and np.asarray(turn.audio).size > 0:
             wave = np.asarray(turn.audio, dtype=np.float32)
-            codes = np.asarray(await self.engine.backends.speech.encode(wave))  # level 1 = the semantic stream
+            with _calling("speech"):
+                codes = np.asarray(await self.engine.backends.speech.encode(wave))  # level 1 = the semantic stream
             if codes.ndim != 1 or codes.size == 0:
                 raise ValueError(f"speech encoder returned codes of shape {codes.shape}, expected level 1: [F>0]")
             speech_codes = [int(c) for c in codes]
-        image_codes = list(await self.engine.backends.media.image_codes(turn.image)) if turn.image else None
+        image_codes = None
+        if turn.image:
+            with _calling("media"):
+                image_codes = list(await self.engine.backends.media.image_codes(turn.image))
         text = turn.text if turn.text and turn.text.strip() else None
         message = UserMessage(text=text, speech_codes=speech_codes, image_codes=image_codes)
         return message, self.config.forced_for(speech_codes is not None)
 
-    def _build_prompt(self, user: UserMessage, forced: Modality | None) -> list[int]:
+    async def _build_prompt(self, user: UserMessage, forced: Modality | None) -> list[int]:
+        """History + ``user`` within the prompt budget (oldest turns dropped). Raises ``MessageTooLongError`` (the
+        history untouched) when ``user`` does not fit even alone."""
         builder = self.engine.prompt_builder
-        dropped = self.conversation.truncate_to(self.config.max_history_tokens, builder, user, forced)
+        with _calling("lm"):
+            budget = await self.engine.prompt_token_budget()
+        alone = builder.prompt_length(None, user, forced)
+        if alone > budget:
+            message_tokens = len(builder.user_message_ids(user))
+            raise MessageTooLongError(message_tokens, max(0, budget - (alone - message_tokens)))
+        dropped = self.conversation.truncate_to(budget, builder, user, forced)
         if dropped:
-            log.info("dropped %d old turns to fit %d prompt tokens", dropped, self.config.max_history_tokens)
+            log.info("dropped %d old turns to fit %d prompt tokens", dropped, budget)
         return builder.build(self.conversation, user, force_modality=forced)
 
     def _remember(self, user: UserMessage, reply: AssistantMessage) -> None:
         self.conversation.append_turn(user, reply)
 
     async def _run_lm_and_audio(self, prompt: list[int], forced: Modality | None, generated: list[int]) -> FinishReason:
-        """Router (this task) + audio worker (child task). Either failing cancels the other."""
-        async with asyncio.TaskGroup() as group:
-            worker = group.create_task(self._audio_worker())
-            reason = await self._route_lm(prompt, forced, generated, worker)
-            await self._put_job(_DONE, worker)  # the worker finishes the queued jobs, then the group exits
+        """Router (this task) + audio worker (child task). Either failing cancels the other; so does the reply
+        reaching ``max_reply_audio_s`` (the worker stops, the router's cancellation closes the LM stream)."""
+        self._reply_frames_left = self.config.max_reply_frames
+        try:
+            async with asyncio.TaskGroup() as group:
+                worker = group.create_task(self._audio_worker())
+                with _calling("lm"):
+                    reason = await self._route_lm(prompt, forced, generated, worker)
+                await self._put_job(_DONE, worker)  # the worker finishes the queued jobs, then the group exits
+        except BaseExceptionGroup as failure:
+            full, others = failure.split(_ReplyAudioFull)
+            if full is None:
+                raise
+            if others is not None:
+                raise others from None
+            log.info("reply stopped at its audio limit of %s s", self.config.max_reply_audio_s)
+            return FinishReason.MAX_TOKENS
         return reason
 
     async def _put_job(self, job: object, worker: asyncio.Task) -> None:
@@ -367,94 +459,50 @@ class Session:
     async def _route_lm(
         self, prompt: list[int], forced: Modality | None, generated: list[int], worker: asyncio.Task
     ) -> FinishReason:
-        vocab, stats, out = self.vocab, self.stats, self._out
-        mode: Modality | None = forced  # open segment (a forced marker opens one in the prompt)
-        in_transcript = False
-        detok = TextDetokenizer(vocab)
-        segment: list[int] = []  # image codes / music tokens of the open segment
-        image_index = music_index = 0
-        stopped = False
+        out = self._out
+        demux = ReplyDemultiplexer(self.vocab, forced, self.stats)  # the grammar; this loop only acts on it
         self.chunker.clear()
 
-        async def emit_text(delta: str) -> None:
-            if delta:
-                await out.put(TranscriptDelta(delta) if in_transcript else ReplyTextDelta(delta))
+        async def act(event: ReplyEvent) -> None:
+            if isinstance(event, TextPiece):
+                await out.put(TranscriptDelta(event.text) if event.transcript else ReplyTextDelta(event.text))
+            elif isinstance(event, SpeechStart):
+                self.chunker.clear()
+            elif isinstance(event, SpeechCode):
+                ready = self.chunker.push(event.code)
+                if ready is not None:
+                    await self._put_job(_SpeechChunk(ready), worker)
+            elif isinstance(event, SpeechEnd):
+                await self._end_speech(worker)  # also when cut short: speak what was generated
+            elif isinstance(event, ImageSegment):
+                await self._put_job(_ImageJob(event.index, list(event.codes)), worker)
+            elif isinstance(event, MusicSegment):
+                await self._put_job(_MusicJob(event.index, list(event.tokens)), worker)
 
-        async def flush_text() -> None:
-            await emit_text(detok.flush())
-
+        stop_events: list[ReplyEvent] = []  # what the stop id flushed; acted on once generation is aborted
         stream = self.engine.backends.lm.stream(prompt, forced.value if forced is not None else None)
         try:
             async for chunk in stream:
                 for token_id in chunk:
                     token_id = int(token_id)
-                    generated.append(token_id)
-                    info = vocab.classify(token_id)
-                    kind = info.kind
-                    if kind is TokenKind.STOP:
-                        stopped = True
+                    if 0 <= token_id < self.vocab.size:  # an invalid id is dropped (the demux counts it), never kept
+                        generated.append(token_id)
+                    events = demux.push(token_id)
+                    if demux.finished:
+                        stop_events = events
                         break
-                    if kind is TokenKind.TEXT:
-                        if mode is not None:
-                            # AnyGPT puts text only outside segments; text inside one is dropped
-                            stats.stray_codes += 1
-                            continue
-                        await emit_text(detok.push(token_id))
-                    elif kind is TokenKind.CODE:
-                        if info.modality is not mode:
-                            stats.stray_codes += 1
-                        elif mode is Modality.SPEECH:
-                            ready = self.chunker.push(info.code)
-                            if ready is not None:
-                                await self._put_job(_SpeechChunk(ready), worker)
-                        else:
-                            segment.append(info.code)
-                    elif kind is TokenKind.START:
-                        if mode is not None:
-                            stats.nested_starts += 1
-                            continue
-                        await flush_text()
-                        mode, segment = info.modality, []
-                        self.chunker.clear()
-                    elif kind is TokenKind.END:
-                        if info.modality is not mode:
-                            stats.stray_ends += 1
-                            continue
-                        if mode is Modality.SPEECH:
-                            await self._end_speech(worker)
-                        elif not segment:
-                            stats.empty_segments += 1
-                        elif mode is Modality.IMAGE:
-                            await self._put_job(_ImageJob(image_index, segment), worker)
-                            image_index += 1
-                        else:
-                            await self._put_job(_MusicJob(music_index, segment), worker)
-                            music_index += 1
-                        mode, segment = None, []
-                    elif kind is TokenKind.MARKER:
-                        if token_id == vocab.ins_id:
-                            await flush_text()
-                            in_transcript = True
-                        elif token_id == vocab.res_id:
-                            await flush_text()
-                            in_transcript = False
-                        else:
-                            stats.markers_ignored += 1
-                    else:
-                        stats.invalid_ids += 1
-                if stopped:
+                    for event in events:
+                        await act(event)
+                if demux.finished:
                     break
                 if worker.done():
                     break  # the worker failed or was cancelled; the task group reports it
         finally:
             await stream.aclose()  # aborts generation and frees its state (also on cancel/error)
 
-        await flush_text()
-        if mode is not None:
-            stats.unterminated_segments += 1
-            if mode is Modality.SPEECH:
-                await self._end_speech(worker)  # speak what was generated (e.g. max_new_tokens reached)
-        if stopped:
+        for event in stop_events + demux.finish():
+            await act(event)
+        if any(isinstance(event, Stop) for event in stop_events):
             return FinishReason.COMPLETE
         return FinishReason.MAX_TOKENS
 
@@ -474,7 +522,8 @@ class Session:
             if job is _DONE:
                 break
             if isinstance(job, _SpeechChunk):
-                codes, wave = await self._decode_speech(job.semantic, context)
+                with _calling("acoustic"):
+                    codes, wave = await self._decode_speech(job.semantic, context)
                 codes = np.asarray(codes, dtype=np.int64)
                 wave = np.asarray(wave, dtype=np.float32).reshape(-1)
                 context = codes[:, -cfg.context_frames:] if cfg.context_frames > 0 else None
@@ -487,10 +536,12 @@ class Session:
                 await self._put_frames(self.splitter.flush(pad=True), "speech")
                 tail, context = np.zeros(0, dtype=np.float32), None
             elif isinstance(job, _ImageJob):
-                png, width, height = await backends.media.image_png(job.codes)
+                with _calling("media"):
+                    png, width, height = await backends.media.image_png(job.codes)
                 await out.put(ImageOutput(job.index, bytes(png), int(width), int(height)))
             elif isinstance(job, _MusicJob):
-                wave = np.asarray(await backends.media.music_wave(job.tokens), dtype=np.float32).reshape(-1)
+                with _calling("media"):
+                    wave = np.asarray(await backends.media.music_wave(job.tokens), dtype=np.float32).reshape(-1)
                 await out.put(MusicOutput(job.index, wave, wave.size / SAMPLE_RATE))
                 music_splitter = FrameSplitter(OUTPUT_FRAME_SAMPLES)
                 faded = np.concatenate([wave[: wave.size - min(cfg.fade_samples, wave.size)],
@@ -513,8 +564,17 @@ class Session:
             return await acoustic.decode_chunk(semantic, context, self._voice_key, prompt=self.voice_prompt)
 
     async def _put_frames(self, frames: list[np.ndarray], source: str) -> None:
+        """Queues 20 ms frames; counts them against the reply's audio limit and raises ``_ReplyAudioFull`` right after
+        the last one it allows (faded out: the reply stops without a click)."""
         for frame in frames:
+            last = self._reply_frames_left == 1
+            if last:
+                frame = _fade_out_end(frame, self.config.fade_samples)
             await self._out.put(AudioFrame(float_to_pcm16(frame), source))
+            if self._reply_frames_left is not None:
+                self._reply_frames_left -= 1
+                if self._reply_frames_left <= 0:
+                    raise _ReplyAudioFull()
 
 
 def _fade_out(wave: np.ndarray) -> np.ndarray:
@@ -523,10 +583,64 @@ def _fade_out(wave: np.ndarray) -> np.ndarray:
     return (wave * np.linspace(1.0, 0.0, wave.size, dtype=np.float32)).astype(np.float32)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup):
+def _fade_out_end(frame: np.ndarray, samples: int) -> np.ndarray:
+    """``frame`` with its last ``samples`` faded to silence."""
+    keep = frame.size - min(samples, frame.size)
+    return np.concatenate([frame[:keep], _fade_out(frame[keep:])]).astype(np.float32)
+
+
+def prompt_budget(max_history_tokens: int, limits: LMLimits | None) -> int:
+    """The most tokens a prompt may have: ``max_history_tokens``, lowered so that a whole reply fits beside the prompt
+    in the LM's context. The reply's reserve is its token limit, but at most half the context: a model whose reply
+    limit reaches its context (AnyGPT's 2504 new tokens in a 2048-position slot) would otherwise accept no prompt at
+    all; such a reply is cut at the end of the context instead (MAX_TOKENS)."""
+    if limits is None:
+        return max_history_tokens
+    reserve = min(limits.max_reply_tokens, limits.context_tokens // 2)
+    return min(max_history_tokens, limits.context_tokens - reserve)
+
+
+@contextlib.contextmanager
+def _calling(role: str) -> Iterator[None]:
+    """Names the backend (``BACKEND_ROLES``) whose call failed: a note on the exception, so the log says which
+    service it was. A timeout or lost connection from a backend that does not classify its own errors (the in-process
+    ones never time out; the Ray ones raise ``BackendUnavailableError`` themselves) means the service is unavailable."""
+    try:
+        yield
+    except BackendUnavailableError:
+        raise
+    except (TimeoutError, ConnectionError) as exc:
+        raise BackendUnavailableError(role, _describe(exc)) from exc
+    except Exception as exc:
+        note = f"(raised by the {role} backend)"
+        if note not in getattr(exc, "__notes__", ()):  # the same instance may be raised again (a cached error)
+            exc.add_note(note)
+        raise
+
+
+def _root_failure(exc: BaseException) -> BaseException:
+    """The first real failure inside (nested) exception groups of the turn's task group."""
+    while isinstance(exc, BaseExceptionGroup):
         inner = [e for e in exc.exceptions if not isinstance(e, asyncio.CancelledError)]
-        if inner:
-            return _describe(inner[0])
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if str(exc) else text
+        if not inner:
+            break
+        exc = inner[0]
+    return exc
+
+
+def _turn_error(exc: BaseException) -> TurnError:
+    """A fixed, caller-safe text and code per failure class, with a fresh id that names the log line of ``exc``."""
+    failure = _root_failure(exc)
+    error_id = secrets.token_hex(4)
+    if isinstance(failure, MessageTooLongError):
+        return TurnError(str(failure), ErrorCode.TOO_LARGE.value, error_id)
+    if isinstance(failure, BackendUnavailableError):
+        service = _SERVICE_NAMES.get(failure.role, "model")
+        return TurnError(f"the {service} service is unavailable; try again", ErrorCode.UNAVAILABLE.value, error_id)
+    return TurnError("the reply failed; try again", ErrorCode.TURN_FAILED.value, error_id)
+
+
+def _describe(exc: BaseException) -> str:
+    """For the log: the failure's type and text."""
+    exc = _root_failure(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -25,9 +25,10 @@ from assistant.image_io import read_image
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule, module_device
 from assistant.pipeline.acoustic_batching import AcousticBatcher, AcousticBatchStats
 from assistant.pipeline.backends import UnknownVoiceKeyError, voice_key
-from assistant.lm_engine import LMEngine, LMEngineConfig
+from assistant.lm_engine import BusyError, LMEngine, LMEngineConfig
 from assistant.models.bundle import ModelBundle
-from assistant.pipeline.backends import AcousticBackend, Backends, LMBackend, MediaBackend, SpeechEncoderBackend
+from assistant.pipeline.backends import AcousticBackend, Backends, BackendUnavailableError, LMBackend, LMLimits
+from assistant.pipeline.backends import MediaBackend, SpeechEncoderBackend
 from assistant.vocab import Modality
 
 class LocalSpeechEncoder(SpeechEncoderBackend):
@@ -73,15 +74,24 @@ class LocalLMBackend(LMBackend):
         self._calls = itertools.count()
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
-        """Raises ``BusyError`` when every slot and waiting place is taken, ``ValueError`` for a bad prompt."""
+        """Raises ``BackendUnavailableError`` when every slot and waiting place is taken (try again shortly),
+        ``ValueError`` for a bad prompt."""
         force = Modality(force_modality) if force_modality is not None else None
         seed = None if self.seed is None else self.seed + next(self._calls)
-        request = self.engine.submit(list(prompt_ids), force_modality=force, seed=seed)
+        try:
+            request = self.engine.submit(list(prompt_ids), force_modality=force, seed=seed)
+        except BusyError as exc:
+            raise BackendUnavailableError("lm", str(exc)) from exc
         try:
             async for chunk in request.chunks():
                 yield chunk
         finally:
             request.cancel()  # no-op once finished; else the slot is free by the engine's next step
+
+    async def limits(self) -> LMLimits:
+        """A slot's positions (the model's maximum unless ``slot_capacity`` is smaller) and the generation settings'
+        total limit: the engine stops a reply at whichever it reaches first."""
+        return LMLimits(context_tokens=self.engine.capacity, max_reply_tokens=self.engine.settings.total_limit)
 
     def stats(self) -> dict:
         return self.engine.stats()

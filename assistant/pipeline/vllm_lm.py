@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
-from assistant.pipeline.backends import LMBackend
+from assistant.pipeline.backends import LMBackend, LMLimits
 from assistant.vocab import Modality, UnifiedVocab
 
 
@@ -90,11 +90,24 @@ class VLLMBackend(LMBackend):
     """``LMBackend`` over a running vLLM engine; one request per ``stream`` call."""
 
     def __init__(self, engine: AsyncTokenEngine, vocab: UnifiedVocab, settings: GenerationSettings,
-                 seed: int | None = 0, make_params=vllm_sampling_params) -> None:
+                 seed: int | None = 0, make_params=vllm_sampling_params, max_model_len: int | None = None) -> None:
+        """``max_model_len``: positions per request, when known; None reads it from the engine's model config."""
         self.engine, self.vocab, self.settings, self.seed = engine, vocab, settings, seed
+        self.max_model_len = max_model_len
         self._make_params = make_params  # tests pass a plain-dict factory; vLLM is not installed there
         self._calls = itertools.count()
         self.active_requests: set[str] = set()
+
+    async def limits(self) -> LMLimits:
+        """vLLM's ``max_model_len`` (prompt and reply together) and the ``max_tokens`` every request is sent with."""
+        context = self.max_model_len
+        if context is None:
+            # AsyncLLM holds its model config as an attribute; older engines only answer an async getter
+            config = getattr(self.engine, "model_config", None)
+            if config is None:
+                config = await self.engine.get_model_config()
+            context = int(config.max_model_len)
+        return LMLimits(context_tokens=context, max_reply_tokens=self.settings.total_limit)
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
         prompt = [self.vocab.check_id(int(i)) for i in prompt_ids]

@@ -13,7 +13,12 @@ An :class:`RtcSession` owns one aiortc ``RTCPeerConnection`` and one engine sess
 - the assistant's voice leaves on :class:`ReplyAudioTrack`, paced at 20 ms frames from a bounded queue, so a
   slow network slows the engine rather than growing memory;
 - an optional metrics object (:class:`assistant.metrics.ServingMetrics`) hears of time to first audio, finished
-  turns, underruns and the number of sessions.
+  turns, underruns and the number of sessions;
+- a caller costs what :class:`~assistant.webrtc.limits.SessionLimits` allows: data-channel messages and turn starts
+  are rate limited (excess is dropped with one ``rate_limited`` error per run of drops), a turn start that waits
+  behind a running one is replaced by a newer one, a message still being reassembled may not grow past twice the
+  advertised size, and the manager's watchdog closes sessions that never connect, go silent or stay idle.
+  Nothing a caller sends ends its session by accident: every failure becomes an ``error`` event with a code.
 
 This module imports neither ray nor torch; the engine session is any object with ``respond(turn)``,
 ``interrupt()`` and ``close()`` (see ``assistant/pipeline/engine.py``).
@@ -28,6 +33,7 @@ import inspect
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,16 +56,29 @@ from assistant.pipeline.outputs import (
     TurnError,
     TurnFinished,
 )
-from assistant.protocol import FinishReason, OfferAnswer, OfferRequest, ProtocolError
+from assistant.protocol import ErrorCode, FinishReason, OfferAnswer, OfferRequest, ProtocolError
+from assistant.webrtc.limits import SessionLimits, TokenBucket, new_error_id
+from assistant.webrtc.sctp_guard import AiortcInternalsChanged, advertise_max_message_size, guard_sctp_reassembly
 
 logger = logging.getLogger(__name__)
 
 # A fresh turn waits this long for the previous one to honour its interrupt before cancelling it.
 _INTERRUPT_GRACE_S = 2.0
+# A session that ends with an error event waits at most this long for it to leave before closing the connection.
+_FINAL_MESSAGE_GRACE_S = 1.0
+# Messages the session wants to send before the data channel opens wait in a list; a peer that never opens the
+# channel must not make it grow without end (speech events keep coming from the audio track).
+_MAX_PENDING_MESSAGES = 100
+# Conversion failures of inbound audio are logged with a traceback once, then once every this many.
+_CONVERSION_FAILURE_LOG_EVERY = 100
 
 
 class SessionLimitError(RuntimeError):
     """The manager already holds its maximum number of sessions."""
+
+
+class ClientLimitError(SessionLimitError):
+    """The client already holds its maximum number of sessions (``max_sessions_per_client``)."""
 
 
 class VoiceUnavailableError(ProtocolError):
@@ -229,13 +248,18 @@ class ReplyAudioTrack(MediaStreamTrack):
 
 
 class InboundAudio:
-    """WebRTC frames (any rate/layout) -> 16 kHz mono s16 frames of ``frame_samples`` for the VAD."""
+    """WebRTC frames (any rate/layout/sample format) -> 16 kHz mono s16 frames of ``frame_samples`` for the VAD.
+
+    The caller's codec may change mid-call (renegotiation, a browser switching devices): when a frame's rate, layout
+    or sample format differs from the previous frame's, the resampler is rebuilt for it (libswresample refuses
+    frames unlike its first one)."""
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, frame_samples: int = OUTPUT_FRAME_SAMPLES):
         self.sample_rate = sample_rate
-        # libswresample keeps filter state across calls, so 20 ms pieces resample without edge clicks.
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
         self._splitter = FrameSplitter(frame_samples, dtype=np.int16)
+        self._resampler: av.AudioResampler | None = None
+        self._input_format: tuple[int, str, str] | None = None  # (rate, layout, sample format) of the last frame
+        self.format_changes = 0  # times the input format changed after the first frame
 
     @staticmethod
     def to_mono_float(frame: av.AudioFrame) -> np.ndarray:
@@ -249,15 +273,31 @@ class InboundAudio:
             data = pcm16_to_float(data)
         elif data.dtype == np.int32:
             data = data.astype(np.float32) / 2**31
+        elif data.dtype == np.uint8:  # u8 PCM is offset binary: 128 is silence
+            data = (data.astype(np.float32) - 128.0) / 128.0
         return np.asarray(data, dtype=np.float32).mean(axis=0)  # [T]
 
     def push(self, frame: av.AudioFrame) -> list[np.ndarray]:
-        """Returns whole int16 frames at ``sample_rate``."""
+        """Returns whole int16 frames at ``sample_rate``. Raises on a frame that cannot be converted (the caller
+        decides what a bad frame costs); the next good frame converts normally."""
+        input_format = (frame.sample_rate, frame.layout.name, frame.format.name)
+        if input_format != self._input_format:
+            if self._input_format is not None:
+                self.format_changes += 1
+            # libswresample keeps filter state across calls, so 20 ms pieces resample without edge clicks; a new
+            # input format needs a new resampler (the old one's state belongs to the old rate).
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+            self._input_format = input_format
         mono = float_to_pcm16(self.to_mono_float(frame))
         src = av.AudioFrame.from_ndarray(mono.reshape(1, -1), format="s16", layout="mono")
         src.sample_rate = frame.sample_rate
         out: list[np.ndarray] = []
-        for resampled in self._resampler.resample(src):
+        try:
+            resampled_frames = self._resampler.resample(src)
+        except Exception:
+            self._input_format = None  # start over with a fresh resampler on the next frame
+            raise
+        for resampled in resampled_frames:
             out.extend(self._splitter.push(resampled.to_ndarray().reshape(-1)))
         return out
 
@@ -276,12 +316,29 @@ class _Turn:
 
 
 @dataclass
+class _TurnRequest:
+    """A turn asked for but not started yet; ``result`` gets its turn id, or -1 when it never runs."""
+
+    audio: np.ndarray | None
+    text: str | None
+    image: bytes | None
+    asked_at: float  # time.monotonic(): time to first audio counts from here
+    result: asyncio.Future
+
+
+@dataclass
 class RtcSessionStats:
     inbound_frames: int = 0
     turns: int = 0
     images_received: int = 0
     messages_sent: int = 0
     client_errors: int = 0
+    messages_dropped: int = 0  # client messages refused by a rate limit
+    rate_limit_errors: int = 0  # rate_limited errors sent (one per run of dropped messages)
+    turn_starts_replaced: int = 0  # turn starts that waited behind a turn and were replaced by a newer one
+    audio_conversion_failures: int = 0  # inbound frames that could not be converted for the VAD
+    send_failures: int = 0  # outgoing messages that could not be encoded or sent
+    close_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -301,6 +358,9 @@ class RtcSession:
         voice: str | None = None,
         voices: list[str] | None = None,
         metrics: Any = None,
+        limits: SessionLimits | None = None,
+        now: Callable[[], float] = time.monotonic,
+        client_id: str | None = None,
     ):
         """
         turn_factory: builds the engine's turn from keyword arguments ``audio``, ``text`` and ``image``
@@ -309,6 +369,10 @@ class RtcSession:
             the caller in ``ready`` (the engine session already speaks with ``voice``).
         metrics: None, or an :class:`assistant.metrics.ServingMetrics` (``observe_ttfa``, ``turn_finished``,
             ``underrun``).
+        limits: rates, sizes and timeouts (default: :class:`SessionLimits` ()); the timeouts are enforced by whoever
+            calls :meth:`check_deadlines` (the manager's watchdog).
+        now: the clock of the rate limits and timeouts (seconds, monotonic); injectable for tests.
+        client_id: who the caller is, for the manager's per-client limit.
         """
         self.engine_session = engine_session
         self.session_id = session_id or uuid.uuid4().hex
@@ -320,6 +384,16 @@ class RtcSession:
         if metrics is not None:
             self.track.on_underrun = metrics.underrun
         self.stats = RtcSessionStats()
+        self.limits = limits or SessionLimits()
+        self.client_id = client_id
+        self._now = now
+        self._message_bucket = TokenBucket(self.limits.messages_per_s, self.limits.message_burst, now)
+        self._turn_bucket = TokenBucket(self.limits.turns_per_s, self.limits.turn_burst, now)
+        self._rate_limit_reported = False  # one rate_limited error per run of dropped messages
+        self.created_at = now()
+        self.connected_at: float | None = None
+        self.last_inbound_at = self.created_at  # the last audio frame or data-channel message
+        self.last_activity_at = self.created_at  # the last speech start, turn or client message
         self._inbound = InboundAudio(frame_samples=self.endpointer.config.frame_samples)
         self._on_closed = on_closed
         self._rtc_configuration = rtc_configuration
@@ -333,15 +407,22 @@ class RtcSession:
         self._tasks: set[asyncio.Task] = set()
         self._turn: _Turn | None = None
         self._turn_lock = asyncio.Lock()
+        self._waiting_start: _TurnRequest | None = None  # at most one start waits behind the running turn
+        self._turn_starter: asyncio.Task | None = None
         self._next_turn_id = 0
-        self._closed = False
-        self._close_task: asyncio.Task | None = None
+        self._closed = False  # set once the session is ending: input is ignored from then on
+        self._close_task: asyncio.Task | None = None  # a close decided inside a callback (bye, timeout, ...)
+        self._shutdown: asyncio.Task | None = None  # the one run of _shut_down(), shared by every close()
 
     # ----- lifecycle -----
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def peer_connection(self) -> RTCPeerConnection | None:
+        return self._pc
 
     @property
     def connection_state(self) -> str:
@@ -358,12 +439,18 @@ class RtcSession:
         try:
             parsed = SessionDescription.parse(offer.sdp)
         except Exception as exc:
-            raise ProtocolError(f"cannot parse the offer's SDP: {exc}") from None
+            raise ProtocolError(f"cannot parse the offer's SDP: {protocol.printable_excerpt(str(exc), 120)}") from None
         audio = [m for m in parsed.media if m.kind == "audio"]
         if len(audio) != 1:
             raise ProtocolError(f"offer must have exactly one audio section, got {len(audio)}")
         if audio[0].direction not in (None, "sendrecv"):
             raise ProtocolError(f"offer's audio must be sendrecv (to hear the assistant), got {audio[0].direction}")
+        others = sorted({m.kind for m in parsed.media if m.kind not in ("audio", "application")})
+        if others:
+            raise ProtocolError(f"offer may only carry audio and one data channel section, not {', '.join(others)}")
+        applications = [m for m in parsed.media if m.kind == "application"]
+        if len(applications) != 1:
+            raise ProtocolError(f"offer must have exactly one data channel section, got {len(applications)}")
 
         pc = RTCPeerConnection(self._rtc_configuration)
         self._pc = pc
@@ -372,34 +459,132 @@ class RtcSession:
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            self._guard_reassembly(pc)
             pc.addTrack(self.track)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.close()
-            raise ProtocolError(f"cannot use the offer: {exc}") from None
-        return OfferAnswer(sdp=pc.localDescription.sdp, session_id=self.session_id)
+            raise ProtocolError(f"cannot use the offer: {protocol.printable_excerpt(str(exc), 120)}") from None
+        answer = advertise_max_message_size(pc.localDescription.sdp, protocol.MAX_MESSAGE_BYTES)
+        return OfferAnswer(sdp=answer, session_id=self.session_id)
+
+    def _guard_reassembly(self, pc: RTCPeerConnection) -> None:
+        if pc.sctp is None:
+            return
+        try:
+            guard_sctp_reassembly(pc.sctp, max_stream_bytes=self.limits.max_reassembly_bytes,
+                                  max_stream_chunks=self.limits.max_reassembly_chunks,
+                                  max_total_bytes=self.limits.max_reassembly_total_bytes,
+                                  on_exceeded=self._on_reassembly_exceeded)
+        except AiortcInternalsChanged:
+            # Refusing every caller over a missing guard would be worse than running without it for a while;
+            # tests/webrtc/test_rtc_hostile.py fails on the same condition, so an upgrade does not ship this way.
+            logger.exception("session %s: data-channel messages are not bounded during reassembly", self.session_id)
+
+    def _on_reassembly_exceeded(self, why: str) -> None:
+        logger.warning("session %s: the caller ignored the advertised message size (%s); closing", self.session_id,
+                       why)
+        self.stats.client_errors += 1
+        self._schedule_close("a data-channel message went past the advertised size", protocol.ErrorEvent(
+            message=f"a message went over the limit of {protocol.MAX_MESSAGE_BYTES} bytes; the session has ended",
+            code=ErrorCode.TOO_LARGE.value))
 
     def _on_connection_state(self) -> None:
-        if self._pc is not None and self._pc.connectionState in ("failed", "closed") and not self._closed:
-            logger.info("session %s: connection %s", self.session_id, self._pc.connectionState)
-            self._close_task = asyncio.ensure_future(self.close())
+        if self._pc is None or self._closed:
+            return
+        state = self._pc.connectionState
+        if state == "connected" and self.connected_at is None:
+            now = self._now()
+            self.connected_at = now
+            # the caller's silence and idleness count from when it could first be heard
+            self.last_inbound_at = max(self.last_inbound_at, now)
+            self.last_activity_at = max(self.last_activity_at, now)
+        elif state in ("failed", "closed"):
+            self._schedule_close(f"connection {state}")
 
-    async def close(self) -> None:
-        """Cancels every task, closes the peer connection and frees the engine session (idempotent)."""
+    def check_deadlines(self, now: float) -> str | None:
+        """Closes the session when one of its timeouts has passed at ``now``; returns why, or None.
+
+        Called by :class:`RtcSessionManager`'s watchdog (one task for every session, not a timer each)."""
+        if self._closed:
+            return None
+        limits = self.limits
+        if self.connected_at is None:
+            if limits.connect_timeout_s is not None and now - self.created_at > limits.connect_timeout_s:
+                reason = f"not connected within {limits.connect_timeout_s:g} s"
+                self._schedule_close(reason)  # nobody can hear an error event yet
+                return reason
+            return None
+        if limits.media_timeout_s is not None and now - self.last_inbound_at > limits.media_timeout_s:
+            reason = f"no audio or message from the caller for {limits.media_timeout_s:g} s"
+            self._schedule_close(reason, protocol.ErrorEvent(message=f"{reason}; the session has ended",
+                                                             code=ErrorCode.TIMEOUT.value))
+            return reason
+        if (limits.idle_timeout_s is not None and not self.reply_in_progress
+                and now - self.last_activity_at > limits.idle_timeout_s):
+            reason = f"no activity for {limits.idle_timeout_s:g} s"
+            self._schedule_close(reason, protocol.ErrorEvent(message=f"{reason}; the session has ended",
+                                                             code=ErrorCode.TIMEOUT.value))
+            return reason
+        return None
+
+    def _schedule_close(self, reason: str, final_message: Any = None) -> None:
+        """Ends the session from a callback that cannot await: sends ``final_message`` (if any), gives it a moment
+        to leave, then closes. Input is ignored from now on."""
         if self._closed:
             return
+        logger.info("session %s: closing: %s", self.session_id, reason)
+        self.stats.close_reason = reason
+        if final_message is not None:
+            self.send(final_message)
         self._closed = True
+        self._close_task = asyncio.ensure_future(self._close_after_sending(final_message is not None))
+
+    async def _close_after_sending(self, wait_for_channel: bool) -> None:
+        if wait_for_channel:
+            await self._wait_channel_drained(_FINAL_MESSAGE_GRACE_S)
+        await self.close()
+
+    async def _wait_channel_drained(self, timeout: float) -> None:
+        channel = self._channel
+        if channel is None or channel.readyState != "open" or channel.bufferedAmount <= 0:
+            return
+        drained = asyncio.Event()
+        channel.on("bufferedamountlow", drained.set)  # fires when the buffered amount falls to 0 (the threshold)
+        try:
+            await asyncio.wait_for(drained.wait(), timeout)
+        except asyncio.TimeoutError:
+            logger.info("session %s: the last message did not leave within %.1f s", self.session_id, timeout)
+        finally:
+            channel.remove_listener("bufferedamountlow", drained.set)
+
+    async def close(self) -> None:
+        """Cancels every task, closes the peer connection and frees the engine session (idempotent; a second call
+        waits for the first to finish)."""
+        self._closed = True
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
         turn = self._turn
         if turn is not None and not turn.done:
             turn.interrupted = True
             await self._call_engine_interrupt()
         self.track.clear()
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
+        waiting, self._waiting_start = self._waiting_start, None
+        if waiting is not None and not waiting.result.done():
+            waiting.result.set_result(-1)
+        close_task = self._close_task
+        if close_task is not None and not close_task.done() and close_task is not asyncio.current_task():
+            close_task.cancel()  # it only waits for its message to leave, then for this very shutdown
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=_INTERRUPT_GRACE_S)
+            done, pending = await asyncio.wait(tasks, timeout=_INTERRUPT_GRACE_S)
+            for task in pending:
+                logger.error("session %s: a task ignored its cancellation: %r", self.session_id, task)
         self.track.stop()
         if self._pc is not None:
             try:
@@ -413,11 +598,18 @@ class RtcSession:
         except Exception:
             logger.exception("session %s: closing the engine session failed", self.session_id)
         if self._on_closed is not None:
-            result = self._on_closed(self)
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = self._on_closed(self)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("session %s: the on_closed callback failed", self.session_id)
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro) -> asyncio.Task | None:
+        """Runs ``coro`` as one of the session's tasks (cancelled by close); None once the session is closing."""
+        if self._closed:
+            coro.close()
+            return None
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -431,26 +623,45 @@ class RtcSession:
     # ----- events out -----
 
     def send(self, message: Any) -> None:
-        """Sends one protocol message on the data channel (queued until the channel is open)."""
-        text = protocol.to_json(message)
+        """Sends one protocol message on the data channel (queued until the channel is open). Never raises: a
+        message that cannot be encoded or sent is logged and counted in ``stats.send_failures``."""
+        try:
+            text = protocol.to_json(message)  # replaces lone surrogates, so the text always encodes as UTF-8
+        except Exception:
+            self.stats.send_failures += 1
+            logger.exception("session %s: cannot encode %s", self.session_id, type(message).__name__)
+            return
         channel = self._channel
         if channel is None or channel.readyState == "connecting":
+            if len(self._pending_messages) >= _MAX_PENDING_MESSAGES:
+                self.stats.send_failures += 1
+                return
             self._pending_messages.append(text)
             return
         if channel.readyState != "open":
             return
-        channel.send(text)
+        self._send_text(text)
+
+    def _send_text(self, text: str) -> None:
+        try:
+            self._channel.send(text)
+        except Exception as exc:  # closed under us, or bigger than the peer's max-message-size
+            self.stats.send_failures += 1
+            logger.warning("session %s: a message of %d characters was not sent: %r", self.session_id, len(text),
+                           exc)
+            return
         self.stats.messages_sent += 1
 
     def _flush_pending(self) -> None:
         pending, self._pending_messages = self._pending_messages, []
         for text in pending:
-            self._channel.send(text)
-            self.stats.messages_sent += 1
+            self._send_text(text)
 
     def _on_datachannel(self, channel) -> None:
+        if self._closed:
+            return
         if channel.label != protocol.DATA_CHANNEL_LABEL:
-            logger.info("session %s: ignoring data channel %r", self.session_id, channel.label)
+            logger.info("session %s: ignoring data channel %r", self.session_id, channel.label[:64])
             return
         self._channel = channel
         channel.on("message", self._on_message)
@@ -465,32 +676,85 @@ class RtcSession:
         else:
             channel.once("open", opened)
 
+    # ----- messages in -----
+
     def _on_message(self, raw: str | bytes) -> None:
+        """aiortc's message callback. Nothing may escape it: an exception here ends aiortc's SCTP receive loop,
+        and with it the caller's connection, without a word to the caller."""
+        try:
+            self._handle_message(raw)
+        except Exception:
+            error_id = new_error_id()
+            logger.exception("session %s: a client message could not be handled (error id %s)", self.session_id,
+                             error_id)
+            self.send(protocol.ErrorEvent(message=f"the server could not handle that message (error id {error_id})",
+                                          code=ErrorCode.INTERNAL.value))
+
+    def _handle_message(self, raw: str | bytes) -> None:
         if self._closed:
+            return
+        now = self._now()
+        self.last_inbound_at = now
+        self.last_activity_at = now
+        if not self._message_bucket.take():
+            self._drop_rate_limited("messages")
             return
         try:
             message = protocol.parse_client_message(raw)
         except ProtocolError as exc:
             self.stats.client_errors += 1
-            self.send(protocol.ErrorEvent(message=str(exc)))
+            self._admitted()
+            self.send(protocol.ErrorEvent(message=str(exc), code=self._code_of(exc)))
             return
         if isinstance(message, protocol.TextMessage):
-            self._spawn(self.start_turn(text=message.text, image=self._take_pending_image()))
-        elif isinstance(message, protocol.ImageMessage):
+            if not self._turn_bucket.take():
+                self._drop_rate_limited("questions")
+                return
+            self._admitted()
+            self._request_turn(text=message.text, image=self._take_pending_image())
+            return
+        if isinstance(message, protocol.ImageMessage):
+            if message.text is not None and not self._turn_bucket.take():
+                self._drop_rate_limited("questions")
+                return
+            self._admitted()
             self.stats.images_received += 1
             image = message.image_bytes()  # validated by the parser
             if message.text is not None:
                 self.pending_image = None  # this picture supersedes one still waiting
-                self._spawn(self.start_turn(text=message.text, image=image))
+                self._request_turn(text=message.text, image=image)
             else:
                 self.pending_image = image
-        elif isinstance(message, protocol.InterruptMessage):
+            return
+        self._admitted()
+        if isinstance(message, protocol.InterruptMessage):
             self.pending_image = None
             self._spawn(self.interrupt())
         elif isinstance(message, protocol.ByeMessage):
-            logger.info("session %s: the caller said bye", self.session_id)
-            self._close_task = asyncio.ensure_future(self.close())
+            self._schedule_close("the caller said bye")
         # Hello needs no answer: ``ready`` was sent when the channel opened.
+
+    @staticmethod
+    def _code_of(exc: ProtocolError) -> str:
+        """The error code for a refused message: the parser's own when it names one, else ``bad_message``."""
+        code = getattr(exc, "code", None)
+        code = getattr(code, "value", code)
+        return code if code in {c.value for c in ErrorCode} else ErrorCode.BAD_MESSAGE.value
+
+    def _drop_rate_limited(self, what: str) -> None:
+        self.stats.messages_dropped += 1
+        if self._rate_limit_reported:
+            return  # one error per run of drops: a flood must not turn into a flood of errors back
+        self._rate_limit_reported = True
+        self.stats.rate_limit_errors += 1
+        limits = self.limits
+        rate = limits.messages_per_s if what == "messages" else limits.turns_per_s
+        self.send(protocol.ErrorEvent(
+            message=f"too many {what} (at most {rate:g} a second); dropped until the rate falls",
+            code=ErrorCode.RATE_LIMITED.value))
+
+    def _admitted(self) -> None:
+        self._rate_limit_reported = False
 
     # ----- audio in -----
 
@@ -504,28 +768,50 @@ class RtcSession:
         try:
             while True:
                 await track.recv()
-        except MediaStreamError:
+        except Exception:  # MediaStreamError at the end; anything else also ends a track we do not use
             return
 
     async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        """Feeds the caller's audio to the VAD for the whole call. A frame that cannot be converted (a codec switch
+        to something odd, a broken frame) is counted and skipped: losing this loop would silently end VAD and
+        barge-in for the rest of the call."""
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            except Exception:
+                logger.exception("session %s: the caller's audio track failed; no more audio from it",
+                                 self.session_id)
+                return
             self.stats.inbound_frames += 1
-            for pcm in self._inbound.push(frame):
-                for event in self.endpointer.push(pcm.tobytes()):
-                    await self._on_vad_event(event)
+            self.last_inbound_at = self._now()
+            try:
+                pieces = self._inbound.push(frame)
+                for pcm in pieces:
+                    for event in self.endpointer.push(pcm.tobytes()):
+                        await self._on_vad_event(event)
+            except Exception:
+                self._count_conversion_failure(frame)
+
+    def _count_conversion_failure(self, frame: Any) -> None:
+        self.stats.audio_conversion_failures += 1
+        failures = self.stats.audio_conversion_failures
+        if failures == 1 or failures % _CONVERSION_FAILURE_LOG_EVERY == 0:
+            logger.warning("session %s: cannot use an inbound audio frame (%s Hz, %s, %s); %d so far",
+                           self.session_id, getattr(frame, "sample_rate", "?"),
+                           getattr(getattr(frame, "layout", None), "name", "?"),
+                           getattr(getattr(frame, "format", None), "name", "?"), failures, exc_info=True)
 
     async def _on_vad_event(self, event) -> None:
         if isinstance(event, SpeechStart):
+            self.last_activity_at = self._now()
             self.send(protocol.SpeechStarted())
             if self.reply_in_progress:
                 await self.interrupt()
         elif isinstance(event, SpeechEnd):
             self.send(protocol.SpeechStopped(duration_s=round(event.duration_s, 3)))
-            self._spawn(self.start_turn(audio=event.audio, image=self._take_pending_image()))
+            self._request_turn(audio=event.audio, image=self._take_pending_image())
 
     # ----- turns -----
 
@@ -562,8 +848,39 @@ class RtcSession:
     async def start_turn(self, *, audio: np.ndarray | None = None, text: str | None = None,
                          image: bytes | None = None) -> int:
         """Starts a turn (interrupting the previous one) and returns its id; the turn runs in the background.
+        Returns -1 when the turn never ran: a newer start replaced it while it waited, or the session closed.
         ``image`` is PNG/JPEG bytes; the pending picture is the caller's to pass (see :meth:`_take_pending_image`)."""
-        asked_at = time.monotonic()  # the end of the user's turn: time to first audio counts from here
+        return await self._request_turn(audio=audio, text=text, image=image)
+
+    def _request_turn(self, *, audio: np.ndarray | None = None, text: str | None = None,
+                      image: bytes | None = None) -> asyncio.Future:
+        """Asks for a turn without waiting. Only one start waits while the previous turn winds down: a newer
+        request replaces it (its future gets -1), so a burst of questions costs one turn, the latest."""
+        result = asyncio.get_running_loop().create_future()
+        if self._closed:
+            result.set_result(-1)
+            return result
+        request = _TurnRequest(audio=audio, text=text, image=image, asked_at=time.monotonic(), result=result)
+        replaced, self._waiting_start = self._waiting_start, request
+        if replaced is not None:
+            self.stats.turn_starts_replaced += 1
+            if not replaced.result.done():
+                replaced.result.set_result(-1)
+        if self._turn_starter is None or self._turn_starter.done():
+            self._turn_starter = self._spawn(self._start_waiting_turns())
+        return result
+
+    async def _start_waiting_turns(self) -> None:
+        while self._waiting_start is not None and not self._closed:
+            request, self._waiting_start = self._waiting_start, None
+            turn_id = -1
+            try:
+                turn_id = await self._start_turn_now(request)
+            finally:  # -1 as well when close() cancelled this start
+                if not request.result.done():
+                    request.result.set_result(turn_id)
+
+    async def _start_turn_now(self, request: _TurnRequest) -> int:
         async with self._turn_lock:
             if self._closed:
                 return -1
@@ -575,11 +892,15 @@ class RtcSession:
                     if not done:
                         previous.task.cancel()
                         await asyncio.wait({previous.task})
+            if self._closed:
+                return -1
             self._next_turn_id += 1
-            turn = _Turn(turn_id=self._next_turn_id, started_at=asked_at)
+            turn = _Turn(turn_id=self._next_turn_id, started_at=request.asked_at)
             self._turn = turn
             self.stats.turns += 1
-            turn.task = self._spawn(self._run_turn(turn, self._make_turn(audio, text, image)))
+            self.last_activity_at = self._now()
+            user_turn = self._make_turn(request.audio, request.text, request.image)
+            turn.task = self._spawn(self._run_turn(turn, user_turn))
             return turn.turn_id
 
     async def wait_turn(self, timeout: float | None = None) -> None:
@@ -592,9 +913,10 @@ class RtcSession:
         tid = turn.turn_id
         reason = FinishReason.ERROR
         self.send(protocol.TurnStarted(turn_id=tid))
-        outputs = self.engine_session.respond(user_turn)
+        outputs = None
         first_audio = True
         try:
+            outputs = self.engine_session.respond(user_turn)
             async for out in outputs:
                 if isinstance(out, AudioFrame):
                     if not turn.interrupted:
@@ -621,7 +943,8 @@ class RtcSession:
                 elif isinstance(out, MusicOutput):
                     self.send(protocol.MusicReady(turn_id=tid, index=out.index, duration_s=float(out.duration_s)))
                 elif isinstance(out, TurnError):
-                    self.send(protocol.ErrorEvent(message=out.message, turn_id=tid))
+                    # the engine made message and code fit for the caller; its details are logged under error_id
+                    self.send(protocol.ErrorEvent(message=out.message, turn_id=tid, code=out.code))
                 elif isinstance(out, TurnFinished):
                     reason = out.reason
                 else:
@@ -634,12 +957,16 @@ class RtcSession:
         except asyncio.CancelledError:
             turn.interrupted = True
             raise
-        except Exception as exc:
-            logger.exception("session %s: turn %d failed", self.session_id, tid)
-            self.send(protocol.ErrorEvent(message=f"turn failed: {exc}", turn_id=tid))
+        except Exception:
+            # The exception's text may name hosts, paths or pids: it stays in the log, the caller gets its id.
+            error_id = new_error_id()
+            logger.exception("session %s: turn %d failed (error id %s)", self.session_id, tid, error_id)
+            self.send(protocol.ErrorEvent(message=f"the reply failed because of a server error (error id {error_id})",
+                                          turn_id=tid, code=ErrorCode.INTERNAL.value))
             reason = FinishReason.ERROR
         finally:
             turn.done = True
+            self.last_activity_at = self._now()
             self.track.end_reply()
             aclose = getattr(outputs, "aclose", None)
             if aclose is not None:
@@ -669,6 +996,13 @@ class RtcSessionManager:
         an unknown voice be refused with the list of known ones before any engine state exists.
     metrics: None, or an :class:`assistant.metrics.ServingMetrics`; it hears of sessions created and the number held,
         and every session reports to it.
+    max_sessions_per_client: how many sessions one ``client_id`` (see :meth:`create`) may hold at once (default 4;
+        None = no limit); more is a :class:`ClientLimitError`.
+    limits: every session's rates, sizes and timeouts (default :class:`SessionLimits` (): connect within 15 s,
+        silent for at most 10 s, idle for at most 600 s, 20 messages/s (burst 40), 2 turns/s (burst 4)).
+    now: the clock of the limits (monotonic seconds); tests inject their own.
+    watchdog_interval_s: how often the one watchdog task checks every session's timeouts.
+    session_options: passed on to every :class:`RtcSession` (``turn_factory``, ``max_queued_frames``, ...).
     """
 
     def __init__(
@@ -678,17 +1012,33 @@ class RtcSessionManager:
         endpointer_config: EndpointerConfig | None = None,
         voices: Any = None,
         metrics: Any = None,
+        *,
+        max_sessions_per_client: int | None = 4,
+        limits: SessionLimits | None = None,
+        now: Callable[[], float] = time.monotonic,
+        watchdog_interval_s: float = 0.5,
         **session_options: Any,
     ):
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        if max_sessions_per_client is not None and max_sessions_per_client < 1:
+            raise ValueError("max_sessions_per_client must be >= 1 or None")
+        if watchdog_interval_s <= 0:
+            raise ValueError("watchdog_interval_s must be > 0")
         self.metrics = metrics
         self._new_engine_session = new_engine_session
         self.max_sessions = max_sessions
+        self.max_sessions_per_client = max_sessions_per_client
         self.endpointer_config = endpointer_config
         self.voices = voices
+        self.limits = limits or SessionLimits()
+        self._now = now
+        self.watchdog_interval_s = watchdog_interval_s
         self._session_options = session_options
         self._sessions: dict[str, RtcSession] = {}
+        # every peer connection made here, held weakly: one that outlives its session is a leak to report
+        self._peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+        self._watchdog: asyncio.Task | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -700,6 +1050,14 @@ class RtcSessionManager:
     def session_ids(self) -> list[str]:
         return list(self._sessions)
 
+    @property
+    def watchdog(self) -> asyncio.Task | None:
+        """The task that enforces every session's timeouts; None before the first session."""
+        return self._watchdog
+
+    def sessions_of(self, client_id: str) -> int:
+        return sum(1 for session in self._sessions.values() if session.client_id == client_id)
+
     def reply_queue_depths(self) -> list[int]:
         """Frames queued on each session's reply track now."""
         return [session.track.queued_frames for session in self._sessions.values()]
@@ -708,14 +1066,24 @@ class RtcSessionManager:
         if self.metrics is not None:
             self.metrics.set_active_sessions(len(self._sessions))
 
-    async def create(self, offer: OfferRequest) -> tuple[RtcSession, OfferAnswer]:
-        """Answers ``offer`` with a new session. Raises SessionLimitError or ProtocolError."""
+    def open_peer_connections(self) -> int:
+        """Peer connections this manager made that are still alive and not closed: after every caller has gone this
+        is 0, whatever happened to the sessions (the soak tests watch it through ``/metrics``)."""
+        return sum(1 for pc in self._peer_connections if pc.connectionState != "closed")
+
+    async def create(self, offer: OfferRequest, client_id: str | None = None) -> tuple[RtcSession, OfferAnswer]:
+        """Answers ``offer`` with a new session. ``client_id`` names the caller (an address, an account) for the
+        per-client limit; None = not counted. Raises ClientLimitError, SessionLimitError or ProtocolError."""
+        if (client_id is not None and self.max_sessions_per_client is not None
+                and self.sessions_of(client_id) >= self.max_sessions_per_client):
+            raise ClientLimitError(f"this client already holds {self.max_sessions_per_client} sessions")
         if len(self._sessions) >= self.max_sessions:
             raise SessionLimitError(f"server is at its limit of {self.max_sessions} sessions")
         engine_session, voice = self._engine_session_for(offer.voice)
         names = list(self.voices.names) if self.voices is not None else None
         session = RtcSession(engine_session, endpointer_config=self.endpointer_config, on_closed=self._forget,
-                             voice=voice, voices=names, metrics=self.metrics, **self._session_options)
+                             voice=voice, voices=names, metrics=self.metrics, limits=self.limits, now=self._now,
+                             client_id=client_id, **self._session_options)
         self._sessions[session.session_id] = session
         try:
             answer = await session.accept(offer)
@@ -724,10 +1092,27 @@ class RtcSessionManager:
             self._sessions.pop(session.session_id, None)
             self._count_sessions()
             raise
+        self._peer_connections.add(session.peer_connection)
+        self._start_watchdog()
         if self.metrics is not None:
             self.metrics.session_created()
         self._count_sessions()
         return session, answer
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.ensure_future(self._watch_sessions())
+
+    async def _watch_sessions(self) -> None:
+        """One task for all sessions: a timer per session would cost a task each for the life of every call."""
+        while True:
+            await asyncio.sleep(self.watchdog_interval_s)
+            now = self._now()
+            for session in list(self._sessions.values()):
+                try:
+                    session.check_deadlines(now)
+                except Exception:  # one broken session must not stop the timeouts of the others
+                    logger.exception("session %s: checking its timeouts failed", session.session_id)
 
     def describe_voices(self) -> str:
         if self.voices is None:
@@ -761,6 +1146,11 @@ class RtcSessionManager:
         return True
 
     async def close_all(self) -> None:
+        """Closes every session and stops the watchdog (a later :meth:`create` starts it again)."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.wait({watchdog})
         sessions, self._sessions = list(self._sessions.values()), {}
         self._count_sessions()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

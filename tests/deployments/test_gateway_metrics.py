@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from assistant.audio import OUTPUT_FRAME_SAMPLES
 from waiting import until
 
+from assistant.access import AccessConfig
 from assistant.metrics import ServingMetrics
 from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
 from assistant.protocol import FinishReason
@@ -95,16 +96,20 @@ def bare_gateway(max_sessions: int = 2, stats_sources: dict | None = None, repli
     metrics = ServingMetrics(CollectorRegistry(), replica=replica)
     sessions = RtcSessionManager(engine.new_session, max_sessions=max_sessions, metrics=metrics,
                                  turn_factory=lambda **kw: SimpleNamespace(**kw))
-    return BareGateway(engine=engine, sessions=sessions, serving_metrics=metrics,
+    return BareGateway(engine=engine, sessions=sessions, serving_metrics=metrics, access=AccessConfig(),
                        _stats_sources=stats_sources or {}), engine
 
 
 class FakeRequest:
-    def __init__(self, body: dict | bytes):
+    """What the handlers read of a Starlette request: a local caller's headers and the body as a stream."""
+
+    headers = {"host": "127.0.0.1:8000", "content-type": "application/json"}
+
+    def __init__(self, body: dict | bytes = b""):
         self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
 
-    async def body(self) -> bytes:
-        return self._body
+    async def stream(self):
+        yield self._body
 
 
 def reply_json(reply) -> tuple[int, dict]:
@@ -142,7 +147,7 @@ def test_metrics_endpoint_renders_gateway_and_deployment_figures_and_counts_stat
         gw.serving_metrics.observe_ttfa(0.3)
 
         started = time.monotonic()
-        response = await gw.metrics()
+        response = await gw.metrics(FakeRequest())
         assert time.monotonic() - started < 5.0  # the acoustic stats timed out; the scrape did not wait for them
         assert response.media_type.startswith("text/plain")
         s = parse(response.body.decode())
@@ -161,11 +166,11 @@ def test_metrics_endpoint_renders_gateway_and_deployment_figures_and_counts_stat
 
         # a deployment without a stats method, one that raises, and one that answers nonsense: skipped and counted
         gw._stats_sources = {"lm": SimpleNamespace(), "acoustic": SimpleNamespace(stats=Stats(error=RuntimeError()))}
-        s = parse((await gw.metrics()).body.decode())
+        s = parse((await gw.metrics(FakeRequest())).body.decode())
         assert s[("anystream_stats_errors_total", (("deployment", "lm"),))] == 1
         assert s[("anystream_stats_errors_total", (("deployment", "acoustic"),))] == 2
         gw._stats_sources = {"lm": SimpleNamespace(stats=Stats({"tokens": "many"}))}
-        s = parse((await gw.metrics()).body.decode())
+        s = parse((await gw.metrics(FakeRequest())).body.decode())
         assert s[("anystream_stats_errors_total", (("deployment", "lm"),))] == 2
         await gw.sessions.close_all()
         await pc.close()
@@ -195,9 +200,9 @@ def test_an_offer_beyond_capacity_is_a_503_busy_and_bad_offers_are_400_bad_reque
         status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
         assert status == 200
         # DELETE still ends a session on the replica that holds it; elsewhere it is a 404
-        status, closed = reply_json(await gw.close_session(body["session_id"]))
+        status, closed = reply_json(await gw.close_session(body["session_id"], FakeRequest()))
         assert status == 200 and closed == {"closed": body["session_id"]} and len(gw.sessions) == 0
-        status, body = reply_json(await gw.close_session(body["session_id"]))
+        status, body = reply_json(await gw.close_session(body["session_id"], FakeRequest()))
         assert status == 404 and body["reason"] == "not_found"
         await gw.sessions.close_all()
         await pc.close()

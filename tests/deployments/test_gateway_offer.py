@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from aiortc import RTCPeerConnection
 
+from assistant.access import AccessConfig
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import RtcSessionManager
 
@@ -63,11 +64,15 @@ class FakeEngine:
 
 
 class FakeRequest:
-    def __init__(self, body: dict | bytes):
+    """What the handlers read of a Starlette request: a local caller's headers and the body as a stream."""
+
+    headers = {"host": "127.0.0.1:8000", "content-type": "application/json"}
+
+    def __init__(self, body: dict | bytes = b""):
         self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
 
-    async def body(self) -> bytes:
-        return self._body
+    async def stream(self):
+        yield self._body
 
 
 class BareGateway(SimpleNamespace):
@@ -81,7 +86,7 @@ class BareGateway(SimpleNamespace):
 def bare_gateway(voices) -> tuple[BareGateway, FakeEngine]:
     engine = FakeEngine(voices)
     sessions = RtcSessionManager(engine.new_session, max_sessions=2, voices=engine.voices)
-    return BareGateway(engine=engine, sessions=sessions), engine
+    return BareGateway(engine=engine, sessions=sessions, access=AccessConfig(), serving_metrics=None), engine
 
 
 async def client_offer() -> tuple[RTCPeerConnection, str]:
@@ -138,9 +143,9 @@ def test_a_voice_offered_to_models_without_a_bank_is_a_400():
 
 def test_voices_lists_names_and_default():
     gw, _ = bare_gateway(FakeVoiceBank())
-    assert asyncio.run(gw.voices()) == {"voices": ["alto", "bass"], "default": "alto"}
+    assert reply_json(asyncio.run(gw.voices(FakeRequest()))) == (200, {"voices": ["alto", "bass"], "default": "alto"})
     gw, _ = bare_gateway(None)
-    assert asyncio.run(gw.voices()) == {"voices": [], "default": None}
+    assert reply_json(asyncio.run(gw.voices(FakeRequest()))) == (200, {"voices": [], "default": None})
 
 
 def test_the_real_engine_and_voice_bank_behind_the_gateway():
@@ -157,8 +162,8 @@ def test_the_real_engine_and_voice_bank_behind_the_gateway():
                          codebook_size=8)
         engine = AssistantEngine(backends=None, vocab=UnifiedVocab.from_dir(TOKENIZER_DIR), voices=bank)
         sessions = RtcSessionManager(engine.new_session, voices=engine.voices)
-        gw = BareGateway(engine=engine, sessions=sessions)
-        assert await gw.voices() == {"voices": ["f2", "m1"], "default": "f2"}
+        gw = BareGateway(engine=engine, sessions=sessions, access=AccessConfig(), serving_metrics=None)
+        assert reply_json(await gw.voices(FakeRequest())) == (200, {"voices": ["f2", "m1"], "default": "f2"})
         pc, sdp = await client_offer()
         status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "x9"})))
         assert status == 400 and "'x9'" in body["error"] and "f2, m1" in body["error"] and len(sessions) == 0
@@ -169,7 +174,7 @@ def test_the_real_engine_and_voice_bank_behind_the_gateway():
         await sessions.close_all()
         # a manager that was not told about the bank still refuses the voice (the bank's KeyError)
         blind = RtcSessionManager(engine.new_session)
-        gw = BareGateway(engine=engine, sessions=blind)
+        gw = BareGateway(engine=engine, sessions=blind, access=AccessConfig(), serving_metrics=None)
         status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "x9"})))
         assert status == 400 and "unknown voice 'x9'" in body["error"] and len(blind) == 0
         await pc.close()

@@ -11,6 +11,7 @@ from assistant.pipeline.backends import (
     AcousticBackend,
     Backends,
     LMBackend,
+    LMLimits,
     MediaBackend,
     SpeechEncoderBackend,
     UnknownVoiceKeyError,
@@ -59,9 +60,15 @@ class FakeSpeech(SpeechEncoderBackend):
 
 
 class FakeLM(LMBackend):
-    """Emits ``script`` in chunks of ``chunk`` ids; optionally waits on ``gate`` after ``pause_after`` ids."""
+    """Emits ``script`` in chunks of ``chunk`` ids; optionally waits on ``gate`` after ``pause_after`` ids.
 
-    def __init__(self, script: list[int], chunk: int = 1, pause_after: int | None = None, fail_after: int | None = None):
+    ``lm_limits`` (None: unknown) is what ``limits()`` answers; with limits, a prompt that leaves less than
+    ``max_reply_tokens`` of the context for the reply is refused, as a real LM with a full context would fail."""
+
+    def __init__(self, script: list[int], chunk: int = 1, pause_after: int | None = None, fail_after: int | None = None,
+                 lm_limits: LMLimits | None = None):
+        self.lm_limits = lm_limits
+        self.limits_calls = 0
         self.script = list(script)
         self.chunk = chunk
         self.pause_after = pause_after
@@ -73,9 +80,17 @@ class FakeLM(LMBackend):
         self.prompts: list[list[int]] = []
         self.forced: list[str | None] = []
 
+    async def limits(self):
+        self.limits_calls += 1
+        return self.lm_limits
+
     async def stream(self, prompt_ids, force_modality):
         self.prompts.append(list(prompt_ids))
         self.forced.append(force_modality)
+        limits = self.lm_limits
+        if limits is not None and len(prompt_ids) + limits.max_reply_tokens > limits.context_tokens:
+            raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room for a reply of "
+                             f"{limits.max_reply_tokens} in {limits.context_tokens} positions")
         try:
             for i in range(0, len(self.script), self.chunk):
                 if self.fail_after is not None and i >= self.fail_after:

@@ -205,11 +205,14 @@ def test_backend_error_then_next_turn_works(vocab, where):
 
     first, second, session = run(main())
     errors = [o for o in first if isinstance(o, TurnError)]
-    assert len(errors) == 1 and "exploded" in errors[0].message
+    assert len(errors) == 1 and errors[0].code == "turn_failed" and errors[0].error_id
+    assert "exploded" not in errors[0].message  # the exception's text goes to the log, not the caller
     assert first[-1] == TurnFinished(FinishReason.ERROR) and isinstance(first[-2], TurnError)
     assert lm.closed == 2
     assert text_of(second, ReplyTextDelta) == "fine" and second[-1].reason is FinishReason.COMPLETE
     assert all(v == 0 for v in session.pending().values())
+    # the failed turn (and its partial reply) is not in the history; the good one is
+    assert [t.user.text for t in session.conversation.turns] == ["y"]
 
 
 def test_invalid_sequences_are_dropped(vocab):
@@ -340,7 +343,7 @@ def test_voice_is_registered_once_and_sent_again_to_a_backend_that_lost_it(vocab
         assert outputs[-1] == TurnFinished(FinishReason.COMPLETE)
 
 
-def test_a_backend_that_keeps_refusing_the_voice_fails_the_turn_after_one_retry(vocab):
+def test_a_backend_that_keeps_refusing_the_voice_fails_the_turn_after_one_retry(vocab, caplog):
     s = Script(vocab)
     lm = FakeLM(s.seg(SP, range(30)) + [vocab.eos_id], chunk=5)
 
@@ -352,7 +355,9 @@ def test_a_backend_that_keeps_refusing_the_voice_fails_the_turn_after_one_retry(
 
     outputs, acoustic = run(main())
     errors = [o for o in outputs if isinstance(o, TurnError)]
-    assert len(errors) == 1 and "unknown voice key" in errors[0].message
+    assert len(errors) == 1 and errors[0].code == "turn_failed"
+    (record,) = [r for r in caplog.records if errors[0].error_id in r.getMessage()]
+    assert "unknown voice key" in record.getMessage()
     assert outputs[-1] == TurnFinished(FinishReason.ERROR)
     assert acoustic.prompts_sent == 1 and acoustic.chunks == []
 
@@ -371,7 +376,7 @@ def test_no_voice_bank_sends_no_voice(vocab):
     assert outputs[-1] == TurnFinished(FinishReason.COMPLETE)
 
 
-def test_the_speech_encoder_must_return_level_one_only(vocab):
+def test_the_speech_encoder_must_return_level_one_only(vocab, caplog):
     class TwoLevels(FakeSpeech):
         async def encode(self, wave):
             return np.zeros((N_Q, 5), dtype=np.int64)  # [n_q, F]: the old contract
@@ -386,5 +391,7 @@ def test_the_speech_encoder_must_return_level_one_only(vocab):
 
     outputs = run(main())
     errors = [o for o in outputs if isinstance(o, TurnError)]
-    assert len(errors) == 1 and "expected level 1" in errors[0].message
+    assert len(errors) == 1 and errors[0].code == "turn_failed"
+    (record,) = [r for r in caplog.records if errors[0].error_id in r.getMessage()]
+    assert "expected level 1" in record.getMessage()
     assert lm.prompts == []  # nothing reached the LM

@@ -6,11 +6,20 @@ import numpy as np
 import pytest
 
 from assistant.models.bundle import load_embedded
+from assistant.pipeline.backends import BackendUnavailableError, Backends, LMLimits
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
-from assistant.lm_engine import LMEngineConfig
-from assistant.pipeline.local import LocalLMBackend, local_backends
+from assistant.lm_engine import BusyError, LMEngineConfig
+from assistant.pipeline.local import (
+    LocalAcousticBackend,
+    LocalLMBackend,
+    LocalMediaBackend,
+    LocalSpeechEncoder,
+    local_backends,
+)
 from assistant.pipeline.outputs import AudioFrame, TurnFinished
 from assistant.protocol import FinishReason
+
+from waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +95,76 @@ def test_lm_stream_is_reproducible_for_a_seed(bundle):
         return ids[:n]
 
     assert asyncio.run(take(12)) == asyncio.run(take(12))
+
+
+def test_lm_limits_are_the_slot_and_the_generation_settings(bundle):
+    total = bundle.generation.total_limit
+    whole = LocalLMBackend(bundle)
+    small = LocalLMBackend(bundle, engine_config=LMEngineConfig(max_slots=1, slot_capacity=512))
+    try:
+        assert bundle.lm.config.max_position_embeddings == 2048  # the embedded model's positions
+        assert asyncio.run(whole.limits()) == LMLimits(context_tokens=2048, max_reply_tokens=total)
+        assert asyncio.run(small.limits()) == LMLimits(context_tokens=512, max_reply_tokens=total)
+    finally:
+        whole.close()
+        small.close()
+
+
+def test_a_full_lm_is_unavailable_not_a_failure(bundle):
+    lm = LocalLMBackend(bundle, engine_config=LMEngineConfig(max_slots=1, max_waiting=0, max_backlog=2))
+    prompt = [bundle.vocab.bos_id, *bundle.vocab.encode_text("hi")]
+
+    async def main():
+        holding = lm.stream(prompt, None)
+        await anext(holding)  # takes the only slot (paused by its backlog, never finished)
+        refused = lm.stream(prompt, None)
+        with pytest.raises(BackendUnavailableError) as caught:
+            await anext(refused)
+        await holding.aclose()
+        return caught.value
+
+    try:
+        error = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        lm.close()
+    assert error.role == "lm" and isinstance(error.__cause__, BusyError)
+
+
+def test_closing_a_session_mid_reply_stops_the_lm_and_the_decoder_within_a_second(bundle):
+    # Small queues and backlog: the reply pauses (backpressure) long before it could end, so it is surely still
+    # generating when the session closes, as when a client disconnects in the middle of an answer.
+    lm = LocalLMBackend(bundle, seed=0, engine_config=LMEngineConfig(max_slots=2, max_backlog=4))
+    acoustic = LocalAcousticBackend(bundle, seed=0)
+    backends = Backends(speech=LocalSpeechEncoder(bundle), lm=lm, acoustic=acoustic, media=LocalMediaBackend(bundle))
+    config = EngineConfig(force_modality="speech", first_chunk_frames=5, chunk_frames=5, output_queue_size=2,
+                          chunk_queue_size=1)
+    engine = AssistantEngine(backends, bundle.vocab, config)
+
+    def lm_idle():
+        stats = lm.stats()
+        return stats["active_slots"] == 0 and stats["waiting"] == 0
+
+    def decoder_idle():
+        stats = acoustic.stats()
+        return stats.queue_depth == 0 and stats.in_flight == 0
+
+    async def main():
+        session = engine.new_session()
+        replies = session.respond(UserTurn(text="tell me a long story"))
+        first = await anext(replies)  # then nobody reads any more: the client is gone
+        await until(lambda: session.pending()["chunk_queue"] == 1, timeout=60, what="the reply backpressured")
+        busy_before_close = lm.stats()["active_slots"]
+        closing = asyncio.ensure_future(session.close())
+        await until(lambda: lm_idle() and decoder_idle(), timeout=1.0, what="LM and decoder idle after close")
+        await closing
+        await replies.aclose()
+        return first, busy_before_close
+
+    try:
+        first, busy_before_close = asyncio.run(asyncio.wait_for(main(), 120))
+        assert not isinstance(first, TurnFinished)
+        assert busy_before_close == 1  # the reply was still being generated when the session closed ...
+        assert lm.stats()["cancelled"] == 1 and lm.stats()["completed"] == 0  # ... and was stopped, not finished
+    finally:
+        lm.close()
+        acoustic.close()

@@ -39,6 +39,7 @@ class FakeEngineSession:
         self.turns: list[FakeTurn] = []
         self.interrupts = 0
         self.closed = False
+        self.close_calls = 0
         self._interrupted = asyncio.Event()
 
     async def respond(self, turn):
@@ -63,6 +64,7 @@ class FakeEngineSession:
 
     async def close(self):
         self.closed = True
+        self.close_calls += 1
 
 
 class ScriptedMic(MediaStreamTrack):
@@ -210,6 +212,7 @@ def test_text_message_runs_a_turn_with_audio_and_turn_end():
         await asyncio.sleep(0.3)  # the client's jitter buffer holds ~80 ms
         assert client.loud_frames >= 5
         await session.close()
+        assert not session._tasks  # the audio reader and the turn's tasks are gone with the session
         await client.close()
 
     run(main())
@@ -341,8 +344,10 @@ def test_manager_limits_and_closes_sessions():
         other = Client()
         with pytest.raises(RuntimeError, match="limit"):
             await manager.create(await other.offer())
+        watchdog = manager.watchdog
         await manager.close_all()
         assert len(manager) == 0 and engines[0].closed and session.closed
+        assert watchdog.done() and not session._tasks
         await client.close()
         await other.close()
 
@@ -493,7 +498,7 @@ def test_bad_pictures_get_errors_and_the_session_keeps_working():
         session, client = await connect(engine)
         client.send({"type": "image", "png_base64": "%%% not base64"})
         client.send(image_message(b"GIF89a" + b"\x00" * 10, "what is it?"))
-        client.send(image_message(PNG + b"\x00" * 50_000))
+        client.send(image_message(PNG + b"\x00" * 47_000))  # over MAX_IMAGE_BYTES, under the message size
         errors = await client.wait_for("error", count=3)
         assert "base64" in errors[0]["message"]
         assert "PNG nor JPEG" in errors[1]["message"]
@@ -583,6 +588,24 @@ def test_manager_without_a_bank_lets_the_engine_refuse_a_voice():
         session, _ = await manager.create(offer)
         assert session.voice is None and session.voices is None and len(manager) == 1
         await manager.close_all()
+        await client.close()
+
+    run(main())
+
+
+def test_close_is_idempotent_and_a_second_close_waits_for_the_first():
+    async def main():
+        engine = FakeEngineSession(n_frames=500)
+        session, client = await connect(engine, max_queued_frames=10)
+        client.send({"type": "text", "text": "a long one"})
+        await client.wait_for("text")
+        first = asyncio.ensure_future(session.close())
+        await asyncio.sleep(0)  # the first close has begun
+        await session.close()  # returns only once the first is done
+        assert engine.close_calls == 1 and session.connection_state == "closed" and not session._tasks
+        await first
+        await session.close()
+        assert engine.close_calls == 1
         await client.close()
 
     run(main())

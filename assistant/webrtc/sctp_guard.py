@@ -1,0 +1,121 @@
+"""Bounds what a WebRTC peer can make us hold before one of its data-channel messages is complete.
+
+aiortc reassembles an SCTP message from its fragments with no bound on its size, so the size check of
+:mod:`assistant.protocol` only runs once the whole message sits in memory. We tell the peer our limit in the
+answer (:func:`advertise_max_message_size`) and drop a peer that goes far past it
+(:func:`guard_sctp_reassembly`). The guard reaches into aiortc's private state; it is kept to one function, and
+``tests/webrtc/test_rtc_hostile.py`` fails loudly when an aiortc upgrade moves what it relies on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_MAX_MESSAGE_SIZE_LINE = re.compile(r"^a=max-message-size:\d+$")
+
+
+class AiortcInternalsChanged(RuntimeError):
+    """The aiortc in use no longer has the private attributes the reassembly guard relies on."""
+
+
+def advertise_max_message_size(sdp: str, max_bytes: int) -> str:
+    """``sdp`` with every data-channel section saying ``a=max-message-size:max_bytes`` (RFC 8841).
+
+    aiortc writes its own ceiling (256 KiB) there; a well-behaved peer then never sends us more than we accept.
+    A data-channel section without the line gets one, at the end of the section.
+    """
+    lines = sdp.split("\r\n")
+    out: list[str] = []
+    in_application = False
+    said_it = False
+
+    def close_section() -> None:
+        if in_application and not said_it:
+            while out and out[-1] == "":  # keep the line inside the section, before the closing CRLF
+                out.pop()
+            out.append(f"a=max-message-size:{max_bytes}")
+
+    for line in lines:
+        if line.startswith("m="):
+            close_section()
+            in_application = line.startswith("m=application")
+            said_it = False
+        if in_application and _MAX_MESSAGE_SIZE_LINE.match(line):
+            line = f"a=max-message-size:{max_bytes}"
+            said_it = True
+        out.append(line)
+    close_section()
+    text = "\r\n".join(out)
+    return text if text.endswith("\r\n") else text + "\r\n"
+
+
+def _check_aiortc_internals(transport: Any) -> None:
+    from aiortc import rtcsctptransport
+
+    receive = getattr(transport, "_receive_data_chunk", None)
+    problems = []
+    if not inspect.iscoroutinefunction(receive):
+        problems.append("RTCSctpTransport._receive_data_chunk is no longer a coroutine method")
+    if not isinstance(getattr(transport, "_inbound_streams", None), dict):
+        problems.append("RTCSctpTransport._inbound_streams is no longer a dict")
+    if not isinstance(getattr(transport, "_advertised_rwnd", None), int):
+        problems.append("RTCSctpTransport._advertised_rwnd is no longer an int")
+    stream_class = getattr(rtcsctptransport, "InboundStream", None)
+    if stream_class is None or not isinstance(getattr(stream_class(), "reassembly", None), list):
+        problems.append("aiortc.rtcsctptransport.InboundStream().reassembly is no longer a list")
+    chunk_class = getattr(rtcsctptransport, "DataChunk", None)
+    chunk = chunk_class() if chunk_class is not None else None
+    if chunk is None or not hasattr(chunk, "user_data") or not hasattr(chunk, "stream_id"):
+        problems.append("aiortc.rtcsctptransport.DataChunk lost 'user_data' or 'stream_id'")
+    if problems:
+        raise AiortcInternalsChanged("the SCTP reassembly guard needs updating: " + "; ".join(problems))
+
+
+def guard_sctp_reassembly(transport: Any, *, max_stream_bytes: int, max_stream_chunks: int, max_total_bytes: int,
+                          on_exceeded: Callable[[str], None]) -> None:
+    """Makes ``transport`` (an aiortc ``RTCSctpTransport``) refuse to hold more than the bounds for messages still
+    being reassembled; the first DATA chunk that would go past them calls ``on_exceeded(why)`` once, and from then
+    on every DATA chunk is dropped unread (the peer is being disconnected). Raises :class:`AiortcInternalsChanged`
+    when aiortc no longer looks the way this relies on.
+
+    Pinned to aiortc 1.16's ``rtcsctptransport.py``: every DATA chunk goes through the coroutine method
+    ``_receive_data_chunk(chunk)``, which appends the chunk to ``_inbound_streams[chunk.stream_id].reassembly``
+    (a list of ``DataChunk`` whose payload is ``user_data``) and hands on every message that is complete. It also
+    takes the chunk's bytes off ``_advertised_rwnd`` and gives them back when a message leaves reassembly, so the
+    fall of ``_advertised_rwnd`` is what all streams hold together (a peer spreading one huge message over many
+    streams). We look before aiortc adds the chunk, by replacing the method on this one instance.
+    """
+    _check_aiortc_internals(transport)
+    receive = transport._receive_data_chunk
+    initial_window = transport._advertised_rwnd
+    exceeded = False
+
+    async def receive_within_bounds(chunk: Any) -> None:
+        nonlocal exceeded
+        if exceeded:
+            return
+        stream = transport._inbound_streams.get(chunk.stream_id)
+        held_chunks = stream.reassembly if stream is not None else []
+        why = None
+        if len(held_chunks) + 1 > max_stream_chunks:
+            why = f"more than {max_stream_chunks} fragments held for one message"
+        elif sum(len(c.user_data) for c in held_chunks) + len(chunk.user_data) > max_stream_bytes:
+            why = f"more than {max_stream_bytes} bytes held for one message"
+        elif initial_window - transport._advertised_rwnd + len(chunk.user_data) > max_total_bytes:
+            why = f"more than {max_total_bytes} bytes held for unfinished messages"
+        if why is None:
+            await receive(chunk)
+            return
+        exceeded = True
+        try:
+            on_exceeded(why)
+        except Exception:  # an exception here would end aiortc's receive loop, and with it the connection
+            logger.exception("the reassembly guard's callback failed")
+
+    transport._receive_data_chunk = receive_within_bounds

@@ -1,0 +1,333 @@
+"""Deadlines and availability errors of the Ray backends, without a Ray cluster: the handles are fakes whose calls
+answer, fail, or never answer (as a hung or dead replica), and can be cancelled like Serve's responses."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from ray import exceptions as ray_errors
+from ray.serve import exceptions as serve_errors
+from ray.serve._private.common import DeploymentID
+
+from assistant.lm_engine import BusyError
+from assistant.pipeline.backends import BackendUnavailableError, LMLimits
+from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
+from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnError, TurnFinished
+from assistant.protocol import FinishReason
+from assistant.vocab import Modality, UnifiedVocab, write_embedded_vocab_files
+from deployments.backends import (
+    CallTimeouts,
+    RayAcousticBackend,
+    RayLMBackend,
+    RayMediaBackend,
+    RaySpeechEncoder,
+    ray_backends,
+)
+
+HANG = object()  # a call that never answers
+
+FAST = CallTimeouts(encode_s=0.05, lm_first_chunk_s=0.05, lm_next_chunk_s=0.05, acoustic_s=0.05, media_s=0.05)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, timeout=20))
+
+
+class Response:
+    """A DeploymentResponse stand-in: awaited for its outcome (a value, an exception, or HANG), cancellable."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.cancelled = False
+
+    def __await__(self):
+        return self._answer().__await__()
+
+    async def _answer(self):
+        if self.outcome is HANG:
+            await asyncio.Event().wait()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Stream:
+    """A DeploymentResponseGenerator stand-in: ``chunks``, then the end, or HANG / an exception."""
+
+    def __init__(self, chunks, then=None):
+        self.chunks = list(chunks)
+        self.then = then
+        self.cancelled = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.then is HANG:
+            await asyncio.Event().wait()
+        if isinstance(self.then, BaseException):
+            raise self.then
+        raise StopAsyncIteration
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Method:
+    """``handle.method``: ``remote`` returns what ``answer`` (a callable of the call's arguments) makes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls = []
+
+    def remote(self, *args):
+        response = self.answer(*args)
+        self.calls.append(response)
+        return response
+
+
+class Handle:
+    def __init__(self, **methods):
+        self.__dict__.update(methods)
+        self.options_used = []
+
+    def options(self, **options):
+        self.options_used.append(options)
+        return self
+
+
+def answering(outcome):
+    return Method(lambda *args: Response(outcome))
+
+
+# ---------------------------------------------------------------------------------------------------------- deadlines
+
+CALLS = {
+    "speech.encode": ("speech", lambda h: RaySpeechEncoder(h, FAST).encode(np.zeros(320, np.float32))),
+    "lm.limits": ("lm", lambda h: RayLMBackend(h, FAST).limits()),
+    "acoustic.register_voice": ("acoustic", lambda h: RayAcousticBackend(h, FAST).register_voice(np.ones((8, 3)))),
+    "acoustic.decode_chunk": ("acoustic", lambda h: RayAcousticBackend(h, FAST).decode_chunk(np.arange(5), None, None)),
+    "media.image_png": ("media", lambda h: RayMediaBackend(h, FAST).image_png([1, 2])),
+    "media.music_wave": ("media", lambda h: RayMediaBackend(h, FAST).music_wave([1, 2])),
+    "media.image_codes": ("media", lambda h: RayMediaBackend(h, FAST).image_codes(b"\x89PNG")),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_call_that_misses_its_deadline_is_cancelled_and_the_service_is_unavailable(call):
+    role, invoke = CALLS[call]
+    method = answering(HANG)
+    handle = Handle(**{call.split(".")[1]: method})
+
+    async def main():
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError) as caught:
+            await invoke(handle)
+        return caught.value, time.monotonic() - started
+
+    error, elapsed = run(main())
+    assert error.role == role and "no answer within 0.05 s" in str(error)
+    assert elapsed < 1.0  # about the deadline, not whenever the replica answers
+    (response,) = method.calls
+    assert response.cancelled  # the replica is told to stop
+
+
+def test_calls_that_answer_in_time_pass_their_results_through():
+    limits = LMLimits(context_tokens=2048, max_reply_tokens=1000)
+    handle = Handle(limits=answering(limits))
+    lm = RayLMBackend(handle, FAST)
+
+    async def main():
+        return await lm.limits(), await lm.limits()
+
+    assert run(main()) == (limits, limits)
+    assert len(handle.limits.calls) == 1  # asked once, then remembered
+    assert not handle.limits.calls[0].cancelled
+
+
+def test_a_failed_limits_call_is_not_remembered():
+    outcomes = [HANG, LMLimits(1024, 100)]
+    handle = Handle(limits=Method(lambda: Response(outcomes.pop(0))))
+    lm = RayLMBackend(handle, FAST)
+
+    async def main():
+        with pytest.raises(BackendUnavailableError):
+            await lm.limits()
+        return await lm.limits()
+
+    assert run(main()) == LMLimits(1024, 100)
+
+
+def test_the_lm_stream_has_a_deadline_for_its_first_chunk_and_for_each_next_one():
+    streams = [Stream([], then=HANG), Stream([[1, 2], [3]], then=HANG)]
+    handle = Handle(stream=Method(lambda prompt, force: streams.pop(0)))
+    timeouts = CallTimeouts(lm_first_chunk_s=0.05, lm_next_chunk_s=0.1)
+    lm = RayLMBackend(handle, timeouts)
+
+    async def consume():
+        got = []
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError) as caught:
+            async for chunk in lm.stream([1, 2, 3], None):
+                got.append(chunk)
+        return got, caught.value, time.monotonic() - started
+
+    got, error, elapsed = run(consume())
+    assert got == [] and error.role == "lm" and "within 0.05 s" in str(error) and elapsed < 1.0
+    got, error, elapsed = run(consume())
+    assert got == [[1, 2], [3]] and "within 0.1 s" in str(error) and elapsed < 1.0
+    first, second = handle.stream.calls
+    assert first.cancelled and second.cancelled  # the replica's generator is cancelled: generation stops
+    assert {"stream": True} in handle.options_used
+
+
+def test_a_slow_consumer_does_not_count_against_the_lm():
+    handle = Handle(stream=Method(lambda prompt, force: Stream([[1], [2], [3]])))
+    lm = RayLMBackend(handle, CallTimeouts(lm_first_chunk_s=0.05, lm_next_chunk_s=0.05))
+
+    async def main():
+        got = []
+        async for chunk in lm.stream([1], None):
+            got.append(chunk)
+            await asyncio.sleep(0.15)  # e.g. backpressured by the acoustic decoder: longer than the deadline
+        return got
+
+    assert run(main()) == [[1], [2], [3]]
+    assert handle.stream.calls[0].cancelled  # closing the iterator at the end cancels the (finished) call: harmless
+
+
+# ---------------------------------------------------------------------------------------------------------- ray errors
+
+
+def _task_error(cause):
+    return ray_errors.RayTaskError("stream", "Traceback ... on host 10.0.0.9", cause).as_instanceof_cause()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ray_errors.ActorDiedError(),
+        ray_errors.ActorUnavailableError("the replica's node is unreachable", None),
+        ray_errors.WorkerCrashedError(),
+        ray_errors.NodeDiedError("node 10.0.0.9 died"),
+        serve_errors.BackPressureError(num_queued_requests=9, max_queued_requests=8),
+        serve_errors.DeploymentUnavailableError(DeploymentID(name="LMDeployment", app_name="anystream")),
+        serve_errors.ReplicaUnavailableError("replica-1"),
+        _task_error(BusyError("every slot and waiting place is taken")),
+        _task_error(BackendUnavailableError("lm", "every slot is taken")),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_dead_unreachable_or_full_replica_is_unavailable(error):
+    handle = Handle(encode=answering(error), stream=Method(lambda prompt, force: Stream([], then=error)))
+
+    async def main():
+        with pytest.raises(BackendUnavailableError) as encoding:
+            await RaySpeechEncoder(handle, FAST).encode(np.zeros(320, np.float32))
+        with pytest.raises(BackendUnavailableError) as streaming:
+            async for _ in RayLMBackend(handle, FAST).stream([1], None):
+                pass
+        return encoding.value, streaming.value
+
+    encoding, streaming = run(main())
+    assert encoding.role == "speech" and streaming.role == "lm"
+    assert encoding.__cause__ is error
+
+
+def test_a_replica_s_own_error_is_not_unavailability():
+    error = _task_error(ValueError("bad prompt"))
+    handle = Handle(encode=answering(error))
+
+    async def main():
+        with pytest.raises(ValueError) as caught:
+            await RaySpeechEncoder(handle, FAST).encode(np.zeros(320, np.float32))
+        return caught.value
+
+    caught = run(main())
+    assert caught is error and not isinstance(caught, BackendUnavailableError)
+
+
+def test_call_timeouts_must_be_positive():
+    with pytest.raises(ValueError):
+        CallTimeouts(acoustic_s=0)
+    assert CallTimeouts() == CallTimeouts(encode_s=10, lm_first_chunk_s=20, lm_next_chunk_s=10, acoustic_s=10,
+                                          media_s=30)
+
+
+# ---------------------------------------------------------------------------------------------------------- engine
+
+
+class FlakyReplicas:
+    """The four deployments, scripted: while ``hung`` names a role ("lm-limits": only the LM's ``limits``), that
+    role's calls never answer."""
+
+    def __init__(self, vocab: UnifiedVocab):
+        self.vocab = vocab
+        self.hung: str | None = None
+        sp = vocab.range_of(Modality.SPEECH)
+        self.reply = [*vocab.encode_text("ok"), sp.start_id, *vocab.codes_to_ids(Modality.SPEECH, range(12)),
+                      sp.end_id, vocab.eos_id]
+        self.speech = Handle(encode=Method(lambda wave: self._answer("speech", np.arange(10, dtype=np.int64))))
+        self.lm = Handle(limits=Method(lambda: self._answer("lm-limits", LMLimits(2048, 200))),
+                         stream=Method(self._stream))
+        self.acoustic = Handle(register_voice=Method(lambda prompt: self._answer("acoustic", "voice-k")),
+                               decode_chunk=Method(self._decode))
+        self.media = Handle()
+
+    def _answer(self, role, value):
+        return Response(HANG if self.hung == role else value)
+
+    def _stream(self, prompt, force):
+        if self.hung == "lm":
+            return Stream([], then=HANG)
+        return Stream([self.reply[i:i + 4] for i in range(0, len(self.reply), 4)])
+
+    def _decode(self, semantic, context, voice, prompt):
+        semantic = np.asarray(semantic)
+        return self._answer("acoustic", (np.tile(semantic, (8, 1)), np.full(semantic.size * 320, 0.2, np.float32)))
+
+
+@pytest.mark.parametrize(("role", "service"), [("lm", "language model"), ("lm-limits", "language model"),
+                                               ("acoustic", "voice"), ("speech", "speech recognizer")])
+def test_the_engine_reports_a_hung_replica_within_about_its_deadline_and_the_next_turn_works(tmp_path, role, service):
+    vocab = UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path / "tok", 64, 64, 64))
+    replicas = FlakyReplicas(vocab)
+    timeouts = CallTimeouts(encode_s=0.2, lm_first_chunk_s=0.2, lm_next_chunk_s=0.2, acoustic_s=0.2, media_s=0.2)
+    backends = ray_backends(replicas.speech, replicas.lm, replicas.acoustic, replicas.media, timeouts=timeouts)
+    turn = UserTurn(audio=np.zeros(3200, np.float32), text="hello")
+
+    async def main():
+        session = AssistantEngine(backends, vocab, EngineConfig()).new_session()
+        replicas.hung = role
+        started = time.monotonic()
+        failed = [o async for o in session.respond(turn)]
+        elapsed = time.monotonic() - started
+        replicas.hung = None  # the replica recovers (or another one takes over)
+        recovered = [o async for o in session.respond(turn)]
+        return failed, elapsed, recovered
+
+    failed, elapsed, recovered = run(main())
+    (error,) = [o for o in failed if isinstance(o, TurnError)]
+    assert (error.code, error.message) == ("unavailable", f"the {service} service is unavailable; try again")
+    assert failed[-1] == TurnFinished(FinishReason.ERROR)
+    assert elapsed < 2.0  # about the 0.2 s deadline (plus the turn's own work), not forever
+    assert recovered[-1] == TurnFinished(FinishReason.COMPLETE)
+    assert "".join(o.text for o in recovered if isinstance(o, ReplyTextDelta)) == "ok"
+    assert sum(isinstance(o, AudioFrame) for o in recovered) == 12
+
+
+def test_the_lm_replica_reports_the_limits_of_its_model():
+    from deployments.lm import LMDeployment
+
+    replica = LMDeployment.func_or_class(None, engine={"max_slots": 1, "slot_capacity": 512})
+    try:
+        limits = run(replica.limits())
+    finally:
+        replica._lm.close()
+    assert limits == LMLimits(context_tokens=512, max_reply_tokens=replica._lm.engine.settings.total_limit)
