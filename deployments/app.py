@@ -137,7 +137,7 @@ class AppArgs(BaseModel):
         LMEngineConfig(**self.lm_batching_config())  # a wrong slot count fails here, not in a replica
         self.access_config()  # and a misspelt access setting fails here (its variables are read later, where used)
         from assistant.webrtc.limits import SessionLimits
-        from deployments.backends import CallTimeouts
+        from deployments.timeouts import CallTimeouts
 
         CallTimeouts(**self.call_timeouts)
         SessionLimits(**self.session_limits)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import exceptions as ray_errors
@@ -22,37 +21,11 @@ from ray.serve.handle import DeploymentHandle
 from assistant.lm_engine import BusyError
 from assistant.pipeline.backends import AcousticBackend, Backends, BackendUnavailableError, LMBackend, LMLimits
 from assistant.pipeline.backends import MediaBackend, SpeechEncoderBackend, UnknownVoiceKeyError
+from deployments.timeouts import CallTimeouts
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class CallTimeouts:
-    """Seconds a replica may take to answer one call; past that the call is cancelled and the turn fails with
-    "unavailable". The defaults fit the embedded models on CPU, with room for a replica that is busy with other
-    sessions (the slowest calls there take well under a second); GPU deployments may set them tighter.
-
-    encode_s: one utterance through the speech tokenizer (batched with others for up to its batch wait).
-    lm_first_chunk_s: the LM's first chunk of a reply: a wait for a slot, the prompt's prefill, one step. Also bounds
-        the one ``limits`` call.
-    lm_next_chunk_s: every later chunk, counted from the moment the engine asks for it (a consumer that is slow,
-        e.g. backpressured by the acoustic decoder, does not count against the LM).
-    acoustic_s: one speech chunk decoded (or a voice registered).
-    media_s: one picture drawn or read, or one piece of music rendered (the slowest models).
-    """
-
-    encode_s: float = 10.0
-    lm_first_chunk_s: float = 20.0
-    lm_next_chunk_s: float = 10.0
-    acoustic_s: float = 10.0
-    media_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {value}")
 
 
 # Ray's ways of saying a replica cannot take the call: it died or is unreachable (RayActorError covers ActorDiedError
@@ -93,15 +66,43 @@ def as_unavailable(role: str, exc: BaseException) -> BackendUnavailableError | N
     return None
 
 
-async def _answer(role: str, call: Awaitable[T], timeout_s: float) -> T:
-    """``call``'s result within ``timeout_s``; else the call is cancelled and ``BackendUnavailableError`` raised."""
+# A call not answered within this long looks whether its deployment still has a running replica; Serve's router
+# queues calls while it has none (a replica died and its successor is loading), which would hold the turn for the
+# whole timeout. Healthy calls answer well within it, so they never look.
+REPLICA_CHECK_S = 0.1
+
+
+def running_replicas(handle: Any) -> int | None:
+    """How many replicas ``handle``'s router may send calls to now; None when it cannot tell (the handle has not
+    routed a call yet, or Ray's internals moved). Reads Ray Serve 2.x's router (``handle._router._asyncio_router.
+    _request_router.curr_replicas``): no public API says this, and ``tests/deployments/test_call_timeouts.py`` fails
+    when the path changes. A read of a dict's length from another thread is safe under the GIL."""
+    router = getattr(getattr(getattr(handle, "_router", None), "_asyncio_router", None), "_request_router", None)
+    replicas = getattr(router, "curr_replicas", None)
+    return len(replicas) if isinstance(replicas, dict) else None
+
+
+async def _answer(role: str, call: Awaitable[T], timeout_s: float, handle: Any = None) -> T:
+    """``call``'s result within ``timeout_s``; else the call is cancelled and ``BackendUnavailableError`` raised. With
+    ``handle``, a call still waiting after ``REPLICA_CHECK_S`` fails at once when the deployment has no running
+    replica left (it died mid-turn: the caller hears so within a second, not after the whole timeout)."""
+    pending = asyncio.ensure_future(call)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     try:
-        return await asyncio.wait_for(call, timeout_s)
-    except TimeoutError:
-        _cancel(call)
-        raise BackendUnavailableError(role, f"no answer within {timeout_s:g} s") from None
-    except Exception as exc:
-        unavailable = as_unavailable(role, exc)
+        while not pending.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise BackendUnavailableError(role, f"no answer within {timeout_s:g} s")
+            await asyncio.wait({pending}, timeout=min(remaining, REPLICA_CHECK_S))
+            if not pending.done() and handle is not None and running_replicas(handle) == 0:
+                raise BackendUnavailableError(role, "no running replica (it died; Serve is starting another)")
+        return pending.result()
+    except BaseException as exc:
+        if not pending.done():
+            pending.cancel()
+            _cancel(call)
+        unavailable = as_unavailable(role, exc) if isinstance(exc, Exception) else None
         if unavailable is None or unavailable is exc:
             raise
         raise unavailable from exc
@@ -115,7 +116,7 @@ class RaySpeechEncoder(SpeechEncoderBackend):
     async def encode(self, wave: np.ndarray) -> np.ndarray:
         """float32 [T] -> int64 [F] (level 1 only crosses the boundary)."""
         call = self._handle.encode.remote(np.asarray(wave, dtype=np.float32))
-        return await _answer("speech", call, self._timeouts.encode_s)
+        return await _answer("speech", call, self._timeouts.encode_s, self._handle)
 
 
 class RayLMBackend(LMBackend):
@@ -134,7 +135,7 @@ class RayLMBackend(LMBackend):
             async with self._limits_lock:
                 if not self._limits_known:
                     call = self._handle.limits.remote()
-                    self._limits = await _answer("lm", call, self._timeouts.lm_first_chunk_s)
+                    self._limits = await _answer("lm", call, self._timeouts.lm_first_chunk_s, self._handle)
                     self._limits_known = True
         return self._limits
 
@@ -144,7 +145,7 @@ class RayLMBackend(LMBackend):
         try:
             while True:
                 try:
-                    chunk = await _answer("lm", anext(remote), timeout_s)
+                    chunk = await _answer("lm", anext(remote), timeout_s, self._streaming)
                 except StopAsyncIteration:
                     return
                 yield list(chunk)
@@ -165,14 +166,14 @@ class RayAcousticBackend(AcousticBackend):
 
     async def register_voice(self, prompt: np.ndarray) -> str:
         call = self._handle.register_voice.remote(np.asarray(prompt, dtype=np.int64))
-        return await _answer("acoustic", call, self._timeouts.acoustic_s)
+        return await _answer("acoustic", call, self._timeouts.acoustic_s, self._handle)
 
     async def decode_chunk(
         self, semantic: np.ndarray, context: np.ndarray | None, voice: str | None, prompt: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         try:
             call = self._handle.decode_chunk.remote(semantic, context, voice, prompt)
-            codes, wave = await _answer("acoustic", call, self._timeouts.acoustic_s)
+            codes, wave = await _answer("acoustic", call, self._timeouts.acoustic_s, self._handle)
         except Exception as exc:
             # Ray re-raises a replica's exception as a RayTaskError that is also an instance of the cause's class;
             # the cause itself is checked too, so the engine always sees UnknownVoiceKeyError.
@@ -189,14 +190,16 @@ class RayMediaBackend(MediaBackend):
 
     async def image_png(self, codes: list[int]) -> tuple[bytes, int, int]:
         call = self._handle.image_png.remote(list(codes))
-        png, width, height = await _answer("media", call, self._timeouts.media_s)
+        png, width, height = await _answer("media", call, self._timeouts.media_s, self._handle)
         return png, width, height
 
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
-        return await _answer("media", self._handle.music_wave.remote(list(tokens)), self._timeouts.media_s)
+        return await _answer("media", self._handle.music_wave.remote(list(tokens)), self._timeouts.media_s,
+                             self._handle)
 
     async def image_codes(self, png: bytes) -> list[int]:
-        return list(await _answer("media", self._handle.image_codes.remote(bytes(png)), self._timeouts.media_s))
+        return list(await _answer("media", self._handle.image_codes.remote(bytes(png)), self._timeouts.media_s,
+                                  self._handle))
 
 
 def ray_backends(speech: DeploymentHandle, lm: DeploymentHandle, acoustic: DeploymentHandle,

@@ -62,8 +62,9 @@ from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.webrtc.limits import SessionLimits
 from assistant.protocol import ProtocolError, parse_offer_body
 from assistant.webrtc.session import ClientLimitError, RtcSessionManager, SessionLimitError
-from deployments.backends import CallTimeouts, ray_backends
+from deployments.backends import ray_backends
 from deployments.health import STATUS_OK, HealthMonitor
+from deployments.timeouts import CallTimeouts
 from deployments.common import FAST_SHUTDOWN, replica_name
 
 logger = logging.getLogger(__name__)

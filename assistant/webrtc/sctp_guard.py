@@ -119,3 +119,35 @@ def guard_sctp_reassembly(transport: Any, *, max_stream_bytes: int, max_stream_c
             logger.exception("the reassembly guard's callback failed")
 
     transport._receive_data_chunk = receive_within_bounds
+
+
+def contain_message_errors(transport: Any, on_bad_message: Callable[[str], None]) -> None:
+    """Makes a message that aiortc itself cannot hand on cost only that message, not the connection.
+
+    aiortc decodes a text message (PPID "string") as UTF-8 and parses data-channel control messages inside its SCTP
+    receive path; a peer sending invalid UTF-8 there raised out of that path and ended the association, and with it
+    the session, without a word. Pinned to aiortc 1.16: every complete message goes through the coroutine method
+    ``_receive(stream_id, pp_id, data)``, replaced here on this one instance. ``on_bad_message(why)`` tells the
+    session (which answers with an ``error`` event); the message is dropped.
+    """
+    receive = getattr(transport, "_receive", None)
+    if not inspect.iscoroutinefunction(receive):
+        raise AiortcInternalsChanged("RTCSctpTransport._receive is no longer a coroutine method")
+
+    async def receive_contained(stream_id: int, pp_id: int, data: bytes) -> None:
+        try:
+            await receive(stream_id, pp_id, data)
+        except UnicodeDecodeError:
+            _tell(on_bad_message, "a text message that is not valid UTF-8 was dropped")
+        except Exception:  # noqa: BLE001 - anything raised here would end aiortc's receive loop
+            logger.exception("aiortc failed on a data-channel message from stream %d", stream_id)
+            _tell(on_bad_message, "a data-channel message that could not be read was dropped")
+
+    transport._receive = receive_contained
+
+
+def _tell(callback: Callable[[str], None], why: str) -> None:
+    try:
+        callback(why)
+    except Exception:  # noqa: BLE001 - same reason: never out into aiortc
+        logger.exception("the bad-message callback failed")

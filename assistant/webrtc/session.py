@@ -58,7 +58,12 @@ from assistant.pipeline.outputs import (
 )
 from assistant.protocol import ErrorCode, FinishReason, OfferAnswer, OfferRequest, ProtocolError
 from assistant.webrtc.limits import SessionLimits, TokenBucket, new_error_id
-from assistant.webrtc.sctp_guard import AiortcInternalsChanged, advertise_max_message_size, guard_sctp_reassembly
+from assistant.webrtc.sctp_guard import (
+    AiortcInternalsChanged,
+    advertise_max_message_size,
+    contain_message_errors,
+    guard_sctp_reassembly,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -480,6 +485,14 @@ class RtcSession:
             # Refusing every caller over a missing guard would be worse than running without it for a while;
             # tests/webrtc/test_rtc_hostile.py fails on the same condition, so an upgrade does not ship this way.
             logger.exception("session %s: data-channel messages are not bounded during reassembly", self.session_id)
+        try:
+            contain_message_errors(pc.sctp, self._on_unreadable_message)
+        except AiortcInternalsChanged:
+            logger.exception("session %s: an unreadable data-channel message would end the call", self.session_id)
+
+    def _on_unreadable_message(self, why: str) -> None:
+        self.stats.client_errors += 1
+        self.send(protocol.ErrorEvent(message=why, code=ErrorCode.BAD_MESSAGE.value))
 
     def _on_reassembly_exceeded(self, why: str) -> None:
         logger.warning("session %s: the caller ignored the advertised message size (%s); closing", self.session_id,

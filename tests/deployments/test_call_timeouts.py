@@ -331,3 +331,64 @@ def test_the_lm_replica_reports_the_limits_of_its_model():
     finally:
         replica._lm.close()
     assert limits == LMLimits(context_tokens=512, max_reply_tokens=replica._lm.engine.settings.total_limit)
+
+
+# ---------------------------------------------------------------------------------------------------------- no replica
+
+
+def with_router(handle, replicas: int | None):
+    """Gives a fake handle the router shape ``running_replicas`` reads (Ray Serve 2.x's)."""
+    from types import SimpleNamespace
+
+    request_router = SimpleNamespace(curr_replicas={f"replica-{i}": object() for i in range(replicas)})
+    handle._router = SimpleNamespace(_asyncio_router=SimpleNamespace(_request_router=request_router))
+    return request_router
+
+
+def test_a_call_waiting_while_its_deployment_has_no_replica_fails_at_once():
+    # Serve queues calls while a deployment has no running replica (one died, its successor loads): without this the
+    # caller heard of the failure only at the call's deadline (5-10 s), not within a second
+    slow = CallTimeouts(encode_s=30, lm_first_chunk_s=30, lm_next_chunk_s=30, acoustic_s=30, media_s=30)
+    method = answering(HANG)
+    handle = Handle(decode_chunk=method)
+    router = with_router(handle, replicas=1)
+
+    async def main():
+        backend = RayAcousticBackend(handle, slow)
+        waiting = asyncio.ensure_future(backend.decode_chunk(np.arange(5), None, None))
+        await asyncio.sleep(0.8)  # a live replica that is slow: the call keeps waiting
+        still_waiting = not waiting.done()
+        router.curr_replicas.clear()  # the replica died
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match="no running replica"):
+            await waiting
+        return still_waiting, time.monotonic() - started
+
+    still_waiting, failed_after = run(main())
+    assert still_waiting
+    assert failed_after < 1.0
+    assert method.calls[0].cancelled
+
+
+def test_running_replicas_reads_serves_router_and_says_none_when_it_cannot_tell():
+    from deployments.backends import running_replicas
+
+    handle = Handle()
+    assert running_replicas(handle) is None  # no router yet
+    with_router(handle, replicas=2)
+    assert running_replicas(handle) == 2
+
+
+def test_serves_router_still_has_the_shape_running_replicas_reads():
+    # running_replicas reaches into Ray Serve's router; this fails when an upgrade moves what it reads
+    import inspect
+
+    from ray.serve._private import router as serve_router
+    from ray.serve._private.request_router.request_router import RequestRouter
+    from ray.serve.handle import DeploymentHandle
+
+    assert "self._router" in inspect.getsource(DeploymentHandle.__init__)
+    assert "_asyncio_router" in inspect.getsource(serve_router.SingletonThreadRouter)
+    assert "_asyncio_router" in inspect.getsource(serve_router.CurrentLoopRouter)
+    assert "self._request_router" in inspect.getsource(serve_router.AsyncioRouter.__init__)
+    assert isinstance(inspect.getattr_static(RequestRouter, "curr_replicas"), property)

@@ -168,3 +168,13 @@ def test_a_local_cluster_listens_on_the_loopback_address_only():
     listeners = report["listeners"]
     assert {name for _, _, name in listeners} >= {"gcs_server", "raylet"}
     assert [row for row in listeners if row[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == []
+
+
+def test_checking_a_config_does_not_import_ray():
+    # Ray reads its node address once, at import: a config check that imports ray (it once did, through the call
+    # timeouts) made a local cluster take the machine's network address instead of 127.0.0.1
+    code = ("import sys\nfrom deployments.app import load_config, DEFAULT_CONFIG, ServeSettings\n"
+            "load_config(DEFAULT_CONFIG); ServeSettings()\nprint('ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from test_rtc_session import Client, FakeEngineSession, FakeTurn, connect
+from rtc_fakes import Client, FakeEngineSession, FakeTurn, connect
 
 from waiting import until
 
@@ -530,6 +530,120 @@ def test_offers_with_video_or_a_second_data_channel_section_are_refused():
         session = RtcSession(FakeEngineSession(), "d", turn_factory=FakeTurn)
         with pytest.raises(ProtocolError, match="exactly one data channel section, got 2"):
             await session.accept(OfferRequest(sdp=doubled))
+        await session.close()
+        await client.close()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a bounded fuzz run over the data channel
+
+
+def fuzz_messages(rng, count: int) -> list[str | bytes]:
+    """Seeded hostile messages: random bytes and text, broken JSON, deep nesting, lone surrogates, every client type
+    with missing, extra and wrongly typed fields, and sizes around the limit."""
+    import random as _random
+
+    assert isinstance(rng, _random.Random)
+    values = [None, True, 0, -1, 2**70, 1.5, float("inf"), "", "x" * 5000, "\ud800", "\x00", [], {}, [1, [2, [3]]]]
+    kinds = ["hello", "text", "image", "interrupt", "bye", "TEXT", "", "\ud800", "unknown" * 10]
+    out: list[str | bytes] = []
+    for _ in range(count):
+        pick = rng.randrange(8)
+        if pick == 0:
+            out.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))))
+        elif pick == 1:
+            out.append("".join(chr(rng.randrange(1, 0xD7FF)) for _ in range(rng.randrange(1, 200))))
+        elif pick == 2:
+            depth = rng.randrange(5, 3000)
+            out.append("[" * depth + "]" * rng.choice([0, depth]))
+        elif pick == 3:
+            out.append(json.dumps({"type": "text", "text": "x" * rng.choice([10, 3999, 4001, 60_000])}))
+        else:
+            kind = rng.choice(kinds)
+            if kind == "bye":
+                kind = "hello"  # a bye ends the session: the one message this fuzz may not send
+            message = {"type": kind}
+            for name in rng.sample(["text", "png_base64", "client", "protocol_version", "extra"], rng.randrange(4)):
+                message[name] = rng.choice(values)
+            out.append(json.dumps(message, ensure_ascii=rng.random() < 0.5, allow_nan=True))
+    return out
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def test_a_text_message_that_is_not_utf8_costs_the_message_not_the_call():
+    # aiortc decodes a text message inside its SCTP receive path: invalid UTF-8 there used to end the association
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        session, client = await connect(engine)
+        channel = client.channel
+        client.pc.sctp._data_channel_send(channel, "x")  # a well-formed text message first: the path works
+        text_ppid = 51  # WebRTC String
+        client.pc.sctp._data_channel_queue.append((channel, text_ppid, b'{"type": "text", "text": "\xff\xfe"}'))
+        await client.pc.sctp._data_channel_flush()
+        errors = await client.wait_for("error", count=2)
+        assert errors[1]["code"] == "bad_message" and "UTF-8" in errors[1]["message"]
+        client.send({"type": "text", "text": "still there?"})
+        await until(lambda: engine.turns and engine.turns[-1].text == "still there?",
+                    what="the question after the bad bytes reached the engine")
+        assert session.connection_state == "connected" and not session.closed
+        await session.close()
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_bounded_fuzz_run_over_the_data_channel_leaves_the_session_answering():
+    import random
+
+    messages = fuzz_messages(random.Random(1234), 150)
+
+    def verdict(raw) -> str:
+        """What the server must make of ``raw``: the protocol parser is the oracle."""
+        try:
+            message = protocol.parse_client_message(raw)
+        except ProtocolError:
+            return "bad_message"
+        return type(message).__name__
+
+    messages = [raw if isinstance(raw, bytes) or _encodable(raw) else raw.encode("utf-8", "surrogatepass")
+                for raw in messages]
+    expected = [verdict(raw) for raw in messages]
+    assert "ByeMessage" not in expected
+    bad = expected.count("bad_message")
+    assert 50 < bad < len(messages)  # the run exercises both sides
+
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        # rates high enough that every message reaches the parser (rate limits have their own tests)
+        limits = SessionLimits(messages_per_s=10_000, message_burst=10_000, turns_per_s=10_000, turn_burst=10_000)
+        session, client = await connect(engine, limits=limits)
+        for raw in messages:
+            client.channel.send(raw)  # bytes go as a binary message
+            await asyncio.sleep(0)  # let the SCTP transport take it
+        await until(lambda: session.stats.client_errors == bad, timeout=20,
+                    what=f"{bad} bad messages answered with errors (got {session.stats.client_errors})")
+        errors = await client.wait_for("error", count=bad, timeout=20)
+        assert {e["code"] for e in errors} == {"bad_message"}  # no internal error, no rate limit, nothing else
+        assert all(len(e["message"]) <= protocol.MAX_ERROR_CHARS for e in errors)
+        assert session.connection_state == "connected" and not session.closed
+
+        # and the session still answers a plain question
+        before = len(engine.turns)
+        client.send({"type": "text", "text": "still there?"})
+        await until(lambda: len(engine.turns) > before and engine.turns[-1].text == "still there?",
+                    what="the question after the fuzz reached the engine")
+        latest = session._turn.turn_id
+        await until(lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
+                    what="the question after the fuzz was answered")
         await session.close()
         await client.close()
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_rtc_session import Client, FakeEngineSession, FakeTurn
+from rtc_fakes import Client, FakeEngineSession, FakeTurn
 
 from waiting import until
 

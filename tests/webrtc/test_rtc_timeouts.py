@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_rtc_session import Client, FakeEngineSession, FakeTurn, ScriptedMic
+from rtc_fakes import Client, FakeEngineSession, FakeTurn, ScriptedMic
 
 from waiting import until
 

@@ -1,0 +1,177 @@
+"""Shared by the RtcSession tests: a scripted fake engine session, a scripted microphone, and a real aiortc caller
+(loopback ICE) that records the server's events and counts loud answer frames."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from assistant.audio import OUTPUT_FRAME_SAMPLES
+from assistant.endpointing import EndpointerConfig
+from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TranscriptDelta, TurnFinished
+from assistant.protocol import FinishReason, OfferRequest
+from assistant.webrtc.ice import use_loopback_only
+from assistant.webrtc.session import RtcSession
+
+
+@dataclass
+class FakeTurn:
+    audio: np.ndarray | None
+    text: str | None
+    image: bytes | None = None
+
+
+class FakeEngineSession:
+    """Replies to every turn with a transcript, a text delta and ``n_frames`` of a loud 440 Hz tone."""
+
+    def __init__(self, n_frames: int = 15, frame_delay_s: float = 0.0):
+        self.n_frames = n_frames
+        self.frame_delay_s = frame_delay_s
+        self.turns: list[FakeTurn] = []
+        self.interrupts = 0
+        self.closed = False
+        self.close_calls = 0
+        self._interrupted = asyncio.Event()
+
+    async def respond(self, turn):
+        self.turns.append(turn)
+        self._interrupted = asyncio.Event()
+        yield TranscriptDelta(text="you said")
+        yield ReplyTextDelta(text="hello")
+        t = np.arange(OUTPUT_FRAME_SAMPLES) / 16000
+        tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        for _ in range(self.n_frames):
+            if self._interrupted.is_set():
+                yield TurnFinished(reason=FinishReason.INTERRUPTED)
+                return
+            if self.frame_delay_s:
+                await asyncio.sleep(self.frame_delay_s)
+            yield AudioFrame(pcm=tone.copy())
+        yield TurnFinished(reason=FinishReason.INTERRUPTED if self._interrupted.is_set() else FinishReason.COMPLETE)
+
+    def interrupt(self):
+        self.interrupts += 1
+        self._interrupted.set()
+
+    async def close(self):
+        self.closed = True
+        self.close_calls += 1
+
+
+class ScriptedMic(MediaStreamTrack):
+    """48 kHz mono mic: silence, or a loud voiced buzz while ``loud`` is set."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self.loud = False
+        self._pts = 0
+        self._start = None
+        self._rng = np.random.default_rng(0)
+
+    async def recv(self):
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._pts / 48000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        n = 960
+        if self.loud:
+            t = (self._pts + np.arange(n)) / 48000
+            buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 25))
+            wave = 0.3 * buzz + 0.05 * self._rng.standard_normal(n)
+            pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+        else:
+            pcm = np.zeros(n, dtype=np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, 48000)
+        self._pts += n
+        return frame
+
+
+class Client:
+    """An aiortc caller: mic track, ``events`` data channel, and a reader for the assistant's audio."""
+
+    def __init__(self):
+        self.pc = RTCPeerConnection()
+        self.mic = ScriptedMic()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("events")
+        self.messages: list[dict] = []
+        self._new = asyncio.Event()
+        self.loud_frames = 0
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self._tasks = []
+
+    def _on_message(self, raw):
+        self.messages.append(json.loads(raw))
+        self._new.set()
+
+    def _on_track(self, track):
+        async def read():
+            try:
+                while True:
+                    frame = await track.recv()
+                    pcm = frame.to_ndarray().astype(np.float32)
+                    if np.sqrt(np.mean(pcm**2)) > 1000:
+                        self.loud_frames += 1
+            except Exception:
+                return
+
+        self._tasks.append(asyncio.ensure_future(read()))
+
+    async def offer(self) -> OfferRequest:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return OfferRequest.parse({"sdp": self.pc.localDescription.sdp, "type": "offer"})
+
+    async def answer(self, answer):
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type=answer.type))
+
+    def send(self, obj):
+        self.channel.send(obj if isinstance(obj, str) else json.dumps(obj))
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.messages]
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in self.messages if m["type"] == kind]
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {count}x '{kind}' within {timeout} s; got {self.types()}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self):
+        for t in self._tasks:
+            t.cancel()
+        await self.pc.close()
+
+
+async def connect(engine, **options) -> tuple[RtcSession, Client]:
+    use_loopback_only()
+    config = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300)
+    session = RtcSession(engine, "s1", config, turn_factory=FakeTurn, **options)
+    client = Client()
+    answer = await session.accept(await client.offer())
+    assert answer.session_id == "s1"
+    await client.answer(answer)
+    await client.wait_for("ready")
+    return session, client
