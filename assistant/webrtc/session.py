@@ -95,7 +95,13 @@ class VoiceUnavailableError(ProtocolError):
 
 
 class ReplyAudioTrack(MediaStreamTrack):
-    """The assistant's voice: 20 ms s16 mono frames at 16 kHz, paced by their pts; silence when idle.
+    """The assistant's voice: 20 ms s16 mono frames at 16 kHz, paced by their pts.
+
+    Idle (no reply open and nothing queued), the track sends one silent frame every ``idle_frame_interval_s``
+    instead of fifty a second, as Opus DTX would: an idle session then costs the server (and its caller) almost no
+    encoding, encryption and packets, which is what lets one machine hold many open calls. A frame put while idle
+    leaves at once, stamped with the time it leaves (the RTP clock jumps over the gap, as after DTX silence).
+    ``idle_frame_interval_s=None`` sends silence continuously.
 
     Producers ``await put(pcm)`` into a bounded queue (backpressure). ``clear()`` drops everything queued
     (interrupt). ``wait_played()`` resolves once every frame put so far has left the track or was cleared.
@@ -109,10 +115,14 @@ class ReplyAudioTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, max_queued_frames: int = 25, sample_rate: int = SAMPLE_RATE,
-                 frame_samples: int = OUTPUT_FRAME_SAMPLES):
+                 frame_samples: int = OUTPUT_FRAME_SAMPLES, idle_frame_interval_s: float | None = 0.4):
         super().__init__()
         if max_queued_frames < 1:
             raise ValueError("max_queued_frames must be >= 1")
+        if idle_frame_interval_s is not None and idle_frame_interval_s <= 0:
+            raise ValueError("idle_frame_interval_s must be > 0 or None")
+        self.idle_frame_interval_s = idle_frame_interval_s
+        self._frame_queued = asyncio.Event()  # wakes an idle recv() when a frame is put
         self.sample_rate = sample_rate
         self.frame_samples = frame_samples
         self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=max_queued_frames)
@@ -144,6 +154,7 @@ class ReplyAudioTrack(MediaStreamTrack):
             return
         await self._queue.put(pcm)
         self._put_count += 1
+        self._frame_queued.set()
 
     def clear(self) -> int:
         """Drops every queued frame; returns how many were dropped."""
@@ -203,6 +214,8 @@ class ReplyAudioTrack(MediaStreamTrack):
                 await asyncio.sleep(wait)
             elif wait < -0.2:  # we fell far behind (a stall): restart the clock rather than burst
                 self._start = loop_now - self._pts / self.sample_rate
+        if self._queue.empty() and not self._reply_open and self.idle_frame_interval_s is not None:
+            await self._wait_while_idle()
         try:
             pcm = self._queue.get_nowait()
             self._done_count += 1
@@ -219,6 +232,18 @@ class ReplyAudioTrack(MediaStreamTrack):
         frame.time_base = self._time_base
         self._pts += self.frame_samples
         return frame
+
+    async def _wait_while_idle(self) -> None:
+        """Waits for a frame or the idle interval, then moves the clock to now (the frames not sent are skipped)."""
+        self._frame_queued.clear()
+        if self._queue.empty():
+            try:
+                await asyncio.wait_for(self._frame_queued.wait(), self.idle_frame_interval_s)
+            except asyncio.TimeoutError:
+                pass
+        skipped = int((time.monotonic() - self._start) * self.sample_rate) - self._pts
+        if skipped > 0:
+            self._pts += skipped - skipped % self.frame_samples
 
     def _frame_left(self) -> None:
         if self._reply_open:

