@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import struct
 import zlib
@@ -21,8 +22,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from assistant import protocol
-from assistant.audio import float_to_pcm16, resample
+from assistant.audio import float_to_pcm16, resample, write_wav
 from assistant.endpointing import EndpointerConfig, SpeechEnd, VadEndpointer
+from edge_client.audio_io import DirectorySink
+from edge_client.client import EdgeClient
 
 SERVER_RATE = 16000
 SERVER_FRAME = 320  # 20 ms at 16 kHz, like the real server
@@ -195,3 +198,26 @@ class FakeServer:
         await out.tone_done.wait()
         state["answering"] = None
         channel.send(protocol.to_json(protocol.TurnEnd(turn_id=turn)))
+
+
+# ----- helpers of the edge client tests
+
+
+def noise_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
+    """A noise burst (webrtcvad calls it speech); with gap_s, a second burst follows after gap_s of silence."""
+    rng = np.random.default_rng(0)
+    burst = (0.5 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+    wave = burst if gap_s is None else np.concatenate([burst, np.zeros(int(16000 * gap_s), np.float32), burst])
+    path = tmp_path / "question.wav"
+    write_wav(path, wave, 16000)
+    return path
+
+
+async def run_client(server: FakeServer, tmp_path, source, **kwargs):
+    """Runs an EdgeClient against ``server`` until it exits: (exit code, client, stdout, stderr, output folder)."""
+    out = tmp_path / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    client = EdgeClient(server.url, source, DirectorySink(out), out_dir=out, loopback_only=True,
+                        stdout=stdout, stderr=stderr, **kwargs)
+    code = await client.run()
+    return code, client, stdout.getvalue(), stderr.getvalue(), out

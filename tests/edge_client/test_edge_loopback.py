@@ -12,29 +12,9 @@ import socket
 import numpy as np
 import soundfile
 
-from assistant.audio import write_wav
 from edge_client.audio_io import DirectorySink, FileSource, SilenceSource
 from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient
-from edge_fake_server import REPLY_DELTAS, FakeServer, tiny_png
-
-
-def _noise_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
-    """A noise burst (webrtcvad calls it speech); with gap_s, a second burst follows after gap_s of silence."""
-    rng = np.random.default_rng(0)
-    burst = (0.5 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
-    wave = burst if gap_s is None else np.concatenate([burst, np.zeros(int(16000 * gap_s), np.float32), burst])
-    path = tmp_path / "question.wav"
-    write_wav(path, wave, 16000)
-    return path
-
-
-async def _run_client(server: FakeServer, tmp_path, source, **kwargs):
-    out = tmp_path / "out"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    client = EdgeClient(server.url, source, DirectorySink(out), out_dir=out, loopback_only=True,
-                        stdout=stdout, stderr=stderr, **kwargs)
-    code = await client.run()
-    return code, client, stdout.getvalue(), stderr.getvalue(), out
+from edge_fake_server import REPLY_DELTAS, FakeServer, noise_file, run_client, tiny_png
 
 
 def test_file_question_gets_text_image_and_audio(tmp_path):
@@ -42,8 +22,8 @@ def test_file_question_gets_text_image_and_audio(tmp_path):
         server = FakeServer(tone_frames=25)
         await server.start()
         try:
-            source = FileSource(_noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            return await _run_client(server, tmp_path, source, timeout=15, handle_signals=False), server
+            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            return await run_client(server, tmp_path, source, timeout=15, handle_signals=False), server
         finally:
             await server.stop()
 
@@ -82,8 +62,8 @@ def test_the_client_hangs_up_by_saying_bye_and_the_server_closes(tmp_path):
         server = FakeServer(tone_frames=5)
         await server.start()
         try:
-            source = FileSource(_noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            result = await _run_client(server, tmp_path, source, timeout=15, handle_signals=False, bye_timeout=5.0)
+            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            result = await run_client(server, tmp_path, source, timeout=15, handle_signals=False, bye_timeout=5.0)
             return result, server
         finally:
             await server.stop()
@@ -102,7 +82,7 @@ def test_typed_question_with_silence_source(tmp_path):
         server = FakeServer(send_turn=False)
         await server.start()
         try:
-            return await _run_client(server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5,
+            return await run_client(server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5,
                                      handle_signals=False), server
         finally:
             await server.stop()
@@ -121,7 +101,7 @@ def test_http_400_exits_2_with_the_servers_message(tmp_path):
         server = FakeServer(reject=True)
         await server.start()
         try:
-            return await _run_client(server, tmp_path, SilenceSource(), timeout=5, handle_signals=False)
+            return await run_client(server, tmp_path, SilenceSource(), timeout=5, handle_signals=False)
         finally:
             await server.stop()
 
@@ -151,7 +131,7 @@ def test_sigint_closes_cleanly_and_exits_0(tmp_path):
         try:
             loop = asyncio.get_running_loop()
             loop.call_later(1.0, os.kill, os.getpid(), signal.SIGINT)
-            return await _run_client(server, tmp_path, SilenceSource(), timeout=10, handle_signals=True)
+            return await run_client(server, tmp_path, SilenceSource(), timeout=10, handle_signals=True)
         finally:
             await server.stop()
 
@@ -173,7 +153,7 @@ def test_picture_with_a_question_and_a_voice(tmp_path):
         server = FakeServer(tone_frames=10)
         await server.start()
         try:
-            return await _run_client(server, tmp_path, SilenceSource(), text="what is in this picture?",
+            return await run_client(server, tmp_path, SilenceSource(), text="what is in this picture?",
                                      image=picture, image_name="cat.png", voice="bass", timeout=15,
                                      handle_signals=False), server
         finally:
@@ -201,8 +181,8 @@ def test_picture_alone_waits_for_the_spoken_question(tmp_path):
         server = FakeServer(tone_frames=10)
         await server.start()
         try:
-            source = FileSource(_noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            return await _run_client(server, tmp_path, source, image=picture, timeout=15,
+            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            return await run_client(server, tmp_path, source, image=picture, timeout=15,
                                      handle_signals=False), server
         finally:
             await server.stop()
@@ -222,7 +202,7 @@ def test_unknown_voice_exits_2_with_the_servers_list(tmp_path):
         server = FakeServer()
         await server.start()
         try:
-            return await _run_client(server, tmp_path, SilenceSource(), voice="tenor", timeout=5,
+            return await run_client(server, tmp_path, SilenceSource(), voice="tenor", timeout=5,
                                      handle_signals=False)
         finally:
             await server.stop()
