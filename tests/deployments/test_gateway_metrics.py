@@ -9,67 +9,22 @@ import json
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from assistant.audio import OUTPUT_FRAME_SAMPLES
 from waiting import until
 
 from assistant.access import AccessConfig
 from assistant.metrics import ServingMetrics
-from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
-from assistant.protocol import FinishReason
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import RtcSessionManager
-
-gateway = pytest.importorskip("deployments.gateway")
+from deployments import gateway
+from offer_fakes import BareGateway, ToneEngine
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class ToneEngineSession:
-    """Answers every turn with a text delta and 10 frames (0.2 s) of a loud tone."""
-
-    def __init__(self):
-        self.turns = []
-        self.closed = False
-
-    async def respond(self, turn):
-        self.turns.append(turn)
-        yield ReplyTextDelta(text="beep")
-        t = np.arange(OUTPUT_FRAME_SAMPLES) / 16000
-        tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-        for _ in range(10):
-            yield AudioFrame(pcm=tone.copy())
-        yield TurnFinished(reason=FinishReason.COMPLETE)
-
-    def interrupt(self):
-        pass
-
-    async def close(self):
-        self.closed = True
-
-
-class FakeEngine:
-    voices = None
-
-    def __init__(self):
-        self.sessions: list[ToneEngineSession] = []
-
-    def new_session(self, voice=None):
-        self.sessions.append(ToneEngineSession())
-        return self.sessions[-1]
-
-
-class BareGateway(SimpleNamespace):
-    """The Gateway's handlers bound to a plain object (no Serve replica, no ASGI wrapper)."""
-
-    def __getattr__(self, name):
-        return getattr(gateway.Gateway.func_or_class, name).__get__(self)
 
 
 class Stats:
@@ -92,7 +47,7 @@ class Stats:
 
 
 def bare_gateway(max_sessions: int = 2, stats_sources: dict | None = None, replica: str | None = None):
-    engine = FakeEngine()
+    engine = ToneEngine()
     metrics = ServingMetrics(CollectorRegistry(), replica=replica)
     sessions = RtcSessionManager(engine.new_session, max_sessions=max_sessions, metrics=metrics,
                                  turn_factory=lambda **kw: SimpleNamespace(**kw))

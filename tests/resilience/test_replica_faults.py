@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from assistant.audio import read_wav
-from deployments.app import AppArgs, build_app, runtime_env, set_ray_environment
+from local_app import APP, serving
 from rtc_caller import RtcCaller
 from waiting import until
 
@@ -29,29 +29,15 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
 PORT = 18461
 URL = f"http://127.0.0.1:{PORT}"
-APP = "anystream"
 # Text that must never reach a caller: tracebacks, Ray internals, hosts and pids.
 LEAK = re.compile(r"Traceback|File \"|ray::|RayActorError|ActorDied|pid=|\bpid\b|127\.0\.0\.1|node_ip|\.py\b", re.I)
 
 
 @pytest.fixture(scope="module")
 def serve_url():
-    set_ray_environment()
-    import ray
-    from ray import serve
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env=runtime_env())
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        args = AppArgs.model_validate({"call_timeouts": {"encode_s": 5, "lm_first_chunk_s": 10, "lm_next_chunk_s": 5,
-                                                         "acoustic_s": 5, "media_s": 10}})
-        serve.run(build_app(args), name=APP, route_prefix="/")
-        asyncio.run(_wait_healthy(120))
-        yield URL
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    timeouts = {"encode_s": 5, "lm_first_chunk_s": 10, "lm_next_chunk_s": 5, "acoustic_s": 5, "media_s": 10}
+    with serving(PORT, {"call_timeouts": timeouts}) as url:
+        yield url
 
 
 async def _health() -> dict:

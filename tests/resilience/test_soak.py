@@ -23,7 +23,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployments.app import AppArgs, build_app, runtime_env, set_ray_environment
+from local_app import serving
 from rtc_caller import RtcCaller
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
@@ -46,24 +46,11 @@ DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 @pytest.fixture(scope="module")
 def serve_url():
-    set_ray_environment()
-    import ray
-    from ray import serve
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env=runtime_env())
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        args = AppArgs.model_validate({"max_sessions": CONCURRENT + 4,
-                                       "lm_batching": {"max_slots": 8, "max_waiting": CONCURRENT + 4},
-                                       "lm": {"num_replicas": 1, "max_ongoing_requests": CONCURRENT + 12,
-                                              "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}}})
-        serve.run(build_app(args), name="anystream", route_prefix="/")
-        asyncio.run(_wait_for(lambda h: h.get("status") == "ok", 120))
-        yield URL
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    args = {"max_sessions": CONCURRENT + 4, "lm_batching": {"max_slots": 8, "max_waiting": CONCURRENT + 4},
+            "lm": {"num_replicas": 1, "max_ongoing_requests": CONCURRENT + 12,
+                   "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}}}
+    with serving(PORT, args) as url:
+        yield url
 
 
 async def _get(path: str) -> str:

@@ -175,3 +175,16 @@ async def connect(engine, **options) -> tuple[RtcSession, Client]:
     await client.answer(answer)
     await client.wait_for("ready")
     return session, client
+
+
+class FakeClock:
+    """A monotonic clock moved by hand: ``now`` for the session limits' watchdog and token buckets."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from rtc_fakes import Client, FakeEngineSession, FakeTurn, connect
+from rtc_fakes import FakeClock, Client, FakeEngineSession, FakeTurn, connect
 
 from waiting import until
 
@@ -31,17 +31,6 @@ from assistant.webrtc.limits import SessionLimits, TokenBucket
 from assistant.webrtc.session import InboundAudio, RtcSession
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def allow_oversized_messages(client: Client) -> None:

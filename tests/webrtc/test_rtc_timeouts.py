@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from rtc_fakes import Client, FakeEngineSession, FakeTurn, ScriptedMic
+from rtc_fakes import FakeClock, Client, FakeEngineSession, FakeTurn, ScriptedMic
 
 from waiting import until
 
@@ -19,17 +19,6 @@ from assistant.webrtc.limits import SessionLimits
 from assistant.webrtc.session import ClientLimitError, RtcSessionManager, SessionLimitError
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def manager_with(clock: FakeClock, limits: SessionLimits, **options) -> RtcSessionManager:
