@@ -76,9 +76,12 @@ def anygpt_random_bundle(device: str, dtype: str, layers: int | None, speech_tok
         codec = SpeechTokenizer().eval()  # fp32, as AnyGPT runs it
         acoustic = SoundStorm(SoundStormConfig.anygpt()).to(half).eval()
     # Forced speech of exactly `speech_tokens` codes: the grammar allows <eosp> only then.
-    speech = SamplingSettings(do_sample=True, temperature=1.0, max_new_tokens=speech_tokens, min_new_tokens=speech_tokens)
-    generation = GenerationSettings(text=SamplingSettings(max_new_tokens=8), speech=speech,
-                                    max_total_new_tokens=speech_tokens + 4)
+    speech = SamplingSettings(
+        do_sample=True, temperature=1.0, max_new_tokens=speech_tokens, min_new_tokens=speech_tokens
+    )
+    generation = GenerationSettings(
+        text=SamplingSettings(max_new_tokens=8), speech=speech, max_total_new_tokens=speech_tokens + 4
+    )
     return ModelBundle(vocab, lm, generation, codec, acoustic, None, None, acoustic_fill=AnyGPTFill())
 
 
@@ -88,8 +91,9 @@ def load_speaking_bundle(args: Any, speech_tokens: int):
         return anygpt_random_bundle(args.device, args.dtype, args.layers, speech_tokens)
     from assistant.models.loading import ModelSpec, load_bundle
 
-    spec = ModelSpec(family=args.family, assets_dir=args.assets_dir, device=args.device, dtype=args.dtype,
-                     seed=args.seed)
+    spec = ModelSpec(
+        family=args.family, assets_dir=args.assets_dir, device=args.device, dtype=args.dtype, seed=args.seed
+    )
     bundle = load_bundle(spec, ("lm", "codec", "acoustic"))
     speech = replace(bundle.generation.speech, max_new_tokens=speech_tokens, min_new_tokens=speech_tokens)
     bundle.generation = replace(bundle.generation, speech=speech, max_total_new_tokens=speech_tokens + 4)
@@ -101,8 +105,9 @@ def load_speaking_bundle(args: Any, speech_tokens: int):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-async def _one_session(engine, index: int, offset: float, question: str, thresholds: Thresholds,
-                       timeout: float) -> dict[str, Any]:
+async def _one_session(
+    engine, index: int, offset: float, question: str, thresholds: Thresholds, timeout: float
+) -> dict[str, Any]:
     from assistant.pipeline.engine import UserTurn
     from assistant.pipeline.outputs import AudioFrame, TurnError, TurnFinished
 
@@ -129,27 +134,35 @@ async def _one_session(engine, index: int, offset: float, question: str, thresho
 
 
 async def _level(bundle, n: int, args: Any, engine_config) -> dict[str, Any]:
+    from anystream_bench.load import start_offsets
     from assistant.pipeline.backends import Backends
     from assistant.pipeline.engine import AssistantEngine, EngineConfig
     from assistant.pipeline.local import LocalAcousticBackend, LocalLMBackend, LocalMediaBackend, LocalSpeechEncoder
 
-    from anystream_bench.load import start_offsets
-
     lm = LocalLMBackend(bundle, seed=args.seed, engine_config=engine_config)
     lm.engine.warmup()
-    acoustic = LocalAcousticBackend(bundle, context_frames=args.context_frames, max_batch=args.acoustic_batch,
-                                    seed=args.seed)
+    acoustic = LocalAcousticBackend(
+        bundle, context_frames=args.context_frames, max_batch=args.acoustic_batch, seed=args.seed
+    )
     backends = Backends(speech=LocalSpeechEncoder(bundle), lm=lm, acoustic=acoustic, media=LocalMediaBackend(bundle))
-    chunking = EngineConfig(force_modality="speech", first_chunk_frames=args.first_chunk_frames,
-                            chunk_frames=args.chunk_frames, context_frames=args.context_frames)
+    chunking = EngineConfig(
+        force_modality="speech",
+        first_chunk_frames=args.first_chunk_frames,
+        chunk_frames=args.chunk_frames,
+        context_frames=args.context_frames,
+    )
     engine = AssistantEngine(backends, bundle.vocab, chunking)
     # every frame the engine yields is answer audio: none is skipped as digital silence (see inprocess.py)
     thresholds = Thresholds(args.loud_rms, -1, args.underrun_gap_ms / 1000)
     offsets = start_offsets(n, args.spread, args.ramp, args.seed)
     started = time.monotonic()
     try:
-        clients = await asyncio.gather(*(_one_session(engine, i, offsets[i], QUESTIONS[i % len(QUESTIONS)],
-                                                      thresholds, args.turn_timeout) for i in range(n)))
+        clients = await asyncio.gather(
+            *(
+                _one_session(engine, i, offsets[i], QUESTIONS[i % len(QUESTIONS)], thresholds, args.turn_timeout)
+                for i in range(n)
+            )
+        )
     finally:
         wall = time.monotonic() - started
         stats = lm.stats()
@@ -161,7 +174,9 @@ async def _level(bundle, n: int, args: Any, engine_config) -> dict[str, Any]:
     rates = [r["tokens_per_s"] for r in requests]
     ok = [c for c in clients if c["status"] == "ok"]
     return {
-        "sessions": n, "mode": "engine", "clients": list(clients),
+        "sessions": n,
+        "mode": "engine",
+        "clients": list(clients),
         "summary": {
             "ttfa_s": spread([c["ttfa_s"] for c in ok]),
             "rtf": spread([c["rtf"] for c in ok]),
@@ -170,12 +185,16 @@ async def _level(bundle, n: int, args: Any, engine_config) -> dict[str, Any]:
             "first_token_s": spread([r["ttft_s"] for r in requests]),
             "session_tokens_per_s": spread(rates),
             "all_real_time": bool(rates) and all(r is not None and r >= SPEECH_TOKENS_PER_S for r in rates),
-            "lm_tokens": stats["tokens"], "lm_tokens_per_s": stats["tokens"] / wall if wall > 0 else None,
+            "lm_tokens": stats["tokens"],
+            "lm_tokens_per_s": stats["tokens"] / wall if wall > 0 else None,
             "mean_step_s": stats["mean_step_s"],
-            "step_ms_by_batch": {b: 1000 * t / counters.batch_sizes[b] for b, t in sorted(counters.step_s_by_batch.items())},
+            "step_ms_by_batch": {
+                b: 1000 * t / counters.batch_sizes[b] for b, t in sorted(counters.step_s_by_batch.items())
+            },
             "rejected": sum(c["status"] == "rejected" for c in clients),
             "failed": sum(c["status"] == "failed" for c in clients),
-            "wall_s": wall, "engine_stats": stats,
+            "wall_s": wall,
+            "engine_stats": stats,
             "acoustic_stats": asdict(acoustic_figures) if is_dataclass(acoustic_figures) else dict(acoustic_figures),
         },
     }
@@ -194,8 +213,8 @@ def run_engine_only(args: Any) -> dict[str, Any]:
     load_s = time.monotonic() - t0
     levels = []
     for n in args.sessions:
-        config = LMEngineConfig(max_slots=n, max_waiting=0, slot_capacity=args.slot_capacity,
-                                cuda_graphs=not args.no_graphs)
+        config = LMEngineConfig(
+            max_slots=n, max_waiting=0, slot_capacity=args.slot_capacity, cuda_graphs=not args.no_graphs
+        )
         levels.append(asyncio.run(_level(bundle, n, args, config)))
-    return {"mode": "engine-only", "family": args.family, "answer_s": args.answer_s, "load_s": load_s,
-            "levels": levels}
+    return {"mode": "engine-only", "family": args.family, "answer_s": args.answer_s, "load_s": load_s, "levels": levels}

@@ -8,25 +8,23 @@ counted per session by wrapping the LM backend (a context variable tells the ses
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import contextvars
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from anystream_bench.timeline import AnswerTimeline, Thresholds
 from assistant.audio import SAMPLE_RATE
 from assistant.pipeline.backends import LMBackend
 
-from anystream_bench.timeline import AnswerTimeline, Thresholds
-
 log = logging.getLogger(__name__)
 
-_session_tokens: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("bench_session_tokens",
-                                                                                   default=None)
+_session_tokens: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("bench_session_tokens", default=None)
 
 
 class TokenCountingLM(LMBackend):
@@ -66,8 +64,9 @@ class LoadedEngine:
     how: str  # which loader was used
 
 
-def load_engine(family: str = "embedded", assets_dir: str | None = None, device: str = "cpu",
-                dtype: str = "float32", seed: int = 0) -> LoadedEngine:
+def load_engine(
+    family: str = "embedded", assets_dir: str | None = None, device: str = "cpu", dtype: str = "float32", seed: int = 0
+) -> LoadedEngine:
     """An ``AssistantEngine`` over in-process backends: ``assistant.models.loading.load_backends`` when the project
     has it, else the embedded bundle through ``assistant.pipeline.local.local_backends``."""
     from assistant.pipeline.engine import AssistantEngine, EngineConfig
@@ -77,8 +76,9 @@ def load_engine(family: str = "embedded", assets_dir: str | None = None, device:
         from assistant.models.loading import ModelSpec, load_backends, load_vocab_and_voices
     except ImportError:
         if family != "embedded":
-            raise SystemExit("this checkout cannot load the anygpt family in-process (no assistant.models.loading)") \
-                from None
+            raise SystemExit(
+                "this checkout cannot load the anygpt family in-process (no assistant.models.loading)"
+            ) from None
         from assistant.models.bundle import load_embedded
         from assistant.pipeline.local import local_backends
 
@@ -95,9 +95,16 @@ def load_engine(family: str = "embedded", assets_dir: str | None = None, device:
     return LoadedEngine(engine, counting, time.monotonic() - start, how)
 
 
-async def run_sessions(loaded: LoadedEngine, question: np.ndarray, offsets: list[float], *, turns: int = 1,
-                       turn_timeout_s: float = 120.0, thresholds: Thresholds | None = None, voice: str | None = None
-                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def run_sessions(
+    loaded: LoadedEngine,
+    question: np.ndarray,
+    offsets: list[float],
+    *,
+    turns: int = 1,
+    turn_timeout_s: float = 120.0,
+    thresholds: Thresholds | None = None,
+    voice: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One session per start offset, all at once. Returns (per-session results, {"lm_tokens", "wall_s"})."""
     from assistant.pipeline.engine import UserTurn
     from assistant.pipeline.outputs import AudioFrame, TurnError, TurnFinished
@@ -109,8 +116,13 @@ async def run_sessions(loaded: LoadedEngine, question: np.ndarray, offsets: list
 
     async def one(index: int, offset: float) -> dict[str, Any]:
         await asyncio.sleep(offset)
-        result: dict[str, Any] = {"client": index, "start_offset_s": offset, "status": "ok", "reason": None,
-                                  "turns": []}
+        result: dict[str, Any] = {
+            "client": index,
+            "start_offset_s": offset,
+            "status": "ok",
+            "reason": None,
+            "turns": [],
+        }
         counter = [0]
         _session_tokens.set(counter)
         session = loaded.engine.new_session(voice)
@@ -134,11 +146,17 @@ async def run_sessions(loaded: LoadedEngine, question: np.ndarray, offsets: list
                     result["status"], result["reason"] = "failed", f"turn {turn}: no answer within {turn_timeout_s:g} s"
                     break
                 wall = time.monotonic() - t0
-                record = {"turn": turn, **timeline.figures(thresholds), "finish_reason": reason,
-                          "turn_wall_s": wall, "lm_tokens": counter[0] - before, "errors": errors}
+                record = {
+                    "turn": turn,
+                    **timeline.figures(thresholds),
+                    "finish_reason": reason,
+                    "turn_wall_s": wall,
+                    "lm_tokens": counter[0] - before,
+                    "errors": errors,
+                }
                 record["lm_tokens_per_s"] = record["lm_tokens"] / wall if wall > 0 else None
                 result["turns"].append(record)
-        except Exception as exc:  # noqa: BLE001 - a failed session is a figure
+        except Exception as exc:
             log.exception("in-process session %d failed", index)
             result["status"], result["reason"] = "failed", f"{type(exc).__name__}: {exc}"
         finally:

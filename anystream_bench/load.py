@@ -80,8 +80,10 @@ def load_question(args: argparse.Namespace, folder: Path) -> tuple[np.ndarray, d
 
     path = Path(args.question) if args.question else speak(args.question_text, folder)
     wave = read_wav(path)
-    described = {"path": str(args.question) if args.question else f"espeak-ng: {args.question_text!r}",
-                 "seconds": wave.size / SAMPLE_RATE}
+    described = {
+        "path": str(args.question) if args.question else f"espeak-ng: {args.question_text!r}",
+        "seconds": wave.size / SAMPLE_RATE,
+    }
     return wave, described
 
 
@@ -92,7 +94,7 @@ def scrape_metrics(url: str, timeout_s: float = 5.0, api_key: str | None = None)
         request = urllib.request.Request(f"{url.rstrip('/')}/metrics", headers=headers)
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             text = response.read().decode("utf-8", errors="replace")
-    except Exception:  # noqa: BLE001 - an older server, or no metrics route: the figure is just missing
+    except Exception:
         return None
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -150,9 +152,17 @@ async def run_webrtc_level(url: str, question: np.ndarray, n: int, args: argpars
     before = await asyncio.to_thread(scrape_metrics, url, api_key=args.api_key)
     monitor = ProcessMonitor(args.server_pid, find_ray=args.ray_procs).start()
     start = time.monotonic()
-    results = await run_clients(url, question, offsets, turns=args.turns, turn_timeout_s=args.turn_timeout,
-                                loopback_only=args.loopback_only, voice=args.voice, thresholds=thresholds(args),
-                                api_key=args.api_key)
+    results = await run_clients(
+        url,
+        question,
+        offsets,
+        turns=args.turns,
+        turn_timeout_s=args.turn_timeout,
+        loopback_only=args.loopback_only,
+        voice=args.voice,
+        thresholds=thresholds(args),
+        api_key=args.api_key,
+    )
     wall = time.monotonic() - start
     resources = monitor.stop()
     after = await asyncio.to_thread(scrape_metrics, url, api_key=args.api_key)
@@ -171,8 +181,15 @@ async def run_inprocess_level(loaded: Any, question: np.ndarray, n: int, args: a
 
     offsets = start_offsets(n, args.spread, args.ramp, args.seed)
     monitor = ProcessMonitor(find_ray=False).start()
-    clients, totals = await run_sessions(loaded, question, offsets, turns=args.turns, turn_timeout_s=args.turn_timeout,
-                                         thresholds=thresholds(args), voice=args.voice)
+    clients, totals = await run_sessions(
+        loaded,
+        question,
+        offsets,
+        turns=args.turns,
+        turn_timeout_s=args.turn_timeout,
+        thresholds=thresholds(args),
+        voice=args.voice,
+    )
     resources = monitor.stop()
     summary = summarize(clients, totals["wall_s"], totals["lm_tokens"])
     summary["resources"] = resources
@@ -180,8 +197,9 @@ async def run_inprocess_level(loaded: Any, question: np.ndarray, n: int, args: a
 
 
 def thresholds(args: argparse.Namespace) -> Thresholds:
-    return Thresholds(loud_rms=args.loud_rms, silence_peak=args.silence_peak,
-                      underrun_gap_s=args.underrun_gap_ms / 1000.0)
+    return Thresholds(
+        loud_rms=args.loud_rms, silence_peak=args.silence_peak, underrun_gap_s=args.underrun_gap_ms / 1000.0
+    )
 
 
 def overhead(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,14 +215,16 @@ def overhead(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return a / b if a is not None and b else None
 
         after = web.get("ttfa_after_endpoint_s", {})
-        rows.append({
-            "sessions": n,
-            "ttfa_p50_ratio": ratio(web["ttfa_s"]["p50"], local["ttfa_s"]["p50"]),
-            "ttfa_p95_ratio": ratio(web["ttfa_s"]["p95"], local["ttfa_s"]["p95"]),
-            "endpoint_s_p50": web.get("endpoint_s", {}).get("p50"),
-            "after_endpoint_p50_ratio": ratio(after.get("p50"), local["ttfa_s"]["p50"]),
-            "after_endpoint_p95_ratio": ratio(after.get("p95"), local["ttfa_s"]["p95"]),
-        })
+        rows.append(
+            {
+                "sessions": n,
+                "ttfa_p50_ratio": ratio(web["ttfa_s"]["p50"], local["ttfa_s"]["p50"]),
+                "ttfa_p95_ratio": ratio(web["ttfa_s"]["p95"], local["ttfa_s"]["p95"]),
+                "endpoint_s_p50": web.get("endpoint_s", {}).get("p50"),
+                "after_endpoint_p50_ratio": ratio(after.get("p50"), local["ttfa_s"]["p50"]),
+                "after_endpoint_p95_ratio": ratio(after.get("p95"), local["ttfa_s"]["p95"]),
+            }
+        )
     return rows
 
 
@@ -222,34 +242,46 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def print_table(levels: list[dict[str, Any]], ratios: list[dict[str, Any]], out=None) -> None:
     out = out or sys.stdout
-    head = (f"{'mode':<10}{'sessions':>9}{'TTFA p50':>10}{'p95':>8}{'p99':>8}{'after-EP p50':>14}{'RTF p50':>9}"
-            f"{'underruns':>10}{'rejected':>9}{'failed':>7}{'tok/s':>8}{'bench CPU':>10}{'machine CPU':>12}")
+    head = (
+        f"{'mode':<10}{'sessions':>9}{'TTFA p50':>10}{'p95':>8}{'p99':>8}{'after-EP p50':>14}{'RTF p50':>9}"
+        f"{'underruns':>10}{'rejected':>9}{'failed':>7}{'tok/s':>8}{'bench CPU':>10}{'machine CPU':>12}"
+    )
     print(head, file=out)
     for level in levels:
         s = level["summary"]
         if level["mode"] == "engine":
             ttfa = s["ttfa_s"]
-            row = (f"{'engine':<10}{level['sessions']:>9}{_fmt(ttfa['p50']):>10}{_fmt(ttfa['p95']):>8}"
-                   f"{_fmt(ttfa['p99']):>8}{'-':>14}{_fmt(s['rtf']['p50'], 2):>9}{s['underruns']:>10}"
-                   f"{s['rejected']:>9}{s['failed']:>7}{_fmt(s['lm_tokens_per_s'], 1):>8}{'-':>10}{'-':>12}")
+            row = (
+                f"{'engine':<10}{level['sessions']:>9}{_fmt(ttfa['p50']):>10}{_fmt(ttfa['p95']):>8}"
+                f"{_fmt(ttfa['p99']):>8}{'-':>14}{_fmt(s['rtf']['p50'], 2):>9}{s['underruns']:>10}"
+                f"{s['rejected']:>9}{s['failed']:>7}{_fmt(s['lm_tokens_per_s'], 1):>8}{'-':>10}{'-':>12}"
+            )
             print(row, file=out)
             rate = s["session_tokens_per_s"]
-            print(f"{'':<10}LM: decode step {_fmt((s['mean_step_s'] or 0) * 1000, 2)} ms mean, per-session "
-                  f"tokens/s p50 {_fmt(rate['p50'], 1)}, every session >= 50: {s['all_real_time']}", file=out)
+            print(
+                f"{'':<10}LM: decode step {_fmt((s['mean_step_s'] or 0) * 1000, 2)} ms mean, per-session "
+                f"tokens/s p50 {_fmt(rate['p50'], 1)}, every session >= 50: {s['all_real_time']}",
+                file=out,
+            )
             continue
         res = s.get("resources", {})
         after = s.get("ttfa_after_endpoint_s", {}).get("p50")
-        row = (f"{level['mode']:<10}{level['sessions']:>9}{_fmt(s['ttfa_s']['p50']):>10}{_fmt(s['ttfa_s']['p95']):>8}"
-               f"{_fmt(s['ttfa_s']['p99']):>8}{_fmt(after):>14}{_fmt(s['rtf']['p50'], 2):>9}{s['underruns']:>10}"
-               f"{s['rejected']:>9}{s['failed']:>7}{_fmt(s['lm_tokens_per_s'], 1):>8}"
-               f"{_fmt(res.get('bench', {}).get('cpu_cores'), 2):>10}"
-               f"{_fmt(res.get('machine', {}).get('cpu_cores_busy'), 2):>12}")
+        row = (
+            f"{level['mode']:<10}{level['sessions']:>9}{_fmt(s['ttfa_s']['p50']):>10}{_fmt(s['ttfa_s']['p95']):>8}"
+            f"{_fmt(s['ttfa_s']['p99']):>8}{_fmt(after):>14}{_fmt(s['rtf']['p50'], 2):>9}{s['underruns']:>10}"
+            f"{s['rejected']:>9}{s['failed']:>7}{_fmt(s['lm_tokens_per_s'], 1):>8}"
+            f"{_fmt(res.get('bench', {}).get('cpu_cores'), 2):>10}"
+            f"{_fmt(res.get('machine', {}).get('cpu_cores_busy'), 2):>12}"
+        )
         print(row, file=out)
     for r in ratios:
-        print(f"serving overhead at {r['sessions']} sessions: TTFA p50 x{_fmt(r['ttfa_p50_ratio'], 2)}, "
-              f"p95 x{_fmt(r['ttfa_p95_ratio'], 2)}; without the endpointing silence "
-              f"({_fmt(r['endpoint_s_p50'])} s): p50 x{_fmt(r['after_endpoint_p50_ratio'], 2)}, "
-              f"p95 x{_fmt(r['after_endpoint_p95_ratio'], 2)}", file=out)
+        print(
+            f"serving overhead at {r['sessions']} sessions: TTFA p50 x{_fmt(r['ttfa_p50_ratio'], 2)}, "
+            f"p95 x{_fmt(r['ttfa_p95_ratio'], 2)}; without the endpointing silence "
+            f"({_fmt(r['endpoint_s_p50'])} s): p50 x{_fmt(r['after_endpoint_p50_ratio'], 2)}, "
+            f"p95 x{_fmt(r['after_endpoint_p95_ratio'], 2)}",
+            file=out,
+        )
 
 
 def plot_levels(levels: list[dict[str, Any]], path: str) -> None:
@@ -277,19 +309,33 @@ def _levels(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="anystream-bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="anystream-bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     modes = p.add_mutually_exclusive_group()
     modes.add_argument("--in-process", action="store_true", help="only the in-process engine (no WebRTC, no Ray)")
     modes.add_argument("--compare", action="store_true", help="WebRTC and in-process, and the overhead ratio")
     modes.add_argument("--engine-only", action="store_true", help="the batched LM engine alone")
     p.add_argument("--server", default="http://127.0.0.1:8000", help="base URL of a running anystream-serve")
-    p.add_argument("--api-key", default=None, metavar="KEY",
-                   help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})")
-    p.add_argument("--local-server", action="store_true",
-                   help="serve the in-process engine over WebRTC from this process (no Ray) instead of --server")
-    p.add_argument("--max-sessions", type=int, default=None,
-                   help="the local server's session limit (default: the largest --sessions)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})",
+    )
+    p.add_argument(
+        "--local-server",
+        action="store_true",
+        help="serve the in-process engine over WebRTC from this process (no Ray) instead of --server",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        help="the local server's session limit (default: the largest --sessions)",
+    )
     p.add_argument("--sessions", type=_levels, default=[1], help="concurrent callers; a list runs one level each")
     p.add_argument("--turns", type=int, default=1, help="questions each caller asks, one after the other")
     p.add_argument("--question", help="WAV file of the spoken question (default: espeak-ng says --question-text)")
@@ -299,17 +345,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--voice", default=None, help="voice asked for in each offer / session")
     p.add_argument("--turn-timeout", type=float, default=120.0, help="seconds a caller waits for an answer")
-    p.add_argument("--no-loopback", dest="loopback_only", action="store_false", default=None,
-                   help="gather every ICE candidate (default: loopback only for a 127.0.0.1/localhost server)")
+    p.add_argument(
+        "--no-loopback",
+        dest="loopback_only",
+        action="store_false",
+        default=None,
+        help="gather every ICE candidate (default: loopback only for a 127.0.0.1/localhost server)",
+    )
     p.add_argument("--loud-rms", type=float, default=LOUD_RMS, help="int16 RMS of a loud answer frame")
-    p.add_argument("--silence-peak", type=int, default=SILENCE_PEAK, help="int16 peak at or below which a frame is "
-                   "digital silence")
-    p.add_argument("--underrun-gap-ms", type=float, default=UNDERRUN_GAP_S * 1000, help="a wait longer than this in "
-                   "the answer audio is an underrun")
+    p.add_argument(
+        "--silence-peak", type=int, default=SILENCE_PEAK, help="int16 peak at or below which a frame is digital silence"
+    )
+    p.add_argument(
+        "--underrun-gap-ms",
+        type=float,
+        default=UNDERRUN_GAP_S * 1000,
+        help="a wait longer than this in the answer audio is an underrun",
+    )
     p.add_argument("--server-pid", type=int, action="append", default=[], help="also measure this process")
     p.add_argument("--ray-procs", action="store_true", help="also measure every local process named ray::*")
-    p.add_argument("--family", default="embedded", choices=("embedded", "anygpt", "anygpt-random"),
-                   help="in-process model family (anygpt-random: --engine-only, random weights built in memory)")
+    p.add_argument(
+        "--family",
+        default="embedded",
+        choices=("embedded", "anygpt", "anygpt-random"),
+        help="in-process model family (anygpt-random: --engine-only, random weights built in memory)",
+    )
     p.add_argument("--assets-dir", default=None, help="in-process weights folder (anygpt: the weights root)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
@@ -331,8 +391,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--turns must be >= 1, --spread and --ramp >= 0, --turn-timeout > 0")
     args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if args.loopback_only is None:
-        args.loopback_only = (urlparse(args.server).hostname or "") in ("127.0.0.1", "localhost", "::1") \
-            or args.local_server
+        args.loopback_only = (urlparse(args.server).hostname or "") in (
+            "127.0.0.1",
+            "localhost",
+            "::1",
+        ) or args.local_server
     return args
 
 
@@ -355,8 +418,11 @@ async def _run(args: argparse.Namespace, question: np.ndarray) -> tuple[list[dic
         gateway = LocalGateway(loaded.engine, max_sessions=args.max_sessions or max(args.sessions))
         loaded.tokens.metrics = gateway.metrics  # its /metrics counts the LM tokens, as the deployment's does
         url = await asyncio.to_thread(gateway.start)
-        info["local_server"] = {"url": url, "max_sessions": gateway.max_sessions,
-                                "note": "the server runs in this process: its CPU is the bench's"}
+        info["local_server"] = {
+            "url": url,
+            "max_sessions": gateway.max_sessions,
+            "note": "the server runs in this process: its CPU is the bench's",
+        }
     try:
         for n in args.sessions:
             if web:
@@ -384,11 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     ratios = overhead(levels)
     print_table(levels, ratios)
     report = {
-        "tool": "anystream-bench", "started_unix": started,
+        "tool": "anystream-bench",
+        "started_unix": started,
         "argv": _without_api_key(sys.argv[1:] if argv is None else argv),
         # never the API key: reports are shared
         "config": {k: v for k, v in vars(args).items() if k not in ("json_path", "plot_path", "api_key")},
-        "question": question_info, **info, "levels": levels, "overhead": ratios,
+        "question": question_info,
+        **info,
+        "levels": levels,
+        "overhead": ratios,
     }
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,15 @@ from assistant.webrtc.session import RtcSessionManager
 class LocalGateway:
     """``engine``: anything with ``new_session(voice=None)`` and ``voices`` (an ``AssistantEngine``)."""
 
-    def __init__(self, engine: Any, max_sessions: int = 8, endpointer: Any = None, turn_factory: Any = None,
-                 metrics: ServingMetrics | None = None, access: AccessConfig | None = None):
+    def __init__(
+        self,
+        engine: Any,
+        max_sessions: int = 8,
+        endpointer: Any = None,
+        turn_factory: Any = None,
+        metrics: ServingMetrics | None = None,
+        access: AccessConfig | None = None,
+    ):
         self.engine = engine
         self.access = access or AccessConfig()
         self.max_sessions = max_sessions
@@ -44,8 +51,7 @@ class LocalGateway:
     def start(self, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0) -> str:
         """Starts serving in a background thread; returns the base URL."""
         ready: Future = Future()
-        self._thread = threading.Thread(target=self._serve, args=(host, port, ready), name="local-gateway",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(host, port, ready), name="local-gateway", daemon=True)
         self._thread.start()
         self.url = ready.result(timeout=timeout_s)
         return self.url
@@ -59,7 +65,7 @@ class LocalGateway:
     def _serve(self, host: str, port: int, ready: Future) -> None:
         try:
             asyncio.run(self._main(host, port, ready))
-        except BaseException as exc:  # noqa: BLE001 - handed to start()
+        except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)
             raise
@@ -73,14 +79,20 @@ class LocalGateway:
         options: dict[str, Any] = {}
         if self.turn_factory is not None:
             options["turn_factory"] = self.turn_factory
-        self.sessions = RtcSessionManager(self.engine.new_session, max_sessions=self.max_sessions,
-                                          endpointer_config=self.endpointer, voices=self.engine.voices,
-                                          metrics=self.metrics,
-                                          max_sessions_per_client=self.access.max_sessions_per_client, **options)
+        self.sessions = RtcSessionManager(
+            self.engine.new_session,
+            max_sessions=self.max_sessions,
+            endpointer_config=self.endpointer,
+            voices=self.engine.voices,
+            metrics=self.metrics,
+            max_sessions_per_client=self.access.max_sessions_per_client,
+            **options,
+        )
 
         async def offer(request: web.Request) -> web.Response:
-            status, body, headers = await receive_offer(self.access, request.headers, request.content.iter_any(),
-                                                        self.sessions, self.metrics)
+            status, body, headers = await receive_offer(
+                self.access, request.headers, request.content.iter_any(), self.sessions, self.metrics
+            )
             return web.json_response(body, status=status, headers=headers)
 
         async def metrics(request: web.Request) -> web.Response:

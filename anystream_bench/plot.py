@@ -16,8 +16,12 @@ def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     return tuple(int(255 - (255 - c) * factor) for c in colour)
 
 
-def ttfa_plot(series: dict[str, dict[int, dict[str, float | None]]], path: str | Path,
-              title: str = "time to first audio against concurrency", size: tuple[int, int] = (900, 560)) -> Path:
+def ttfa_plot(
+    series: dict[str, dict[int, dict[str, float | None]]],
+    path: str | Path,
+    title: str = "time to first audio against concurrency",
+    size: tuple[int, int] = (900, 560),
+) -> Path:
     """series: {mode: {sessions: {"p50": s, "p95": s, "p99": s}}}; writes a PNG at ``path``."""
     width, height = size
     left, right, top, bottom = 80, 200, 50, 60
@@ -63,8 +67,9 @@ def ttfa_plot(series: dict[str, dict[int, dict[str, float | None]]], path: str |
                 draw.line(xy, fill=colour, width=_WIDTHS[q])
             for x, y in xy:
                 draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-            draw.line([width - right + 15, legend_y + 6, width - right + 40, legend_y + 6], fill=colour,
-                      width=_WIDTHS[q] + 1)
+            draw.line(
+                [width - right + 15, legend_y + 6, width - right + 40, legend_y + 6], fill=colour, width=_WIDTHS[q] + 1
+            )
             draw.text((width - right + 48, legend_y), f"{mode} {q}", fill="black", font=font)
             legend_y += 18
     path = Path(path)

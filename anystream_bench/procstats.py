@@ -30,7 +30,7 @@ def _cpu_seconds(pid: int) -> float | None:
             return times.user + times.system
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
-    except Exception:  # noqa: BLE001 - the process is gone, or not ours to read
+    except Exception:
         return None
 
 
@@ -41,7 +41,7 @@ def _rss_bytes(pid: int) -> int | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return None
 
@@ -54,7 +54,7 @@ def _name(pid: int) -> str:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             cmdline = [part.decode(errors="replace") for part in cmdline if part]
         return " ".join(cmdline)[:120] if cmdline else str(pid)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return str(pid)
 
 
@@ -69,7 +69,7 @@ def _machine_busy_idle() -> tuple[float, float] | None:
         idle = values[3] + (values[4] if len(values) > 4 else 0)
         total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
         return (total - idle) / _TICKS, idle / _TICKS
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -83,7 +83,7 @@ def _machine_memory() -> dict[str, float] | None:
             key, rest = line.split(":", 1)
             info[key] = int(rest.split()[0]) * 1024
         return {"total_mib": info["MemTotal"] / _MIB, "available_mib": info["MemAvailable"] / _MIB}
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -136,8 +136,9 @@ class ProcessMonitor:
         memory = _machine_memory()
         if memory is not None:
             available = memory["available_mib"]
-            self._min_available_mib = available if self._min_available_mib is None else min(
-                self._min_available_mib, available)
+            self._min_available_mib = (
+                available if self._min_available_mib is None else min(self._min_available_mib, available)
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -153,11 +154,15 @@ class ProcessMonitor:
         for pid in self._pids:
             cpu0, cpu1 = self._cpu0.get(pid), _cpu_seconds(pid)
             cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-            processes.append({
-                "pid": pid, "name": "anystream-bench (this process)" if pid == os.getpid() else _name(pid),
-                "cpu_s": cpu, "cpu_cores": cpu / wall if cpu is not None else None,
-                "rss_max_mib": self._rss_max[pid] / _MIB if pid in self._rss_max else None,
-            })
+            processes.append(
+                {
+                    "pid": pid,
+                    "name": "anystream-bench (this process)" if pid == os.getpid() else _name(pid),
+                    "cpu_s": cpu,
+                    "cpu_cores": cpu / wall if cpu is not None else None,
+                    "rss_max_mib": self._rss_max[pid] / _MIB if pid in self._rss_max else None,
+                }
+            )
         machine: dict[str, Any] = {"cores": os.cpu_count()}
         end = _machine_busy_idle()
         if self._machine0 is not None and end is not None:
@@ -168,5 +173,10 @@ class ProcessMonitor:
         if memory is not None:
             machine["memory_total_mib"] = memory["total_mib"]
             machine["memory_min_available_mib"] = self._min_available_mib
-        return {"wall_s": wall, "backend": "psutil" if psutil is not None else "/proc", "machine": machine,
-                "bench": processes[0], "server": processes[1:]}
+        return {
+            "wall_s": wall,
+            "backend": "psutil" if psutil is not None else "/proc",
+            "machine": machine,
+            "bench": processes[0],
+            "server": processes[1:],
+        }

@@ -62,10 +62,17 @@ class AnswerTimeline:
         frames = [f for f in self.frames if f[0] >= self.t0]
         loud = [i for i, f in enumerate(frames) if f[2] >= th.loud_rms]
         if not loud:
-            return {"ttfa_s": None, "answer_audio_s": 0.0, "answer_span_s": 0.0, "rtf": None, "underruns": 0,
-                    "underrun_s": 0.0, "frames": len(frames)}
+            return {
+                "ttfa_s": None,
+                "answer_audio_s": 0.0,
+                "answer_span_s": 0.0,
+                "rtf": None,
+                "underruns": 0,
+                "underrun_s": 0.0,
+                "frames": len(frames),
+            }
         first, last = loud[0], loud[-1]
-        audio = [f for f in frames[first:last + 1] if f[1] > th.silence_peak]
+        audio = [f for f in frames[first : last + 1] if f[1] > th.silence_peak]
         audio_s = sum(f[3] for f in audio)
         span_s = frames[last][0] + frames[last][3] - frames[first][0]
         underruns, underrun_s = 0, 0.0
@@ -76,9 +83,15 @@ class AnswerTimeline:
                 underruns += 1
                 underrun_s += wait
             play_end = max(play_end, arrival) + seconds
-        return {"ttfa_s": frames[first][0] - self.t0, "answer_audio_s": audio_s, "answer_span_s": span_s,
-                "rtf": span_s / audio_s if audio_s > 0 else None, "underruns": underruns, "underrun_s": underrun_s,
-                "frames": len(frames)}
+        return {
+            "ttfa_s": frames[first][0] - self.t0,
+            "answer_audio_s": audio_s,
+            "answer_span_s": span_s,
+            "rtf": span_s / audio_s if audio_s > 0 else None,
+            "underruns": underruns,
+            "underrun_s": underrun_s,
+            "frames": len(frames),
+        }
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -91,6 +104,11 @@ def percentile(values: list[float], q: float) -> float | None:
 def spread(values: list[float]) -> dict[str, float | None]:
     """p50 / p95 / p99 / mean / max of the finite values (None for each when there are none)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    return {"p50": percentile(finite, 50), "p95": percentile(finite, 95), "p99": percentile(finite, 99),
-            "mean": float(np.mean(finite)) if finite else None, "max": max(finite) if finite else None,
-            "n": len(finite)}
+    return {
+        "p50": percentile(finite, 50),
+        "p95": percentile(finite, 95),
+        "p99": percentile(finite, 99),
+        "mean": float(np.mean(finite)) if finite else None,
+        "max": max(finite) if finite else None,
+        "n": len(finite),
+    }

@@ -23,12 +23,11 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from anystream_bench.timeline import AnswerTimeline, Thresholds
 from assistant import protocol
 from assistant.audio import WEBRTC_SAMPLE_RATE, FrameSplitter, resample
 from edge_client.audio_io import CAPTURE_RATE, FRAME_SAMPLES
 from edge_client.tracks import CaptureTrack, RemoteAudioConsumer
-
-from anystream_bench.timeline import AnswerTimeline, Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +107,22 @@ class ClientResult:
 
 
 class BenchClient:
-    def __init__(self, index: int, server_url: str, question: np.ndarray, *, start_offset_s: float = 0.0,
-                 turns: int = 1, turn_timeout_s: float = 120.0, loopback_only: bool = True, voice: str | None = None,
-                 thresholds: Thresholds | None = None, drain_s: float = 0.4, offer_timeout_s: float = 30.0,
-                 api_key: str | None = None):
+    def __init__(
+        self,
+        index: int,
+        server_url: str,
+        question: np.ndarray,
+        *,
+        start_offset_s: float = 0.0,
+        turns: int = 1,
+        turn_timeout_s: float = 120.0,
+        loopback_only: bool = True,
+        voice: str | None = None,
+        thresholds: Thresholds | None = None,
+        drain_s: float = 0.4,
+        offer_timeout_s: float = 30.0,
+        api_key: str | None = None,
+    ):
         """api_key: an API key or session token sent with the offer (``Authorization: Bearer``); None sends none."""
         self.index = index
         self.server_url = server_url.rstrip("/")
@@ -152,11 +163,11 @@ class BenchClient:
             seen = len(self._events)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _on_audio(self, pcm: np.ndarray) -> None:
@@ -191,14 +202,14 @@ class BenchClient:
                 return self.result
             try:
                 await self._wait_event(lambda m: m.get("type") == "ready", time.monotonic() + self.offer_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return self._fail("no 'ready' from the server")
             self.result.connect_s = time.monotonic() - t_offer
             for turn in range(self.turns):
                 if not await self._one_turn(turn, track):
                     break
             await self._bye(channel)
-        except Exception as exc:  # noqa: BLE001 - one broken client is a figure, not the end of the benchmark
+        except Exception as exc:
             log.exception("client %d failed", self.index)
             self._fail(f"{type(exc).__name__}: {exc}")
         finally:
@@ -222,7 +233,7 @@ class BenchClient:
                 async with http.post(f"{self.server_url}/offer", json=body, headers=headers) as response:
                     self.result.http_status = response.status
                     text = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._fail(f"cannot reach {self.server_url}/offer: {exc or type(exc).__name__}")
             return False
         try:
@@ -262,9 +273,11 @@ class BenchClient:
             # the answer is the first turn the server starts after we began to speak, and its turn_end
             _, started = await self._wait_event(lambda m: m.get("type") == "turn_started", deadline, events_before)
             _, ended = await self._wait_event(
-                lambda m: m.get("type") == "turn_end" and m.get("turn_id") == started.get("turn_id"), deadline,
-                events_before)
-        except asyncio.TimeoutError:
+                lambda m: m.get("type") == "turn_end" and m.get("turn_id") == started.get("turn_id"),
+                deadline,
+                events_before,
+            )
+        except TimeoutError:
             self._fail(f"turn {turn}: no answer within {self.turn_timeout_s:g} s")
             return False
         await asyncio.sleep(self.drain_s)  # turn_end leaves after the last frame; the jitter buffer still holds some
@@ -289,13 +302,15 @@ class BenchClient:
         channel.send(protocol.to_json(protocol.ByeMessage()))
         try:
             await asyncio.wait_for(self._channel_closed.wait(), 2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("client %d: the server did not close the session after bye", self.index)
 
 
-async def run_clients(server_url: str, question: np.ndarray, offsets: list[float], **options: Any
-                      ) -> list[ClientResult]:
+async def run_clients(
+    server_url: str, question: np.ndarray, offsets: list[float], **options: Any
+) -> list[ClientResult]:
     """Runs one client per start offset, all at once; returns their results in order."""
-    clients = [BenchClient(i, server_url, question, start_offset_s=offset, **options)
-               for i, offset in enumerate(offsets)]
+    clients = [
+        BenchClient(i, server_url, question, start_offset_s=offset, **options) for i, offset in enumerate(offsets)
+    ]
     return list(await asyncio.gather(*(client.run() for client in clients)))

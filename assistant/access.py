@@ -128,8 +128,10 @@ class AccessConfig:
             raise ValueError("access.allowed_origins must be a list of origins")
         origins = tuple(_normalize_origin(o) for o in self.allowed_origins)
         if ANY_ORIGIN in origins and not self.enabled:
-            raise ValueError("access.allowed_origins: '*' lets every web page drive this server; it is only "
-                             "accepted with API keys or a token secret configured")
+            raise ValueError(
+                "access.allowed_origins: '*' lets every web page drive this server; it is only "
+                "accepted with API keys or a token secret configured"
+            )
         object.__setattr__(self, "allowed_origins", origins)
         for name in ("max_body_bytes", "max_sessions_per_client"):
             value = getattr(self, name)
@@ -201,9 +203,11 @@ def _check_api_keys(keys: dict[str, str], source: str) -> None:
         if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
             raise ValueError(f"{source}: client id {client_id!r} must be 1 to 64 letters, digits, '_', '.' or '-'")
         if not isinstance(key, str) or len(key) < MIN_API_KEY_CHARS or len(key) > MAX_CREDENTIAL_CHARS:
-            raise ValueError(f"{source}: the key of {client_id!r} must be a string of {MIN_API_KEY_CHARS} to "
-                             f"{MAX_CREDENTIAL_CHARS} characters (e.g. python -c 'import secrets; "
-                             f"print(secrets.token_urlsafe(32))')")
+            raise ValueError(
+                f"{source}: the key of {client_id!r} must be a string of {MIN_API_KEY_CHARS} to "
+                f"{MAX_CREDENTIAL_CHARS} characters (e.g. python -c 'import secrets; "
+                f"print(secrets.token_urlsafe(32))')"
+            )
     if len(set(keys.values())) != len(keys):
         raise ValueError(f"{source}: two clients share a key (a key must say who is calling)")
 
@@ -220,8 +224,10 @@ def _normalize_origin(origin: Any) -> str:
     if normalized == ANY_ORIGIN:
         return normalized
     if not _CONFIG_ORIGIN.fullmatch(normalized):
-        raise ValueError(f"access.allowed_origins: {origin!r} must be scheme://host[:port] (http or https, no path, "
-                         "no trailing '/'), as browsers send it in the Origin header")
+        raise ValueError(
+            f"access.allowed_origins: {origin!r} must be scheme://host[:port] (http or https, no path, "
+            "no trailing '/'), as browsers send it in the Origin header"
+        )
     return normalized
 
 
@@ -327,12 +333,18 @@ def _host_is_loopback(host: str) -> bool:
 def _check_browser(config: AccessConfig, values: dict[str, list[str]]) -> None:
     origin = _single(values, "origin")
     if origin is not None and not origin_allowed(config, origin):
-        raise AccessDenied(403, "forbidden_origin", f"web pages from {origin[:100]!r} may not call this server "
-                                                    "(access.allowed_origins)")
+        raise AccessDenied(
+            403,
+            "forbidden_origin",
+            f"web pages from {origin[:100]!r} may not call this server (access.allowed_origins)",
+        )
     host = _single(values, "host")
     if not config.enabled and host is not None and not _host_is_loopback(host):
-        raise AccessDenied(403, "forbidden_host", "this server answers only requests addressed to a loopback host "
-                                                  "unless access is configured")
+        raise AccessDenied(
+            403,
+            "forbidden_host",
+            "this server answers only requests addressed to a loopback host unless access is configured",
+        )
 
 
 def authorize(config: AccessConfig, headers: Mapping[str, str], now: float | None = None) -> str | None:
@@ -344,8 +356,9 @@ def authorize(config: AccessConfig, headers: Mapping[str, str], now: float | Non
         return None
     authorization = _single(values, "authorization")
     if authorization is None:
-        raise AccessDenied(401, "unauthorized", "this server needs an API key or token: send "
-                                                "'Authorization: Bearer <key or token>'")
+        raise AccessDenied(
+            401, "unauthorized", "this server needs an API key or token: send 'Authorization: Bearer <key or token>'"
+        )
     scheme, _, credential = authorization.strip().partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
@@ -430,5 +443,9 @@ def preflight(config: AccessConfig, headers: Mapping[str, str]) -> dict[str, str
     allowed = cors_headers(config, headers)
     if not allowed:
         raise AccessDenied(403, "forbidden_origin", "a preflight must come from a web page (an Origin header)")
-    return {**allowed, "Access-Control-Allow-Methods": CORS_METHODS, "Access-Control-Allow-Headers": CORS_HEADERS,
-            "Access-Control-Max-Age": str(CORS_MAX_AGE_S)}
+    return {
+        **allowed,
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Allow-Headers": CORS_HEADERS,
+        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+    }

@@ -38,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint a signed session token for a server with access on")
     token.add_argument("--client", required=True, help="the client id the token speaks for (per-client limits)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid (default: %(default)g)")
-    token.add_argument("--secret-env", default=TOKEN_SECRET_ENV,
-                       help="environment variable holding the server's token secret (default: %(default)s)")
+    token.add_argument(
+        "--secret-env",
+        default=TOKEN_SECRET_ENV,
+        help="environment variable holding the server's token secret (default: %(default)s)",
+    )
     return parser
 
 
@@ -52,8 +55,9 @@ def _mint_token(args: argparse.Namespace) -> int:
     # The secret comes from the environment only: a command-line argument would show in every `ps`.
     secret = os.environ.get(args.secret_env, "")
     if not secret:
-        print(f"anystream: set {args.secret_env} to the server's token secret (access.token_secret_env)",
-              file=sys.stderr)
+        print(
+            f"anystream: set {args.secret_env} to the server's token secret (access.token_secret_env)", file=sys.stderr
+        )
         return 2
     try:
         print(mint_token(secret, args.client, args.ttl))
@@ -127,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bad = failed(reports)
     if args.json:
-        print(json.dumps({"folder": str(args.folder), "ok": not bad, "parts": [r.to_dict() for r in reports]},
-                         indent=2))
+        print(
+            json.dumps({"folder": str(args.folder), "ok": not bad, "parts": [r.to_dict() for r in reports]}, indent=2)
+        )
     else:
         for report in reports:
             optional = "" if report.required else " (optional)"

@@ -76,8 +76,8 @@ class FrameSplitter:
     def push(self, wave: np.ndarray) -> list[np.ndarray]:
         buf = np.concatenate([self._pending, np.asarray(wave, dtype=self.dtype)])
         n = len(buf) // self.frame_samples
-        frames = [buf[i * self.frame_samples:(i + 1) * self.frame_samples] for i in range(n)]
-        self._pending = buf[n * self.frame_samples:]
+        frames = [buf[i * self.frame_samples : (i + 1) * self.frame_samples] for i in range(n)]
+        self._pending = buf[n * self.frame_samples :]
         return frames
 
     def flush(self, pad: bool = True) -> list[np.ndarray]:

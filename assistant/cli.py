@@ -36,18 +36,33 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--voice", help="voice of the spoken reply (a name from the models' voice bank)")
     chat.add_argument("--out", type=Path, required=True, help="output directory")
     chat.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and of sampling")
-    chat.add_argument("--family", choices=MODEL_FAMILIES, default="embedded",
-                      help="model family (default: %(default)s)")
-    chat.add_argument("--assets", type=Path, default=None,
-                      help="embedded: model assets directory (default: the package's own); anygpt: the weights root")
-    chat.add_argument("--lm-dir", default="AnyGPT-chat",
-                      help="anygpt: the LLM folder under --assets (default: %(default)s)")
-    chat.add_argument("--dtype", choices=DTYPES, default=None,
-                      help="anygpt: weights dtype (default: float16 on CUDA, float32 elsewhere)")
-    chat.add_argument("--device", default="cpu",
-                      help="anygpt: torch device, e.g. cuda or cuda:1 (default: %(default)s)")
-    chat.add_argument("--voices-file", type=Path, default=None,
-                      help="anygpt: a voices.json made by `anystream make-voices` (the names --voice picks from)")
+    chat.add_argument(
+        "--family", choices=MODEL_FAMILIES, default="embedded", help="model family (default: %(default)s)"
+    )
+    chat.add_argument(
+        "--assets",
+        type=Path,
+        default=None,
+        help="embedded: model assets directory (default: the package's own); anygpt: the weights root",
+    )
+    chat.add_argument(
+        "--lm-dir", default="AnyGPT-chat", help="anygpt: the LLM folder under --assets (default: %(default)s)"
+    )
+    chat.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="anygpt: weights dtype (default: float16 on CUDA, float32 elsewhere)",
+    )
+    chat.add_argument(
+        "--device", default="cpu", help="anygpt: torch device, e.g. cuda or cuda:1 (default: %(default)s)"
+    )
+    chat.add_argument(
+        "--voices-file",
+        type=Path,
+        default=None,
+        help="anygpt: a voices.json made by `anystream make-voices` (the names --voice picks from)",
+    )
     return parser
 
 
@@ -55,16 +70,28 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The models ``assistant chat`` loads (raises ValueError for a combination that cannot load)."""
     if args.family == "embedded":
         # the embedded family is a CPU float32 family whose voices live beside its assets: say so, never ignore
-        unset = {"--dtype": args.dtype in (None, "float32"), "--device": args.device == "cpu",
-                 "--voices-file": args.voices_file is None, "--lm-dir": args.lm_dir == "AnyGPT-chat"}
+        unset = {
+            "--dtype": args.dtype in (None, "float32"),
+            "--device": args.device == "cpu",
+            "--voices-file": args.voices_file is None,
+            "--lm-dir": args.lm_dir == "AnyGPT-chat",
+        }
         given = [flag for flag, is_unset in unset.items() if not is_unset]
         if given:
-            raise ValueError(f"{', '.join(given)}: for --family anygpt only (the embedded family runs on the CPU "
-                             "in float32 and reads voices.json from its assets folder)")
+            raise ValueError(
+                f"{', '.join(given)}: for --family anygpt only (the embedded family runs on the CPU "
+                "in float32 and reads voices.json from its assets folder)"
+            )
     dtype = args.dtype or ("float16" if str(args.device).startswith("cuda") else "float32")
-    return ModelSpec(family=args.family, assets_dir=str(args.assets) if args.assets is not None else None,
-                     seed=args.seed, lm_dir=args.lm_dir, dtype=dtype, device=args.device,
-                     voices_file=str(args.voices_file) if args.voices_file is not None else None)
+    return ModelSpec(
+        family=args.family,
+        assets_dir=str(args.assets) if args.assets is not None else None,
+        seed=args.seed,
+        lm_dir=args.lm_dir,
+        dtype=dtype,
+        device=args.device,
+        voices_file=str(args.voices_file) if args.voices_file is not None else None,
+    )
 
 
 async def _chat(args: argparse.Namespace, spec: ModelSpec, audio: np.ndarray | None, picture: bytes | None) -> int:

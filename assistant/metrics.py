@@ -71,39 +71,75 @@ class ServingMetrics:
 
     TTFA_NAME = f"{PREFIX}_time_to_first_audio_seconds"
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True, replica: str | None = None,
-                 ttfa_buckets: Iterable[float] = TTFA_BUCKETS, stale_after_s: float = STATS_STALE_AFTER_S):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        process: bool = True,
+        replica: str | None = None,
+        ttfa_buckets: Iterable[float] = TTFA_BUCKETS,
+        stale_after_s: float = STATS_STALE_AFTER_S,
+    ):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.time_to_first_audio = Histogram(
-            self.TTFA_NAME, "Seconds from the start of a turn (the end of the user's speech as the server's endpointer "
+            self.TTFA_NAME,
+            "Seconds from the start of a turn (the end of the user's speech as the server's endpointer "
             "decided, or a typed question) to the first answer audio frame leaving the server.",
-            buckets=tuple(ttfa_buckets), registry=r)
+            buckets=tuple(ttfa_buckets),
+            registry=r,
+        )
         self.turns = Counter(f"{PREFIX}_turns", "Turns that ended, by finish reason.", ["reason"], registry=r)
-        self.sessions_created = Counter(f"{PREFIX}_sessions_created", "Sessions accepted (offers answered).",
-                                        registry=r)
+        self.sessions_created = Counter(
+            f"{PREFIX}_sessions_created", "Sessions accepted (offers answered).", registry=r
+        )
         self.active_sessions = Gauge(f"{PREFIX}_active_sessions", "Sessions this process holds now.", registry=r)
-        self.asyncio_tasks = Gauge(f"{PREFIX}_asyncio_tasks", "Asyncio tasks alive in this process's event loop.",
-                                   registry=r)
+        self.asyncio_tasks = Gauge(
+            f"{PREFIX}_asyncio_tasks", "Asyncio tasks alive in this process's event loop.", registry=r
+        )
         self.threads = Gauge(f"{PREFIX}_threads", "Python threads alive in this process.", registry=r)
-        self.peer_connections = Gauge(f"{PREFIX}_peer_connections", "WebRTC peer connections of this process that "
-                                      "are not closed.", registry=r)
-        self.rejected_sessions = Counter(f"{PREFIX}_rejected_sessions", "Offers refused, by reason (the error body's "
-                                         "reason: busy, client_limit, bad_request, unauthorized, forbidden_origin, "
-                                         "forbidden_host, too_large, unsupported_media_type, error).", ["reason"],
-                                         registry=r)
-        self.audio_underruns = Counter(f"{PREFIX}_audio_underruns", "Times a reply track ran dry in the middle of a "
-                                       "reply and sent silence instead of answer audio.", registry=r)
-        self.audio_underrun_seconds = Counter(f"{PREFIX}_audio_underrun_seconds", "Seconds of silence sent in the "
-                                              "middle of replies because no answer audio was ready.", registry=r)
-        self.reply_queue_frames = Gauge(f"{PREFIX}_reply_queue_frames", "20 ms frames queued on the reply tracks "
-                                        "of every session (sampled when /metrics is read).", registry=r)
-        self.reply_queue_frames_max = Gauge(f"{PREFIX}_reply_queue_frames_max", "The most 20 ms frames queued on "
-                                            "one session's reply track (sampled when /metrics is read).", registry=r)
-        self.lm_tokens_received = Counter(f"{PREFIX}_lm_tokens_received", "LM tokens the engine sessions of this "
-                                          "process received (rate() gives tokens/s).", registry=r)
-        self.stats_errors = Counter(f"{PREFIX}_stats_errors", "Calls for a deployment's stats that failed or timed "
-                                    "out (those metrics were left out of that scrape).", ["deployment"], registry=r)
+        self.peer_connections = Gauge(
+            f"{PREFIX}_peer_connections", "WebRTC peer connections of this process that are not closed.", registry=r
+        )
+        self.rejected_sessions = Counter(
+            f"{PREFIX}_rejected_sessions",
+            "Offers refused, by reason (the error body's "
+            "reason: busy, client_limit, bad_request, unauthorized, forbidden_origin, "
+            "forbidden_host, too_large, unsupported_media_type, error).",
+            ["reason"],
+            registry=r,
+        )
+        self.audio_underruns = Counter(
+            f"{PREFIX}_audio_underruns",
+            "Times a reply track ran dry in the middle of a reply and sent silence instead of answer audio.",
+            registry=r,
+        )
+        self.audio_underrun_seconds = Counter(
+            f"{PREFIX}_audio_underrun_seconds",
+            "Seconds of silence sent in the middle of replies because no answer audio was ready.",
+            registry=r,
+        )
+        self.reply_queue_frames = Gauge(
+            f"{PREFIX}_reply_queue_frames",
+            "20 ms frames queued on the reply tracks of every session (sampled when /metrics is read).",
+            registry=r,
+        )
+        self.reply_queue_frames_max = Gauge(
+            f"{PREFIX}_reply_queue_frames_max",
+            "The most 20 ms frames queued on one session's reply track (sampled when /metrics is read).",
+            registry=r,
+        )
+        self.lm_tokens_received = Counter(
+            f"{PREFIX}_lm_tokens_received",
+            "LM tokens the engine sessions of this process received (rate() gives tokens/s).",
+            registry=r,
+        )
+        self.stats_errors = Counter(
+            f"{PREFIX}_stats_errors",
+            "Calls for a deployment's stats that failed or timed out (those metrics were left out of that scrape).",
+            ["deployment"],
+            registry=r,
+        )
         if replica is not None:
             Info(f"{PREFIX}_gateway", "The process that answered this scrape.", registry=r).info({"replica": replica})
         if process:
@@ -166,23 +202,35 @@ class ServingMetrics:
         """
         values = self._deployments.update("lm", LM_STATS_KEYS, stats)
         if "active_slots" in values and values.get("max_slots"):
-            self._deployments.derive("lm", stats, "lm_slot_occupancy", "Fraction of the LM replica's KV slots in use.",
-                                     values["active_slots"] / values["max_slots"])
+            self._deployments.derive(
+                "lm",
+                stats,
+                "lm_slot_occupancy",
+                "Fraction of the LM replica's KV slots in use.",
+                values["active_slots"] / values["max_slots"],
+            )
         return sorted(values)
 
     def observe_acoustic(self, stats: Mapping[str, Any]) -> list[str]:
         """Sets the acoustic metrics from an acoustic deployment's ``stats()`` dict.
 
-        Keys (all optional): ``queued`` (chunks waiting now; ``queue_depth`` is read as well), ``batches`` (decoder calls so far), ``mean_batch_size``,
+        Keys (all optional): ``queued`` (chunks waiting now; ``queue_depth`` is read as well), ``batches``
+        (decoder calls so far), ``mean_batch_size``,
         ``last_call_s`` (the latest call's seconds), ``audio_s`` (seconds of speech produced so far), ``busy_s``
         (seconds spent decoding so far); ``replica`` as for :meth:`observe_lm`. ``anystream_acoustic_real_time_factor``
         is derived as busy_s / audio_s (below 1: faster than real time). Same errors as :meth:`observe_lm`.
         """
         values = self._deployments.update("acoustic", ACOUSTIC_STATS_KEYS, stats)
         if "busy_s" in values and values.get("audio_s"):
-            self._deployments.derive("acoustic", stats, "acoustic_real_time_factor", "Seconds spent decoding per "
-                                     "second of speech produced, since the replica started (below 1: faster than "
-                                     "real time).", values["busy_s"] / values["audio_s"])
+            self._deployments.derive(
+                "acoustic",
+                stats,
+                "acoustic_real_time_factor",
+                "Seconds spent decoding per "
+                "second of speech produced, since the replica started (below 1: faster than "
+                "real time).",
+                values["busy_s"] / values["audio_s"],
+            )
         return sorted(values)
 
     # ----- exposition -----
@@ -211,7 +259,9 @@ class _DeploymentStatsCollector:
     def update(self, deployment: str, keys: dict[str, tuple[str, str, str]], stats: Mapping[str, Any]) -> dict:
         if not isinstance(stats, Mapping):
             raise ValueError(f"{deployment} stats must be a dict, got {type(stats).__name__}")
-        aliased = {STATS_ALIASES[k]: v for k, v in stats.items() if k in STATS_ALIASES and STATS_ALIASES[k] not in stats}
+        aliased = {
+            STATS_ALIASES[k]: v for k, v in stats.items() if k in STATS_ALIASES and STATS_ALIASES[k] not in stats
+        }
         stats = {**stats, **aliased}
         values: dict[str, float] = {}
         for key in keys:

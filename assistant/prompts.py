@@ -5,7 +5,8 @@ through the text tokenizer; emoji token strings are never parsed here.
 
 Chat (MMGPT) template, as rendered::
 
-    You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, speech, images and audio.\\n
+    You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, speech,
+     images and audio.\\n                                    (one line)
     [Human]: {user}<eoh>\\n
     [MMGPT]: {assistant}<eos>\\n          (earlier turns)
     [Human]: {user}<eoh>\\n
@@ -18,9 +19,9 @@ Every prompt starts with the text tokenizer's BOS id (the reference LlamaTokeniz
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 from assistant.vocab import Modality, TokenKind, UnifiedVocab
 
@@ -72,7 +73,7 @@ class AssistantMessage:
         object.__setattr__(self, "token_ids", tuple(int(i) for i in token_ids))
 
     @classmethod
-    def from_generated(cls, vocab: UnifiedVocab, ids: Sequence[int], prefix: Sequence[int] = ()) -> "AssistantMessage":
+    def from_generated(cls, vocab: UnifiedVocab, ids: Sequence[int], prefix: Sequence[int] = ()) -> AssistantMessage:
         """From generated ids: ``prefix`` (e.g. a forced start marker) + ids, trailing stop ids and a leading
         whitespace-only text token (the model's space after ``[MMGPT]:``) removed."""
         body = [*prefix, *ids]
@@ -102,7 +103,7 @@ class Conversation:
     def truncate_to(
         self,
         max_tokens: int,
-        builder: "ChatPromptBuilder",
+        builder: ChatPromptBuilder,
         pending: UserMessage | None = None,
         force_modality: Modality | None = None,
     ) -> int:
@@ -135,7 +136,9 @@ class ChatPromptBuilder:
         if message.music_codes:
             parts.append(v.segment_ids(Modality.MUSIC, message.music_codes))
         if message.speech_codes:
-            parts.append(v.segment_ids(Modality.SPEECH, message.speech_codes) + v.encode_text(SPEECH_INSTRUCTION_SUFFIX))
+            parts.append(
+                v.segment_ids(Modality.SPEECH, message.speech_codes) + v.encode_text(SPEECH_INSTRUCTION_SUFFIX)
+            )
         if message.text:
             parts.append(v.encode_text(message.text))
         out: list[int] = []
@@ -168,7 +171,10 @@ class ChatPromptBuilder:
         return ids
 
     def prompt_length(
-        self, conversation: Conversation | None, user_message: UserMessage | None, force_modality: Modality | None = None
+        self,
+        conversation: Conversation | None,
+        user_message: UserMessage | None,
+        force_modality: Modality | None = None,
     ) -> int:
         return len(self.build(conversation, user_message, force_modality))
 

@@ -19,7 +19,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -86,7 +86,7 @@ class ProtocolError(ValueError):
         super().__init__(_sendable(message))
 
 
-class ServerEvent(str, Enum):
+class ServerEvent(StrEnum):
     READY = "ready"
     SPEECH_STARTED = "speech_started"
     SPEECH_STOPPED = "speech_stopped"
@@ -100,7 +100,7 @@ class ServerEvent(str, Enum):
     ERROR = "error"
 
 
-class ClientEvent(str, Enum):
+class ClientEvent(StrEnum):
     HELLO = "hello"
     TEXT = "text"
     IMAGE = "image"  # a picture from the user, with an optional typed question
@@ -108,7 +108,7 @@ class ClientEvent(str, Enum):
     BYE = "bye"  # the caller hangs up: the server ends the session and closes the peer connection
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     COMPLETE = "complete"
     INTERRUPTED = "interrupted"
     MAX_TOKENS = "max_tokens"
@@ -193,7 +193,7 @@ class TurnEnd:
     type: str = field(default=ServerEvent.TURN_END.value, init=False)
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """What went wrong, for programs; ``ErrorEvent.message`` says it for people."""
 
     BAD_MESSAGE = "bad_message"  # a client message the server could not use (the message says why)
@@ -251,8 +251,10 @@ class ImageMessage:
         _check_image_message(message)
         size = len(to_json(message).encode("utf-8"))
         if size > MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"picture and question make a message of {size} bytes, over the limit of "
-                                f"{MAX_MESSAGE_BYTES} bytes; shorten the question")
+            raise ProtocolError(
+                f"picture and question make a message of {size} bytes, over the limit of "
+                f"{MAX_MESSAGE_BYTES} bytes; shorten the question"
+            )
         return message
 
     def image_bytes(self) -> bytes:
@@ -274,8 +276,17 @@ class ByeMessage:
 
 
 ServerMessage = (
-    Ready | SpeechStarted | SpeechStopped | TurnStarted | Transcript | TextDelta | ImageReady | MusicReady
-    | Interrupted | TurnEnd | ErrorEvent
+    Ready
+    | SpeechStarted
+    | SpeechStopped
+    | TurnStarted
+    | Transcript
+    | TextDelta
+    | ImageReady
+    | MusicReady
+    | Interrupted
+    | TurnEnd
+    | ErrorEvent
 )
 ClientMessage = Hello | TextMessage | ImageMessage | InterruptMessage | ByeMessage
 
@@ -321,8 +332,13 @@ _CLIENT_CLASSES: dict[str, type] = {
 # Field -> accepted python types, checked before construction so a wrong type is a ProtocolError, not a crash
 # somewhere downstream.
 _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
-    Ready: {"session_id": (str,), "sample_rate": (int,), "protocol_version": (int,), "voice": (str, type(None)),
-            "voices": (list, type(None))},
+    Ready: {
+        "session_id": (str,),
+        "sample_rate": (int,),
+        "protocol_version": (int,),
+        "voice": (str, type(None)),
+        "voices": (list, type(None)),
+    },
     SpeechStarted: {},
     SpeechStopped: {"duration_s": (int, float)},
     TurnStarted: {"turn_id": (int,)},
@@ -462,7 +478,7 @@ def _refuse_nul(message: ClientMessage) -> None:
 
 
 def image_kind(data: bytes) -> str | None:
-    """"png" or "jpeg" from the leading signature, None for anything else."""
+    """ "png" or "jpeg" from the leading signature, None for anything else."""
     if data.startswith(PNG_SIGNATURE):
         return "png"
     if data.startswith(JPEG_SIGNATURE):
@@ -553,8 +569,10 @@ class OfferRequest:
             raise ProtocolError(f"sdp exceeds {cls.MAX_SDP_BYTES} bytes")
         control = _SDP_CONTROL.search(sdp)
         if control is not None:
-            raise ProtocolError(f"sdp holds the control character {printable_excerpt(control.group())} at offset "
-                                f"{control.start()}; only TAB, CR and LF may appear")
+            raise ProtocolError(
+                f"sdp holds the control character {printable_excerpt(control.group())} at offset "
+                f"{control.start()}; only TAB, CR and LF may appear"
+            )
         if not sdp.startswith("v=0"):
             raise ProtocolError("sdp does not start with 'v=0'")
         _check_offer_media(sdp)
@@ -571,8 +589,10 @@ def _check_offer_security(sdp: str) -> None:
     lines = [line.rstrip("\r") for line in sdp.split("\n")]
     missing = [attr[2:-1] for attr in _OFFER_REQUIRED_ATTRIBUTES if not any(line.startswith(attr) for line in lines)]
     if missing:
-        raise ProtocolError(f"offer has no {', '.join(missing)} attribute: it could never connect (WebRTC needs DTLS "
-                            "fingerprints and ICE credentials)")
+        raise ProtocolError(
+            f"offer has no {', '.join(missing)} attribute: it could never connect (WebRTC needs DTLS "
+            "fingerprints and ICE credentials)"
+        )
 
 
 def _check_offer_media(sdp: str) -> None:
@@ -590,8 +610,10 @@ def _check_offer_media(sdp: str) -> None:
     counts += [f"{n} {printable_excerpt(kind, 16)}" for kind, n in kinds.most_common(shown)]
     if len(kinds) > shown:
         counts.append(f"{len(kinds) - shown} more kinds")
-    raise ProtocolError(f"offer must have exactly one audio section and one data channel (label "
-                        f"'{DATA_CHANNEL_LABEL}') and no other media; got {', '.join(counts)}")
+    raise ProtocolError(
+        f"offer must have exactly one audio section and one data channel (label "
+        f"'{DATA_CHANNEL_LABEL}') and no other media; got {', '.join(counts)}"
+    )
 
 
 # JSON doubles every CRLF of the SDP ("\\r\\n"), so the body may be up to twice the SDP it carries.

@@ -15,9 +15,10 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 ADDED_TOKENS_FILE = "added_tokens.json"
 TEXT_TOKENIZER_FILE = "text_tokenizer.json"
@@ -34,7 +35,7 @@ RES = "<-Res->"
 TEXT_SPECIALS = ("<unk>", "<s>", "</s>")
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     TEXT = "text"
     SPEECH = "speech"
     IMAGE = "image"
@@ -63,7 +64,7 @@ def code_token_string(modality: Modality, code: int) -> str:
     return f"<{_CODE_SPELLING[modality][0]}{code}>"
 
 
-class TokenKind(str, enum.Enum):
+class TokenKind(enum.StrEnum):
     TEXT = "text"  # id of the text tokenizer (except its eos, which is STOP)
     CODE = "code"  # a modality code (modality + code set)
     START = "start"  # <soim>/<sosp>/<somu>
@@ -172,7 +173,7 @@ class ByteTextTokenizer:
             candidates.sort(key=lambda c: -len(c[0]))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ByteTextTokenizer":
+    def from_file(cls, path: str | Path) -> ByteTextTokenizer:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("type") != "bytes":
             raise ValueError(f"{path}: unsupported text tokenizer type {data.get('type')!r} (expected 'bytes')")
@@ -229,11 +230,10 @@ class SentencePieceTextTokenizer:
 
     def __init__(self, model_path: str | Path) -> None:
         try:
-            import sentencepiece  # noqa: PLC0415 (optional dependency)
+            import sentencepiece
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
-                f"{model_path} needs the 'sentencepiece' package: install it with "
-                "`.venv/bin/pip install sentencepiece`"
+                f"{model_path} needs the 'sentencepiece' package: install it with `.venv/bin/pip install sentencepiece`"
             ) from exc
         self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
         self.vocab_size = int(self._sp.get_piece_size())
@@ -307,7 +307,7 @@ class UnifiedVocab:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_dir(cls, path: str | Path, vocab_size: int | None = None) -> "UnifiedVocab":
+    def from_dir(cls, path: str | Path, vocab_size: int | None = None) -> UnifiedVocab:
         path = Path(path)
         added_path = path / ADDED_TOKENS_FILE
         if not added_path.is_file():
@@ -321,7 +321,7 @@ class UnifiedVocab:
         return cls(load_text_tokenizer(path), raw, vocab_size=vocab_size, source=str(added_path))
 
     @classmethod
-    def embedded(cls) -> "UnifiedVocab":
+    def embedded(cls) -> UnifiedVocab:
         """The committed embedded default (byte text tokenizer, 1024 codes per modality)."""
         return cls.from_dir(EMBEDDED_TOKENIZER_DIR)
 
@@ -544,8 +544,5 @@ def write_embedded_vocab_files(
     text = ByteTextTokenizer(pieces=pieces)
     (directory / TEXT_TOKENIZER_FILE).write_text(json.dumps(text.to_dict(), indent=2) + "\n", encoding="utf-8")
     added = embedded_added_tokens(text.vocab_size, image_codes, speech_codes, music_codes, with_ins_res)
-    (directory / ADDED_TOKENS_FILE).write_text(
-        json.dumps(added, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (directory / ADDED_TOKENS_FILE).write_text(json.dumps(added, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return directory
-

@@ -58,8 +58,10 @@ def main() -> None:
     bank = VoiceBank.from_json(ModelSpec().voices_path)
     decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, UnmaskSchedule(), context_frames=args.context)
     chunk_s = args.frames * decoder.hop / decoder.sample_rate
-    print(f"embedded acoustic decoder: {args.frames}-frame chunks ({chunk_s:.2f} s), {args.context} context frames, "
-          f"{bank.prompt().shape[1]}-frame voice prompts, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"embedded acoustic decoder: {args.frames}-frame chunks ({chunk_s:.2f} s), {args.context} context frames, "
+        f"{bank.prompt().shape[1]}-frame voice prompts, {args.threads} threads, median of {args.repeats}"
+    )
     print(f"{'batch':>5} {'ms/batch':>9} {'ms/chunk':>9} {'fill':>7} {'codec':>7} {'x real time':>12}")
     for batch in args.batch_sizes:
         reqs = requests(decoder, bank, batch, args.frames, args.context, seed=batch)
@@ -69,14 +71,18 @@ def main() -> None:
         context = torch.stack([r.context for r in reqs]) if args.context else None
         generators = [r.generator for r in reqs]
         with torch.inference_mode():
-            fill = timed(lambda: decoder.fill.batch(decoder.model, semantic, prompt, context, generators),  # noqa: B023
-                         args.repeats)
+            fill = timed(
+                lambda: decoder.fill.batch(decoder.model, semantic, prompt, context, generators),  # noqa: B023
+                args.repeats,
+            )
             codes = decoder.fill.batch(decoder.model, semantic, prompt, context, generators)
             full = codes if context is None else torch.cat([context, codes], dim=2)
             codec = timed(lambda: decode_codes(decoder.codec, full), args.repeats)  # noqa: B023
         per_chunk = total / batch
-        print(f"{batch:5d} {total * 1000:9.1f} {per_chunk * 1000:9.1f} {fill / batch * 1000:7.1f} "
-              f"{codec / batch * 1000:7.1f} {chunk_s / per_chunk:12.1f}")
+        print(
+            f"{batch:5d} {total * 1000:9.1f} {per_chunk * 1000:9.1f} {fill / batch * 1000:7.1f} "
+            f"{codec / batch * 1000:7.1f} {chunk_s / per_chunk:12.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,13 @@ async def one_turn(session, audio: np.ndarray) -> dict:
             reason = out.reason.value
     wall = time.perf_counter() - start
     audio_s = frames * OUTPUT_FRAME_MS / 1000
-    return {"first_audio_s": first_audio, "wall_s": wall, "audio_s": audio_s, "rtf": wall / audio_s if audio_s else None,
-            "reason": reason}
+    return {
+        "first_audio_s": first_audio,
+        "wall_s": wall,
+        "audio_s": audio_s,
+        "rtf": wall / audio_s if audio_s else None,
+        "reason": reason,
+    }
 
 
 async def main() -> None:
@@ -64,8 +69,9 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
-    spec = ModelSpec(family=args.family, assets_dir=args.assets, seed=args.seed, lm_dir=args.lm_dir, dtype=dtype,
-                     device=args.device)
+    spec = ModelSpec(
+        family=args.family, assets_dir=args.assets, seed=args.seed, lm_dir=args.lm_dir, dtype=dtype, device=args.device
+    )
     audio = read_wav(args.input) if args.input else spoken_question()
     t0 = time.perf_counter()
     backends = load_backends(spec)

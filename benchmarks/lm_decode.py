@@ -32,8 +32,12 @@ def single_stream(model, vocab, settings, prompt: list[int], tokens: int) -> flo
 
 
 def batched(model, vocab, settings, prompt: list[int], tokens: int, sessions: int) -> dict:
-    engine = LMEngine(model, vocab, settings, LMEngineConfig(max_slots=sessions, max_waiting=0,
-                                                             slot_capacity=len(prompt) + tokens + 1))
+    engine = LMEngine(
+        model,
+        vocab,
+        settings,
+        LMEngineConfig(max_slots=sessions, max_waiting=0, slot_capacity=len(prompt) + tokens + 1),
+    )
     engine.warmup()
     list(engine.submit(prompt, seed=0, max_new_tokens=5).tokens())  # warm-up
     counts = [0] * sessions
@@ -74,14 +78,18 @@ def main() -> None:
     greedy = SamplingSettings(do_sample=False, max_new_tokens=args.tokens)
     settings = GenerationSettings(text=greedy)
     prompt = [vocab.bos_id] + [vocab.encode_text("a")[0]] * (args.prompt - 1)
-    where = f"{config.num_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, " \
-            f"{args.device} {args.dtype}, {args.threads} threads"
+    where = (
+        f"{config.num_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
+        f"{args.device} {args.dtype}, {args.threads} threads"
+    )
     rate = single_stream(model, vocab, settings, prompt, args.tokens)
     print(f"TokenStream, 1 request      {rate:7.1f} tokens/s ({1000 / rate:5.2f} ms/token), {where}")
     for n in (int(x) for x in args.sessions.split(",")):
         figures = batched(model, vocab, settings, prompt, args.tokens, n)
-        print(f"LMEngine, {n:3d} requests    {figures['total']:7.1f} tokens/s in total, "
-              f"{figures['per_request']:6.1f} per request (slowest), decode step {figures['step_ms']:6.2f} ms")
+        print(
+            f"LMEngine, {n:3d} requests    {figures['total']:7.1f} tokens/s in total, "
+            f"{figures['per_request']:6.1f} per request (slowest), decode step {figures['step_ms']:6.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
 
 @serve.deployment(**FAST_SHUTDOWN)
 class AcousticDecoderDeployment(ReadinessProbe):
-    def __init__(self, model: dict | None = None, batch_window_s: float = 0.005, max_batch: int = 8,
-                 context_frames: int = 25):
+    def __init__(
+        self, model: dict | None = None, batch_window_s: float = 0.005, max_batch: int = 8, context_frames: int = 25
+    ):
         """``context_frames``: frames of the previous chunk each chunk is decoded after (the engine's setting)."""
         spec = ModelSpec.from_dict(model)
         self._acoustic = load_role(spec, "acoustic", context_frames=context_frames)
@@ -40,7 +41,10 @@ class AcousticDecoderDeployment(ReadinessProbe):
         return await self._acoustic.register_voice(np.asarray(prompt, dtype=np.int64))
 
     async def decode_chunk(
-        self, semantic: np.ndarray, context: np.ndarray | None = None, voice: str | None = None,
+        self,
+        semantic: np.ndarray,
+        context: np.ndarray | None = None,
+        voice: str | None = None,
         prompt: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """int64 [t], int64 [n_q, Tc] | None, voice key | None, (int64 [n_q, Tp] only to re-register the key)

@@ -150,9 +150,16 @@ class AppArgs(BaseModel):
         return {k: tuple(v) if isinstance(v, list) else v for k, v in self.lm_batching.items()}
 
     def model_spec(self) -> dict[str, Any]:
-        return ModelSpec(family=self.model_family, assets_dir=self.assets_dir, seed=self.seed, lm_dir=self.lm_dir,
-                         dtype=self.dtype, device=self.device, lm_engine=self.lm_engine,
-                         voices_file=self.voices_file).to_dict()
+        return ModelSpec(
+            family=self.model_family,
+            assets_dir=self.assets_dir,
+            seed=self.seed,
+            lm_dir=self.lm_dir,
+            dtype=self.dtype,
+            device=self.device,
+            lm_engine=self.lm_engine,
+            voices_file=self.voices_file,
+        ).to_dict()
 
 
 class RaySettings(BaseModel):
@@ -178,8 +185,10 @@ class RaySettings(BaseModel):
             sizes = ("num_cpus", "num_gpus", "object_store_memory")
             sized = [name for name in sizes if getattr(self, name) is not None]
             if sized:
-                raise ValueError(f"ray.{', ray.'.join(sized)}: sizes a local cluster only; a cluster joined at "
-                                 f"ray.address {self.address!r} brings its own resources")
+                raise ValueError(
+                    f"ray.{', ray.'.join(sized)}: sizes a local cluster only; a cluster joined at "
+                    f"ray.address {self.address!r} brings its own resources"
+                )
         return self
 
 
@@ -210,8 +219,10 @@ def check_exposure(host: str, args: AppArgs) -> None:
     """Raises ValueError when Serve's HTTP proxy would listen beyond this machine with access off: anyone who can
     reach the port could then start sessions on our GPUs."""
     if not is_loopback_host(host) and not args.access_config().enabled:
-        raise ValueError(f"http_options.host is {host!r}, which other machines can reach, but access is off: configure "
-                         "the app's access section (api_keys_env and/or token_secret_env) or listen on 127.0.0.1")
+        raise ValueError(
+            f"http_options.host is {host!r}, which other machines can reach, but access is off: configure "
+            "the app's access section (api_keys_env and/or token_secret_env) or listen on 127.0.0.1"
+        )
 
 
 def load_config(yaml_path: str | Path) -> ServeSettings:
@@ -229,8 +240,12 @@ def load_config(yaml_path: str | Path) -> ServeSettings:
     else:
         args = {k: v for k, v in doc.items() if k not in ("http_options", "ray")}
     http = doc.get("http_options") or {}
-    return ServeSettings(args=AppArgs.model_validate(args), host=http.get("host", DEFAULT_HOST),
-                         port=http.get("port", DEFAULT_PORT), ray=RaySettings.model_validate(doc.get("ray") or {}))
+    return ServeSettings(
+        args=AppArgs.model_validate(args),
+        host=http.get("host", DEFAULT_HOST),
+        port=http.get("port", DEFAULT_PORT),
+        ray=RaySettings.model_validate(doc.get("ray") or {}),
+    )
 
 
 def build_app(args: AppArgs | dict[str, Any] | None = None):
@@ -245,19 +260,32 @@ def build_app(args: AppArgs | dict[str, Any] | None = None):
         args = AppArgs.model_validate(args or {})
     model = args.model_spec()
     speech = SpeechTokenizerDeployment.options(**args.speech_tokenizer.serve_options()).bind(
-        model, args.encode_max_batch_size, args.encode_batch_wait_s)
-    lm = LMDeployment.options(**args.lm.serve_options()).bind(model, args.lm_chunk_interval_s,
-                                                              engine=args.lm_batching_config())
+        model, args.encode_max_batch_size, args.encode_batch_wait_s
+    )
+    lm = LMDeployment.options(**args.lm.serve_options()).bind(
+        model, args.lm_chunk_interval_s, engine=args.lm_batching_config()
+    )
     from assistant.pipeline.engine import EngineConfig
 
     context_frames = EngineConfig(**args.engine).context_frames  # the replica trims context to what the engine sends
     acoustic = AcousticDecoderDeployment.options(**args.acoustic.serve_options()).bind(
-        model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames)
+        model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames
+    )
     media = MediaDecoderDeployment.options(**args.media.serve_options()).bind(model)
     return Gateway.options(**args.gateway.serve_options()).bind(
-        speech, lm, acoustic, media, model=model, loopback_only=args.loopback_only, max_sessions=args.max_sessions,
-        engine=dict(args.engine), endpointer=dict(args.endpointer), access=dict(args.access),
-        call_timeouts=dict(args.call_timeouts), session_limits=dict(args.session_limits))
+        speech,
+        lm,
+        acoustic,
+        media,
+        model=model,
+        loopback_only=args.loopback_only,
+        max_sessions=args.max_sessions,
+        engine=dict(args.engine),
+        endpointer=dict(args.endpointer),
+        access=dict(args.access),
+        call_timeouts=dict(args.call_timeouts),
+        session_limits=dict(args.session_limits),
+    )
 
 
 def set_ray_environment(local: bool = True) -> None:
@@ -313,8 +341,9 @@ def _demand(asks: dict[str, dict[str, float]], at: str) -> tuple[float, int]:
     return cpus, gpus
 
 
-def cluster_resources(settings: ServeSettings, machine_cpus: int | None = None, machine_gpus: int = 0
-                      ) -> dict[str, Any]:
+def cluster_resources(
+    settings: ServeSettings, machine_cpus: int | None = None, machine_gpus: int = 0
+) -> dict[str, Any]:
     """The keyword arguments of ``ray.init`` for ``settings`` (the runtime environment aside); pure.
 
     With ``ray.address``: ``{"address": ...}``, nothing else (the cluster has its own resources). Otherwise a local
@@ -340,12 +369,16 @@ def cluster_resources(settings: ServeSettings, machine_cpus: int | None = None, 
         num_cpus = max(math.ceil(peak_cpus), machine_cpus or 0, 1)
     num_gpus = ray.num_gpus if ray.num_gpus is not None else min(peak_gpus, machine_gpus)
     if start_cpus > num_cpus:
-        raise ValueError(f"the deployments' first replicas ask for {start_cpus:g} CPUs; the local cluster has "
-                         f"{num_cpus} (ray.num_cpus)")
+        raise ValueError(
+            f"the deployments' first replicas ask for {start_cpus:g} CPUs; the local cluster has "
+            f"{num_cpus} (ray.num_cpus)"
+        )
     if start_gpus > num_gpus:
         where = "ray.num_gpus" if ray.num_gpus is not None else f"this machine has {machine_gpus}"
-        raise ValueError(f"the deployments' first replicas need {start_gpus} GPU(s); the local cluster has "
-                         f"{num_gpus} ({where}): run on a GPU machine or join a cluster with --address")
+        raise ValueError(
+            f"the deployments' first replicas need {start_gpus} GPU(s); the local cluster has "
+            f"{num_gpus} ({where}): run on a GPU machine or join a cluster with --address"
+        )
     return {
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
@@ -364,7 +397,7 @@ def machine_gpus() -> int:
 
         count = Nvidia.get_current_node_num_accelerators()
         visible = Nvidia.get_current_process_visible_accelerator_ids()
-    except Exception:  # noqa: BLE001 - Ray's private detection moved or NVML broke: as if there were no GPU
+    except Exception:
         return 0
     return count if visible is None else min(count, len(visible))
 
@@ -385,11 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anystream-serve", description="Serve the anystream assistant.")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config YAML (default: %(default)s)")
     parser.add_argument("--host", default=None, help=f"HTTP host (default: from the config, else {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"HTTP port (default: from the config, else {DEFAULT_PORT})")
-    parser.add_argument("--address", default=None,
-                        help="join this Ray cluster (auto, HOST:6379, ray://HOST:10001) instead of starting a local "
-                             "one on 127.0.0.1 (default: the config's ray.address)")
+    parser.add_argument(
+        "--port", type=int, default=None, help=f"HTTP port (default: from the config, else {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster (auto, HOST:6379, ray://HOST:10001) instead of starting a local "
+        "one on 127.0.0.1 (default: the config's ray.address)",
+    )
     opts = parser.parse_args(argv)
     try:
         settings = load_config(opts.config)
@@ -428,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     if "address" in options:
         print(f"anystream: joined the Ray cluster at {options['address']}", flush=True)
     else:
-        print(f"anystream: local Ray on {LOOPBACK} with {options['num_cpus']} CPUs, {options['num_gpus']} GPUs",
-              flush=True)
+        print(
+            f"anystream: local Ray on {LOOPBACK} with {options['num_cpus']} CPUs, {options['num_gpus']} GPUs",
+            flush=True,
+        )
     import ray
     from ray import serve
 
@@ -439,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
         install_handlers()
         access = "on" if settings.args.access_config().enabled else "off (this machine only)"
-        print(f"anystream is serving at http://{shown}:{port} (POST /offer, GET /health; access {access})",
-              flush=True)
+        print(f"anystream is serving at http://{shown}:{port} (POST /offer, GET /health; access {access})", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

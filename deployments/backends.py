@@ -19,8 +19,16 @@ from ray.serve import exceptions as serve_errors
 from ray.serve.handle import DeploymentHandle
 
 from assistant.lm_engine import BusyError
-from assistant.pipeline.backends import AcousticBackend, Backends, BackendUnavailableError, LMBackend, LMLimits
-from assistant.pipeline.backends import MediaBackend, SpeechEncoderBackend, UnknownVoiceKeyError
+from assistant.pipeline.backends import (
+    AcousticBackend,
+    Backends,
+    BackendUnavailableError,
+    LMBackend,
+    LMLimits,
+    MediaBackend,
+    SpeechEncoderBackend,
+    UnknownVoiceKeyError,
+)
 from deployments.timeouts import CallTimeouts
 
 log = logging.getLogger(__name__)
@@ -44,12 +52,13 @@ _REFUSED_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailableError, Bus
 
 
 def _cancel(call: object) -> None:
-    """Best effort: a DeploymentResponse / -Generator stops the replica's work; a plain awaitable has nothing to stop."""
+    """Best effort: a DeploymentResponse / -Generator stops the replica's work; a plain awaitable has nothing
+    to stop."""
     cancel = getattr(call, "cancel", None)
     if callable(cancel):
         try:
             cancel()
-        except Exception:  # noqa: BLE001 - cancelling a call that already ended may complain; nothing is left to stop
+        except Exception:
             log.debug("cancelling a replica call failed", exc_info=True)
 
 
@@ -194,17 +203,28 @@ class RayMediaBackend(MediaBackend):
         return png, width, height
 
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
-        return await _answer("media", self._handle.music_wave.remote(list(tokens)), self._timeouts.media_s,
-                             self._handle)
+        return await _answer(
+            "media", self._handle.music_wave.remote(list(tokens)), self._timeouts.media_s, self._handle
+        )
 
     async def image_codes(self, png: bytes) -> list[int]:
-        return list(await _answer("media", self._handle.image_codes.remote(bytes(png)), self._timeouts.media_s,
-                                  self._handle))
+        return list(
+            await _answer("media", self._handle.image_codes.remote(bytes(png)), self._timeouts.media_s, self._handle)
+        )
 
 
-def ray_backends(speech: DeploymentHandle, lm: DeploymentHandle, acoustic: DeploymentHandle,
-                 media: DeploymentHandle, timeouts: CallTimeouts | None = None) -> Backends:
+def ray_backends(
+    speech: DeploymentHandle,
+    lm: DeploymentHandle,
+    acoustic: DeploymentHandle,
+    media: DeploymentHandle,
+    timeouts: CallTimeouts | None = None,
+) -> Backends:
     """The four backends over their deployments' handles; ``timeouts`` (None: the defaults) bounds every call."""
     timeouts = timeouts or CallTimeouts()
-    return Backends(speech=RaySpeechEncoder(speech, timeouts), lm=RayLMBackend(lm, timeouts),
-                    acoustic=RayAcousticBackend(acoustic, timeouts), media=RayMediaBackend(media, timeouts))
+    return Backends(
+        speech=RaySpeechEncoder(speech, timeouts),
+        lm=RayLMBackend(lm, timeouts),
+        acoustic=RayAcousticBackend(acoustic, timeouts),
+        media=RayMediaBackend(media, timeouts),
+    )

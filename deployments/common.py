@@ -29,5 +29,5 @@ def replica_name() -> str:
 
     try:
         return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # noqa: BLE001 - not inside a replica (tests call the shims directly)
+    except Exception:
         return ""

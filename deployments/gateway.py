@@ -30,7 +30,6 @@ counts in ``anystream_stats_errors_total``). With several gateway replicas a scr
 replica (``anystream_gateway_info`` says which); scrape each replica, or sum over them, for totals.
 """
 
-
 import asyncio
 import dataclasses
 import logging
@@ -59,13 +58,13 @@ from assistant.endpointing import EndpointerConfig
 from assistant.metrics import CountingLMBackend, ServingMetrics
 from assistant.models.loading import ModelSpec, load_vocab_and_voices
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
-from assistant.webrtc.limits import SessionLimits
 from assistant.protocol import ProtocolError, parse_offer_body
+from assistant.webrtc.limits import SessionLimits
 from assistant.webrtc.session import ClientLimitError, RtcSessionManager, SessionLimitError
 from deployments.backends import ray_backends
+from deployments.common import FAST_SHUTDOWN, replica_name
 from deployments.health import STATUS_OK, HealthMonitor
 from deployments.timeouts import CallTimeouts
-from deployments.common import FAST_SHUTDOWN, replica_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +77,9 @@ STATS_TIMEOUT_S = 0.5
 REASONS = {400: "bad_request", 404: "not_found", 429: "client_limit", 500: "error", 503: "busy"}
 
 
-async def answer_offer(sessions: RtcSessionManager, raw: bytes, metrics: ServingMetrics | None = None,
-                       client_id: str | None = None) -> tuple[int, dict[str, Any]]:
+async def answer_offer(
+    sessions: RtcSessionManager, raw: bytes, metrics: ServingMetrics | None = None, client_id: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """``POST /offer``'s body without HTTP: (status, JSON body). Ray-free apart from this module's imports, so a
     process without Serve (``anystream_bench``'s local gateway) answers offers exactly like the deployment.
 
@@ -106,9 +106,14 @@ async def answer_offer(sessions: RtcSessionManager, raw: bytes, metrics: Serving
     return status, {"error": message, "reason": reason}
 
 
-async def receive_offer(access: AccessConfig, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
-                        sessions: RtcSessionManager, metrics: ServingMetrics | None = None,
-                        now: float | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+async def receive_offer(
+    access: AccessConfig,
+    headers: Mapping[str, str],
+    chunks: AsyncIterator[bytes],
+    sessions: RtcSessionManager,
+    metrics: ServingMetrics | None = None,
+    now: float | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``POST /offer`` from the pieces of an HTTP request (any framework): who calls, the declared type, the body
     read within ``access.max_body_bytes``, then :func:`answer_offer`. Returns (status, JSON body, extra headers)."""
     try:
@@ -127,7 +132,7 @@ async def _deployment_stats(handle: Any, timeout: float) -> Any:
     response = handle.stats.remote()
     try:
         return await asyncio.wait_for(_awaited(response), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         cancel = getattr(response, "cancel", None)
         if cancel is not None:
             cancel()
@@ -138,8 +143,12 @@ async def _awaited(response: Any) -> Any:
     return await response
 
 
-async def collect_metrics(metrics: ServingMetrics, sessions: RtcSessionManager | None,
-                          stats_sources: Mapping[str, Any], timeout: float = STATS_TIMEOUT_S) -> bytes:
+async def collect_metrics(
+    metrics: ServingMetrics,
+    sessions: RtcSessionManager | None,
+    stats_sources: Mapping[str, Any],
+    timeout: float = STATS_TIMEOUT_S,
+) -> bytes:
     """Refreshes what is sampled at scrape time and renders the registry.
 
     stats_sources: ``{"lm": handle, "acoustic": handle}``; each ``handle.stats.remote()`` is awaited (at most
@@ -148,14 +157,15 @@ async def collect_metrics(metrics: ServingMetrics, sessions: RtcSessionManager |
     """
     observers = {"lm": metrics.observe_lm, "acoustic": metrics.observe_acoustic}
     names = [name for name in stats_sources if name in observers]
-    results = await asyncio.gather(*(_deployment_stats(stats_sources[n], timeout) for n in names),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(_deployment_stats(stats_sources[n], timeout) for n in names), return_exceptions=True
+    )
     for name, result in zip(names, results, strict=True):
         try:
             if isinstance(result, BaseException):
                 raise result
             observers[name](result)
-        except Exception as exc:  # noqa: BLE001 - any failure of a stats call only leaves its figures out
+        except Exception as exc:
             logger.debug("stats of %s unavailable: %r", name, exc)
             metrics.stats_error(name)
     if sessions is not None:
@@ -196,8 +206,14 @@ class Gateway:
         vocab, voices = load_vocab_and_voices(ModelSpec.from_dict(model))
         config = EngineConfig(**(engine or {}))
         # /health: every model deployment answers ``ready`` (probed together, at most every second)
-        self.health_monitor = HealthMonitor({"speech": speech.ready.remote, "lm": lm.ready.remote,
-                                             "acoustic": acoustic.ready.remote, "media": media.ready.remote})
+        self.health_monitor = HealthMonitor(
+            {
+                "speech": speech.ready.remote,
+                "lm": lm.ready.remote,
+                "acoustic": acoustic.ready.remote,
+                "media": media.ready.remote,
+            }
+        )
         self.serving_metrics = ServingMetrics(replica=replica_name() or None)
         self._stats_sources = {"lm": lm, "acoustic": acoustic}
         backends = ray_backends(speech, lm, acoustic, media, CallTimeouts(**(call_timeouts or {})))
@@ -214,11 +230,13 @@ class Gateway:
             limits=SessionLimits(**(session_limits or {})),
         )
 
-    def _reply(self, request: Request, status: int, body: Any, headers: Mapping[str, str] | None = None
-               ) -> JSONResponse:
+    def _reply(
+        self, request: Request, status: int, body: Any, headers: Mapping[str, str] | None = None
+    ) -> JSONResponse:
         """A JSON response that an allowed web page may read."""
-        return JSONResponse(body, status_code=status,
-                            headers={**cors_headers(self.access, request.headers), **(headers or {})})
+        return JSONResponse(
+            body, status_code=status, headers={**cors_headers(self.access, request.headers), **(headers or {})}
+        )
 
     def _authorized(self, request: Request) -> tuple[str | None, JSONResponse | None]:
         """(the caller's client id, None) when ``request`` may use a route other than /offer, else (None, the
@@ -230,8 +248,9 @@ class Gateway:
 
     @api.post("/offer")
     async def offer(self, request: Request) -> Any:
-        status, body, headers = await receive_offer(self.access, request.headers, request.stream(), self.sessions,
-                                                    self.serving_metrics)
+        status, body, headers = await receive_offer(
+            self.access, request.headers, request.stream(), self.sessions, self.serving_metrics
+        )
         return self._reply(request, status, body, headers)
 
     @api.options("/{path:path}")
@@ -260,8 +279,9 @@ class Gateway:
         if refused is not None:
             return refused
         body = await collect_metrics(self.serving_metrics, self.sessions, self._stats_sources)
-        return Response(body, media_type=ServingMetrics.CONTENT_TYPE,
-                        headers=cors_headers(self.access, request.headers))
+        return Response(
+            body, media_type=ServingMetrics.CONTENT_TYPE, headers=cors_headers(self.access, request.headers)
+        )
 
     @api.get("/voices")
     async def voices(self, request: Request) -> Any:
@@ -283,10 +303,14 @@ class Gateway:
             return refused
         session = self.sessions.get(session_id)
         # With access on, only the client that opened a session may end it; another one learns nothing (a 404).
-        if session is None or (client_id is not None and session.client_id != client_id) \
-                or not await self.sessions.close(session_id):
-            return self._reply(request, 404, {"error": f"no session {session_id[:100]!r} on this replica",
-                                              "reason": "not_found"})
+        if (
+            session is None
+            or (client_id is not None and session.client_id != client_id)
+            or not await self.sessions.close(session_id)
+        ):
+            return self._reply(
+                request, 404, {"error": f"no session {session_id[:100]!r} on this replica", "reason": "not_found"}
+            )
         return self._reply(request, 200, {"closed": session_id})
 
     async def __del__(self):

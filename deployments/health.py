@@ -42,8 +42,14 @@ class HealthMonitor:
     clock: seconds, monotonic (injected by tests); it dates reports for the cache.
     """
 
-    def __init__(self, probes: Mapping[str, Probe], *, probe_timeout_s: float = 2.0, cache_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        *,
+        probe_timeout_s: float = 2.0,
+        cache_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not probes:
             raise ValueError("HealthMonitor needs at least one probe")
         if probe_timeout_s <= 0 or cache_s < 0:
@@ -92,7 +98,7 @@ class HealthMonitor:
             _cancel(call)
             log.debug("health probe of %s: no answer within %g s", name, self._probe_timeout_s)
             return False
-        except Exception as exc:  # noqa: BLE001 - any failure of a probe means "not healthy now", never a crash
+        except Exception as exc:
             log.debug("health probe of %s failed: %s", name, exc)
             return False
         return result is not False
@@ -106,8 +112,13 @@ class HealthMonitor:
             state = DEPLOYMENT_DOWN if name in self._ever_ok else DEPLOYMENT_STARTING
         self._states[name] = state
         if state != before:
-            log.log(logging.WARNING if state == DEPLOYMENT_DOWN else logging.INFO, "deployment %s: %s -> %s", name,
-                    before, state)
+            log.log(
+                logging.WARNING if state == DEPLOYMENT_DOWN else logging.INFO,
+                "deployment %s: %s -> %s",
+                name,
+                before,
+                state,
+            )
 
 
 def _cancel(call: object) -> None:
@@ -116,7 +127,7 @@ def _cancel(call: object) -> None:
     if callable(cancel):
         try:
             cancel()
-        except Exception:  # noqa: BLE001 - it may have ended meanwhile: nothing left to stop
+        except Exception:
             log.debug("cancelling a health probe failed", exc_info=True)
 
 

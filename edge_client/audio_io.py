@@ -16,19 +16,19 @@ import logging
 import queue
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from assistant.audio import FrameSplitter, WEBRTC_SAMPLE_RATE, read_wav
+from assistant.audio import WEBRTC_SAMPLE_RATE, FrameSplitter, read_wav
 
 log = logging.getLogger(__name__)
 
 CAPTURE_RATE = WEBRTC_SAMPLE_RATE  # 48 kHz, what the capture track sends
 FRAME_MS = 20
 FRAME_SAMPLES = CAPTURE_RATE * FRAME_MS // 1000  # 960 samples per 20 ms frame
-
 
 
 def _open_stream(factory: Callable[..., Any] | None, sounddevice_class: str, device: Any, **kwargs: Any) -> Any:
@@ -42,6 +42,7 @@ def _open_stream(factory: Callable[..., Any] | None, sounddevice_class: str, dev
     stream = factory(**kwargs)
     stream.start()
     return stream
+
 
 class AudioSource(Protocol):
     live: bool  # True when a real-time clock (the microphone) paces read(); False when the reader must pace
@@ -76,8 +77,9 @@ class FileSource:
     live = False
     finite = True
 
-    def __init__(self, path: str | Path, lead_silence_s: float = 0.3, tail_silence_s: float = 1.0,
-                 keep_alive: bool = True):
+    def __init__(
+        self, path: str | Path, lead_silence_s: float = 0.3, tail_silence_s: float = 1.0, keep_alive: bool = True
+    ):
         if lead_silence_s < 0 or tail_silence_s < 0:
             raise ValueError("lead_silence_s and tail_silence_s must be >= 0")
         self.path = Path(path)
@@ -148,8 +150,12 @@ class MicrophoneSource:
     live = True
     finite = False
 
-    def __init__(self, device: int | str | None = None, max_queue_frames: int = 25,
-                 stream_factory: Callable[..., Any] | None = None):
+    def __init__(
+        self,
+        device: int | str | None = None,
+        max_queue_frames: int = 25,
+        stream_factory: Callable[..., Any] | None = None,
+    ):
         if max_queue_frames < 1:
             raise ValueError("max_queue_frames must be >= 1")
         self.device = device
@@ -169,8 +175,9 @@ class MicrophoneSource:
             return
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(maxsize=self.max_queue_frames)
-        self._stream = _open_stream(self._stream_factory, "InputStream", self.device, dtype="float32",
-                                    callback=self._callback)
+        self._stream = _open_stream(
+            self._stream_factory, "InputStream", self.device, dtype="float32", callback=self._callback
+        )
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         # PortAudio thread: copy (indata is reused after return) and hand off. Nothing else here.
@@ -207,7 +214,7 @@ class MicrophoneSource:
             try:
                 stream.stop()
                 stream.close()
-            except Exception:  # noqa: BLE001 - closing a broken device must not mask the real exit
+            except Exception:
                 log.debug("closing the input stream failed", exc_info=True)
 
 
@@ -228,17 +235,24 @@ class DirectorySink:
         self.path = self.directory / filename
         self.sample_rate = sample_rate
         self.samples_written = 0
-        self._file = open(self.path, "wb")  # noqa: SIM115 - kept open for the session, closed in close()
+        self._file = open(self.path, "wb")
         self._file.write(self._header(0))
         self._file.flush()
 
     def _header(self, data_bytes: int) -> bytes:
         channels, bits = 1, 16
         block_align = channels * bits // 8
-        return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-                + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, self.sample_rate,
-                                        self.sample_rate * block_align, block_align, bits)
-                + b"data" + struct.pack("<I", data_bytes))
+        return (
+            b"RIFF"
+            + struct.pack("<I", 36 + data_bytes)
+            + b"WAVE"
+            + b"fmt "
+            + struct.pack(
+                "<IHHIIHH", 16, 1, channels, self.sample_rate, self.sample_rate * block_align, block_align, bits
+            )
+            + b"data"
+            + struct.pack("<I", data_bytes)
+        )
 
     def write(self, pcm: np.ndarray) -> None:
         if self._file.closed:
@@ -278,8 +292,13 @@ class SpeakerSink:
     ``stream_factory`` replaces ``sounddevice.OutputStream`` in tests.
     """
 
-    def __init__(self, device: int | str | None = None, max_queue_frames: int = 50, prefill_frames: int = 3,
-                 stream_factory: Callable[..., Any] | None = None):
+    def __init__(
+        self,
+        device: int | str | None = None,
+        max_queue_frames: int = 50,
+        prefill_frames: int = 3,
+        stream_factory: Callable[..., Any] | None = None,
+    ):
         if max_queue_frames < 1 or not 0 <= prefill_frames <= max_queue_frames:
             raise ValueError("need max_queue_frames >= 1 and 0 <= prefill_frames <= max_queue_frames")
         self.device = device
@@ -300,8 +319,9 @@ class SpeakerSink:
     def start(self) -> None:
         if self._stream is not None:
             return
-        self._stream = _open_stream(self._stream_factory, "OutputStream", self.device, dtype="int16",
-                                    callback=self._callback)
+        self._stream = _open_stream(
+            self._stream_factory, "OutputStream", self.device, dtype="int16", callback=self._callback
+        )
 
     @property
     def queued_frames(self) -> int:
@@ -332,7 +352,7 @@ class SpeakerSink:
                     except queue.Empty:
                         break
                 n = min(frames - filled, self._pending.size)
-                out[filled:filled + n] = self._pending[:n]
+                out[filled : filled + n] = self._pending[:n]
                 self._pending = self._pending[n:]
                 filled += n
         if filled < frames:
@@ -356,5 +376,5 @@ class SpeakerSink:
             try:
                 stream.stop()
                 stream.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing the output stream failed", exc_info=True)

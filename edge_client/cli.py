@@ -34,30 +34,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anystream-edge",
         description="Talk to an anystream server over WebRTC: your voice goes up, speech, text, images and "
-                    "music come back.",
+        "music come back.",
     )
     p.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--input", default=None,
-                   help="'mic' (default), 'silence' (default with --text), or a sound file to speak")
-    p.add_argument("--output", default="speaker",
-                   help="'speaker' (default) or a directory for answer.wav, images and session.json")
-    p.add_argument("--save-dir", default=None,
-                   help="where images and session.json go when --output is 'speaker'")
+    p.add_argument(
+        "--input", default=None, help="'mic' (default), 'silence' (default with --text), or a sound file to speak"
+    )
+    p.add_argument(
+        "--output", default="speaker", help="'speaker' (default) or a directory for answer.wav, images and session.json"
+    )
+    p.add_argument("--save-dir", default=None, help="where images and session.json go when --output is 'speaker'")
     p.add_argument("--text", default=None, help="a typed question, sent once the server is ready")
-    p.add_argument("--image", default=None, metavar="PICTURE",
-                   help=f"a PNG or JPEG (at most {MAX_IMAGE_BYTES // 1024} KiB) sent once the server is ready; "
-                        "with --text it is asked about at once, otherwise it goes with your next spoken question")
-    p.add_argument("--voice", default=None, type=_voice_name,
-                   help="the voice the assistant speaks with (a name from the server's GET /voices)")
-    p.add_argument("--api-key", default=None, metavar="KEY",
-                   help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})")
-    p.add_argument("--loopback-only", action="store_true",
-                   help="keep WebRTC on 127.0.0.1 and use no STUN server (server on this machine)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help=f"give up after S seconds (default: {DEFAULT_FILE_TIMEOUT_S:g} for file/silence input, "
-                        "none for the microphone)")
-    p.add_argument("--vad-aggressiveness", type=int, default=2, choices=range(4),
-                   help="client-side webrtcvad aggressiveness 0..3 (default 2)")
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="PICTURE",
+        help=f"a PNG or JPEG (at most {MAX_IMAGE_BYTES // 1024} KiB) sent once the server is ready; "
+        "with --text it is asked about at once, otherwise it goes with your next spoken question",
+    )
+    p.add_argument(
+        "--voice",
+        default=None,
+        type=_voice_name,
+        help="the voice the assistant speaks with (a name from the server's GET /voices)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})",
+    )
+    p.add_argument(
+        "--loopback-only",
+        action="store_true",
+        help="keep WebRTC on 127.0.0.1 and use no STUN server (server on this machine)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"give up after S seconds (default: {DEFAULT_FILE_TIMEOUT_S:g} for file/silence input, "
+        "none for the microphone)",
+    )
+    p.add_argument(
+        "--vad-aggressiveness",
+        type=int,
+        default=2,
+        choices=range(4),
+        help="client-side webrtcvad aggressiveness 0..3 (default 2)",
+    )
     p.add_argument("--lead-silence", type=float, default=0.3, help="silence before the file, seconds")
     p.add_argument("--tail-silence", type=float, default=1.0, help="silence guaranteed after the file, seconds")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -66,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.timeout is not None and args.timeout <= 0:
         print("anystream-edge: --timeout must be positive", file=sys.stderr)
         return EXIT_SERVER
@@ -93,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         elif input_spec == "silence":
             source = audio_io.SilenceSource()
         else:
-            source = audio_io.FileSource(input_spec, lead_silence_s=args.lead_silence,
-                                         tail_silence_s=args.tail_silence)
+            source = audio_io.FileSource(input_spec, lead_silence_s=args.lead_silence, tail_silence_s=args.tail_silence)
     except (AudioFormatError, ValueError) as exc:
         print(f"anystream-edge: {exc}", file=sys.stderr)
         return EXIT_SERVER
@@ -113,15 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout
     if timeout is None and source.finite:
         timeout = DEFAULT_FILE_TIMEOUT_S
-    client = EdgeClient(args.server, source, sink, out_dir=out_dir, loopback_only=args.loopback_only,
-                        text=args.text, timeout=timeout, vad_aggressiveness=args.vad_aggressiveness,
-                        image=image, image_name=args.image, voice=args.voice,
-                        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+    client = EdgeClient(
+        args.server,
+        source,
+        sink,
+        out_dir=out_dir,
+        loopback_only=args.loopback_only,
+        text=args.text,
+        timeout=timeout,
+        vad_aggressiveness=args.vad_aggressiveness,
+        image=image,
+        image_name=args.image,
+        voice=args.voice,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+    )
     try:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # a second Ctrl-C while closing
         return 0
-    except Exception as exc:  # noqa: BLE001 - e.g. PortAudio without a device: one clear line, not a trace
+    except Exception as exc:
         print(f"anystream-edge: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

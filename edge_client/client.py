@@ -29,8 +29,24 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from assistant import protocol
 from assistant.protocol import (
-    DATA_CHANNEL_LABEL, ByeMessage, ErrorEvent, Hello, ImageMessage, ImageReady, InterruptMessage, Interrupted, MusicReady,
-    OfferRequest, ProtocolError, Ready, SpeechStarted, SpeechStopped, TextDelta, TextMessage, Transcript, TurnEnd,
+    DATA_CHANNEL_LABEL,
+    ByeMessage,
+    ErrorEvent,
+    Hello,
+    ImageMessage,
+    ImageReady,
+    Interrupted,
+    InterruptMessage,
+    MusicReady,
+    OfferRequest,
+    ProtocolError,
+    Ready,
+    SpeechStarted,
+    SpeechStopped,
+    TextDelta,
+    TextMessage,
+    Transcript,
+    TurnEnd,
     TurnStarted,
 )
 from assistant.webrtc.ice import use_loopback_only
@@ -74,12 +90,27 @@ class _Console:
 
 
 class EdgeClient:
-    def __init__(self, server_url: str, source: AudioSource, sink: AudioSink, out_dir: str | Path | None = None,
-                 loopback_only: bool = False, text: str | None = None, timeout: float | None = None,
-                 vad_aggressiveness: int = 2, offer_timeout: float = 15.0, drain_s: float = 0.4,
-                 handle_signals: bool = True, stdout: TextIO | None = None, stderr: TextIO | None = None,
-                 image: bytes | None = None, image_name: str | None = None, voice: str | None = None,
-                 bye_timeout: float = 1.0, api_key: str | None = None):
+    def __init__(
+        self,
+        server_url: str,
+        source: AudioSource,
+        sink: AudioSink,
+        out_dir: str | Path | None = None,
+        loopback_only: bool = False,
+        text: str | None = None,
+        timeout: float | None = None,
+        vad_aggressiveness: int = 2,
+        offer_timeout: float = 15.0,
+        drain_s: float = 0.4,
+        handle_signals: bool = True,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        image: bytes | None = None,
+        image_name: str | None = None,
+        voice: str | None = None,
+        bye_timeout: float = 1.0,
+        api_key: str | None = None,
+    ):
         """
         server_url: base URL of the server (``http://host:port``); the offer goes to ``{server_url}/offer``.
         source / sink: see :mod:`edge_client.audio_io`. A ``finite`` source makes the session end after the
@@ -192,7 +223,7 @@ class EdgeClient:
                 start = getattr(device, "start", None)
                 if start is not None:
                     start()
-        except Exception as exc:  # noqa: BLE001 - PortAudioError, OSError (no PortAudio) ...
+        except Exception as exc:
             message = f"cannot open the audio device: {type(exc).__name__}: {exc}"
             self.err.write(f"anystream-edge: {message}\n")
             self._finish(EXIT_DEVICE, message)
@@ -206,9 +237,12 @@ class EdgeClient:
         self._channel.on("message", self._on_message)
         self._channel.on("close", lambda: self._finish(EXIT_SERVER, "the server closed the events channel"))
         self._channel.on("close", self._channel_closed.set)
-        self._capture = CaptureTrack(self.source, vad_aggressiveness=self.vad_aggressiveness,
-                                     on_speech_start=self._on_local_speech_start,
-                                     on_speech_end=self._on_local_speech_end)
+        self._capture = CaptureTrack(
+            self.source,
+            vad_aggressiveness=self.vad_aggressiveness,
+            on_speech_start=self._on_local_speech_start,
+            on_speech_end=self._on_local_speech_end,
+        )
         pc.addTrack(self._capture)  # one sendrecv audio transceiver
 
         @pc.on("track")
@@ -230,7 +264,7 @@ class EdgeClient:
 
         try:
             return await asyncio.wait_for(asyncio.shield(self._done), timeout=self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             msg = f"timed out after {self.timeout:g} s"
             if self.source.finite:
                 msg += " waiting for the assistant's answer"
@@ -258,12 +292,12 @@ class EdgeClient:
                         sdp, kind = answer["sdp"], answer["type"]
                     except (ValueError, KeyError, TypeError):
                         return self._fail(f"the server sent an answer that is not {{sdp, type}} JSON: {text[:200]!r}")
-        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             return self._fail(f"cannot reach the server at {url}: {exc or type(exc).__name__}")
         self.session_id = answer.get("session_id")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        except Exception as exc:  # noqa: BLE001 - a malformed answer is a server error, reported as such
+        except Exception as exc:
             return self._fail(f"the server's answer could not be applied: {exc}")
         return None
 
@@ -280,7 +314,7 @@ class EdgeClient:
         try:
             await asyncio.wait_for(self._channel_closed.wait(), self.bye_timeout)
             self._local("bye", acknowledged=True)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._local("bye", acknowledged=False)
             log.info("the server did not close the session within %.1f s of bye", self.bye_timeout)
 
@@ -290,14 +324,14 @@ class EdgeClient:
         if self._pc is not None:
             try:
                 await self._pc.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing the peer connection failed", exc_info=True)
         if self._consumer is not None:
             await self._consumer.stop()
         for closeable in (self.source, self.sink):
             try:
                 closeable.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing %r failed", closeable, exc_info=True)
 
     # ------------------------------------------------------------------------------------------------------
@@ -330,15 +364,17 @@ class EdgeClient:
         self.events.append(record)
         try:
             self._handle(message, record)
-        except Exception:  # noqa: BLE001 - one bad event must not end the call
+        except Exception:
             log.exception("handling %s failed", message.type)
 
     def _handle(self, message: Any, record: dict[str, Any]) -> None:
         now = record["t"]
         if isinstance(message, Ready):
             if message.protocol_version != protocol.PROTOCOL_VERSION:
-                self.console.line(f"warning: server speaks protocol {message.protocol_version}, "
-                                  f"this client {protocol.PROTOCOL_VERSION}")
+                self.console.line(
+                    f"warning: server speaks protocol {message.protocol_version}, "
+                    f"this client {protocol.PROTOCOL_VERSION}"
+                )
             self.server_voice, self.server_voices = message.voice, message.voices
             if message.voice is not None:
                 others = f" (available: {', '.join(message.voices)})" if message.voices else ""
@@ -401,8 +437,9 @@ class EdgeClient:
             return
         record["png_bytes"] = len(png)
         if self.out_dir is None:
-            self.console.line(f"image #{message.index} ({message.width}x{message.height}) received, "
-                              "not saved (no output directory)")
+            self.console.line(
+                f"image #{message.index} ({message.width}x{message.height}) received, not saved (no output directory)"
+            )
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"image_{message.turn_id}_{message.index}.png"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 import av
 import numpy as np
@@ -39,14 +39,19 @@ class CaptureTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, source: AudioSource, vad_aggressiveness: int = 2,
-                 on_speech_start: Callable[[], None] | None = None,
-                 on_speech_end: Callable[[float], None] | None = None,
-                 endpointer_config: EndpointerConfig | None = None):
+    def __init__(
+        self,
+        source: AudioSource,
+        vad_aggressiveness: int = 2,
+        on_speech_start: Callable[[], None] | None = None,
+        on_speech_end: Callable[[float], None] | None = None,
+        endpointer_config: EndpointerConfig | None = None,
+    ):
         super().__init__()
         self.source = source
-        config = endpointer_config or EndpointerConfig(sample_rate=VAD_RATE, frame_ms=VAD_FRAME_MS,
-                                                       aggressiveness=vad_aggressiveness)
+        config = endpointer_config or EndpointerConfig(
+            sample_rate=VAD_RATE, frame_ms=VAD_FRAME_MS, aggressiveness=vad_aggressiveness
+        )
         self.endpointer = VadEndpointer(config)
         self.on_speech_start = on_speech_start
         self.on_speech_end = on_speech_end
@@ -90,7 +95,7 @@ class CaptureTrack(MediaStreamTrack):
                     self.on_speech_start()
                 elif isinstance(event, SpeechEnd) and self.on_speech_end is not None:
                     self.on_speech_end(event.duration_s)
-            except Exception:  # noqa: BLE001 - a UI callback must never kill the media path
+            except Exception:
                 log.exception("speech callback failed")
 
 
@@ -120,8 +125,7 @@ class RemoteAudioConsumer:
     ``on_audio(pcm)`` (optional) sees each mono frame too (statistics, tests).
     """
 
-    def __init__(self, track: MediaStreamTrack, sink: AudioSink,
-                 on_audio: Callable[[np.ndarray], None] | None = None):
+    def __init__(self, track: MediaStreamTrack, sink: AudioSink, on_audio: Callable[[np.ndarray], None] | None = None):
         self.track = track
         self.sink = sink
         self.on_audio = on_audio
@@ -161,7 +165,7 @@ class RemoteAudioConsumer:
                 self._quiet_frames += 1
             try:
                 self.sink.write(pcm)
-            except Exception:  # noqa: BLE001 - a broken sink must not stop us reading the track
+            except Exception:
                 log.exception("audio sink write failed")
             if self.on_audio is not None:
                 self.on_audio(pcm)
@@ -172,5 +176,5 @@ class RemoteAudioConsumer:
             task.cancel()
             try:
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass

@@ -61,8 +61,15 @@ def test_api_keys_name_the_client_and_anything_else_is_a_401():
     assert config.enabled
     assert authorize(config, bearer(ALICE_KEY)) == "alice"
     assert authorize(config, {"Authorization": f"bearer  {BOB_KEY} "}) == "bob"  # scheme and spaces as RFC 6750 allows
-    for headers in ({}, bearer(ALICE_KEY + "x"), bearer(ALICE_KEY[:-1]), {"authorization": ALICE_KEY},
-                    {"authorization": f"Basic {ALICE_KEY}"}, {"authorization": "Bearer "}, bearer("x" * 5000)):
+    for headers in (
+        {},
+        bearer(ALICE_KEY + "x"),
+        bearer(ALICE_KEY[:-1]),
+        {"authorization": ALICE_KEY},
+        {"authorization": f"Basic {ALICE_KEY}"},
+        {"authorization": "Bearer "},
+        bearer("x" * 5000),
+    ):
         refusal = denied(config, headers)
         assert (refusal.status, refusal.reason) == (401, "unauthorized"), headers
         assert refusal.headers["WWW-Authenticate"].startswith("Bearer")
@@ -121,16 +128,25 @@ def test_config_validation_and_secrets_stay_out_of_repr():
     assert ALICE_KEY not in repr(config) and SECRET not in repr(config)
     assert not AccessConfig().enabled and not AccessConfig.from_dict(None).enabled
     assert AccessConfig().max_body_bytes == 128 * 1024 and AccessConfig().max_sessions_per_client == 4
-    for bad in ({"api_key": {}}, {"max_body_bytes": 0}, {"max_sessions_per_client": True},
-                {"api_keys": {"al ice": ALICE_KEY}}, {"api_keys_env": "NOT-A-NAME"}, {"token_secret": "short"},
-                {"allowed_origins": "https://a.example"}, {"allowed_origins": ["https://a.example/path"]},
-                {"allowed_origins": ["https://a.example/"]}, {"allowed_origins": ["*"]}):
+    for bad in (
+        {"api_key": {}},
+        {"max_body_bytes": 0},
+        {"max_sessions_per_client": True},
+        {"api_keys": {"al ice": ALICE_KEY}},
+        {"api_keys_env": "NOT-A-NAME"},
+        {"token_secret": "short"},
+        {"allowed_origins": "https://a.example"},
+        {"allowed_origins": ["https://a.example/path"]},
+        {"allowed_origins": ["https://a.example/"]},
+        {"allowed_origins": ["*"]},
+    ):
         with pytest.raises(ValueError):
             AccessConfig.from_dict(bad)
     # '*' is accepted with credentials (every call still needs one); origins are normalized to what browsers send
     assert AccessConfig.from_dict({"api_keys_env": "K", "allowed_origins": ["*"]}).allowed_origins == ("*",)
     assert AccessConfig.from_dict({"allowed_origins": ["HTTPS://App.Example.com:8443"]}).allowed_origins == (
-        "https://app.example.com:8443",)
+        "https://app.example.com:8443",
+    )
 
 
 # ----- session tokens -----
@@ -165,8 +181,12 @@ def test_tampered_and_foreign_tokens_are_refused():
     payload_text, mac_text = token.split(".")
     longer = {**_payload(token), "exp": int(NOW) + 10**6}
     mallory = {**_payload(token), "sub": "mallory"}
-    for forged in (f"{_encode(longer)}.{mac_text}", f"{_encode(mallory)}.{mac_text}",
-                   f"{payload_text}.{mac_text[:-2]}AA", mint_token("t" * 40, "alice", 60, now=NOW)):
+    for forged in (
+        f"{_encode(longer)}.{mac_text}",
+        f"{_encode(mallory)}.{mac_text}",
+        f"{payload_text}.{mac_text[:-2]}AA",
+        mint_token("t" * 40, "alice", 60, now=NOW),
+    ):
         with pytest.raises(InvalidToken) as caught:
             verify_token(SECRET, forged, now=NOW)
         assert caught.value.reason == "bad_signature", forged
@@ -175,9 +195,22 @@ def test_tampered_and_foreign_tokens_are_refused():
     assert denied(config, bearer(f"{_encode(longer)}.{mac_text}"), now=NOW).message == "invalid API key or token"
 
 
-@pytest.mark.parametrize("malformed", [
-    "", ".", "abc", "a.b.c", "abc.", ".abc", "ab$c.def", "abc.d+f", "é.abc", "x" * 3000 + ".abc", "a" * 5 + ".a",
-])
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        "",
+        ".",
+        "abc",
+        "a.b.c",
+        "abc.",
+        ".abc",
+        "ab$c.def",
+        "abc.d+f",
+        "é.abc",
+        "x" * 3000 + ".abc",
+        "a" * 5 + ".a",
+    ],
+)
 def test_malformed_tokens_are_refused_without_a_crash(malformed):
     with pytest.raises(InvalidToken) as caught:
         verify_token(SECRET, malformed, now=NOW)
@@ -185,8 +218,13 @@ def test_malformed_tokens_are_refused_without_a_crash(malformed):
 
 
 def test_a_correctly_signed_payload_without_a_client_or_expiry_is_malformed():
-    for payload in ({"exp": int(NOW) + 60}, {"sub": "alice"}, {"sub": "alice", "exp": True},
-                    {"sub": "bad id!", "exp": int(NOW) + 60}, {"sub": "alice", "exp": "soon"}):
+    for payload in (
+        {"exp": int(NOW) + 60},
+        {"sub": "alice"},
+        {"sub": "alice", "exp": True},
+        {"sub": "bad id!", "exp": int(NOW) + 60},
+        {"sub": "alice", "exp": "soon"},
+    ):
         text = _encode(payload)
         token = f"{text}.{access._b64encode(access._mac(SECRET, text))}"
         with pytest.raises(InvalidToken) as caught:
@@ -209,14 +247,36 @@ def test_keys_and_tokens_together():
 
 def test_the_token_command_prints_a_token_the_server_accepts(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "MY_SECRET": SECRET}
-    result = subprocess.run([sys.executable, "-m", "assistant.anystream_cli", "token", "--client", "alice", "--ttl",
-                             "120", "--secret-env", "MY_SECRET"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "assistant.anystream_cli",
+            "token",
+            "--client",
+            "alice",
+            "--ttl",
+            "120",
+            "--secret-env",
+            "MY_SECRET",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert verify_token(SECRET, token) == "alice"
-    result = subprocess.run([sys.executable, "-m", "assistant.anystream_cli", "token", "--client", "alice"], cwd=ROOT,
-                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant.anystream_cli", "token", "--client", "alice"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "ANYSTREAM_TOKEN_SECRET" in result.stderr and not result.stdout
 
 
@@ -228,8 +288,14 @@ def test_without_access_only_loopback_pages_and_hosts_pass():
     assert authorize(config, {}) is None and authorize(config, LOCAL) is None
     for origin in ("http://127.0.0.1:8000", "http://localhost:5173", "http://[::1]:8000", "http://localhost"):
         assert authorize(config, {"origin": origin, **LOCAL}) is None, origin
-    for origin in ("https://evil.example", "http://127.0.0.1.evil.example", "null", "http://localhost.evil:80",
-                   "https://localhost:8000", "http://127.0.0.1:8000/path"):
+    for origin in (
+        "https://evil.example",
+        "http://127.0.0.1.evil.example",
+        "null",
+        "http://localhost.evil:80",
+        "https://localhost:8000",
+        "http://127.0.0.1:8000/path",
+    ):
         refusal = denied(config, {"origin": origin, **LOCAL})
         assert (refusal.status, refusal.reason) == (403, "forbidden_origin"), origin
     for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "127.1.2.3:80"):
@@ -244,8 +310,12 @@ def test_allowed_origins_are_matched_exactly():
     config = AccessConfig(api_keys={"alice": ALICE_KEY}, allowed_origins=("https://app.example.com",))
     assert authorize(config, bearer(ALICE_KEY, origin="https://app.example.com")) == "alice"
     assert authorize(config, bearer(ALICE_KEY, origin="http://localhost:3000")) == "alice"
-    for origin in ("https://app.example.com.evil.example", "http://app.example.com", "https://app.example.com:444",
-                   "https://evil.example"):
+    for origin in (
+        "https://app.example.com.evil.example",
+        "http://app.example.com",
+        "https://app.example.com:444",
+        "https://evil.example",
+    ):
         refusal = denied(config, bearer(ALICE_KEY, origin=origin))
         assert refusal.reason == "forbidden_origin", origin
     # with access on the server is reached by its public name: no host rule, but the credential is still needed
@@ -262,7 +332,9 @@ def test_cors_answers_only_allowed_pages():
     assert cors_headers(config, allowed)["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert cors_headers(config, {"origin": "https://evil.example"}) == {} and cors_headers(config, {}) == {}
     answer = preflight(config, allowed)
-    assert "Authorization" in answer["Access-Control-Allow-Headers"] and "POST" in answer["Access-Control-Allow-Methods"]
+    assert (
+        "Authorization" in answer["Access-Control-Allow-Headers"] and "POST" in answer["Access-Control-Allow-Methods"]
+    )
     with pytest.raises(AccessDenied) as caught:
         preflight(config, {"origin": "https://evil.example"})
     assert caught.value.status == 403
@@ -272,10 +344,16 @@ def test_cors_answers_only_allowed_pages():
 
 
 def test_offers_must_be_declared_json():
-    for content_type in ("application/json", "Application/JSON; charset=UTF-8", "application/json;charset=\"utf-8\""):
+    for content_type in ("application/json", "Application/JSON; charset=UTF-8", 'application/json;charset="utf-8"'):
         require_json({"content-type": content_type})
-    for content_type in (None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                         "application/jsonx", "application/json; charset=latin-1"):
+    for content_type in (
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "application/json; charset=latin-1",
+    ):
         headers = {} if content_type is None else {"Content-Type": content_type}
         with pytest.raises(AccessDenied) as caught:
             require_json(headers)
@@ -320,7 +398,9 @@ def test_declared_length_parsing():
 
 
 def test_the_module_stays_free_of_frameworks():
-    code = ("import sys, assistant.access; "
-            "print(sorted(m for m in ('torch', 'ray', 'fastapi', 'aiohttp', 'starlette') if m in sys.modules))")
+    code = (
+        "import sys, assistant.access; "
+        "print(sorted(m for m in ('torch', 'ray', 'fastapi', 'aiohttp', 'starlette') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

@@ -16,7 +16,8 @@ def imported_after(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["assistant.protocol", "assistant.audio", "assistant.endpointing", "assistant.webrtc.ice", "edge_client.cli"]
+    "module",
+    ["assistant.protocol", "assistant.audio", "assistant.endpointing", "assistant.webrtc.ice", "edge_client.cli"],
 )
 def test_torch_free_modules(module):
     if not (ROOT / (module.replace(".", "/") + ".py")).exists():
@@ -38,7 +39,10 @@ def test_edge_client_source_never_imports_torch():
     offenders = [
         str(p.relative_to(ROOT))
         for p in (ROOT / "edge_client").rglob("*.py")
-        if any(l.strip().startswith(("import torch", "from torch")) for l in p.read_text(encoding="utf-8").splitlines())
+        if any(
+            line.strip().startswith(("import torch", "from torch"))
+            for line in p.read_text(encoding="utf-8").splitlines()
+        )
     ]
     assert offenders == []
 

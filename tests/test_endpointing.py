@@ -7,7 +7,7 @@ from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadE
 
 def frames_of(wave: np.ndarray, frame: int = 320) -> list[bytes]:
     pcm = float_to_pcm16(wave)
-    return [pcm[i:i + frame].tobytes() for i in range(0, len(pcm) - frame + 1, frame)]
+    return [pcm[i : i + frame].tobytes() for i in range(0, len(pcm) - frame + 1, frame)]
 
 
 def voiced_like(seconds: float, rng) -> np.ndarray:

@@ -29,12 +29,15 @@ def test_non_square_jpeg_is_centre_cropped():
     assert (pixels[:, :, 1] > 200).mean() > 0.9
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty"),
-    (b"\x89PNG\r\n\x1a\n garbage", "not a readable image"),
-    (encoded(Image.new("RGB", (8, 8)), "GIF"), "unsupported image format"),
-    (b"\x00" * (MAX_IMAGE_BYTES + 1), "limit"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n garbage", "not a readable image"),
+        (encoded(Image.new("RGB", (8, 8)), "GIF"), "unsupported image format"),
+        (b"\x00" * (MAX_IMAGE_BYTES + 1), "limit"),
+    ],
+)
 def test_bad_images_raise_a_clear_error(data, message):
     with pytest.raises(ImageFormatError, match=message):
         read_image(data, 64)

@@ -68,11 +68,22 @@ def test_two_objects_do_not_share_a_registry():
 
 def test_lm_and_acoustic_stats_become_gauges_counters_and_derived_figures():
     metrics = ServingMetrics(CollectorRegistry(), process=False)
-    used = metrics.observe_lm({"active_slots": 6, "max_slots": 8, "waiting": 1, "steps": 1200, "last_step_s": 0.012,
-                               "last_batch_size": 6, "tokens": 5000, "something_else": "ignored"})
+    used = metrics.observe_lm(
+        {
+            "active_slots": 6,
+            "max_slots": 8,
+            "waiting": 1,
+            "steps": 1200,
+            "last_step_s": 0.012,
+            "last_batch_size": 6,
+            "tokens": 5000,
+            "something_else": "ignored",
+        }
+    )
     assert used == ["active_slots", "last_batch_size", "last_step_s", "max_slots", "steps", "tokens", "waiting"]
-    metrics.observe_acoustic({"queued": 3, "batches": 40, "mean_batch_size": 2.5, "last_call_s": 0.2, "audio_s": 20.0,
-                              "busy_s": 8.0})
+    metrics.observe_acoustic(
+        {"queued": 3, "batches": 40, "mean_batch_size": 2.5, "last_call_s": 0.2, "audio_s": 20.0, "busy_s": 8.0}
+    )
     s = scrape(metrics)
     r = (("replica", ""),)
     assert s[("anystream_lm_active_slots", r)] == 6 and s[("anystream_lm_max_slots", r)] == 8

@@ -25,10 +25,22 @@ def test_server_messages_round_trip():
 
 
 def test_every_server_event_kind_has_a_message_class():
-    kinds = {json.loads(p.to_json(m))["type"] for m in [
-        p.Ready("s", 16000), p.SpeechStarted(), p.SpeechStopped(0.1), p.TurnStarted(1), p.Transcript(1, ""),
-        p.TextDelta(1, ""), p.ImageReady(1, 0, 1, 1, ""), p.MusicReady(1, 0, 0.1), p.Interrupted(1), p.TurnEnd(1),
-        p.ErrorEvent("x")]}
+    kinds = {
+        json.loads(p.to_json(m))["type"]
+        for m in [
+            p.Ready("s", 16000),
+            p.SpeechStarted(),
+            p.SpeechStopped(0.1),
+            p.TurnStarted(1),
+            p.Transcript(1, ""),
+            p.TextDelta(1, ""),
+            p.ImageReady(1, 0, 1, 1, ""),
+            p.MusicReady(1, 0, 0.1),
+            p.Interrupted(1),
+            p.TurnEnd(1),
+            p.ErrorEvent("x"),
+        ]
+    }
     assert kinds == {e.value for e in p.ServerEvent}
 
 
@@ -65,8 +77,10 @@ def test_bool_is_not_accepted_as_number():
 
 # what every connectable offer carries (DTLS fingerprint, ICE credentials); without them an offer is refused
 CREDENTIALS = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijkl\r\na=fingerprint:sha-256 AB:CD\r\n"
-GOOD_SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n" + CREDENTIALS + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
-            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n")
+GOOD_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n" + CREDENTIALS + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+)
 
 
 def test_offer_validation():
@@ -138,8 +152,11 @@ def test_image_message_errors_are_clear(raw, fragment):
 
 
 def test_image_from_bytes_refuses_what_the_server_would():
-    for data, fragment in [(b"BM not an image", "neither PNG"), (PNG + b"\x00" * p.MAX_IMAGE_BYTES, "exceeds"),
-                           (b"", "no picture")]:
+    for data, fragment in [
+        (b"BM not an image", "neither PNG"),
+        (PNG + b"\x00" * p.MAX_IMAGE_BYTES, "exceeds"),
+        (b"", "no picture"),
+    ]:
         with pytest.raises(p.ProtocolError, match=fragment):
             p.ImageMessage.from_bytes(data)
     near_limit = PNG + b"\x00" * (p.MAX_IMAGE_BYTES - len(PNG))
@@ -165,8 +182,14 @@ def test_offer_voice_is_optional_and_validated():
     plain = p.OfferRequest.parse({"sdp": GOOD_SDP, "type": "offer"})
     assert plain.voice is None and "voice" not in plain.to_dict()
     assert p.OfferRequest.parse({"sdp": GOOD_SDP, "type": "offer", "voice": None}).voice is None
-    for bad, fragment in [(3, "string"), ("", "1 to"), ("x" * (p.MAX_VOICE_CHARS + 1), "1 to"),
-                          ("Alto", "lowercase"), ("al to", "lowercase"), ("../etc", "lowercase")]:
+    for bad, fragment in [
+        (3, "string"),
+        ("", "1 to"),
+        ("x" * (p.MAX_VOICE_CHARS + 1), "1 to"),
+        ("Alto", "lowercase"),
+        ("al to", "lowercase"),
+        ("../etc", "lowercase"),
+    ]:
         with pytest.raises(p.ProtocolError, match=fragment):
             p.OfferRequest.parse({"sdp": GOOD_SDP, "type": "offer", "voice": bad})
 
@@ -184,7 +207,9 @@ def _refusal(raw) -> str:
     return text
 
 
-@pytest.mark.parametrize("raw", ["[" * 5000, '{"a":' * 5000, b"[" * 5000, '{"type": "hello", "x": ' + "[" * 20 + "]" * 20 + "}"])
+@pytest.mark.parametrize(
+    "raw", ["[" * 5000, '{"a":' * 5000, b"[" * 5000, '{"type": "hello", "x": ' + "[" * 20 + "]" * 20 + "}"]
+)
 def test_deep_nesting_is_a_protocol_error(raw):
     assert "nests deeper than" in _refusal(raw)
 
@@ -194,15 +219,18 @@ def test_a_number_too_long_to_read_is_a_protocol_error():
     assert "not valid JSON" in _refusal('{"type": "hello", "protocol_version": ' + "1" * 5000 + "}")
 
 
-@pytest.mark.parametrize("raw", [
-    '{"type": "\\ud800"}',
-    '{"type": "text", "text": "hi \\udfff there"}',
-    '{"type": "hello", "client": "\\ud83d"}',
-    '{"type": "image", "png_base64": "\\ud800"}',
-    '{"type": "text", "text": "ok", "extra": ["\\udc00"]}',
-    '{"type": "text", "text": "ok", "\\ud800": 1}',
-    '{"type": "text", "text": "a\ud800b"}',  # a str that already holds one (no JSON escape)
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type": "\\ud800"}',
+        '{"type": "text", "text": "hi \\udfff there"}',
+        '{"type": "hello", "client": "\\ud83d"}',
+        '{"type": "image", "png_base64": "\\ud800"}',
+        '{"type": "text", "text": "ok", "extra": ["\\udc00"]}',
+        '{"type": "text", "text": "ok", "\\ud800": 1}',
+        '{"type": "text", "text": "a\ud800b"}',  # a str that already holds one (no JSON escape)
+    ],
+)
 def test_a_lone_surrogate_anywhere_is_refused_without_echoing_it(raw):
     text = _refusal(raw)
     assert "not valid Unicode" in text and "\ud800" not in text
@@ -233,10 +261,12 @@ def test_every_protocol_error_text_is_sendable_and_short():
     assert len(str(error)) == p.MAX_ERROR_CHARS and str(error).endswith("...")
 
 
-@pytest.mark.parametrize("raw", [b"\xc3\x28", b'{"type": "text", "text": "\xed\xa0\x80"}',
-                                 '{"type":"hello"}'.encode("utf-16")])
+@pytest.mark.parametrize(
+    "raw", [b"\xc3\x28", b'{"type": "text", "text": "\xed\xa0\x80"}', '{"type":"hello"}'.encode("utf-16")]
+)
 def test_bytes_that_are_not_utf8_are_refused(raw):
-    # UTF-8 only: json.loads(bytes) alone would also have guessed UTF-16, and encoded surrogates (ED A0 80) are not UTF-8
+    # UTF-8 only: json.loads(bytes) alone would also have guessed UTF-16,
+    # and encoded surrogates (ED A0 80) are not UTF-8
     assert "not valid UTF-8" in _refusal(raw)
 
 
@@ -258,18 +288,25 @@ def test_to_json_replaces_lone_surrogates_and_never_raises():
 
 
 def _sdp(*media: str) -> str:
-    return "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n" + CREDENTIALS + "".join(f"m={m} 9 UDP/TLS/RTP/SAVPF 111\r\n" for m in media)
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"
+        + CREDENTIALS
+        + "".join(f"m={m} 9 UDP/TLS/RTP/SAVPF 111\r\n" for m in media)
+    )
 
 
-@pytest.mark.parametrize("sdp, fragment", [
-    (_sdp("audio", "audio", "application"), "got 2 audio, 1 application"),
-    (_sdp("audio", "application", "application"), "got 1 audio, 2 application"),
-    (_sdp("audio", "video", "application", "video"), "got 1 audio, 1 application, 2 'video'"),
-    (_sdp("application"), "got 0 audio, 1 application"),
-    # only at a line start: "m=audio" inside an attribute is not a media section
-    (_sdp("application") + "a=note:m=audio\r\n", "got 0 audio"),
-    (_sdp("audio", "application", "\u00e9" * 50), "'\\xe9\\xe9\\xe9\\xe9'..."),
-])
+@pytest.mark.parametrize(
+    "sdp, fragment",
+    [
+        (_sdp("audio", "audio", "application"), "got 2 audio, 1 application"),
+        (_sdp("audio", "application", "application"), "got 1 audio, 2 application"),
+        (_sdp("audio", "video", "application", "video"), "got 1 audio, 1 application, 2 'video'"),
+        (_sdp("application"), "got 0 audio, 1 application"),
+        # only at a line start: "m=audio" inside an attribute is not a media section
+        (_sdp("application") + "a=note:m=audio\r\n", "got 0 audio"),
+        (_sdp("audio", "application", "\u00e9" * 50), "'\\xe9\\xe9\\xe9\\xe9'..."),
+    ],
+)
 def test_offer_needs_exactly_one_audio_section_and_one_data_channel(sdp, fragment):
     with pytest.raises(p.ProtocolError, match="exactly one audio section and one data channel") as caught:
         p.OfferRequest.parse({"sdp": sdp, "type": "offer"})
@@ -289,13 +326,16 @@ def test_offer_sdp_line_bound():
         p.OfferRequest.parse({"sdp": _sdp("audio", "application") + filler + "a=y\r\n", "type": "offer"})
 
 
-@pytest.mark.parametrize("sdp, fragment", [
-    (GOOD_SDP + "a=x\ud800\r\n", "not valid Unicode"),
-    (GOOD_SDP + "a=x\x00\r\n", "'\\x00'"),
-    (GOOD_SDP + "a=x\x1b[31m\r\n", "'\\x1b'"),
-    (GOOD_SDP + "a=x\x7f\r\n", "'\\x7f'"),
-    (GOOD_SDP + "a=x\x85\r\n", "'\\x85'"),
-])
+@pytest.mark.parametrize(
+    "sdp, fragment",
+    [
+        (GOOD_SDP + "a=x\ud800\r\n", "not valid Unicode"),
+        (GOOD_SDP + "a=x\x00\r\n", "'\\x00'"),
+        (GOOD_SDP + "a=x\x1b[31m\r\n", "'\\x1b'"),
+        (GOOD_SDP + "a=x\x7f\r\n", "'\\x7f'"),
+        (GOOD_SDP + "a=x\x85\r\n", "'\\x85'"),
+    ],
+)
 def test_offer_sdp_must_be_unicode_without_control_characters(sdp, fragment):
     with pytest.raises(p.ProtocolError) as caught:
         p.OfferRequest.parse({"sdp": sdp, "type": "offer"})
@@ -312,16 +352,19 @@ def test_parse_offer_body():
     assert p.parse_offer_body(json.dumps({"sdp": big_sdp, "type": "offer"}).encode()).sdp == big_sdp
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    (b"", "not valid JSON"),
-    (b"\xff{}", "not valid UTF-8"),
-    (b"[" * 5000, "nests deeper"),
-    (b'{"sdp": "v=0\\ud800", "type": "offer"}', "not valid Unicode"),
-    (b'{"sdp": 5, "type": "offer"}', "non-empty string"),
-    (b'["offer"]', "JSON object"),
-    (b'{"sdp": "' + b"x" * p.MAX_OFFER_BODY_BYTES + b'"}', "exceeds the limit"),
-    (b'{"type": "offer", "sdp": "v=0", "n": ' + b"9" * 5000 + b"}", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"", "not valid JSON"),
+        (b"\xff{}", "not valid UTF-8"),
+        (b"[" * 5000, "nests deeper"),
+        (b'{"sdp": "v=0\\ud800", "type": "offer"}', "not valid Unicode"),
+        (b'{"sdp": 5, "type": "offer"}', "non-empty string"),
+        (b'["offer"]', "JSON object"),
+        (b'{"sdp": "' + b"x" * p.MAX_OFFER_BODY_BYTES + b'"}', "exceeds the limit"),
+        (b'{"type": "offer", "sdp": "v=0", "n": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ],
+)
 def test_parse_offer_body_refuses_with_protocol_errors_only(raw, fragment):
     with pytest.raises(p.ProtocolError) as caught:
         p.parse_offer_body(raw)

@@ -46,8 +46,8 @@ def client_like_objects(draw) -> dict:
 @st.composite
 def nested(draw) -> str:
     depth = draw(st.integers(1, 3000))
-    opener = draw(st.sampled_from(["[", '{"a":', '{"type": "text", "text": ', "[{\"x\": "]))
-    closer = {"[": "]", '{"a":': "}", '{"type": "text", "text": ': "}", "[{\"x\": ": "}]"}[opener]
+    opener = draw(st.sampled_from(["[", '{"a":', '{"type": "text", "text": ', '[{"x": ']))
+    closer = {"[": "]", '{"a":': "}", '{"type": "text", "text": ': "}", '[{"x": ': "}]"}[opener]
     inner = draw(st.sampled_from(["", "1", '"x"', '"\\ud800"']))
     return opener * depth + inner + closer * draw(st.integers(0, depth))
 
@@ -65,14 +65,16 @@ def long_messages(draw) -> str | bytes:
 
 @st.composite
 def peer_input(draw) -> str | bytes:
-    return draw(st.one_of(
-        st.binary(max_size=200),
-        hostile_text(200),
-        nested(),
-        long_messages(),
-        JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False)),
-        client_like_objects().map(lambda obj: json.dumps(obj, ensure_ascii=False)),
-    ))
+    return draw(
+        st.one_of(
+            st.binary(max_size=200),
+            hostile_text(200),
+            nested(),
+            long_messages(),
+            JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False)),
+            client_like_objects().map(lambda obj: json.dumps(obj, ensure_ascii=False)),
+        )
+    )
 
 
 def assert_sendable(error: p.ProtocolError) -> None:
@@ -120,14 +122,19 @@ def test_client_like_objects_parse_or_fail_cleanly(obj, ascii_only, as_bytes):
 # exclude_categories spelled out: naming excluded characters alone lets the surrogates back in
 CLEAN_CHARACTER = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
 VALID_TEXT = st.text(alphabet=CLEAN_CHARACTER, min_size=1, max_size=300).filter(str.strip)
-IMAGE_BYTES = st.builds(lambda head, rest: head + rest, st.sampled_from([p.PNG_SIGNATURE, p.JPEG_SIGNATURE]),
-                        st.binary(max_size=300))
+IMAGE_BYTES = st.builds(
+    lambda head, rest: head + rest, st.sampled_from([p.PNG_SIGNATURE, p.JPEG_SIGNATURE]), st.binary(max_size=300)
+)
 VALID_CLIENT_MESSAGES = st.one_of(
-    st.builds(p.Hello, client=st.text(alphabet=CLEAN_CHARACTER, max_size=50),
-              protocol_version=st.integers(-(2**70), 2**70)),
+    st.builds(
+        p.Hello, client=st.text(alphabet=CLEAN_CHARACTER, max_size=50), protocol_version=st.integers(-(2**70), 2**70)
+    ),
     st.builds(p.TextMessage, text=VALID_TEXT),
-    st.builds(lambda data, text: p.ImageMessage(png_base64=base64.b64encode(data).decode("ascii"), text=text),
-              IMAGE_BYTES, st.none() | VALID_TEXT),
+    st.builds(
+        lambda data, text: p.ImageMessage(png_base64=base64.b64encode(data).decode("ascii"), text=text),
+        IMAGE_BYTES,
+        st.none() | VALID_TEXT,
+    ),
     st.just(p.InterruptMessage()),
     st.just(p.ByeMessage()),
 )
@@ -218,9 +225,12 @@ SDP_ATTRIBUTE = st.text(alphabet=st.one_of(st.characters(exclude_categories=("Cc
 
 
 @SETTINGS
-@given(st.lists(SDP_ATTRIBUTE.map(lambda s: "a=" + s), max_size=8),
-       st.permutations(["m=audio 9 RTP/SAVPF 111", "m=application 9 DTLS/SCTP 5000"]),
-       st.none() | st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True), st.booleans())
+@given(
+    st.lists(SDP_ATTRIBUTE.map(lambda s: "a=" + s), max_size=8),
+    st.permutations(["m=audio 9 RTP/SAVPF 111", "m=application 9 DTLS/SCTP 5000"]),
+    st.none() | st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True),
+    st.booleans(),
+)
 def test_valid_offers_round_trip(attributes, media, voice, ascii_only):
     credentials = ["a=ice-ufrag:abcd", "a=ice-pwd:0123456789abcdefghijkl", "a=fingerprint:sha-256 AB:CD"]
     sdp = "\r\n".join(["v=0", "s=-", *credentials, media[0], *attributes, media[1]]) + "\r\n"

@@ -57,8 +57,27 @@ DEFAULT_TEMPO = "medium"
 DEFAULT_MODE = "major"
 
 NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
 )
 MAX_NUMBER = len(NUMBER_WORDS) - 1  # every operand and result is in 0..MAX_NUMBER
 
@@ -75,7 +94,14 @@ SINGLE_TURN_FAMILIES: tuple[str, ...] = (ARITHMETIC, FACTS, SMALL_TALK, SAY, DRA
 FAMILIES: tuple[str, ...] = (*SINGLE_TURN_FAMILIES, FOLLOW_UP)
 # Relative frequency of the single-turn families in a training set (follow_up is set by multi_turn_fraction).
 TRAIN_WEIGHTS: dict[str, float] = {
-    ARITHMETIC: 0.20, FACTS: 0.10, SMALL_TALK: 0.06, SAY: 0.20, DRAW: 0.12, PLAY: 0.08, IMAGE_IN: 0.14, MULTI_OUTPUT: 0.10,
+    ARITHMETIC: 0.20,
+    FACTS: 0.10,
+    SMALL_TALK: 0.06,
+    SAY: 0.20,
+    DRAW: 0.12,
+    PLAY: 0.08,
+    IMAGE_IN: 0.14,
+    MULTI_OUTPUT: 0.10,
 }
 # Families whose first turn a follow_up dialogue may start with.
 FOLLOW_UP_BASES: tuple[str, ...] = (ARITHMETIC, FACTS, SMALL_TALK, SAY, DRAW, PLAY, IMAGE_IN)
@@ -92,7 +118,8 @@ MAX_JITTER_SEED = 9999  # user pictures get ImageSpec.jitter in 1..MAX_JITTER_SE
 
 @dataclass(frozen=True)
 class UserTurnSpec:
-    """One user turn: ``words`` spoken (by ``voice`` at ``speed`` words per minute) or typed, optionally with a picture."""
+    """One user turn: ``words`` spoken (by ``voice`` at ``speed`` words per minute) or typed, optionally with
+    a picture."""
 
     words: str
     spoken: bool
@@ -139,7 +166,9 @@ class Dialogue:
         for user, reply in self.turns:
             expected = user.words if user.spoken else None
             if reply.transcript != expected:
-                raise ValueError(f"transcript {reply.transcript!r} does not match the user turn (expected {expected!r})")
+                raise ValueError(
+                    f"transcript {reply.transcript!r} does not match the user turn (expected {expected!r})"
+                )
 
 
 def _check_sentence(sentence: str) -> None:
@@ -181,7 +210,12 @@ def music_phrase(
 # "play music for this picture": each picture attribute sets one music attribute.
 PICTURE_TEMPO: dict[str, str] = {"circle": "slow", "square": "medium", "triangle": "fast", "star": "fast"}
 PICTURE_MODE: dict[str, str] = {
-    "red": "major", "yellow": "major", "orange": "major", "green": "minor", "blue": "minor", "purple": "minor",
+    "red": "major",
+    "yellow": "major",
+    "orange": "major",
+    "green": "minor",
+    "blue": "minor",
+    "purple": "minor",
 }
 PICTURE_REGISTER: dict[str, str] = {"white": "high", "gray": "middle", "black": "low"}
 PICTURE_TIMBRE: dict[str, str] = {"big": "piano", "small": "flute"}
@@ -205,11 +239,19 @@ def picture_music(spec: ImageSpec) -> MusicSpec:
 
 OPERATORS: dict[str, tuple[str, ...]] = {
     "plus": (
-        "what is {a} plus {b}", "how much is {a} plus {b}", "what does {a} plus {b} make", "please add {a} and {b}",
+        "what is {a} plus {b}",
+        "how much is {a} plus {b}",
+        "what does {a} plus {b} make",
+        "please add {a} and {b}",
         "can you add {a} and {b}",
     ),
     "minus": ("what is {a} minus {b}", "how much is {a} minus {b}", "take {b} away from {a}", "subtract {b} from {a}"),
-    "times": ("what is {a} times {b}", "how much is {a} times {b}", "multiply {a} by {b}", "what is {a} multiplied by {b}"),
+    "times": (
+        "what is {a} times {b}",
+        "how much is {a} times {b}",
+        "multiply {a} by {b}",
+        "what is {a} multiplied by {b}",
+    ),
 }
 
 
@@ -312,18 +354,55 @@ SAY_PREFIXES: tuple[str, ...] = ("say", "please say", "repeat after me")
 _SAY_ADJECTIVES = ("little", "big", "happy", "old", "young", "brown", "lazy", "tiny")
 _SAY_ANIMALS = ("dog", "cat", "bird", "horse", "cow", "fish", "duck", "mouse", "sheep", "frog", "rabbit", "bear")
 _SAY_ANIMAL_ACTIONS = (
-    "runs in the park", "sleeps on the bed", "sits by the door", "jumps over the fence", "eats an apple",
-    "plays in the garden", "swims in the lake", "looks at the moon", "hides under the table", "sings a song",
-    "drinks some water", "waits for the bus", "climbs the hill", "likes the rain", "lives near the river",
+    "runs in the park",
+    "sleeps on the bed",
+    "sits by the door",
+    "jumps over the fence",
+    "eats an apple",
+    "plays in the garden",
+    "swims in the lake",
+    "looks at the moon",
+    "hides under the table",
+    "sings a song",
+    "drinks some water",
+    "waits for the bus",
+    "climbs the hill",
+    "likes the rain",
+    "lives near the river",
     "walks in the snow",
 )
-_SAY_PEOPLE = ("my friend", "my mother", "my father", "my sister", "my brother", "the teacher", "the doctor", "our cook")
+_SAY_PEOPLE = (
+    "my friend",
+    "my mother",
+    "my father",
+    "my sister",
+    "my brother",
+    "the teacher",
+    "the doctor",
+    "our cook",
+)
 _SAY_PERSON_ACTIONS = (
-    "reads a book", "cooks dinner", "cleans the kitchen", "drives the car", "writes a letter", "opens the window",
-    "buys some bread", "paints the wall", "plays the piano", "visits the farm", "bakes a cake", "feeds the cat",
+    "reads a book",
+    "cooks dinner",
+    "cleans the kitchen",
+    "drives the car",
+    "writes a letter",
+    "opens the window",
+    "buys some bread",
+    "paints the wall",
+    "plays the piano",
+    "visits the farm",
+    "bakes a cake",
+    "feeds the cat",
 )
 _SAY_TIMES = (
-    "every morning", "on sunday", "at night", "after lunch", "in the summer", "before breakfast", "every day",
+    "every morning",
+    "on sunday",
+    "at night",
+    "after lunch",
+    "in the summer",
+    "before breakfast",
+    "every day",
     "on monday",
 )
 _SAY_WEATHER = ("sunny", "cold", "warm", "windy", "rainy", "cloudy", "quiet", "dark")
@@ -335,10 +414,15 @@ _SAY_FOOD_COUNTS = ("two", "three", "four", "five", "some", "many")
 @functools.cache
 def say_phrases() -> tuple[str, ...]:
     """The pool of phrases for "say ..." / "repeat after me ...": a few thousand distinct sentences."""
-    out = [f"the {adj} {animal} {action}"
-           for adj in _SAY_ADJECTIVES for animal in _SAY_ANIMALS for action in _SAY_ANIMAL_ACTIONS]
-    out += [f"{person} {action} {time}"
-            for person in _SAY_PEOPLE for action in _SAY_PERSON_ACTIONS for time in _SAY_TIMES]
+    out = [
+        f"the {adj} {animal} {action}"
+        for adj in _SAY_ADJECTIVES
+        for animal in _SAY_ANIMALS
+        for action in _SAY_ANIMAL_ACTIONS
+    ]
+    out += [
+        f"{person} {action} {time}" for person in _SAY_PEOPLE for action in _SAY_PERSON_ACTIONS for time in _SAY_TIMES
+    ]
     out += [f"it is {weather} {when}" for weather in _SAY_WEATHER for when in _SAY_WHEN]
     out += [f"i would like {count} {food} please" for count in _SAY_FOOD_COUNTS for food in _SAY_FOODS]
     return tuple(out)
@@ -378,13 +462,23 @@ def picture_answer(kind: str, spec: ImageSpec) -> tuple[str, MusicSpec | None]:
 
 
 def _all_images() -> list[ImageSpec]:
-    return [ImageSpec(shape, colour, background, size)
-            for shape in SHAPES for colour in SHAPE_COLOURS for background in BACKGROUNDS for size in SIZES]
+    return [
+        ImageSpec(shape, colour, background, size)
+        for shape in SHAPES
+        for colour in SHAPE_COLOURS
+        for background in BACKGROUNDS
+        for size in SIZES
+    ]
 
 
 def _all_music() -> list[MusicSpec]:
-    return [MusicSpec(tempo, mode, register, timbre)
-            for tempo in TEMPOS_BPM for mode in MODES for register in ("low", "middle", "high") for timbre in TIMBRES]
+    return [
+        MusicSpec(tempo, mode, register, timbre)
+        for tempo in TEMPOS_BPM
+        for mode in MODES
+        for register in ("low", "middle", "high")
+        for timbre in TIMBRES
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -497,8 +591,13 @@ def _image_in(rng: random.Random) -> _Exchange:
     kind = rng.choice(tuple(PICTURE_QUESTIONS))
     text, music = picture_answer(kind, picture)
     return _Exchange(
-        rng.choice(PICTURE_QUESTIONS[kind]), text, image_in=picture, music_out=music,
-        repeatable=music is None, picture=picture, asked=frozenset({kind}),
+        rng.choice(PICTURE_QUESTIONS[kind]),
+        text,
+        image_in=picture,
+        music_out=music,
+        repeatable=music is None,
+        picture=picture,
+        asked=frozenset({kind}),
     )
 
 
@@ -514,8 +613,14 @@ def _multi_output(rng: random.Random) -> _Exchange:
 
 
 _SINGLE_TURN = {
-    ARITHMETIC: _arithmetic, FACTS: _facts, SMALL_TALK: _small_talk, SAY: _say, DRAW: _draw, PLAY: _play,
-    IMAGE_IN: _image_in, MULTI_OUTPUT: _multi_output,
+    ARITHMETIC: _arithmetic,
+    FACTS: _facts,
+    SMALL_TALK: _small_talk,
+    SAY: _say,
+    DRAW: _draw,
+    PLAY: _play,
+    IMAGE_IN: _image_in,
+    MULTI_OUTPUT: _multi_output,
 }
 
 # follow-ups -------------------------------------------------------------------------------------------------------
@@ -562,12 +667,20 @@ def _follow_say_again(previous: _Exchange, rng: random.Random) -> _Exchange:
 
 def _drawing_changes(request: _ImageRequest) -> list[tuple[str, _ImageRequest]]:
     spec = request.spec
-    out = [(f"now make it {c}", replace(request, spec=replace(spec, colour=c))) for c in SHAPE_COLOURS if c != spec.colour]
+    out = [
+        (f"now make it {c}", replace(request, spec=replace(spec, colour=c))) for c in SHAPE_COLOURS if c != spec.colour
+    ]
     out += [(f"now make it a {s}", replace(request, spec=replace(spec, shape=s))) for s in SHAPES if s != spec.shape]
-    out += [(f"now make it {z}", _ImageRequest(replace(spec, size=z), True, request.background))
-            for z in SIZES if z != spec.size]
-    out += [(f"now put it on a {g} background", _ImageRequest(replace(spec, background=g), request.size, True))
-            for g in BACKGROUNDS if g != spec.background]
+    out += [
+        (f"now make it {z}", _ImageRequest(replace(spec, size=z), True, request.background))
+        for z in SIZES
+        if z != spec.size
+    ]
+    out += [
+        (f"now put it on a {g} background", _ImageRequest(replace(spec, background=g), request.size, True))
+        for g in BACKGROUNDS
+        if g != spec.background
+    ]
     return out
 
 
@@ -586,8 +699,11 @@ def _tune_changes(request: _MusicRequest) -> list[tuple[str, _MusicRequest]]:
         out.append(("now make it slower", replace(request, spec=replace(spec, tempo=_TEMPO_ORDER[step - 1]))))
     other_mode = MODES[1 - MODES.index(spec.mode)]
     out.append((f"now make it {other_mode}", replace(request, spec=replace(spec, mode=other_mode))))
-    out += [(f"now play it on the {t}", replace(request, spec=replace(spec, timbre=t), timbre=True))
-            for t in TIMBRES if t != spec.timbre]
+    out += [
+        (f"now play it on the {t}", replace(request, spec=replace(spec, timbre=t), timbre=True))
+        for t in TIMBRES
+        if t != spec.timbre
+    ]
     return out
 
 
@@ -600,8 +716,12 @@ def _follow_picture(previous: _Exchange, rng: random.Random) -> _Exchange:
     kind = rng.choice([k for k in PICTURE_QUESTIONS if k not in previous.asked])
     text, music = picture_answer(kind, previous.picture)
     return _Exchange(
-        f"and {rng.choice(PICTURE_QUESTIONS[kind])}", text, music_out=music, repeatable=music is None,
-        picture=previous.picture, asked=previous.asked | {kind},
+        f"and {rng.choice(PICTURE_QUESTIONS[kind])}",
+        text,
+        music_out=music,
+        repeatable=music is None,
+        picture=previous.picture,
+        asked=previous.asked | {kind},
     )
 
 
@@ -622,8 +742,9 @@ def _utterance_voice(rng: random.Random, voice: Voice, pitch_jitter: int) -> Voi
     return replace(voice, pitch=max(0, min(MAX_PITCH, pitch)))
 
 
-def _turn(exchange: _Exchange, rng: random.Random, voice: Voice | None, spoken_fraction: float, pitch_jitter: int
-          ) -> tuple[UserTurnSpec, ReplySpec]:
+def _turn(
+    exchange: _Exchange, rng: random.Random, voice: Voice | None, spoken_fraction: float, pitch_jitter: int
+) -> tuple[UserTurnSpec, ReplySpec]:
     spoken = voice is not None and rng.random() < spoken_fraction
     user = UserTurnSpec(
         words=exchange.words,
@@ -726,15 +847,23 @@ def _all_sentences() -> tuple[str, ...]:
         out.add(phrase)
         out.update(f"{prefix} {phrase}" for prefix in SAY_PREFIXES)
     out.update(SAY_AGAIN_QUESTIONS)
-    drawings = [_ImageRequest(spec, size, background)
-                for spec in _all_images() for size in (False, True) for background in (False, True)]
+    drawings = [
+        _ImageRequest(spec, size, background)
+        for spec in _all_images()
+        for size in (False, True)
+        for background in (False, True)
+    ]
     for request in drawings:
         out.update(f"{prefix} {request.phrase()}" for prefix in DRAW_PREFIXES)
         out.add(f"here is {request.phrase()}")
         out.update(words for words, _ in _drawing_changes(request))
-    tunes = [_MusicRequest(spec, *flags) for spec in _all_music()
-             for flags in ((t, m, r, b) for t in (False, True) for m in (False, True)
-                           for r in (False, True) for b in (False, True))]
+    tunes = [
+        _MusicRequest(spec, *flags)
+        for spec in _all_music()
+        for flags in (
+            (t, m, r, b) for t in (False, True) for m in (False, True) for r in (False, True) for b in (False, True)
+        )
+    ]
     for request in tunes:
         out.update(f"{prefix} {request.request_phrase()}" for prefix in PLAY_PREFIXES)
         out.add(f"here is {request.reply_phrase()}")

@@ -29,7 +29,13 @@ from assistant.models.voices import VoiceBank
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.local import local_backends
 from assistant.pipeline.outputs import (
-    AudioFrame, ImageOutput, MusicOutput, ReplyTextDelta, TranscriptDelta, TurnError, TurnFinished,
+    AudioFrame,
+    ImageOutput,
+    MusicOutput,
+    ReplyTextDelta,
+    TranscriptDelta,
+    TurnError,
+    TurnFinished,
 )
 from training import domain, images, voices
 from training.judges.image import judge_image
@@ -153,7 +159,9 @@ def _judge_turn(record: TurnRecord, reply: domain.ReplySpec, got: dict, judge: S
             music_seconds = wave.size / SAMPLE_RATE
             bpm, mode = judge_music(wave, SAMPLE_RATE)
             record.music_judged = f"{bpm:.0f} bpm {mode}"
-            record.music_correct = bool(abs(bpm - reply.music.bpm) <= 0.1 * reply.music.bpm and mode == reply.music.mode)
+            record.music_correct = bool(
+                abs(bpm - reply.music.bpm) <= 0.1 * reply.music.bpm and mode == reply.music.mode
+            )
         else:
             record.music_correct = False
     record.audio_seconds = record.speech_seconds + music_seconds
@@ -214,8 +222,18 @@ def targets_met(overall: dict) -> dict[str, bool | None]:
 
 
 def format_table(summary: dict) -> str:
-    columns = ["turns", "text_accuracy", "transcript_wer", "speech_accuracy", "speech_ceiling", "speech_vs_ceiling",
-               "image_accuracy", "music_accuracy", "rtf", "errors"]
+    columns = [
+        "turns",
+        "text_accuracy",
+        "transcript_wer",
+        "speech_accuracy",
+        "speech_ceiling",
+        "speech_vs_ceiling",
+        "image_accuracy",
+        "music_accuracy",
+        "rtf",
+        "errors",
+    ]
     header = ["family", "n", "text", "ins WER", "speech", "ceiling", "sp/ceil", "image", "music", "RTF", "err"]
     rows = [header]
 
@@ -225,20 +243,29 @@ def format_table(summary: dict) -> str:
     for name, block in [*summary["families"].items(), ("ALL", summary["overall"])]:
         rows.append([name, *(cell(block[c]) for c in columns)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows)
+    return "\n".join(
+        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows
+    )
 
 
-async def _evaluate(engine: AssistantEngine, dialogues: list[domain.Dialogue], judge: SentenceJudge
-                    ) -> list[TurnRecord]:
+async def _evaluate(
+    engine: AssistantEngine, dialogues: list[domain.Dialogue], judge: SentenceJudge
+) -> list[TurnRecord]:
     records: list[TurnRecord] = []
     for index, dialogue in enumerate(dialogues):
         session = engine.new_session()
         try:
             for user, reply in dialogue.turns:
                 got, wall = await _run_turn(session, user)
-                record = TurnRecord(family=dialogue.family, spoken=user.spoken, question=_normalise(user.words),
-                                    reference=_normalise(reply.text), finish=got["finish"], error=got["error"],
-                                    wall_seconds=round(wall, 3))
+                record = TurnRecord(
+                    family=dialogue.family,
+                    spoken=user.spoken,
+                    question=_normalise(user.words),
+                    reference=_normalise(reply.text),
+                    finish=got["finish"],
+                    error=got["error"],
+                    wall_seconds=round(wall, 3),
+                )
                 _judge_turn(record, reply, got, judge)
                 records.append(record)
         finally:
@@ -258,8 +285,9 @@ def run_eval(plan: EvalPlan, assets_dir: Path = EMBEDDED_DIR, out_dir: Path = Pa
         raise RuntimeError(f"{assets_dir}: no trained weights for {missing}; run `make train-mini` first")
     bank = VoiceBank.from_json(assets_dir / "voices.json")
     engine = AssistantEngine(local_backends(bundle, seed=plan.seed), bundle.vocab, EngineConfig(), voices=bank)
-    dialogues = domain.generate_dialogues(plan.per_family * len(domain.FAMILIES), seed=plan.seed,
-                                          voices=voices.HELDOUT_VOICES, families=domain.FAMILIES)
+    dialogues = domain.generate_dialogues(
+        plan.per_family * len(domain.FAMILIES), seed=plan.seed, voices=voices.HELDOUT_VOICES, families=domain.FAMILIES
+    )
     judge = SentenceJudge(domain.spoken_sentences(dialogues))
     records = asyncio.run(_evaluate(engine, dialogues, judge))
     summary = summarise(records)

@@ -20,9 +20,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,8 @@ class _Stages:
 
     def cached(self, name: str, depends_on: Any, compute: Callable[[], Any]) -> Any:
         key = hashlib.sha256(
-            (self._chain + json.dumps(depends_on, sort_keys=True, default=str)).encode("utf-8")).hexdigest()
+            (self._chain + json.dumps(depends_on, sort_keys=True, default=str)).encode("utf-8")
+        ).hexdigest()
         self._chain = key
         path = self.work_dir / f"{name}.pt"
         if path.is_file() and not self.fresh and self._saved.get(name) == key:
@@ -137,8 +139,9 @@ def _speech_requests(dialogue_sets: list[list[domain.Dialogue]]) -> tuple[set[Sp
     return questions, replies
 
 
-def _encode_all(codec: MelRVQCodec, requests: list[tuple[str, Voice, int | None]], batch: int = 256
-                ) -> list[np.ndarray]:
+def _encode_all(
+    codec: MelRVQCodec, requests: list[tuple[str, Voice, int | None]], batch: int = 256
+) -> list[np.ndarray]:
     """Synthesize and encode in batches (bounded memory): int16 codes ``[n_q, F]`` per request."""
     out: list[np.ndarray] = []
     for start in range(0, len(requests), batch):
@@ -172,8 +175,9 @@ class _CachedMedia:
         return self.music[spec]
 
 
-def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Path = Path("build/train"),
-                 fresh: bool = False) -> dict:
+def run_training(
+    plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Path = Path("build/train"), fresh: bool = False
+) -> dict:
     """All stages, then the export into ``assets_dir``. Returns the summary written to ``training.json``."""
     torch.set_num_threads(plan.threads)
     started = time.monotonic()
@@ -184,15 +188,19 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
 
     def make_dialogues() -> dict:
         return {
-            "train": domain.generate_dialogues(plan.train_dialogues, seed=plan.seed, voices=train_voices,
-                                               pitch_jitter=plan.pitch_jitter),
-            "valid": domain.generate_dialogues(plan.valid_dialogues, seed=plan.seed + 1, voices=valid_voices,
-                                               pitch_jitter=plan.pitch_jitter),
+            "train": domain.generate_dialogues(
+                plan.train_dialogues, seed=plan.seed, voices=train_voices, pitch_jitter=plan.pitch_jitter
+            ),
+            "valid": domain.generate_dialogues(
+                plan.valid_dialogues, seed=plan.seed + 1, voices=valid_voices, pitch_jitter=plan.pitch_jitter
+            ),
         }
 
-    dialogues = stages.cached("dialogues", [plan.seed, plan.train_dialogues, plan.valid_dialogues, plan.valid_voices,
-                                            plan.pitch_jitter],
-                              make_dialogues)
+    dialogues = stages.cached(
+        "dialogues",
+        [plan.seed, plan.train_dialogues, plan.valid_dialogues, plan.valid_voices, plan.pitch_jitter],
+        make_dialogues,
+    )
 
     def make_speech() -> dict:
         questions, replies = _speech_requests([dialogues["train"], dialogues["valid"]])
@@ -205,13 +213,14 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         fit_pool = [r for r in requests if r[1] not in valid_voices]
         fit_requests = rng.sample(fit_pool, min(plan.codec_fit_utterances, len(fit_pool)))
         config = config_from_json(assets_dir / "codec.json", MelCodecConfig)
-        codec = fit_speech_codec(voices.synthesize_many(fit_requests), config, seed=plan.seed,
-                                 max_frames=plan.codec_max_frames)
+        codec = fit_speech_codec(
+            voices.synthesize_many(fit_requests), config, seed=plan.seed, max_frames=plan.codec_max_frames
+        )
         codes = _encode_all(codec, requests)
         return {
             "codec_state": codec.state_dict(),
             "questions": dict(zip(question_list, codes[: len(question_list)], strict=True)),
-            "replies": dict(zip(reply_list, codes[len(question_list):], strict=True)),
+            "replies": dict(zip(reply_list, codes[len(question_list) :], strict=True)),
         }
 
     speech = stages.cached("speech", [plan.codec_fit_utterances, plan.codec_max_frames, configs["codec"]], make_speech)
@@ -228,7 +237,9 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
 
     def make_acoustic() -> dict:
         valid_names = {v.name for v in valid_voices}
-        utterances = [(codes, name) for (_, name, _, _), codes in speech["questions"].items() if name not in valid_names]
+        utterances = [
+            (codes, name) for (_, name, _, _), codes in speech["questions"].items() if name not in valid_names
+        ]
         utterances += [(codes, voices.ASSISTANT_VOICE.name) for codes in speech["replies"].values()]
         random.Random(plan.seed).shuffle(utterances)
         utterances = utterances[: plan.acoustic_utterances]
@@ -238,12 +249,20 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         by_voice: dict[str, list[np.ndarray]] = {}
         for codes, name in utterances:
             by_voice.setdefault(name, []).append(codes.astype(np.int64))
-        bank = build_voice_bank(by_voice, n_q=config.n_q, prompt_frames=plan.voice_prompt_frames,
-                                default=voices.ASSISTANT_VOICE.name, codebook_size=config.codebook_size)
+        bank = build_voice_bank(
+            by_voice,
+            n_q=config.n_q,
+            prompt_frames=plan.voice_prompt_frames,
+            default=voices.ASSISTANT_VOICE.name,
+            codebook_size=config.codebook_size,
+        )
         return {"state": model.state_dict(), "bank": bank, "metrics": metrics}
 
-    acoustic = stages.cached("acoustic", [plan.acoustic_minutes, plan.acoustic_utterances, plan.voice_prompt_frames,
-                                         configs["acoustic"]], make_acoustic)
+    acoustic = stages.cached(
+        "acoustic",
+        [plan.acoustic_minutes, plan.acoustic_utterances, plan.voice_prompt_frames, configs["acoustic"]],
+        make_acoustic,
+    )
 
     def pictures() -> set[ImageSpec]:
         wanted = set()
@@ -254,8 +273,11 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
 
     def make_images() -> dict:
         config = config_from_json(assets_dir / "image.json", ImageCodecConfig)
-        settings = ImageFitSettings() if plan.image_steps is None else ImageFitSettings(
-            steps=plan.image_steps, warmup_steps=plan.image_steps // 10)
+        settings = (
+            ImageFitSettings()
+            if plan.image_steps is None
+            else ImageFitSettings(steps=plan.image_steps, warmup_steps=plan.image_steps // 10)
+        )
         model, metrics = fit_image_codec(config, seed=plan.seed, max_minutes=plan.image_minutes, settings=settings)
         with torch.inference_mode():
             codes = {spec: list(model.encode(images.render(spec))) for spec in pictures()}
@@ -272,8 +294,13 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
             kept = [seq for seq in sequences if len(seq.ids) <= limit]
             corpus["dropped_too_long"] += len(sequences) - len(kept)
             corpus[split] = kept
-        log.info("corpus: %d train / %d valid sequences, %d longer than %d tokens dropped",
-                 len(corpus["train"]), len(corpus["valid"]), corpus["dropped_too_long"], limit)
+        log.info(
+            "corpus: %d train / %d valid sequences, %d longer than %d tokens dropped",
+            len(corpus["train"]),
+            len(corpus["valid"]),
+            corpus["dropped_too_long"],
+            limit,
+        )
         return corpus
 
     corpus = stages.cached("corpus", [configs["lm"], vocab.text_tokenizer.to_dict()], make_corpus)
@@ -282,8 +309,9 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
         lm_config = LMConfig.from_json(assets_dir / "lm.json")
         speech_range = vocab.range_of(Modality.SPEECH)
         settings = LMTrainingConfig(max_minutes=plan.lm_minutes, seed=plan.seed)
-        model, metrics = train_lm(lm_config, corpus["train"], corpus["valid"],
-                                  (speech_range.first_id, speech_range.n_codes), settings)
+        model, metrics = train_lm(
+            lm_config, corpus["train"], corpus["valid"], (speech_range.first_id, speech_range.n_codes), settings
+        )
         return {"state": model.state_dict(), "metrics": metrics}
 
     lm = stages.cached("lm", [plan.lm_minutes, configs["lm"], dataclasses.asdict(LMTrainingConfig())], make_lm)
@@ -291,8 +319,13 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
     # Export: the same files `load_embedded` reads; it then checks every key and shape.
     from safetensors.torch import save_file
 
-    for name, state in (("codec", speech["codec_state"]), ("image", image["state"]), ("music", tunes["state"]),
-                        ("acoustic", acoustic["state"]), ("lm", lm["state"])):
+    for name, state in (
+        ("codec", speech["codec_state"]),
+        ("image", image["state"]),
+        ("music", tunes["state"]),
+        ("acoustic", acoustic["state"]),
+        ("lm", lm["state"]),
+    ):
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(tensors, str(assets_dir / f"{name}.safetensors"), metadata={"model": name})
     acoustic["bank"].to_json(assets_dir / "voices.json")
@@ -300,15 +333,22 @@ def run_training(plan: TrainPlan, assets_dir: Path = EMBEDDED_DIR, work_dir: Pat
 
     summary = {
         "plan": dataclasses.asdict(plan),
-        "voices": {"train": [v.name for v in train_voices], "valid": [v.name for v in valid_voices],
-                   "heldout": [v.name for v in voices.HELDOUT_VOICES], "assistant": voices.ASSISTANT_VOICE.name},
+        "voices": {
+            "train": [v.name for v in train_voices],
+            "valid": [v.name for v in valid_voices],
+            "heldout": [v.name for v in voices.HELDOUT_VOICES],
+            "assistant": voices.ASSISTANT_VOICE.name,
+        },
         "stage_minutes": stages.timings,
         "total_minutes": round((time.monotonic() - started) / 60, 2),
         "sequences": {split: len(corpus[split]) for split in ("train", "valid")},
         "sequences_dropped_too_long": corpus["dropped_too_long"],
-        "metrics": {"image": image["metrics"], "music": tunes["metrics"], "acoustic": acoustic["metrics"],
-                    "lm": lm["metrics"]},
+        "metrics": {
+            "image": image["metrics"],
+            "music": tunes["metrics"],
+            "acoustic": acoustic["metrics"],
+            "lm": lm["metrics"],
+        },
     }
     (assets_dir / "training.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return summary
-

@@ -26,8 +26,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -137,8 +137,9 @@ class AcousticBatch:
 class ExampleSampler:
     """Draws training sequences (prompt | context | target crops) from utterances grouped by voice."""
 
-    def __init__(self, utterances: Sequence[Utterance], n_q: int, mask_id: int, config: AcousticTrainingConfig,
-                 seed: int) -> None:
+    def __init__(
+        self, utterances: Sequence[Utterance], n_q: int, mask_id: int, config: AcousticTrainingConfig, seed: int
+    ) -> None:
         if not utterances:
             raise ValueError("no utterances")
         self.codes = [torch.as_tensor(np.asarray(c), dtype=torch.long) for c, _ in utterances]
@@ -197,8 +198,14 @@ class ExampleSampler:
             acoustic.append(masked)
             levels.append(level)
             targets.append(target)
-        return AcousticBatch(torch.stack(semantic), torch.stack(acoustic), torch.tensor(levels), torch.stack(targets),
-                             num_prefix, num_context)
+        return AcousticBatch(
+            torch.stack(semantic),
+            torch.stack(acoustic),
+            torch.tensor(levels),
+            torch.stack(targets),
+            num_prefix,
+            num_context,
+        )
 
 
 def masked_level_loss(model: AcousticDecoder, batch: AcousticBatch) -> tuple[Tensor, Tensor]:
@@ -232,8 +239,9 @@ def evaluate_batches(model: AcousticDecoder, batches: Sequence[AcousticBatch]) -
     return {"loss": total_loss / max(1, total_tokens), "accuracy": accuracy}
 
 
-def split_by_voice(utterances: Sequence[Utterance], valid_fraction: float, seed: int
-                   ) -> tuple[list[Utterance], list[Utterance]]:
+def split_by_voice(
+    utterances: Sequence[Utterance], valid_fraction: float, seed: int
+) -> tuple[list[Utterance], list[Utterance]]:
     """Hold out ``valid_fraction`` of every voice's utterances (at least one where the voice has two or more)."""
     rng = random.Random(seed)
     by_voice: dict[str, list[int]] = {}
@@ -277,7 +285,8 @@ def train_acoustic_decoder(
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98),
+        lr=config.lr,
+        betas=(0.9, 0.98),
     )
     expected_steps = 10_000  # re-estimated from the measured step time
 
@@ -289,8 +298,13 @@ def train_acoustic_decoder(
 
     def validate() -> dict:
         result = evaluate_batches(model, valid_batches)
-        record = {"step": step, "minutes": round((time.monotonic() - start) / 60, 2), "train_loss": round(running, 4),
-                  "valid_loss": round(result["loss"], 4), "valid_accuracy": result["accuracy"]}
+        record = {
+            "step": step,
+            "minutes": round((time.monotonic() - start) / 60, 2),
+            "train_loss": round(running, 4),
+            "valid_loss": round(result["loss"], 4),
+            "valid_accuracy": result["accuracy"],
+        }
         history.append(record)
         log.info("acoustic: %s", record)
         return result
@@ -330,11 +344,17 @@ def train_acoustic_decoder(
     model.eval()
     minutes = (time.monotonic() - start) / 60
     return model, {
-        "steps": step, "best_step": best_step, "best_valid_loss": round(best_loss, 4),
-        "valid_accuracy": best_accuracy, "minutes": round(minutes, 2),
+        "steps": step,
+        "best_step": best_step,
+        "best_valid_loss": round(best_loss, 4),
+        "valid_accuracy": best_accuracy,
+        "minutes": round(minutes, 2),
         "frames_per_s": round(frames_seen / max(1e-9, minutes * 60), 1),
-        "train_utterances": len(train), "valid_utterances": len(valid),
-        "parameters": sum(p.numel() for p in model.parameters()), "history": history, "config": asdict(config),
+        "train_utterances": len(train),
+        "valid_utterances": len(valid),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "config": asdict(config),
     }
 
 
@@ -359,8 +379,14 @@ def fill_like_engine(
     chunks, context, position = [], None, 0
     while position < semantic_t.shape[0]:
         size = first_chunk_frames if position == 0 else chunk_frames
-        codes = fill_acoustic_levels(model, semantic_t[position : position + size], prompt=prompt_t, context=context,
-                                     schedule=schedule, generator=generator)  # [n_q, t]
+        codes = fill_acoustic_levels(
+            model,
+            semantic_t[position : position + size],
+            prompt=prompt_t,
+            context=context,
+            schedule=schedule,
+            generator=generator,
+        )  # [n_q, t]
         chunks.append(codes)
         context = codes[:, -context_frames:] if context_frames > 0 else None
         position += size
@@ -407,8 +433,9 @@ def evaluate_acoustic_decoder(
     decoded_sq, baseline_sq, frames = 0.0, 0.0, 0
     for index, (codes, voice) in enumerate(utterances):
         codes = np.asarray(codes, dtype=np.int64)
-        filled = fill_like_engine(model, codes[0], bank.prompt(voice) if voice in bank else None, schedule=schedule,
-                                  seed=seed + index)
+        filled = fill_like_engine(
+            model, codes[0], bank.prompt(voice) if voice in bank else None, schedule=schedule, seed=seed + index
+        )
         same = filled == codes  # [n_q, T]
         hits[2:] += same[1:].sum(axis=1)
         counts[2:] += codes.shape[1]
@@ -437,22 +464,32 @@ def evaluate_acoustic_decoder(
             continue
         taken[voice] = taken.get(voice, 0) + 1
         for row, prompted in enumerate(names):
-            filled = fill_like_engine(model, np.asarray(codes)[0], bank.prompt(prompted), schedule=schedule,
-                                      seed=seed + index)
+            filled = fill_like_engine(
+                model, np.asarray(codes)[0], bank.prompt(prompted), schedule=schedule, seed=seed + index
+            )
             render = mel(filled).mean(axis=0)  # [M]
             confusion[row, int(np.argmin(((means - render[None, :]) ** 2).sum(axis=1)))] += 1
     report["voice_selection_accuracy"] = round(float(np.trace(confusion) / max(1, confusion.sum())), 4)
     # The same classifier on the original codes of those utterances: the ceiling of voice selection.
-    own = [names.index(voice) == int(np.argmin(((means - mel(np.asarray(codes)).mean(axis=0)[None]) ** 2).sum(1)))
-           for codes, voice in utterances if voice in names]
+    own = [
+        names.index(voice) == int(np.argmin(((means - mel(np.asarray(codes)).mean(axis=0)[None]) ** 2).sum(1)))
+        for codes, voice in utterances
+        if voice in names
+    ]
     report["voice_selection_original"] = round(float(np.mean(own)), 4) if own else None
     report["voice_confusion"] = {"voices": names, "counts": confusion.tolist()}
     report["seconds"] = round(time.monotonic() - start, 1)
     return report
 
 
-def time_fill(model: AcousticDecoder, prompt_frames: int, schedule: UnmaskSchedule | None = None, seconds: float = 4.0,
-              frame_rate: int = 50, seed: int = 0) -> float:
+def time_fill(
+    model: AcousticDecoder,
+    prompt_frames: int,
+    schedule: UnmaskSchedule | None = None,
+    seconds: float = 4.0,
+    frame_rate: int = 50,
+    seed: int = 0,
+) -> float:
     """Wall-clock seconds of engine-style filling per second of audio (random codes; one warm-up second first)."""
     generator = np.random.default_rng(seed)
     cfg = model.config
@@ -475,8 +512,9 @@ def silence_codes(utterances: Sequence[np.ndarray], edge_frames: int = 2, min_sh
     return {int(v) for v, n in zip(values, counts, strict=True) if n >= min_share * counts.sum()}
 
 
-def pick_prompt(utterances: Sequence[np.ndarray], prompt_frames: int, silent: Callable[[np.ndarray], np.ndarray]
-                ) -> np.ndarray:
+def pick_prompt(
+    utterances: Sequence[np.ndarray], prompt_frames: int, silent: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
     """The ``prompt_frames`` window with the fewest silent frames over all utterances (ties: the earliest), after
     trimming each utterance's leading and trailing silence; shorter utterances give their whole trimmed speech."""
     best, best_key = None, None

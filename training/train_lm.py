@@ -17,8 +17,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -115,8 +116,9 @@ def collate(sequences: Sequence[MaskedSequence], indices: Sequence[int]) -> tupl
     return ids, attention, labels
 
 
-def corrupt_user_codes(ids: Tensor, labels: Tensor, code_range: tuple[int, int], probability: float,
-                       generator: torch.Generator) -> Tensor:
+def corrupt_user_codes(
+    ids: Tensor, labels: Tensor, code_range: tuple[int, int], probability: float, generator: torch.Generator
+) -> Tensor:
     """Replace speech codes that are inputs only (not predicted) with random speech codes."""
     if probability <= 0:
         return ids
@@ -129,8 +131,9 @@ def corrupt_user_codes(ids: Tensor, labels: Tensor, code_range: tuple[int, int],
     return torch.where(hit, noise, ids)
 
 
-def reply_loss(model: nn.Module, ids: Tensor, attention: Tensor, labels: Tensor, embed_dropout: float = 0.0
-               ) -> tuple[Tensor, int]:
+def reply_loss(
+    model: nn.Module, ids: Tensor, attention: Tensor, labels: Tensor, embed_dropout: float = 0.0
+) -> tuple[Tensor, int]:
     """Mean cross-entropy over reply tokens, and their count. The output layer runs only where a reply token is
     predicted (about half the positions): with a 3k-token vocabulary that is a tenth of the step's compute."""
     if bool((attention[:, 1:] > attention[:, :-1]).any()):
@@ -185,7 +188,8 @@ def train_lm(
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.95),
+        lr=config.lr,
+        betas=(0.9, 0.95),
     )
     budget_s = config.max_minutes * 60.0
     start = time.monotonic()
@@ -224,8 +228,14 @@ def train_lm(
                 log.info("lm: %.2f s/step, planning the schedule for about %d steps", elapsed / step, expected_steps)
             if step % config.eval_every == 0 or elapsed >= budget_s:
                 valid_loss = evaluate(model, valid, config.batch_tokens)
-                record = {"step": step, "epoch": epoch, "minutes": round(elapsed / 60, 2), "train_loss": round(running, 4),
-                          "valid_loss": round(valid_loss, 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "minutes": round(elapsed / 60, 2),
+                    "train_loss": round(running, 4),
+                    "valid_loss": round(valid_loss, 4),
+                    "tokens_per_s": round(tokens_seen / elapsed, 1),
+                }
                 history.append(record)
                 log.info("lm: %s", record)
                 if valid_loss < best_loss - 1e-4:
@@ -244,9 +254,15 @@ def train_lm(
     _set_attention_dropout(model, 0.0)
     model.eval()
     metrics = {
-        "steps": step, "epochs": epoch, "best_step": best_step, "best_valid_loss": round(best_loss, 4),
-        "stop_reason": stop_reason, "minutes": round((time.monotonic() - start) / 60, 2),
-        "train_sequences": len(train), "valid_sequences": len(valid), "history": history,
+        "steps": step,
+        "epochs": epoch,
+        "best_step": best_step,
+        "best_valid_loss": round(best_loss, 4),
+        "stop_reason": stop_reason,
+        "minutes": round((time.monotonic() - start) / 60, 2),
+        "train_sequences": len(train),
+        "valid_sequences": len(valid),
+        "history": history,
         "config": asdict(config),
     }
     return model, metrics

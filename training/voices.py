@@ -133,7 +133,8 @@ def synthesize(text: str, voice: Voice, speed: int | None = None) -> np.ndarray:
 
 
 def synthesize_many(requests: Sequence[tuple[str, Voice, int | None]], workers: int = 2) -> list[np.ndarray]:
-    """``synthesize`` over (text, voice, speed) requests, in order; espeak runs as subprocesses on ``workers`` threads."""
+    """``synthesize`` over (text, voice, speed) requests, in order; espeak runs as subprocesses on ``workers``
+    threads."""
     if workers < 1:
         raise ValueError("workers must be >= 1")
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -74,19 +74,21 @@ class GenerationSettings:
             return self.max_total_new_tokens
         return self.text.max_new_tokens + max(self.for_modality(m).max_new_tokens for m in CODE_MODALITIES) + 4
 
-    def with_modality(self, modality: Modality, settings: SamplingSettings) -> "GenerationSettings":
+    def with_modality(self, modality: Modality, settings: SamplingSettings) -> GenerationSettings:
         return replace(self, **{modality.value: settings})
 
     @classmethod
-    def anygpt_defaults(cls) -> "GenerationSettings":
+    def anygpt_defaults(cls) -> GenerationSettings:
         """Values of AnyGPT's config/*_generate_config.json (beam search and min_new_tokens are not used)."""
         return cls(
             text=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=500),
             image=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=200),
-            speech=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, repetition_penalty=1.05,
-                                    max_new_tokens=1500),
-            music=SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, top_k=200, repetition_penalty=1.15,
-                                   max_new_tokens=2000),
+            speech=SamplingSettings(
+                do_sample=True, temperature=1.0, top_p=1.0, repetition_penalty=1.05, max_new_tokens=1500
+            ),
+            music=SamplingSettings(
+                do_sample=True, temperature=1.0, top_p=1.0, top_k=200, repetition_penalty=1.15, max_new_tokens=2000
+            ),
         )
 
     def to_dict(self) -> dict:
@@ -100,7 +102,7 @@ class GenerationSettings:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "GenerationSettings":
+    def from_dict(cls, data: dict, source: str = "<dict>") -> GenerationSettings:
         if data.get("format_version") != SETTINGS_FORMAT_VERSION:
             raise ValueError(f"{source}: unsupported format_version {data.get('format_version')!r}")
         known = {f.name for f in fields(SamplingSettings)}
@@ -111,13 +113,15 @@ class GenerationSettings:
             if unknown:
                 raise ValueError(f"{source}: unknown fields {unknown} in {m.value!r}")
             kwargs[m.value] = SamplingSettings(**section)
-        extra = sorted(set(data) - {"format_version", "max_total_new_tokens", "text", *(m.value for m in CODE_MODALITIES)})
+        extra = sorted(
+            set(data) - {"format_version", "max_total_new_tokens", "text", *(m.value for m in CODE_MODALITIES)}
+        )
         if extra:
             raise ValueError(f"{source}: unknown keys {extra}")
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "GenerationSettings":
+    def from_json(cls, path: str | Path) -> GenerationSettings:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
 
 

@@ -12,7 +12,7 @@ other models through their own ``forward`` with a transformers cache.
 from __future__ import annotations
 
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -26,8 +26,9 @@ from assistant.vocab import Modality, UnifiedVocab
 class TokenStream:
     """``generate`` yields reply token ids one by one; not re-entrant (one active generation per object)."""
 
-    def __init__(self, model: torch.nn.Module, vocab: UnifiedVocab, settings: GenerationSettings,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, vocab: UnifiedVocab, settings: GenerationSettings, seed: int | None = None
+    ) -> None:
         self.model = model
         self.vocab = vocab
         self.settings = settings
@@ -86,8 +87,9 @@ class TokenStream:
             raise ValueError(f"max_new_tokens must be > 0, got {limit}")
         return self._run(prompt, force_modality, cancel, limit)
 
-    def _run(self, prompt: list[int], force_modality: Modality | None, cancel: threading.Event | None,
-             limit: int) -> Iterator[int]:
+    def _run(
+        self, prompt: list[int], force_modality: Modality | None, cancel: threading.Event | None, limit: int
+    ) -> Iterator[int]:
         vocab = self.vocab
         state = ReplyState(vocab, self.settings, seed=self.seed, force_modality=force_modality, device=self.device)
         self.state = state
@@ -101,7 +103,9 @@ class TokenStream:
                 self._cache = SlotModelRunner(self.model, max_slots=1, capacity=max(capacity, 2), cuda_graphs=False)
                 limit = min(limit, self._cache.capacity - len(prompt))
                 if limit <= 0:
-                    raise ValueError(f"prompt of {len(prompt)} tokens fills the model's {self._cache.capacity} positions")
+                    raise ValueError(
+                        f"prompt of {len(prompt)} tokens fills the model's {self._cache.capacity} positions"
+                    )
             else:
                 self._cache = DynamicCache(config=getattr(self.model, "config", None))
             self._position = 0

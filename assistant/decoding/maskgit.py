@@ -222,8 +222,12 @@ def fill_acoustic_levels(
         if value is not None and (value.dim() != 2 or value.shape[0] != n_q):
             raise ValueError(f"{name} must be [n_q={n_q}, frames], got {tuple(value.shape)}")
     return fill_acoustic_levels_batch(
-        model, semantic[None], prompt=None if prompt is None else prompt[None],
-        context=None if context is None else context[None], schedule=schedule, generators=[generator],
+        model,
+        semantic[None],
+        prompt=None if prompt is None else prompt[None],
+        context=None if context is None else context[None],
+        schedule=schedule,
+        generators=[generator],
     )[0]
 
 
@@ -245,8 +249,14 @@ class AcousticFill(Protocol):
     ``ChunkedAcousticDecoder.decode_chunks`` then runs a group of equal-shape chunks as one call (MaskGitFill and
     AnyGPTFill have it); without it the group's chunks are filled one after another."""
 
-    def __call__(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
-                 generator: torch.Generator | None = None) -> Tensor: ...
+    def __call__(
+        self,
+        model,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -255,15 +265,24 @@ class MaskGitFill:
 
     schedule: UnmaskSchedule = UnmaskSchedule()
 
-    def __call__(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        return fill_acoustic_levels(model, semantic, prompt=prompt, context=context, schedule=self.schedule,
-                                    generator=generator)
+    def __call__(
+        self,
+        model,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        return fill_acoustic_levels(
+            model, semantic, prompt=prompt, context=context, schedule=self.schedule, generator=generator
+        )
 
-    def batch(self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
-              generators: Generators) -> Tensor:
-        return fill_acoustic_levels_batch(model, semantic, prompt=prompt, context=context, schedule=self.schedule,
-                                          generators=generators)
+    def batch(
+        self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None, generators: Generators
+    ) -> Tensor:
+        return fill_acoustic_levels_batch(
+            model, semantic, prompt=prompt, context=context, schedule=self.schedule, generators=generators
+        )
 
 
 def decode_codes(codec: SpeechCodec, codes: Tensor) -> Tensor:
@@ -304,7 +323,8 @@ class ChunkedAcousticDecoder:
         context_frames: int = 16,
         fill: AcousticFill | None = None,
     ) -> None:
-        """``fill`` (default: ``MaskGitFill(schedule)``) decodes each chunk; ``schedule`` is ignored when it is given."""
+        """``fill`` (default: ``MaskGitFill(schedule)``) decodes each chunk; ``schedule`` is ignored when it is
+        given."""
         if model.config.n_q != codec.n_q or model.config.codebook_size != codec.codebook_size:
             raise ValueError(
                 f"model (n_q={model.config.n_q}, K={model.config.codebook_size}) does not match codec "
@@ -347,8 +367,11 @@ class ChunkedAcousticDecoder:
         """(t, context frames used, prompt frames): chunks with equal keys are decoded in one call."""
         context = self._trim_context(request.context)
         prompt = request.prompt
-        return (int(request.semantic.shape[0]), 0 if context is None else int(context.shape[1]),
-                0 if prompt is None else int(prompt.shape[-1]))
+        return (
+            int(request.semantic.shape[0]),
+            0 if context is None else int(context.shape[1]),
+            0 if prompt is None else int(prompt.shape[-1]),
+        )
 
     @torch.no_grad()
     def decode_chunks(self, requests: Sequence[ChunkRequest]) -> list[tuple[Tensor, Tensor]]:
@@ -387,11 +410,18 @@ class ChunkedAcousticDecoder:
         if batched_fill is not None:
             codes = batched_fill(self.model, semantic, prompt, context, generators)  # [B, n_q, t]
         else:
-            codes = torch.stack([
-                self.fill(self.model, semantic[b], None if prompt is None else prompt[b],
-                          None if context is None else context[b], generators[b])
-                for b in range(batch)
-            ])
+            codes = torch.stack(
+                [
+                    self.fill(
+                        self.model,
+                        semantic[b],
+                        None if prompt is None else prompt[b],
+                        None if context is None else context[b],
+                        generators[b],
+                    )
+                    for b in range(batch)
+                ]
+            )
         codes = codes.cpu()
         full = codes if context is None else torch.cat([context.cpu(), codes], dim=2)  # [B, n_q, Tc + t]
         waves = decode_codes(self.codec, full.to(self._codec_device))[:, num_context * self.hop :]  # [B, t * hop]

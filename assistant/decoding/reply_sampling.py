@@ -29,8 +29,15 @@ _MASK32 = 0xFFFFFFFF
 class ReplyState:
     """One reply's decoding state; ``advance(token)`` after each chosen token."""
 
-    def __init__(self, vocab: UnifiedVocab, settings: GenerationSettings, *, seed: int | None,
-                 force_modality: Modality | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        vocab: UnifiedVocab,
+        settings: GenerationSettings,
+        *,
+        seed: int | None,
+        force_modality: Modality | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.vocab = vocab
         self.settings = settings
         self.seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
@@ -85,8 +92,9 @@ def select_tokens(logits: Tensor, states: Sequence[ReplyState], seen: Tensor) ->
     picked = [sampling[i] for i in sampled_rows]
     z = scores[index] / torch.tensor([p.temperature for p in picked], dtype=scores.dtype, device=device)[:, None]
     z = _top_k_top_p(z, [p.top_k or 0 for p in picked], [p.top_p for p in picked])
-    gumbel = _gumbel_noise([states[i].seed for i in sampled_rows], [states[i].steps for i in sampled_rows],
-                           z.shape[-1], device)
+    gumbel = _gumbel_noise(
+        [states[i].seed for i in sampled_rows], [states[i].steps for i in sampled_rows], z.shape[-1], device
+    )
     return chosen.index_copy(0, index, (z + gumbel).argmax(dim=-1))
 
 

@@ -47,7 +47,9 @@ def _uniform_like(logits: Tensor, generator: GeneratorArg) -> Tensor:
         raise ValueError(f"{len(generators)} generators for a batch of {logits.shape[0]}")
     if all(g is None for g in generators):
         return torch.empty_like(logits).uniform_(0.0, 1.0)
-    return torch.stack([torch.empty_like(row).uniform_(0.0, 1.0, generator=g) for row, g in zip(logits, generators, strict=True)])
+    return torch.stack(
+        [torch.empty_like(row).uniform_(0.0, 1.0, generator=g) for row, g in zip(logits, generators, strict=True)]
+    )
 
 
 def _gumbel_argmax(logits: Tensor, temperature: float, generator: GeneratorArg) -> Tensor:
@@ -138,18 +140,42 @@ class AnyGPTFill:
     topk_thres: float = 0.7
     greedy: bool = True
 
-    def __call__(self, model: SoundStorm, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self,
+        model: SoundStorm,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         # semantic [t] -> codes [n_q, t]
-        return self.batch(model, semantic[None], None if prompt is None else prompt[None],
-                          None if context is None else context[None], [generator])[0]
+        return self.batch(
+            model,
+            semantic[None],
+            None if prompt is None else prompt[None],
+            None if context is None else context[None],
+            [generator],
+        )[0]
 
-    def batch(self, model: SoundStorm, semantic: Tensor, prompt: Tensor | None, context: Tensor | None,
-              generators: Sequence[torch.Generator | None]) -> Tensor:
+    def batch(
+        self,
+        model: SoundStorm,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generators: Sequence[torch.Generator | None],
+    ) -> Tensor:
         """semantic ``[B, t]``, prompt ``[B, n_q, Tp]`` | None, context ``[B, n_q, Tc]`` | None, one generator per row
         -> codes ``[B, n_q, t]`` (row b as ``self(model, semantic[b], prompt[b], context[b], generators[b])``)."""
         prefix = [p.long() for p in (prompt, context) if p is not None and p.shape[-1] > 0]
         joined = torch.cat(prefix, dim=2).transpose(1, 2) if prefix else None  # [B, Tp + Tc, n_q]
-        codes = anygpt_generate(model, semantic.long(), joined, steps=self.steps, topk_thres=self.topk_thres,
-                                greedy=self.greedy, generator=list(generators))  # [B, t, n_q]
+        codes = anygpt_generate(
+            model,
+            semantic.long(),
+            joined,
+            steps=self.steps,
+            topk_thres=self.topk_thres,
+            greedy=self.greedy,
+            generator=list(generators),
+        )  # [B, t, n_q]
         return codes.transpose(1, 2).cpu()  # [B, n_q, t]

@@ -136,8 +136,13 @@ class GenerationRequest(ScheduledRequest):
         if self.first_token_at is not None and self.finished_at is not None and self.generated > 1:
             span = self.finished_at - self.first_token_at
             rate = (self.generated - 1) / span if span > 0 else None
-        return {"prompt": len(self.prompt), "generated": self.generated, "ttft_s": ttft, "tokens_per_s": rate,
-                "finish": self.finish_reason}
+        return {
+            "prompt": len(self.prompt),
+            "generated": self.generated,
+            "ttft_s": ttft,
+            "tokens_per_s": rate,
+            "finish": self.finish_reason,
+        }
 
     @property
     def backlog(self) -> int:
@@ -223,19 +228,25 @@ class EngineStats:
 class LMEngine:
     """Continuous batching over a :class:`SlotModelRunner`; thread-safe ``submit`` from any thread or event loop."""
 
-    def __init__(self, model: nn.Module, vocab: UnifiedVocab, settings: GenerationSettings,
-                 config: LMEngineConfig | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, vocab: UnifiedVocab, settings: GenerationSettings, config: LMEngineConfig | None = None
+    ) -> None:
         self.config = config or LMEngineConfig()
         self.vocab = vocab
         self.settings = settings
         cfg = self.config
-        self.runner = SlotModelRunner(model, cfg.max_slots, cfg.slot_capacity, cuda_graphs=cfg.cuda_graphs,
-                                      buckets=cfg.graph_buckets)
+        self.runner = SlotModelRunner(
+            model, cfg.max_slots, cfg.slot_capacity, cuda_graphs=cfg.cuda_graphs, buckets=cfg.graph_buckets
+        )
         if self.runner.vocab_size < vocab.size:
-            raise ValueError(f"the model's {self.runner.vocab_size} output rows do not cover the vocabulary's {vocab.size}")
+            raise ValueError(
+                f"the model's {self.runner.vocab_size} output rows do not cover the vocabulary's {vocab.size}"
+            )
         self.device = self.runner.device
         self.scheduler = Scheduler(cfg.max_slots, cfg.max_waiting, cfg.prefill_budget)
-        self.seen = torch.zeros(cfg.max_slots, vocab.size, dtype=torch.bool, device=self.device)  # [S, V] ids in context
+        self.seen = torch.zeros(
+            cfg.max_slots, vocab.size, dtype=torch.bool, device=self.device
+        )  # [S, V] ids in context
         self.stats_counters = EngineStats()
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -248,8 +259,14 @@ class LMEngine:
     def capacity(self) -> int:
         return self.runner.capacity
 
-    def submit(self, prompt_ids: Sequence[int], *, force_modality: Modality | None = None, seed: int | None = None,
-               max_new_tokens: int | None = None) -> GenerationRequest:
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        force_modality: Modality | None = None,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> GenerationRequest:
         """Queues a generation. Raises ``ValueError`` for a bad prompt and ``BusyError`` at capacity."""
         if self._closed:
             raise RuntimeError("the LM engine is closed")
@@ -282,10 +299,19 @@ class LMEngine:
         with self._lock:
             active, waiting = self.scheduler.active, len(self.scheduler.waiting)
         return {
-            "active_slots": active, "max_slots": self.config.max_slots, "waiting": waiting, "steps": s.steps,
-            "last_step_s": s.last_step_s, "mean_step_s": s.step_s_total / s.steps if s.steps else 0.0,
-            "last_batch_size": s.last_batch_size, "tokens": s.tokens, "prefill_tokens": s.prefill_tokens,
-            "rejected": s.rejected, "completed": s.completed, "cancelled": s.cancelled, "failed": s.failed,
+            "active_slots": active,
+            "max_slots": self.config.max_slots,
+            "waiting": waiting,
+            "steps": s.steps,
+            "last_step_s": s.last_step_s,
+            "mean_step_s": s.step_s_total / s.steps if s.steps else 0.0,
+            "last_batch_size": s.last_batch_size,
+            "tokens": s.tokens,
+            "prefill_tokens": s.prefill_tokens,
+            "rejected": s.rejected,
+            "completed": s.completed,
+            "cancelled": s.cancelled,
+            "failed": s.failed,
         }
 
     def warmup(self) -> None:
@@ -339,7 +365,7 @@ class LMEngine:
                         self._prefill(block)
                     if rows:
                         self._decode(rows)
-            except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, never the engine
+            except Exception as exc:
                 log.exception("LM engine step failed")
                 with self._lock:
                     for request in [*(b.request for b in blocks), *rows]:
@@ -377,7 +403,9 @@ class LMEngine:
         for request in [*scheduler.waiting, *scheduler.prefilling, *scheduler.decoding.values()]:
             self._finish(request, error=error)
 
-    def _finish(self, request: GenerationRequest, reason: str | None = None, error: BaseException | None = None) -> None:
+    def _finish(
+        self, request: GenerationRequest, reason: str | None = None, error: BaseException | None = None
+    ) -> None:
         """Called with the lock held: frees the slot and ends the reader's stream."""
         self.scheduler.remove(request)
         request.finish_reason = reason if error is None else "error"

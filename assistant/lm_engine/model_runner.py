@@ -50,8 +50,16 @@ class SlotModelRunner:
     makes the eager path attend over the whole capacity as the captured one does (for tests of that path on CPU).
     """
 
-    def __init__(self, model: nn.Module, max_slots: int, capacity: int | None = None, *, cuda_graphs: bool = True,
-                 buckets: tuple[int, ...] = DEFAULT_BUCKETS, static_shapes: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        max_slots: int,
+        capacity: int | None = None,
+        *,
+        cuda_graphs: bool = True,
+        buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+        static_shapes: bool = False,
+    ) -> None:
         if not supports_slot_decoding(model):
             raise TypeError(f"{type(model).__name__} is not a LLaMA this runner can run")
         if max_slots < 1:

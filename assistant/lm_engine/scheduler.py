@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     WAITING = "waiting"  # accepted, no slot yet
     PREFILLING = "prefilling"  # has a slot, prompt partly in its KV
     DECODING = "decoding"  # generating one token per step

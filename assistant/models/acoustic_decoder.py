@@ -175,9 +175,7 @@ class AcousticDecoder(Checkpointed, nn.Module):
         self.head_norm = nn.LayerNorm(cfg.dim)
         self.head_weight = nn.Parameter(torch.empty(cfg.n_acoustic, cfg.dim, cfg.codebook_size))  # [Q, D, K]
         self.head_bias = nn.Parameter(torch.zeros(cfg.n_acoustic, cfg.codebook_size))  # [Q, K]
-        self.register_buffer(
-            "level_offsets", torch.arange(cfg.n_acoustic) * vocab, persistent=False
-        )  # [Q]
+        self.register_buffer("level_offsets", torch.arange(cfg.n_acoustic) * vocab, persistent=False)  # [Q]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -210,9 +208,7 @@ class AcousticDecoder(Checkpointed, nn.Module):
         cfg = self.config
         batch, length = semantic.shape
         if acoustic.shape != (batch, cfg.n_acoustic, length):
-            raise ValueError(
-                f"acoustic must be [B={batch}, {cfg.n_acoustic}, T={length}], got {tuple(acoustic.shape)}"
-            )
+            raise ValueError(f"acoustic must be [B={batch}, {cfg.n_acoustic}, T={length}], got {tuple(acoustic.shape)}")
         ids = acoustic + self.level_offsets[None, :, None]  # [B, Q, T]
         x = self.code_embed(ids).sum(dim=1)  # [B, T, D]
         x = x + self.semantic_embed(semantic)  # [B, T, D]

@@ -21,9 +21,10 @@ in fp32 as AnyGPT runs them (their LSTMs and nearest-code searches are where hal
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -54,12 +55,16 @@ class AnyGPTLayout:
 
 
 # The code tokens of AnyGPT's vocabulary in its ``added_tokens.json`` order: prefix -> (start, end, number of codes).
-ANYGPT_CODE_TOKENS = {"\U0001f440": ("<soim>", "<eoim>", 8192), "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
-                      "\U0001f3b6": ("<somu>", "<eomu>", 8192)}
+ANYGPT_CODE_TOKENS = {
+    "\U0001f440": ("<soim>", "<eoim>", 8192),
+    "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
+    "\U0001f3b6": ("<somu>", "<eomu>", 8192),
+}
 
 
-def anygpt_added_tokens(first_id: int, codes: dict[str, tuple[str, str, int]] = ANYGPT_CODE_TOKENS,
-                        chat: bool = True) -> dict[str, int]:
+def anygpt_added_tokens(
+    first_id: int, codes: dict[str, tuple[str, str, int]] = ANYGPT_CODE_TOKENS, chat: bool = True
+) -> dict[str, int]:
     """Token string -> id in the order AnyGPT adds them (roles, then per modality its codes, start and end; the chat
     model appends <-Res-> and <-Ins->), from ``first_id`` on: what a hub ``added_tokens.json`` holds, for stand-ins
     built without the files (tests, the random-weights benchmark)."""
@@ -85,8 +90,13 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_anygpt(layout: AnyGPTLayout, parts: tuple[str, ...] = ("lm", "codec", "acoustic", "image", "music"), *,
-                dtype: str | torch.dtype = "float16", device: str | torch.device = "cpu"):
+def load_anygpt(
+    layout: AnyGPTLayout,
+    parts: tuple[str, ...] = ("lm", "codec", "acoustic", "image", "music"),
+    *,
+    dtype: str | torch.dtype = "float16",
+    device: str | torch.device = "cpu",
+):
     """The parts of the family a replica needs, as a ``ModelBundle`` (``parts`` as in ``load_embedded``)."""
     from assistant.models.bundle import MODEL_NAMES, ModelBundle
     from assistant.models.hf_lm import check_vocab_files, generation_settings, load_hf_lm, read_llama_config
@@ -115,16 +125,30 @@ def load_anygpt(layout: AnyGPTLayout, parts: tuple[str, ...] = ("lm", "codec", "
 
         vit = layout.path("vit_file")
         unclip = layout.path("unclip_dir")
-        image = load_seed_image_codec(layout.path("seed_file"), vit if vit.is_file() else None,
-                                      unclip if unclip.is_dir() else None, device=device, dtype=dtype)
+        image = load_seed_image_codec(
+            layout.path("seed_file"),
+            vit if vit.is_file() else None,
+            unclip if unclip.is_dir() else None,
+            device=device,
+            dtype=dtype,
+        )
     if "music" in parts:
         from assistant.models.encodec_music import load_encodec_music
 
         music = load_encodec_music(layout.path("encodec_dir"), device=device)
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
 
-    bundle = ModelBundle(vocab, lm, generation_settings(lm_folder), codec, acoustic, image, music,
-                         weights_loaded=tuple(parts), acoustic_fill=AnyGPTFill())
+    bundle = ModelBundle(
+        vocab,
+        lm,
+        generation_settings(lm_folder),
+        codec,
+        acoustic,
+        image,
+        music,
+        weights_loaded=tuple(parts),
+        acoustic_fill=AnyGPTFill(),
+    )
     bundle.validate()
     return bundle
 
@@ -171,8 +195,10 @@ def _check_lm(folder: Path) -> str:
     checked = check_hf_lm(folder)
     vocab = checked.vocab
     kinds = "chat (<-Ins->/<-Res->)" if vocab.ins_id is not None and vocab.res_id is not None else "base"
-    return (f"LLaMA {checked.config.num_hidden_layers} layers, vocab {checked.config.vocab_size}, {kinds}; "
-            f"{len(checked.weight_files)} weight file(s); keys and shapes checked from the file headers")
+    return (
+        f"LLaMA {checked.config.num_hidden_layers} layers, vocab {checked.config.vocab_size}, {kinds}; "
+        f"{len(checked.weight_files)} weight file(s); keys and shapes checked from the file headers"
+    )
 
 
 def _check_speechtokenizer(layout: AnyGPTLayout) -> str:
@@ -183,8 +209,8 @@ def _check_speechtokenizer(layout: AnyGPTLayout) -> str:
 
 
 def _check_soundstorm(layout: AnyGPTLayout) -> str:
-    from assistant.models.soundstorm import detect_layout, load_soundstorm
     from assistant.models.checkpoint_io import read_torch_state_dict
+    from assistant.models.soundstorm import detect_layout, load_soundstorm
 
     path = layout.path("soundstorm_file")
     load_soundstorm(path, device="meta")
@@ -219,7 +245,7 @@ def _check_unclip(layout: AnyGPTLayout) -> str:
     if not index.is_file():
         raise CheckpointError(f"{index}: not found, so this is not a diffusers pipeline folder")
     try:
-        import diffusers  # noqa: F401, PLC0415
+        import diffusers  # noqa: F401
     except ImportError:
         return "present; diffusers is not installed (the [images] extra), so pictures cannot be drawn"
     return "present; loaded by diffusers when the media deployment starts"
@@ -228,17 +254,37 @@ def _check_unclip(layout: AnyGPTLayout) -> str:
 def _parts(layout: AnyGPTLayout) -> list[_Part]:
     st, ss = layout.speechtokenizer_dir, layout.soundstorm_file
     return [
-        _Part("speechtokenizer", (f"{st}/config.json", f"{st}/ckpt.dev"), _check_speechtokenizer,
-              use="speech in (user's voice -> codes) and out (codes -> waveform)"),
+        _Part(
+            "speechtokenizer",
+            (f"{st}/config.json", f"{st}/ckpt.dev"),
+            _check_speechtokenizer,
+            use="speech in (user's voice -> codes) and out (codes -> waveform)",
+        ),
         _Part("soundstorm", (ss,), _check_soundstorm, use="fills levels 2..8 of spoken replies"),
-        _Part("encodec_32khz", (f"{layout.encodec_dir}/config.json",
-                                f"{layout.encodec_dir}/model.safetensors|{layout.encodec_dir}/pytorch_model.bin"),
-              _check_encodec, use="music in and out"),
+        _Part(
+            "encodec_32khz",
+            (
+                f"{layout.encodec_dir}/config.json",
+                f"{layout.encodec_dir}/model.safetensors|{layout.encodec_dir}/pytorch_model.bin",
+            ),
+            _check_encodec,
+            use="music in and out",
+        ),
         _Part("seed-tokenizer-2", (layout.seed_file,), _check_seed, use="image tokens -> picture embedding"),
-        _Part("eva_vit_g", (layout.vit_file,), _check_vit, required=False,
-              use="reading pictures users send (SEED encoder)"),
-        _Part("stable-diffusion-2-1-unclip", (f"{layout.unclip_dir}/",), _check_unclip, required=False,
-              use="drawing pictures from SEED embeddings"),
+        _Part(
+            "eva_vit_g",
+            (layout.vit_file,),
+            _check_vit,
+            required=False,
+            use="reading pictures users send (SEED encoder)",
+        ),
+        _Part(
+            "stable-diffusion-2-1-unclip",
+            (f"{layout.unclip_dir}/",),
+            _check_unclip,
+            required=False,
+            use="drawing pictures from SEED embeddings",
+        ),
     ]
 
 
@@ -246,8 +292,17 @@ _WEIGHTS = "model.safetensors|model.safetensors.index.json|pytorch_model.bin|pyt
 
 
 def _lm_part(name: str) -> _Part:
-    return _Part(name, (f"{name}/config.json", f"{name}/tokenizer.model", f"{name}/added_tokens.json",
-                        "|".join(f"{name}/{w}" for w in _WEIGHTS.split("|"))), None, use="the language model")
+    return _Part(
+        name,
+        (
+            f"{name}/config.json",
+            f"{name}/tokenizer.model",
+            f"{name}/added_tokens.json",
+            "|".join(f"{name}/{w}" for w in _WEIGHTS.split("|")),
+        ),
+        None,
+        use="the language model",
+    )
 
 
 def check_weights(root: str | Path) -> list[PartReport]:

@@ -61,7 +61,13 @@ class ModelBundle:
     acoustic_fill: AcousticFill | None = None  # None: the decoding default (AnyGPT's SoundStorm has its own loop)
 
     def modules(self) -> dict[str, nn.Module]:
-        every = {"lm": self.lm, "codec": self.codec, "acoustic": self.acoustic, "image": self.image, "music": self.music}
+        every = {
+            "lm": self.lm,
+            "codec": self.codec,
+            "acoustic": self.acoustic,
+            "image": self.image,
+            "music": self.music,
+        }
         return {name: module for name, module in every.items() if module is not None}
 
     def validate(self) -> None:
@@ -118,7 +124,9 @@ def config_from_json(path: Path, cls: type, **overrides: Any) -> Any:
         raise ValueError(f"{path}: invalid {cls.__name__}: {exc}") from exc
 
 
-def save_weights(bundle: ModelBundle, assets_dir: str | Path | None = None, names: tuple[str, ...] = MODEL_NAMES) -> Path:
+def save_weights(
+    bundle: ModelBundle, assets_dir: str | Path | None = None, names: tuple[str, ...] = MODEL_NAMES
+) -> Path:
     """Write ``<name>.safetensors`` for the given models (what a training run leaves behind)."""
     directory = Path(assets_dir) if assets_dir is not None else EMBEDDED_DIR
     directory.mkdir(parents=True, exist_ok=True)

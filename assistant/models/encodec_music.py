@@ -146,7 +146,8 @@ def checkpoint_key(key: str) -> str:
 
 
 def module_key(key: str) -> str:
-    """A hub checkpoint key -> the module's name for it (``...weight_g`` -> ``...parametrizations.weight.original0``)."""
+    """A hub checkpoint key -> the module's name for it
+    (``...weight_g`` -> ``...parametrizations.weight.original0``)."""
     for checkpoint_suffix, module_suffix in CHECKPOINT_TO_MODULE.items():
         if key.endswith(checkpoint_suffix):
             return key[: -len(checkpoint_suffix)] + module_suffix
@@ -181,8 +182,12 @@ def check_encodec_config(hub: EncodecConfig, settings: EncodecMusicConfig, sourc
         raise CheckpointError(f"{source}: key {field!r} is {got!r}, expected {want}")
 
     if hub.use_conv_shortcut:
-        fail("use_conv_shortcut", True, "false (the corrected 32 kHz checkpoint has identity shortcuts; a missing "
-             "key defaults to true in transformers; hub revision 4a85b2d is the outdated upload)")
+        fail(
+            "use_conv_shortcut",
+            True,
+            "false (the corrected 32 kHz checkpoint has identity shortcuts; a missing "
+            "key defaults to true in transformers; hub revision 4a85b2d is the outdated upload)",
+        )
     if hub.sampling_rate != settings.codec_sample_rate:
         fail("sampling_rate", hub.sampling_rate, str(settings.codec_sample_rate))
     if hub.audio_channels != 1:
@@ -344,5 +349,7 @@ class EncodecMusic(nn.Module):
 
     def extra_repr(self) -> str:
         cfg = self.config
-        return (f"n_codebooks={cfg.n_codebooks}, codebook_size={cfg.codebook_size}, "
-                f"codec_sample_rate={cfg.codec_sample_rate}, sample_rate={cfg.sample_rate}")
+        return (
+            f"n_codebooks={cfg.n_codebooks}, codebook_size={cfg.codebook_size}, "
+            f"codec_sample_rate={cfg.codec_sample_rate}, sample_rate={cfg.sample_rate}"
+        )

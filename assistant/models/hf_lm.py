@@ -28,8 +28,13 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_sampler import GenerationSettings
-from assistant.models.checkpoint_io import (CheckpointError, check_state_dict, read_json_object, read_torch_state_dict,
-                                            read_weights)
+from assistant.models.checkpoint_io import (
+    CheckpointError,
+    check_state_dict,
+    read_json_object,
+    read_torch_state_dict,
+    read_weights,
+)
 from assistant.vocab import ADDED_TOKENS_FILE, SENTENCEPIECE_FILE, UnifiedVocab
 
 CONFIG_FILE = "config.json"
@@ -149,8 +154,9 @@ def _materialise_rotary(model: LlamaForCausalLM, device: torch.device) -> None:
         model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
 
-def load_hf_lm(folder: str | Path, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu"
-               ) -> tuple[LlamaForCausalLM, UnifiedVocab]:
+def load_hf_lm(
+    folder: str | Path, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu"
+) -> tuple[LlamaForCausalLM, UnifiedVocab]:
     """Strictly load the model (cast to ``dtype`` on ``device``) and its unified vocabulary."""
     checked = check_hf_lm(folder)
     device = torch.device(device)

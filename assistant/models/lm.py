@@ -47,8 +47,15 @@ class LMConfig:
     rms_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                     "max_positions"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "max_positions",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"LMConfig.{name} must be a positive int, got {value!r}")
@@ -64,10 +71,17 @@ class LMConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def embedded(cls, vocab_size: int) -> "LMConfig":
+    def embedded(cls, vocab_size: int) -> LMConfig:
         """Tiny embedded default: hidden 128, 2 layers, 4 heads."""
-        return cls(vocab_size=vocab_size, hidden_size=128, intermediate_size=344, num_layers=2, num_heads=4,
-                   num_kv_heads=4, max_positions=4096)
+        return cls(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            intermediate_size=344,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=4,
+            max_positions=4096,
+        )
 
     def to_llama_config(self) -> LlamaConfig:
         return LlamaConfig(
@@ -94,7 +108,7 @@ class LMConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "LMConfig":
+    def from_dict(cls, data: dict, source: str = "<dict>") -> LMConfig:
         version = data.get("format_version")
         if version != LM_FORMAT_VERSION:
             raise ValueError(f"{source}: unsupported format_version {version!r} (expected {LM_FORMAT_VERSION})")
@@ -105,7 +119,7 @@ class LMConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "LMConfig":
+    def from_json(cls, path: str | Path) -> LMConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
 
 
@@ -126,8 +140,9 @@ def save_lm(model: LlamaForCausalLM, config: LMConfig, directory: str | Path) ->
     return directory
 
 
-def load_lm(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-            ) -> tuple[LlamaForCausalLM, LMConfig]:
+def load_lm(
+    directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[LlamaForCausalLM, LMConfig]:
     """Strict load: every key must be present with the expected shape; errors name the file and the key."""
     directory = Path(directory)
     config = LMConfig.from_json(directory / LM_CONFIG_FILE)

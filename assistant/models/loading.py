@@ -107,8 +107,9 @@ def load_bundle(spec: ModelSpec, parts: tuple[str, ...]) -> ModelBundle:
     if spec.family == "anygpt":
         from assistant.models.anygpt import AnyGPTLayout, load_anygpt
 
-        return load_anygpt(AnyGPTLayout(spec.assets_dir, lm_dir=spec.lm_dir), parts=parts, dtype=spec.dtype,
-                           device=spec.device)
+        return load_anygpt(
+            AnyGPTLayout(spec.assets_dir, lm_dir=spec.lm_dir), parts=parts, dtype=spec.dtype, device=spec.device
+        )
     from assistant.models.bundle import load_embedded
 
     return load_embedded(spec.assets_dir, seed=spec.seed, parts=parts)
@@ -131,8 +132,9 @@ def _vllm_backend(spec: ModelSpec):
     return VLLMBackend(engine, UnifiedVocab.from_dir(folder), generation_settings(folder), seed=spec.seed)
 
 
-def _role_backend(bundle: ModelBundle, spec: ModelSpec, role: str, lm_batching: LMEngineConfig | None = None,
-                  context_frames: int = 25):
+def _role_backend(
+    bundle: ModelBundle, spec: ModelSpec, role: str, lm_batching: LMEngineConfig | None = None, context_frames: int = 25
+):
     from assistant.pipeline import local
 
     if role == "speech":
@@ -156,8 +158,7 @@ def load_role(spec: ModelSpec, role: str, *, lm_batching: LMEngineConfig | None 
     return _role_backend(load_bundle(spec, ROLE_PARTS[role]), spec, role, lm_batching, context_frames)
 
 
-def load_backends(spec: ModelSpec, *, lm_batching: LMEngineConfig | None = None, context_frames: int = 25
-                  ) -> Backends:
+def load_backends(spec: ModelSpec, *, lm_batching: LMEngineConfig | None = None, context_frames: int = 25) -> Backends:
     """All four backends in this process, over one bundle that holds every model once (the codec the speech
     encoder and the acoustic decoder share is loaded once). The vLLM LM engine loads its own weights."""
     from assistant.pipeline.backends import Backends

@@ -160,8 +160,9 @@ class MusicDetokenizer(Checkpointed, nn.Module):
         cfg = self.config
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # drawn on the CPU: same values on any device
         freqs = torch.arange(cfg.n_freq, dtype=torch.float32, device="cpu") * cfg.sample_rate / cfg.n_fft  # [n_freq]
-        f0 = 440.0 * 2.0 ** ((torch.randint(36, 90, (cfg.codebook_size, 1), generator=gen, device="cpu").float()
-                              - 69) / 12)
+        f0 = 440.0 * 2.0 ** (
+            (torch.randint(36, 90, (cfg.codebook_size, 1), generator=gen, device="cpu").float() - 69) / 12
+        )
         harmonic = freqs[None, :] / f0  # [K, n_freq] in units of f0
         distance = (harmonic - harmonic.round()).abs() * f0  # Hz to the nearest harmonic  [K, n_freq]
         peaks = torch.exp(-((distance / 8.0) ** 2)) / torch.clamp(harmonic.round(), min=1.0)  # [K, n_freq]

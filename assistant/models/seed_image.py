@@ -160,16 +160,33 @@ class SeedTokenizerConfig:
     with_encoder: bool = True
 
     def __post_init__(self) -> None:
-        sizes = (self.input_size, self.patch_size, self.vit_width, self.vit_layers, self.vit_heads, self.vit_mlp,
-                 self.num_queries, self.qformer_width, self.qformer_layers, self.qformer_heads, self.qformer_mlp,
-                 self.cross_attention_freq, self.code_dim, self.decode_heads, self.decode_mlp, self.embed_dim)
+        sizes = (
+            self.input_size,
+            self.patch_size,
+            self.vit_width,
+            self.vit_layers,
+            self.vit_heads,
+            self.vit_mlp,
+            self.num_queries,
+            self.qformer_width,
+            self.qformer_layers,
+            self.qformer_heads,
+            self.qformer_mlp,
+            self.cross_attention_freq,
+            self.code_dim,
+            self.decode_heads,
+            self.decode_mlp,
+            self.embed_dim,
+        )
         if min(sizes) < 1 or self.decode_layers < 0 or self.codebook_size < 2:
             raise ValueError("every size must be >= 1 (decode_layers >= 0, codebook_size >= 2)")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-        for name, width, heads in (("vit", self.vit_width, self.vit_heads),
-                                   ("qformer", self.qformer_width, self.qformer_heads),
-                                   ("decode", self.qformer_width, self.decode_heads)):
+        for name, width, heads in (
+            ("vit", self.vit_width, self.vit_heads),
+            ("qformer", self.qformer_width, self.qformer_heads),
+            ("decode", self.qformer_width, self.decode_heads),
+        ):
             if width % heads:
                 raise ValueError(f"{name} width {width} is not a multiple of its {heads} heads")
         if not self.image_down or min(self.image_down) < 1:
@@ -280,19 +297,32 @@ class SeedImageTokenizer(nn.Module):
             from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
 
             vision = Blip2VisionConfig(
-                hidden_size=cfg.vit_width, intermediate_size=cfg.vit_mlp, num_hidden_layers=cfg.vit_layers,
-                num_attention_heads=cfg.vit_heads, image_size=cfg.input_size, patch_size=cfg.patch_size,
-                hidden_act="gelu", layer_norm_eps=cfg.vit_eps, attention_dropout=0.0, qkv_bias=True,
+                hidden_size=cfg.vit_width,
+                intermediate_size=cfg.vit_mlp,
+                num_hidden_layers=cfg.vit_layers,
+                num_attention_heads=cfg.vit_heads,
+                image_size=cfg.input_size,
+                patch_size=cfg.patch_size,
+                hidden_act="gelu",
+                layer_norm_eps=cfg.vit_eps,
+                attention_dropout=0.0,
+                qkv_bias=True,
             )
             self.visual_encoder = Blip2VisionModel(vision)
             self.visual_encoder.post_layernorm = nn.Identity()  # EVA ViT-g has no final norm; ln_vision follows
             self.ln_vision = Fp32LayerNorm(cfg.vit_width, eps=cfg.ln_vision_eps)
             self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_queries, width))
             qformer = Blip2QFormerConfig(
-                hidden_size=width, num_hidden_layers=cfg.qformer_layers, num_attention_heads=cfg.qformer_heads,
-                intermediate_size=cfg.qformer_mlp, hidden_act="gelu", hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.qformer_eps,
-                cross_attention_frequency=cfg.cross_attention_freq, encoder_hidden_size=cfg.vit_width,
+                hidden_size=width,
+                num_hidden_layers=cfg.qformer_layers,
+                num_attention_heads=cfg.qformer_heads,
+                intermediate_size=cfg.qformer_mlp,
+                hidden_act="gelu",
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+                layer_norm_eps=cfg.qformer_eps,
+                cross_attention_frequency=cfg.cross_attention_freq,
+                encoder_hidden_size=cfg.vit_width,
                 use_qformer_text_input=False,
             )
             self.qformer = Blip2QFormerModel(qformer)
@@ -325,8 +355,10 @@ class SeedImageTokenizer(nn.Module):
     # ----- encode -------------------------------------------------------------------------------------------------
     def _require_encoder(self) -> None:
         if not self.config.with_encoder:
-            raise RuntimeError("this SEED tokenizer was built without its image encoder (decode only); load it with "
-                               "vit_path=<eva_vit_g.pth> to encode images")
+            raise RuntimeError(
+                "this SEED tokenizer was built without its image encoder (decode only); load it with "
+                "vit_path=<eva_vit_g.pth> to encode images"
+            )
 
     def image_features(self, pixels: Tensor) -> Tensor:
         """CLIP-normalised ``[B, 3, S, S]`` -> ``ln_vision(ViT(x))`` ``[B, vit_tokens, vit_width]``."""
@@ -391,20 +423,30 @@ QFORMER_RENAMES = (
 
 # Keys of seed_quantizer.pt that the inference path never reads: (regex over the whole key, reason).
 SEED_IGNORED: tuple[tuple[str, str], ...] = (
-    (r"Qformer\.bert\.embeddings\.position_ids",
-     "BERT position-id buffer (persistent in LAVIS' BertEmbeddings); used only with text input_ids"),
-    (r"pos_embed|blocks\.\d+\..+",
-     "recon_s branch (Blip2QformerQuantizer.pos_embed / .blocks): reconstructs the Q-Former features for a training "
-     "loss; get_codebook_indices and get_codebook_entry never use it"),
-    (r"Qformer\.cls\..+|Qformer\.bert\.embeddings\.(word|position)_embeddings\.weight"
-     r"|Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..+",
-     "the Q-Former's text branch (BERT LM head, word/position embeddings, text feed-forward), which "
-     "Blip2QformerQuantizer sets to None; left over from BLIP-2 / SEED stage-1 training"),
-    (r"vision_proj\..+|text_proj\..+|itm_head\..+|temp",
-     "BLIP-2 stage-1 contrastive and image-text-matching heads (training only)"),
-    (r"pos_embed_text|blocks_text\.\d+\..+|distill_text_proj\..+|Reverse_Qformer(_text)?\..+|reverse_tokens(_text)?",
-     "SEED training branches that distil text features or use a reverse Q-Former (AILab-CVC/SEED "
-     "SEED_Tokenizer/lavis/models/blip2_models/blip2_qformer_codebook_all_image.py); not in the image decode path"),
+    (
+        r"Qformer\.bert\.embeddings\.position_ids",
+        "BERT position-id buffer (persistent in LAVIS' BertEmbeddings); used only with text input_ids",
+    ),
+    (
+        r"pos_embed|blocks\.\d+\..+",
+        "recon_s branch (Blip2QformerQuantizer.pos_embed / .blocks): reconstructs the Q-Former features for a training "
+        "loss; get_codebook_indices and get_codebook_entry never use it",
+    ),
+    (
+        r"Qformer\.cls\..+|Qformer\.bert\.embeddings\.(word|position)_embeddings\.weight"
+        r"|Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..+",
+        "the Q-Former's text branch (BERT LM head, word/position embeddings, text feed-forward), which "
+        "Blip2QformerQuantizer sets to None; left over from BLIP-2 / SEED stage-1 training",
+    ),
+    (
+        r"vision_proj\..+|text_proj\..+|itm_head\..+|temp",
+        "BLIP-2 stage-1 contrastive and image-text-matching heads (training only)",
+    ),
+    (
+        r"pos_embed_text|blocks_text\.\d+\..+|distill_text_proj\..+|Reverse_Qformer(_text)?\..+|reverse_tokens(_text)?",
+        "SEED training branches that distil text features or use a reverse Q-Former (AILab-CVC/SEED "
+        "SEED_Tokenizer/lavis/models/blip2_models/blip2_qformer_codebook_all_image.py); not in the image decode path",
+    ),
 )
 
 
@@ -435,7 +477,7 @@ def checkpoint_names(key: str) -> tuple[str, tuple[str, ...]]:
     """A module state-dict key -> (file, checkpoint keys). Every key maps to one checkpoint key except the ViT's
     fused ``qkv.bias``, which is stored as ``q_bias`` and ``v_bias`` (the key bias is zero)."""
     if key.startswith("visual_encoder."):
-        name = key[len("visual_encoder."):]
+        name = key[len("visual_encoder.") :]
         for old, new in VIT_RENAMES:
             name = name.replace(old, new)
         if name.endswith(".attn.qkv.bias"):
@@ -443,9 +485,9 @@ def checkpoint_names(key: str) -> tuple[str, tuple[str, ...]]:
             return VIT_FILE, (stem + "q_bias", stem + "v_bias")
         return VIT_FILE, (name,)
     if key.startswith("qformer.layernorm."):  # BertEmbeddings.LayerNorm, applied to the query tokens
-        return SEED_FILE, ("Qformer.bert.embeddings.LayerNorm." + key[len("qformer.layernorm."):],)
+        return SEED_FILE, ("Qformer.bert.embeddings.LayerNorm." + key[len("qformer.layernorm.") :],)
     if key.startswith("qformer."):
-        name = "Qformer.bert." + key[len("qformer."):]
+        name = "Qformer.bert." + key[len("qformer.") :]
         for old, new in QFORMER_RENAMES:
             name = name.replace(old, new)
         return SEED_FILE, (name,)
@@ -487,14 +529,17 @@ def _split_ignored(
 def _check_file(expected: dict[str, tuple[int, ...]], tensors: dict[str, Any], source: Path) -> None:
     for key in tensors:
         if key.startswith("visual_encoder."):
-            raise CheckpointError(f"{source}: unexpected key {key!r}: the ViT weights are read from eva_vit_g.pth "
-                                  "(vit_path), not from seed_quantizer.pt")
+            raise CheckpointError(
+                f"{source}: unexpected key {key!r}: the ViT weights are read from eva_vit_g.pth "
+                "(vit_path), not from seed_quantizer.pt"
+            )
     try:
         check_state_dict(expected, tensors, source)
     except CheckpointError as exc:
         if "unexpected key" in str(exc):
-            raise CheckpointError(f"{exc}; if this key is a known training-only part, pass its prefix in "
-                                  "ignore_prefixes") from None
+            raise CheckpointError(
+                f"{exc}; if this key is a known training-only part, pass its prefix in ignore_prefixes"
+            ) from None
         raise
     for key, value in tensors.items():
         if not value.is_floating_point():
@@ -627,8 +672,9 @@ def import_unclip_pipeline() -> type:
     try:
         from diffusers import StableUnCLIPImg2ImgPipeline
     except ImportError as exc:
-        raise ImportError(f"rendering SEED images needs diffusers' StableUnCLIPImg2ImgPipeline: {IMAGES_EXTRA_HINT} "
-                          f"({exc})") from exc
+        raise ImportError(
+            f"rendering SEED images needs diffusers' StableUnCLIPImg2ImgPipeline: {IMAGES_EXTRA_HINT} ({exc})"
+        ) from exc
     return StableUnCLIPImg2ImgPipeline
 
 
@@ -673,8 +719,10 @@ class UnclipRenderer:
         pipeline_cls = import_unclip_pipeline()
         folder = Path(folder)
         if not (folder / "model_index.json").is_file():
-            raise CheckpointError(f"{folder / 'model_index.json'}: not found (expected a local copy of "
-                                  "stabilityai/stable-diffusion-2-1-unclip)")
+            raise CheckpointError(
+                f"{folder / 'model_index.json'}: not found (expected a local copy of "
+                "stabilityai/stable-diffusion-2-1-unclip)"
+            )
         device = torch.device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         pipeline = pipeline_cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True).to(device)
@@ -784,8 +832,10 @@ def load_seed_image_codec(
     ignore_prefixes: tuple[str, ...] = (),
 ) -> SeedImageCodec:
     """``load_seed_tokenizer`` + ``UnclipRenderer.from_folder`` (skipped when ``unclip_folder`` is None)."""
-    tokenizer = load_seed_tokenizer(seed_quantizer_path, vit_path, device=device, dtype=dtype,
-                                    ignore_prefixes=ignore_prefixes)
-    renderer = None if unclip_folder is None else UnclipRenderer.from_folder(unclip_folder, render_config,
-                                                                             device=device)
+    tokenizer = load_seed_tokenizer(
+        seed_quantizer_path, vit_path, device=device, dtype=dtype, ignore_prefixes=ignore_prefixes
+    )
+    renderer = (
+        None if unclip_folder is None else UnclipRenderer.from_folder(unclip_folder, render_config, device=device)
+    )
     return SeedImageCodec(tokenizer, renderer)

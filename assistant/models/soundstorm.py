@@ -177,8 +177,9 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int) -> None:
         super().__init__()
         # slots 2 and 4 are the reference's (zero) dropouts; they keep Linear #2 at index 3
-        self.net = nn.Sequential(nn.Linear(dim, dim * mult), Swish(), nn.Dropout(0.0), nn.Linear(dim * mult, dim),
-                                 nn.Dropout(0.0))
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim * mult), Swish(), nn.Dropout(0.0), nn.Linear(dim * mult, dim), nn.Dropout(0.0)
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
         return self.net(x)
@@ -251,8 +252,9 @@ class ConvModule(nn.Module):
         inner = dim * expansion
         self.net1 = nn.Sequential(nn.LayerNorm(dim), _Transpose(), nn.Conv1d(dim, 2 * inner, 1), nn.GLU(dim=1))
         self.ds_conv = DepthwiseConv(inner, kernel)
-        self.net2 = nn.Sequential(Swish(), ChanLayerNorm(inner), nn.Conv1d(inner, dim, 1), _Transpose(),
-                                  nn.Dropout(0.0))
+        self.net2 = nn.Sequential(
+            Swish(), ChanLayerNorm(inner), nn.Conv1d(inner, dim, 1), _Transpose(), nn.Dropout(0.0)
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
         h = self.net1(x)  # [B, inner, T] (GLU: first half * sigmoid(second half))
@@ -323,8 +325,9 @@ class SoundStormNet(nn.Module):
         self.code_embeds = nn.Embedding(cfg.n_acoustic * (cfg.codebook_size + 1), cfg.dim)  # level q: rows q*(K+1)..
         self.heads = nn.Sequential(nn.Linear(cfg.dim, cfg.dim * cfg.n_acoustic), _SplitLevels(cfg.n_acoustic))
         # slot 1 is the reference's reshape to [B, T, Q, D]; our tensors already have that shape
-        self.to_logits = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Identity(),
-                                       LevelLinear(cfg.n_acoustic, cfg.dim, cfg.codebook_size))
+        self.to_logits = nn.Sequential(
+            nn.LayerNorm(cfg.dim), nn.Identity(), LevelLinear(cfg.n_acoustic, cfg.dim, cfg.codebook_size)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -382,9 +385,7 @@ class SoundStorm(nn.Module):
             raise ValueError(f"semantic must be [B, T], got {tuple(semantic.shape)}")
         batch, length = semantic.shape
         if acoustic.shape != (batch, cfg.n_acoustic, length):
-            raise ValueError(
-                f"acoustic must be [B={batch}, {cfg.n_acoustic}, T={length}], got {tuple(acoustic.shape)}"
-            )
+            raise ValueError(f"acoustic must be [B={batch}, {cfg.n_acoustic}, T={length}], got {tuple(acoustic.shape)}")
 
     def trunk(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
         """semantic ``[B, T]`` in [0, semantic_vocab); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id) ->

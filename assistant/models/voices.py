@@ -15,8 +15,9 @@ Every prompt has ``n_q`` rows of equal length >= 1 with codes in ``[0, codebook_
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 

@@ -59,7 +59,8 @@ class AcousticBatchStats:
 
     queue_depth: requests waiting for a round. in_flight: requests of the round that runs now.
     batches: rounds run. model_calls: shape groups run (one fill call + one codec decode each). requests: chunks
-    taken into rounds. mean_batch_size: requests / batches. last_call_s: model seconds of the last round. busy_s: model seconds
+    taken into rounds. mean_batch_size: requests / batches. last_call_s: model seconds of the last round.
+    busy_s: model seconds
     of all rounds. audio_s: seconds of audio produced. real_time_factor: busy_s / audio_s (model seconds per second of
     audio; below 1 the replica decodes faster than real time, 0 before any audio).
     """
@@ -197,7 +198,7 @@ class AcousticBatcher:
                 self._in_flight = len(batch)
                 try:
                     await loop.run_in_executor(self._executor, self._run_round, batch, loop)
-                except Exception as exc:  # noqa: BLE001 - the round could not run (executor shut down)
+                except Exception as exc:
                     for pending in batch:
                         if not pending.future.done():
                             pending.future.set_exception(exc)
@@ -255,7 +256,7 @@ class AcousticBatcher:
                 with torch.inference_mode():
                     results = self.decoder.decode_chunks([p.request for p in group])
                 audio = sum(wave.shape[-1] for _, wave in results) / self.decoder.sample_rate
-            except Exception as exc:  # noqa: BLE001 - handed to this group's callers
+            except Exception as exc:
                 error = exc
             elapsed = time.perf_counter() - start
             seconds += elapsed

@@ -124,8 +124,9 @@ class ReplyDemultiplexer:
     first id on, and a forced speech segment is announced by a SpeechStart before the first event.
     """
 
-    def __init__(self, vocab: UnifiedVocab, forced: Modality | None, stats: SessionStats,
-                 rules: SegmentRules | None = None) -> None:
+    def __init__(
+        self, vocab: UnifiedVocab, forced: Modality | None, stats: SessionStats, rules: SegmentRules | None = None
+    ) -> None:
         self._vocab = vocab
         self._stats = stats
         self._rules = rules or SegmentRules()

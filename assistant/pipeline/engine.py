@@ -122,7 +122,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.force_modality is not None and self.force_modality not in _FORCEABLE:
             raise ValueError(f"force_modality must be None or one of {sorted(_FORCEABLE)}, got {self.force_modality!r}")
-        for name in ("first_chunk_frames", "chunk_frames", "chunk_queue_size", "output_queue_size", "max_history_tokens"):
+        for name in (
+            "first_chunk_frames",
+            "chunk_frames",
+            "chunk_queue_size",
+            "output_queue_size",
+            "max_history_tokens",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.context_frames < 0:
@@ -130,7 +136,9 @@ class EngineConfig:
         if self.fade_ms < 0:
             raise ValueError(f"fade_ms must be >= 0, got {self.fade_ms}")
         if self.max_reply_audio_s is not None and self.max_reply_audio_s * SAMPLE_RATE < OUTPUT_FRAME_SAMPLES:
-            raise ValueError(f"max_reply_audio_s must be None or at least one 20 ms frame, got {self.max_reply_audio_s}")
+            raise ValueError(
+                f"max_reply_audio_s must be None or at least one 20 ms frame, got {self.max_reply_audio_s}"
+            )
 
     @property
     def fade_samples(self) -> int:
@@ -213,8 +221,13 @@ _SERVICE_NAMES = {"speech": "speech recognizer", "lm": "language model", "acoust
 class AssistantEngine:
     """Shared, stateless part: backends, vocabulary and settings. One ``Session`` per conversation."""
 
-    def __init__(self, backends: Backends, vocab: UnifiedVocab, config: EngineConfig | None = None,
-                 voices: VoiceBank | None = None):
+    def __init__(
+        self,
+        backends: Backends,
+        vocab: UnifiedVocab,
+        config: EngineConfig | None = None,
+        voices: VoiceBank | None = None,
+    ):
         self.backends = backends
         self.vocab = vocab
         self.config = config or EngineConfig()
@@ -232,15 +245,18 @@ class AssistantEngine:
                 if not self._lm_limits_known:
                     self._lm_limits = await self.backends.lm.limits()
                     self._lm_limits_known = True
-                    log.info("LM limits: %s; prompts of at most %d tokens", self._lm_limits,
-                             prompt_budget(self.config.max_history_tokens, self._lm_limits))
+                    log.info(
+                        "LM limits: %s; prompts of at most %d tokens",
+                        self._lm_limits,
+                        prompt_budget(self.config.max_history_tokens, self._lm_limits),
+                    )
         return self._lm_limits
 
     async def prompt_token_budget(self) -> int:
         """The most tokens one prompt (history + new user message) may have with this LM."""
         return prompt_budget(self.config.max_history_tokens, await self.lm_limits())
 
-    def new_session(self, voice: str | None = None) -> "Session":
+    def new_session(self, voice: str | None = None) -> Session:
         """A conversation whose speech is rendered in ``voice`` (a name of the voice bank; None = its default).
         Raises ``ValueError`` for a voice the bank does not know, or any voice when there is no bank."""
         if self.voices is None:
@@ -360,7 +376,7 @@ class Session:
             reason = await self._run_lm_and_audio(prompt, forced, generated)
         except asyncio.CancelledError:
             reason = FinishReason.INTERRUPTED
-        except Exception as exc:  # noqa: BLE001 - a failing backend ends the turn, never the session
+        except Exception as exc:
             reason, error = FinishReason.ERROR, _turn_error(exc)
             if error.code == ErrorCode.TOO_LARGE.value:
                 log.info("turn refused [error %s]: %s", error.error_id, error.message)
@@ -374,7 +390,7 @@ class Session:
             prefix = [self.vocab.range_of(forced).start_id] if forced is not None else []
             try:
                 self._remember(user, AssistantMessage.from_generated(self.vocab, generated, prefix=prefix))
-            except Exception:  # noqa: BLE001 - an unrememberable reply costs its place in the history, not the turn
+            except Exception:
                 log.exception("could not keep the turn in the history")
 
         if reason is FinishReason.INTERRUPTED or self._interrupted:
@@ -526,10 +542,10 @@ class Session:
                     codes, wave = await self._decode_speech(job.semantic, context)
                 codes = np.asarray(codes, dtype=np.int64)
                 wave = np.asarray(wave, dtype=np.float32).reshape(-1)
-                context = codes[:, -cfg.context_frames:] if cfg.context_frames > 0 else None
+                context = codes[:, -cfg.context_frames :] if cfg.context_frames > 0 else None
                 buf = np.concatenate([tail, wave])
                 keep = min(cfg.fade_samples, buf.size)
-                tail = buf[buf.size - keep:]
+                tail = buf[buf.size - keep :]
                 await self._put_frames(self.splitter.push(buf[: buf.size - keep]), "speech")
             elif isinstance(job, _SpeechEnd):
                 await self._put_frames(self.splitter.push(_fade_out(tail)), "speech")
@@ -544,8 +560,12 @@ class Session:
                     wave = np.asarray(await backends.media.music_wave(job.tokens), dtype=np.float32).reshape(-1)
                 await out.put(MusicOutput(job.index, wave, wave.size / SAMPLE_RATE))
                 music_splitter = FrameSplitter(OUTPUT_FRAME_SAMPLES)
-                faded = np.concatenate([wave[: wave.size - min(cfg.fade_samples, wave.size)],
-                                        _fade_out(wave[wave.size - min(cfg.fade_samples, wave.size):])])
+                faded = np.concatenate(
+                    [
+                        wave[: wave.size - min(cfg.fade_samples, wave.size)],
+                        _fade_out(wave[wave.size - min(cfg.fade_samples, wave.size) :]),
+                    ]
+                )
                 await self._put_frames(music_splitter.push(faded) + music_splitter.flush(pad=True), "music")
 
     async def _decode_speech(self, semantic: np.ndarray, context: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -15,21 +15,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import numpy as np
 import torch
 
-from assistant.image_io import read_image
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule, module_device
-from assistant.pipeline.acoustic_batching import AcousticBatcher, AcousticBatchStats
-from assistant.pipeline.backends import UnknownVoiceKeyError, voice_key
+from assistant.image_io import read_image
 from assistant.lm_engine import BusyError, LMEngine, LMEngineConfig
 from assistant.models.bundle import ModelBundle
-from assistant.pipeline.backends import AcousticBackend, Backends, BackendUnavailableError, LMBackend, LMLimits
-from assistant.pipeline.backends import MediaBackend, SpeechEncoderBackend
+from assistant.pipeline.acoustic_batching import AcousticBatcher, AcousticBatchStats
+from assistant.pipeline.backends import (
+    AcousticBackend,
+    Backends,
+    BackendUnavailableError,
+    LMBackend,
+    LMLimits,
+    MediaBackend,
+    SpeechEncoderBackend,
+    UnknownVoiceKeyError,
+    voice_key,
+)
 from assistant.vocab import Modality
+
 
 class LocalSpeechEncoder(SpeechEncoderBackend):
     """Waves -> level-1 codes (int64 [F]), the only level the engine reads.
@@ -111,14 +119,24 @@ class LocalAcousticBackend(AcousticBackend):
     to the same codes alone or batched with others.
     """
 
-    def __init__(self, bundle: ModelBundle, schedule: UnmaskSchedule | None = None, context_frames: int = 25, *,
-                 window_s: float = 0.005, max_batch: int = 8, seed: int | None = None,
-                 voices: Iterable[np.ndarray] = (), max_voices: int = 1024):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        schedule: UnmaskSchedule | None = None,
+        context_frames: int = 25,
+        *,
+        window_s: float = 0.005,
+        max_batch: int = 8,
+        seed: int | None = None,
+        voices: Iterable[np.ndarray] = (),
+        max_voices: int = 1024,
+    ):
         if max_voices < 1:
             raise ValueError(f"max_voices must be >= 1, got {max_voices}")
         fill = None if schedule is not None else bundle.acoustic_fill
-        self.decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, schedule, context_frames=context_frames,
-                                              fill=fill)
+        self.decoder = ChunkedAcousticDecoder(
+            bundle.acoustic, bundle.codec, schedule, context_frames=context_frames, fill=fill
+        )
         self.batcher = AcousticBatcher(self.decoder, window_s=window_s, max_batch=max_batch)
         self.max_voices = max_voices
         self._voices: OrderedDict[str, torch.Tensor] = OrderedDict()

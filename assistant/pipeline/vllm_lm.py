@@ -52,27 +52,34 @@ class VLLMEngineOptions:
 
 def start_vllm_engine(options: VLLMEngineOptions) -> AsyncTokenEngine:
     try:
-        from vllm import AsyncEngineArgs  # noqa: PLC0415 (optional GPU dependency)
-        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: PLC0415
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
     except ImportError as exc:
-        raise ImportError("the vLLM LM engine needs `pip install vllm` on a CUDA machine; "
-                          "use lm_engine: transformers otherwise") from exc
-    args = AsyncEngineArgs(model=options.model, dtype=options.dtype, skip_tokenizer_init=True,
-                           gpu_memory_utilization=options.gpu_memory_utilization,
-                           max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs, seed=options.seed)
+        raise ImportError(
+            "the vLLM LM engine needs `pip install vllm` on a CUDA machine; use lm_engine: transformers otherwise"
+        ) from exc
+    args = AsyncEngineArgs(
+        model=options.model,
+        dtype=options.dtype,
+        skip_tokenizer_init=True,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        max_model_len=options.max_model_len,
+        max_num_seqs=options.max_num_seqs,
+        seed=options.seed,
+    )
     return AsyncLLM.from_engine_args(args)
 
 
 def vllm_sampling_params(settings: SamplingSettings, max_tokens: int, stop_ids: frozenset[int], seed: int | None):
-    from vllm import SamplingParams  # noqa: PLC0415
-    from vllm.sampling_params import RequestOutputKind  # noqa: PLC0415
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
-    return SamplingParams(**sampling_kwargs(settings, max_tokens, stop_ids, seed),
-                          output_kind=RequestOutputKind.DELTA)
+    return SamplingParams(**sampling_kwargs(settings, max_tokens, stop_ids, seed), output_kind=RequestOutputKind.DELTA)
 
 
-def sampling_kwargs(settings: SamplingSettings, max_tokens: int, stop_ids: frozenset[int], seed: int | None
-                    ) -> dict[str, Any]:
+def sampling_kwargs(
+    settings: SamplingSettings, max_tokens: int, stop_ids: frozenset[int], seed: int | None
+) -> dict[str, Any]:
     """``SamplingParams`` fields for one request (greedy = temperature 0 in vLLM)."""
     return {
         "temperature": settings.temperature if settings.do_sample else 0.0,
@@ -89,8 +96,15 @@ def sampling_kwargs(settings: SamplingSettings, max_tokens: int, stop_ids: froze
 class VLLMBackend(LMBackend):
     """``LMBackend`` over a running vLLM engine; one request per ``stream`` call."""
 
-    def __init__(self, engine: AsyncTokenEngine, vocab: UnifiedVocab, settings: GenerationSettings,
-                 seed: int | None = 0, make_params=vllm_sampling_params, max_model_len: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncTokenEngine,
+        vocab: UnifiedVocab,
+        settings: GenerationSettings,
+        seed: int | None = 0,
+        make_params=vllm_sampling_params,
+        max_model_len: int | None = None,
+    ) -> None:
         """``max_model_len``: positions per request, when known; None reads it from the engine's model config."""
         self.engine, self.vocab, self.settings, self.seed = engine, vocab, settings, seed
         self.max_model_len = max_model_len
@@ -117,8 +131,9 @@ class VLLMBackend(LMBackend):
         if force_modality is not None and prompt[-1] != self.vocab.range_of(modality).start_id:
             raise ValueError(f"force_modality={modality.value} but the prompt does not end with its start marker")
         seed = None if self.seed is None else self.seed + next(self._calls)
-        params = self._make_params(self.settings.for_modality(modality), self.settings.total_limit,
-                                   self.vocab.stop_ids, seed)
+        params = self._make_params(
+            self.settings.for_modality(modality), self.settings.total_limit, self.vocab.stop_ids, seed
+        )
         request_id = f"anystream-{uuid.uuid4().hex}"
         self.active_requests.add(request_id)
         finished = False
@@ -126,8 +141,11 @@ class VLLMBackend(LMBackend):
             async for output in self.engine.generate({"prompt_token_ids": prompt}, params, request_id):
                 completion = output.outputs[0]
                 chunk = [int(t) for t in completion.token_ids]  # DELTA outputs: only the new ids
-                if output.finished and completion.finish_reason == "stop" and not (
-                        chunk and chunk[-1] in self.vocab.stop_ids):
+                if (
+                    output.finished
+                    and completion.finish_reason == "stop"
+                    and not (chunk and chunk[-1] in self.vocab.stop_ids)
+                ):
                     chunk.append(self.vocab.eos_id)  # stopped on a stop id vLLM left out: the turn still completes
                 if chunk:
                     yield chunk

@@ -77,8 +77,14 @@ def _check_aiortc_internals(transport: Any) -> None:
         raise AiortcInternalsChanged("the SCTP reassembly guard needs updating: " + "; ".join(problems))
 
 
-def guard_sctp_reassembly(transport: Any, *, max_stream_bytes: int, max_stream_chunks: int, max_total_bytes: int,
-                          on_exceeded: Callable[[str], None]) -> None:
+def guard_sctp_reassembly(
+    transport: Any,
+    *,
+    max_stream_bytes: int,
+    max_stream_chunks: int,
+    max_total_bytes: int,
+    on_exceeded: Callable[[str], None],
+) -> None:
     """Makes ``transport`` (an aiortc ``RTCSctpTransport``) refuse to hold more than the bounds for messages still
     being reassembled; the first DATA chunk that would go past them calls ``on_exceeded(why)`` once, and from then
     on every DATA chunk is dropped unread (the peer is being disconnected). Raises :class:`AiortcInternalsChanged`
@@ -139,7 +145,7 @@ def contain_message_errors(transport: Any, on_bad_message: Callable[[str], None]
             await receive(stream_id, pp_id, data)
         except UnicodeDecodeError:
             _tell(on_bad_message, "a text message that is not valid UTF-8 was dropped")
-        except Exception:  # noqa: BLE001 - anything raised here would end aiortc's receive loop
+        except Exception:
             logger.exception("aiortc failed on a data-channel message from stream %d", stream_id)
             _tell(on_bad_message, "a data-channel message that could not be read was dropped")
 
@@ -149,5 +155,5 @@ def contain_message_errors(transport: Any, on_bad_message: Callable[[str], None]
 def _tell(callback: Callable[[str], None], why: str) -> None:
     try:
         callback(why)
-    except Exception:  # noqa: BLE001 - same reason: never out into aiortc
+    except Exception:
         logger.exception("the bad-message callback failed")

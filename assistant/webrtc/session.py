@@ -109,13 +109,19 @@ class ReplyAudioTrack(MediaStreamTrack):
     Metrics hooks: ``call_when_next_sent(callback)`` calls ``callback(time.monotonic())`` when the next frame put
     after it leaves the track (not when it is cleared first). Between ``begin_reply()`` and ``end_reply()`` (or
     ``clear()``), once the reply's first frame has left, every silent frame sent because the queue was empty is an
-    underrun: counted in ``underruns`` (runs) and ``underrun_frames``, and reported to ``on_underrun(started, seconds)``.
+    underrun: counted in ``underruns`` (runs) and ``underrun_frames``, and reported to
+    ``on_underrun(started, seconds)``.
     """
 
     kind = "audio"
 
-    def __init__(self, max_queued_frames: int = 25, sample_rate: int = SAMPLE_RATE,
-                 frame_samples: int = OUTPUT_FRAME_SAMPLES, idle_frame_interval_s: float | None = 0.4):
+    def __init__(
+        self,
+        max_queued_frames: int = 25,
+        sample_rate: int = SAMPLE_RATE,
+        frame_samples: int = OUTPUT_FRAME_SAMPLES,
+        idle_frame_interval_s: float | None = 0.4,
+    ):
         super().__init__()
         if max_queued_frames < 1:
             raise ValueError("max_queued_frames must be >= 1")
@@ -192,7 +198,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             self._waiters = [(t, f) for t, f in self._waiters if f is not future]
@@ -239,7 +245,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         if self._queue.empty():
             try:
                 await asyncio.wait_for(self._frame_queued.wait(), self.idle_frame_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         skipped = int((time.monotonic() - self._start) * self.sample_rate) - self._pts
         if skipped > 0:
@@ -502,10 +508,13 @@ class RtcSession:
         if pc.sctp is None:
             return
         try:
-            guard_sctp_reassembly(pc.sctp, max_stream_bytes=self.limits.max_reassembly_bytes,
-                                  max_stream_chunks=self.limits.max_reassembly_chunks,
-                                  max_total_bytes=self.limits.max_reassembly_total_bytes,
-                                  on_exceeded=self._on_reassembly_exceeded)
+            guard_sctp_reassembly(
+                pc.sctp,
+                max_stream_bytes=self.limits.max_reassembly_bytes,
+                max_stream_chunks=self.limits.max_reassembly_chunks,
+                max_total_bytes=self.limits.max_reassembly_total_bytes,
+                on_exceeded=self._on_reassembly_exceeded,
+            )
         except AiortcInternalsChanged:
             # Refusing every caller over a missing guard would be worse than running without it for a while;
             # tests/webrtc/test_rtc_hostile.py fails on the same condition, so an upgrade does not ship this way.
@@ -520,12 +529,15 @@ class RtcSession:
         self.send(protocol.ErrorEvent(message=why, code=ErrorCode.BAD_MESSAGE.value))
 
     def _on_reassembly_exceeded(self, why: str) -> None:
-        logger.warning("session %s: the caller ignored the advertised message size (%s); closing", self.session_id,
-                       why)
+        logger.warning("session %s: the caller ignored the advertised message size (%s); closing", self.session_id, why)
         self.stats.client_errors += 1
-        self._schedule_close("a data-channel message went past the advertised size", protocol.ErrorEvent(
-            message=f"a message went over the limit of {protocol.MAX_MESSAGE_BYTES} bytes; the session has ended",
-            code=ErrorCode.TOO_LARGE.value))
+        self._schedule_close(
+            "a data-channel message went past the advertised size",
+            protocol.ErrorEvent(
+                message=f"a message went over the limit of {protocol.MAX_MESSAGE_BYTES} bytes; the session has ended",
+                code=ErrorCode.TOO_LARGE.value,
+            ),
+        )
 
     def _on_connection_state(self) -> None:
         if self._pc is None or self._closed:
@@ -555,14 +567,19 @@ class RtcSession:
             return None
         if limits.media_timeout_s is not None and now - self.last_inbound_at > limits.media_timeout_s:
             reason = f"no audio or message from the caller for {limits.media_timeout_s:g} s"
-            self._schedule_close(reason, protocol.ErrorEvent(message=f"{reason}; the session has ended",
-                                                             code=ErrorCode.TIMEOUT.value))
+            self._schedule_close(
+                reason, protocol.ErrorEvent(message=f"{reason}; the session has ended", code=ErrorCode.TIMEOUT.value)
+            )
             return reason
-        if (limits.idle_timeout_s is not None and not self.reply_in_progress
-                and now - self.last_activity_at > limits.idle_timeout_s):
+        if (
+            limits.idle_timeout_s is not None
+            and not self.reply_in_progress
+            and now - self.last_activity_at > limits.idle_timeout_s
+        ):
             reason = f"no activity for {limits.idle_timeout_s:g} s"
-            self._schedule_close(reason, protocol.ErrorEvent(message=f"{reason}; the session has ended",
-                                                             code=ErrorCode.TIMEOUT.value))
+            self._schedule_close(
+                reason, protocol.ErrorEvent(message=f"{reason}; the session has ended", code=ErrorCode.TIMEOUT.value)
+            )
             return reason
         return None
 
@@ -591,7 +608,7 @@ class RtcSession:
         channel.on("bufferedamountlow", drained.set)  # fires when the buffered amount falls to 0 (the threshold)
         try:
             await asyncio.wait_for(drained.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.info("session %s: the last message did not leave within %.1f s", self.session_id, timeout)
         finally:
             channel.remove_listener("bufferedamountlow", drained.set)
@@ -685,8 +702,7 @@ class RtcSession:
             self._channel.send(text)
         except Exception as exc:  # closed under us, or bigger than the peer's max-message-size
             self.stats.send_failures += 1
-            logger.warning("session %s: a message of %d characters was not sent: %r", self.session_id, len(text),
-                           exc)
+            logger.warning("session %s: a message of %d characters was not sent: %r", self.session_id, len(text), exc)
             return
         self.stats.messages_sent += 1
 
@@ -705,8 +721,11 @@ class RtcSession:
         channel.on("message", self._on_message)
 
         def opened() -> None:
-            self.send(protocol.Ready(session_id=self.session_id, sample_rate=self.track.sample_rate,
-                                     voice=self.voice, voices=self.voices))
+            self.send(
+                protocol.Ready(
+                    session_id=self.session_id, sample_rate=self.track.sample_rate, voice=self.voice, voices=self.voices
+                )
+            )
             self._flush_pending()
 
         if channel.readyState == "open":
@@ -723,10 +742,15 @@ class RtcSession:
             self._handle_message(raw)
         except Exception:
             error_id = new_error_id()
-            logger.exception("session %s: a client message could not be handled (error id %s)", self.session_id,
-                             error_id)
-            self.send(protocol.ErrorEvent(message=f"the server could not handle that message (error id {error_id})",
-                                          code=ErrorCode.INTERNAL.value))
+            logger.exception(
+                "session %s: a client message could not be handled (error id %s)", self.session_id, error_id
+            )
+            self.send(
+                protocol.ErrorEvent(
+                    message=f"the server could not handle that message (error id {error_id})",
+                    code=ErrorCode.INTERNAL.value,
+                )
+            )
 
     def _handle_message(self, raw: str | bytes) -> None:
         if self._closed:
@@ -787,9 +811,12 @@ class RtcSession:
         self.stats.rate_limit_errors += 1
         limits = self.limits
         rate = limits.messages_per_s if what == "messages" else limits.turns_per_s
-        self.send(protocol.ErrorEvent(
-            message=f"too many {what} (at most {rate:g} a second); dropped until the rate falls",
-            code=ErrorCode.RATE_LIMITED.value))
+        self.send(
+            protocol.ErrorEvent(
+                message=f"too many {what} (at most {rate:g} a second); dropped until the rate falls",
+                code=ErrorCode.RATE_LIMITED.value,
+            )
+        )
 
     def _admitted(self) -> None:
         self._rate_limit_reported = False
@@ -819,8 +846,7 @@ class RtcSession:
             except MediaStreamError:
                 return
             except Exception:
-                logger.exception("session %s: the caller's audio track failed; no more audio from it",
-                                 self.session_id)
+                logger.exception("session %s: the caller's audio track failed; no more audio from it", self.session_id)
                 return
             self.stats.inbound_frames += 1
             self.last_inbound_at = self._now()
@@ -836,10 +862,15 @@ class RtcSession:
         self.stats.audio_conversion_failures += 1
         failures = self.stats.audio_conversion_failures
         if failures == 1 or failures % _CONVERSION_FAILURE_LOG_EVERY == 0:
-            logger.warning("session %s: cannot use an inbound audio frame (%s Hz, %s, %s); %d so far",
-                           self.session_id, getattr(frame, "sample_rate", "?"),
-                           getattr(getattr(frame, "layout", None), "name", "?"),
-                           getattr(getattr(frame, "format", None), "name", "?"), failures, exc_info=True)
+            logger.warning(
+                "session %s: cannot use an inbound audio frame (%s Hz, %s, %s); %d so far",
+                self.session_id,
+                getattr(frame, "sample_rate", "?"),
+                getattr(getattr(frame, "layout", None), "name", "?"),
+                getattr(getattr(frame, "format", None), "name", "?"),
+                failures,
+                exc_info=True,
+            )
 
     async def _on_vad_event(self, event) -> None:
         if isinstance(event, SpeechStart):
@@ -883,15 +914,17 @@ class RtcSession:
         self.track.clear()
         return True
 
-    async def start_turn(self, *, audio: np.ndarray | None = None, text: str | None = None,
-                         image: bytes | None = None) -> int:
+    async def start_turn(
+        self, *, audio: np.ndarray | None = None, text: str | None = None, image: bytes | None = None
+    ) -> int:
         """Starts a turn (interrupting the previous one) and returns its id; the turn runs in the background.
         Returns -1 when the turn never ran: a newer start replaced it while it waited, or the session closed.
         ``image`` is PNG/JPEG bytes; the pending picture is the caller's to pass (see :meth:`_take_pending_image`)."""
         return await self._request_turn(audio=audio, text=text, image=image)
 
-    def _request_turn(self, *, audio: np.ndarray | None = None, text: str | None = None,
-                      image: bytes | None = None) -> asyncio.Future:
+    def _request_turn(
+        self, *, audio: np.ndarray | None = None, text: str | None = None, image: bytes | None = None
+    ) -> asyncio.Future:
         """Asks for a turn without waiting. Only one start waits while the previous turn winds down: a newer
         request replaces it (its future gets -1), so a burst of questions costs one turn, the latest."""
         result = asyncio.get_running_loop().create_future()
@@ -963,7 +996,8 @@ class RtcSession:
                             self.track.begin_reply()
                             if self.metrics is not None:
                                 self.track.call_when_next_sent(
-                                    lambda sent_at, start=turn.started_at: self.metrics.observe_ttfa(sent_at - start))
+                                    lambda sent_at, start=turn.started_at: self.metrics.observe_ttfa(sent_at - start)
+                                )
                         await self.track.put(out.pcm)
                         if turn.interrupted:  # interrupted while we waited for room: drop what slipped in
                             self.track.clear()
@@ -976,8 +1010,15 @@ class RtcSession:
                 elif isinstance(out, ReplyTextDelta):
                     self.send(protocol.TextDelta(turn_id=tid, delta=out.text))
                 elif isinstance(out, ImageOutput):
-                    self.send(protocol.ImageReady(turn_id=tid, index=out.index, width=out.width, height=out.height,
-                                                  png_base64=base64.b64encode(out.png).decode("ascii")))
+                    self.send(
+                        protocol.ImageReady(
+                            turn_id=tid,
+                            index=out.index,
+                            width=out.width,
+                            height=out.height,
+                            png_base64=base64.b64encode(out.png).decode("ascii"),
+                        )
+                    )
                 elif isinstance(out, MusicOutput):
                     self.send(protocol.MusicReady(turn_id=tid, index=out.index, duration_s=float(out.duration_s)))
                 elif isinstance(out, TurnError):
@@ -999,8 +1040,13 @@ class RtcSession:
             # The exception's text may name hosts, paths or pids: it stays in the log, the caller gets its id.
             error_id = new_error_id()
             logger.exception("session %s: turn %d failed (error id %s)", self.session_id, tid, error_id)
-            self.send(protocol.ErrorEvent(message=f"the reply failed because of a server error (error id {error_id})",
-                                          turn_id=tid, code=ErrorCode.INTERNAL.value))
+            self.send(
+                protocol.ErrorEvent(
+                    message=f"the reply failed because of a server error (error id {error_id})",
+                    turn_id=tid,
+                    code=ErrorCode.INTERNAL.value,
+                )
+            )
             reason = FinishReason.ERROR
         finally:
             turn.done = True
@@ -1112,16 +1158,28 @@ class RtcSessionManager:
     async def create(self, offer: OfferRequest, client_id: str | None = None) -> tuple[RtcSession, OfferAnswer]:
         """Answers ``offer`` with a new session. ``client_id`` names the caller (an address, an account) for the
         per-client limit; None = not counted. Raises ClientLimitError, SessionLimitError or ProtocolError."""
-        if (client_id is not None and self.max_sessions_per_client is not None
-                and self.sessions_of(client_id) >= self.max_sessions_per_client):
+        if (
+            client_id is not None
+            and self.max_sessions_per_client is not None
+            and self.sessions_of(client_id) >= self.max_sessions_per_client
+        ):
             raise ClientLimitError(f"this client already holds {self.max_sessions_per_client} sessions")
         if len(self._sessions) >= self.max_sessions:
             raise SessionLimitError(f"server is at its limit of {self.max_sessions} sessions")
         engine_session, voice = self._engine_session_for(offer.voice)
         names = list(self.voices.names) if self.voices is not None else None
-        session = RtcSession(engine_session, endpointer_config=self.endpointer_config, on_closed=self._forget,
-                             voice=voice, voices=names, metrics=self.metrics, limits=self.limits, now=self._now,
-                             client_id=client_id, **self._session_options)
+        session = RtcSession(
+            engine_session,
+            endpointer_config=self.endpointer_config,
+            on_closed=self._forget,
+            voice=voice,
+            voices=names,
+            metrics=self.metrics,
+            limits=self.limits,
+            now=self._now,
+            client_id=client_id,
+            **self._session_options,
+        )
         self._sessions[session.session_id] = session
         try:
             answer = await session.accept(offer)

@@ -13,9 +13,9 @@ from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
 from assistant.protocol import FinishReason
 
 pytest.importorskip("deployments.gateway")
-from anystream_bench.local_gateway import LocalGateway  # noqa: E402
-from anystream_bench.timeline import AnswerTimeline, Thresholds  # noqa: E402
-from anystream_bench.webrtc_client import run_clients  # noqa: E402
+from anystream_bench.local_gateway import LocalGateway
+from anystream_bench.timeline import AnswerTimeline, Thresholds
+from anystream_bench.webrtc_client import run_clients
 
 pytestmark = pytest.mark.timeout(120)
 

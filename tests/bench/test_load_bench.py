@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("deployments.gateway")
-from anystream_bench.load import main  # noqa: E402
+from anystream_bench.load import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,8 +51,9 @@ def check_level(level: dict, mode: str, sessions: int = 2) -> None:
 @pytest.mark.timeout(600)
 def test_two_sessions_in_process_and_over_webrtc_without_ray(tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["--compare", "--local-server", "--sessions", "2", "--spread", "0.5",
-                 "--json", str(out), "--plot", str(png)])
+    code = main(
+        ["--compare", "--local-server", "--sessions", "2", "--spread", "0.5", "--json", str(out), "--plot", str(png)]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads(out.read_text())
@@ -87,9 +88,21 @@ def test_two_sessions_against_anystream_serve_on_ray(tmp_path):
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
     with open(log_path, "w+") as log:
         server = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from deployments.app import main; sys.exit(main())",
-             "--config", str(ROOT / "deployments" / "configs" / "embedded.yaml"), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from deployments.app import main; sys.exit(main())",
+                "--config",
+                str(ROOT / "deployments" / "configs" / "embedded.yaml"),
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=ROOT,
+        )
         try:
             deadline = time.monotonic() + 240
             while True:
@@ -104,8 +117,21 @@ def test_two_sessions_against_anystream_serve_on_ray(tmp_path):
                         pass
                 time.sleep(1)
             out = tmp_path / "bench.json"
-            code = main(["--server", url, "--sessions", "2", "--spread", "0.5", "--ray-procs", "--server-pid",
-                         str(server.pid), "--json", str(out)])
+            code = main(
+                [
+                    "--server",
+                    url,
+                    "--sessions",
+                    "2",
+                    "--spread",
+                    "0.5",
+                    "--ray-procs",
+                    "--server-pid",
+                    str(server.pid),
+                    "--json",
+                    str(out),
+                ]
+            )
             assert code == 0
             report = json.loads(out.read_text())
             (level,) = report["levels"]

@@ -53,7 +53,7 @@ def _sessions(decoder: ChunkedAcousticDecoder, count: int, seed: int):
 
 def _next_context(decoder, context, codes):
     joined = codes if context is None else torch.cat([context, codes], dim=1)
-    return joined[:, -decoder.context_frames:]
+    return joined[:, -decoder.context_frames :]
 
 
 def _alone(decoder, chunks, prompt, seeds):
@@ -71,8 +71,10 @@ def _batched(decoder, sessions, seeds):
     contexts = [None] * len(sessions)
     out = [[] for _ in sessions]
     for r in range(len(sessions[0][0])):
-        requests = [ChunkRequest(chunks[r], contexts[s], prompt, torch.Generator().manual_seed(seeds[s][r]))
-                    for s, (chunks, prompt) in enumerate(sessions)]
+        requests = [
+            ChunkRequest(chunks[r], contexts[s], prompt, torch.Generator().manual_seed(seeds[s][r]))
+            for s, (chunks, prompt) in enumerate(sessions)
+        ]
         for s, (codes, wave) in enumerate(decoder.decode_chunks(requests)):
             out[s].append((codes, wave))
             contexts[s] = _next_context(decoder, contexts[s], codes)
@@ -120,8 +122,9 @@ class _CountingCodec(MelRVQCodec):
 
 
 def test_equal_shapes_share_one_fill_call_and_one_codec_decode_other_shapes_run_apart():
-    inner = AcousticDecoder(AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16,
-                                                  conv_kernel=5)).eval()
+    inner = AcousticDecoder(
+        AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16, conv_kernel=5)
+    ).eval()
     model = _CountingModel(inner)
     codec = _CountingCodec(MelCodecConfig(n_q=4, codebook_size=TINY_K, griffin_lim_iters=4))
     schedule = UnmaskSchedule(level2_steps=2)
@@ -131,8 +134,9 @@ def test_equal_shapes_share_one_fill_call_and_one_codec_decode_other_shapes_run_
     def req(t, context_frames, prompt_frames):
         context = torch.randint(0, TINY_K, (4, context_frames), generator=gen) if context_frames else None
         prompt = torch.randint(0, TINY_K, (4, prompt_frames), generator=gen) if prompt_frames else None
-        return ChunkRequest(torch.randint(0, TINY_K, (t,), generator=gen), context, prompt,
-                            torch.Generator().manual_seed(t))
+        return ChunkRequest(
+            torch.randint(0, TINY_K, (t,), generator=gen), context, prompt, torch.Generator().manual_seed(t)
+        )
 
     # three shapes: (6, 3, 5) x3 (a longer context is trimmed to 3), (6, 0, 5) x1, (4, 3, 5) x2
     requests = [req(6, 3, 5), req(6, 0, 5), req(6, 8, 5), req(4, 3, 5), req(6, 3, 5), req(4, 3, 5)]
@@ -145,13 +149,15 @@ def test_equal_shapes_share_one_fill_call_and_one_codec_decode_other_shapes_run_
 
 
 def test_fill_batch_rows_equal_single_fills_and_check_their_generators():
-    model = AcousticDecoder(AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16,
-                                                  conv_kernel=5)).eval()
+    model = AcousticDecoder(
+        AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16, conv_kernel=5)
+    ).eval()
     gen = torch.Generator().manual_seed(3)
     semantic = torch.randint(0, TINY_K, (3, 11), generator=gen)
     prompt = torch.randint(0, TINY_K, (3, 4, 5), generator=gen)
-    batch = fill_acoustic_levels_batch(model, semantic, prompt=prompt,
-                                       generators=[torch.Generator().manual_seed(i) for i in range(3)])
+    batch = fill_acoustic_levels_batch(
+        model, semantic, prompt=prompt, generators=[torch.Generator().manual_seed(i) for i in range(3)]
+    )
     for i in range(3):
         alone = fill_acoustic_levels(model, semantic[i], prompt=prompt[i], generator=torch.Generator().manual_seed(i))
         assert torch.equal(batch[i], alone)
@@ -168,8 +174,10 @@ def test_anygpt_generate_rows_equal_single_rows(anygpt_tiny):
     prompt = torch.randint(0, TINY_K, (3, 6, 8), generator=gen)  # [B, Tp, n_q]
     batch = anygpt_generate(model, semantic, prompt, generator=[torch.Generator().manual_seed(i) for i in range(3)])
     for i in range(3):
-        alone = anygpt_generate(model, semantic[i:i + 1], prompt[i:i + 1], generator=torch.Generator().manual_seed(i))
-        assert torch.equal(batch[i:i + 1], alone)
+        alone = anygpt_generate(
+            model, semantic[i : i + 1], prompt[i : i + 1], generator=torch.Generator().manual_seed(i)
+        )
+        assert torch.equal(batch[i : i + 1], alone)
 
 
 def test_a_bad_chunk_is_refused_before_it_joins_a_batch(embedded):

@@ -20,8 +20,15 @@ def vocab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(vocab):
-    cfg = LMConfig(vocab_size=vocab.size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                   num_kv_heads=2, max_positions=256)
+    cfg = LMConfig(
+        vocab_size=vocab.size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=256,
+    )
     return build_lm(cfg, seed=0)
 
 
@@ -97,8 +104,11 @@ def test_modality_switch_and_grammar_confinement(vocab, monkeypatch):
     settings = GenerationSettings(text=text, speech=speech)
     used = []
     real = lm_stream.select_tokens
-    monkeypatch.setattr(lm_stream, "select_tokens", lambda logits, states, seen: used.append(states[0].sampling)
-                        or real(logits, states, seen))
+    monkeypatch.setattr(
+        lm_stream,
+        "select_tokens",
+        lambda logits, states, seen: used.append(states[0].sampling) or real(logits, states, seen),
+    )
     stream = TokenStream(StubModel(vocab), vocab, settings, seed=0)
     tokens = list(stream.generate(prompt(vocab)))
     sp = vocab.range_of(Modality.SPEECH)

@@ -74,8 +74,10 @@ def test_a_rows_draw_does_not_depend_on_its_batch(vocab):
     assert together == alone
     assert [together[i] for i in order] == shuffled
     # a different seed or step changes the draw somewhere over a few tries; the same one never does
-    other = [int(select_tokens(logits[:1], [_state(vocab, seed=100 + k, do_sample=True, temperature=1.5)],
-                               seen[:1])[0]) for k in range(8)]
+    other = [
+        int(select_tokens(logits[:1], [_state(vocab, seed=100 + k, do_sample=True, temperature=1.5)], seen[:1])[0])
+        for k in range(8)
+    ]
     assert len(set(other)) > 1
 
 

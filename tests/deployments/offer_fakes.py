@@ -74,11 +74,21 @@ def bare_gateway(access: AccessConfig | None = None, max_sessions: int = 8) -> B
     access = access or AccessConfig()
     engine = ToneEngine()
     metrics = ServingMetrics(CollectorRegistry(), process=False)
-    sessions = RtcSessionManager(engine.new_session, max_sessions=max_sessions, metrics=metrics,
-                                 max_sessions_per_client=access.max_sessions_per_client,
-                                 turn_factory=lambda **kw: SimpleNamespace(**kw))
-    return BareGateway(access=access, engine=engine, sessions=sessions, serving_metrics=metrics, _stats_sources={},
-                       health_monitor=HealthMonitor({"lm": _always_ready}))
+    sessions = RtcSessionManager(
+        engine.new_session,
+        max_sessions=max_sessions,
+        metrics=metrics,
+        max_sessions_per_client=access.max_sessions_per_client,
+        turn_factory=lambda **kw: SimpleNamespace(**kw),
+    )
+    return BareGateway(
+        access=access,
+        engine=engine,
+        sessions=sessions,
+        serving_metrics=metrics,
+        _stats_sources={},
+        health_monitor=HealthMonitor({"lm": _always_ready}),
+    )
 
 
 async def _always_ready() -> bool:
@@ -123,5 +133,9 @@ async def client_offer() -> tuple[RTCPeerConnection, str]:
 
 def rejected(metrics: ServingMetrics) -> dict[str, float]:
     """``anystream_rejected_sessions_total`` by reason."""
-    return {s.labels["reason"]: s.value for family in text_string_to_metric_families(metrics.render().decode())
-            for s in family.samples if s.name == "anystream_rejected_sessions_total"}
+    return {
+        s.labels["reason"]: s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+        if s.name == "anystream_rejected_sessions_total"
+    }

@@ -9,8 +9,13 @@ from deployments.autoscaling import LoadSignalPolicy
 
 def ctx(load_per_replica, target, low=1, high=4):
     metrics = {"load": {f"r{i}": v for i, v in enumerate(load_per_replica)}} if load_per_replica is not None else {}
-    return SimpleNamespace(aggregated_metrics=metrics, target_num_replicas=target, capacity_adjusted_min_replicas=low,
-                           capacity_adjusted_max_replicas=high, policy_state={"mine": 1})
+    return SimpleNamespace(
+        aggregated_metrics=metrics,
+        target_num_replicas=target,
+        capacity_adjusted_min_replicas=low,
+        capacity_adjusted_max_replicas=high,
+        policy_state={"mine": 1},
+    )
 
 
 def test_the_target_follows_the_load_within_the_bounds():
@@ -45,10 +50,16 @@ def test_serves_wrapper_applies_the_delays_around_it():
 
     def decide(load, target):
         nonlocal state
-        context = SimpleNamespace(aggregated_metrics={"load": {"r": load}}, target_num_replicas=target,
-                                  current_num_replicas=target, capacity_adjusted_min_replicas=1,
-                                  capacity_adjusted_max_replicas=4, policy_state=state, config=config,
-                                  total_num_requests=load)
+        context = SimpleNamespace(
+            aggregated_metrics={"load": {"r": load}},
+            target_num_replicas=target,
+            current_num_replicas=target,
+            capacity_adjusted_min_replicas=1,
+            capacity_adjusted_max_replicas=4,
+            policy_state=state,
+            config=config,
+            total_num_requests=load,
+        )
         replicas, state = wrapped(context)
         return replicas
 

@@ -19,8 +19,10 @@ AUTOSCALING = {
     "downscale_delay_s": 3,
     "metrics_interval_s": 0.5,
     "look_back_period_s": 1.0,
-    "policy": {"policy_function": "deployments.autoscaling:LoadSignalPolicy",
-               "policy_kwargs": {"target_per_replica": 1}},
+    "policy": {
+        "policy_function": "deployments.autoscaling:LoadSignalPolicy",
+        "policy_kwargs": {"target_per_replica": 1},
+    },
 }
 
 
@@ -51,15 +53,24 @@ def test_lm_replicas_rise_under_load_and_fall_after_without_dropping_a_stream():
 
     vocab = UnifiedVocab.embedded()
     prompt = ChatPromptBuilder(vocab).build(None, UserMessage(text="play a fast major tune and say hello"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env=runtime_env())
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024 * 1024,
+        runtime_env=runtime_env(),
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 18433})
-        deployment = LMDeployment.options(autoscaling_config=AUTOSCALING, max_ongoing_requests=4,
-                                          graceful_shutdown_timeout_s=60,
-                                          ray_actor_options={"num_cpus": 0.4, "num_gpus": 0})
-        handle = serve.run(deployment.bind(None, 0.0, engine={"max_slots": 2, "max_waiting": 2}),
-                           name="lm-scaling", route_prefix=None).options(stream=True)
+        deployment = LMDeployment.options(
+            autoscaling_config=AUTOSCALING,
+            max_ongoing_requests=4,
+            graceful_shutdown_timeout_s=60,
+            ray_actor_options={"num_cpus": 0.4, "num_gpus": 0},
+        )
+        handle = serve.run(
+            deployment.bind(None, 0.0, engine={"max_slots": 2, "max_waiting": 2}), name="lm-scaling", route_prefix=None
+        ).options(stream=True)
 
         async def scenario() -> dict:
             outcomes = {"completed": 0, "failed": []}
@@ -70,7 +81,7 @@ def test_lm_replicas_rise_under_load_and_fall_after_without_dropping_a_stream():
                     ids = [i async for chunk in handle.stream.remote(prompt, None) for i in chunk]
                     assert ids, "an empty reply"
                     outcomes["completed"] += 1
-                except Exception as exc:  # noqa: BLE001 - every failure is reported by the test
+                except Exception as exc:
                     outcomes["failed"].append(repr(exc))
 
             async def caller():

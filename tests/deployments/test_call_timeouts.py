@@ -256,8 +256,9 @@ def test_a_replica_s_own_error_is_not_unavailability():
 def test_call_timeouts_must_be_positive():
     with pytest.raises(ValueError):
         CallTimeouts(acoustic_s=0)
-    assert CallTimeouts() == CallTimeouts(encode_s=10, lm_first_chunk_s=20, lm_next_chunk_s=10, acoustic_s=10,
-                                          media_s=30)
+    assert CallTimeouts() == CallTimeouts(
+        encode_s=10, lm_first_chunk_s=20, lm_next_chunk_s=10, acoustic_s=10, media_s=30
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- engine
@@ -271,13 +272,20 @@ class FlakyReplicas:
         self.vocab = vocab
         self.hung: str | None = None
         sp = vocab.range_of(Modality.SPEECH)
-        self.reply = [*vocab.encode_text("ok"), sp.start_id, *vocab.codes_to_ids(Modality.SPEECH, range(12)),
-                      sp.end_id, vocab.eos_id]
+        self.reply = [
+            *vocab.encode_text("ok"),
+            sp.start_id,
+            *vocab.codes_to_ids(Modality.SPEECH, range(12)),
+            sp.end_id,
+            vocab.eos_id,
+        ]
         self.speech = Handle(encode=Method(lambda wave: self._answer("speech", np.arange(10, dtype=np.int64))))
-        self.lm = Handle(limits=Method(lambda: self._answer("lm-limits", LMLimits(2048, 200))),
-                         stream=Method(self._stream))
-        self.acoustic = Handle(register_voice=Method(lambda prompt: self._answer("acoustic", "voice-k")),
-                               decode_chunk=Method(self._decode))
+        self.lm = Handle(
+            limits=Method(lambda: self._answer("lm-limits", LMLimits(2048, 200))), stream=Method(self._stream)
+        )
+        self.acoustic = Handle(
+            register_voice=Method(lambda prompt: self._answer("acoustic", "voice-k")), decode_chunk=Method(self._decode)
+        )
         self.media = Handle()
 
     def _answer(self, role, value):
@@ -286,15 +294,17 @@ class FlakyReplicas:
     def _stream(self, prompt, force):
         if self.hung == "lm":
             return Stream([], then=HANG)
-        return Stream([self.reply[i:i + 4] for i in range(0, len(self.reply), 4)])
+        return Stream([self.reply[i : i + 4] for i in range(0, len(self.reply), 4)])
 
     def _decode(self, semantic, context, voice, prompt):
         semantic = np.asarray(semantic)
         return self._answer("acoustic", (np.tile(semantic, (8, 1)), np.full(semantic.size * 320, 0.2, np.float32)))
 
 
-@pytest.mark.parametrize(("role", "service"), [("lm", "language model"), ("lm-limits", "language model"),
-                                               ("acoustic", "voice"), ("speech", "speech recognizer")])
+@pytest.mark.parametrize(
+    ("role", "service"),
+    [("lm", "language model"), ("lm-limits", "language model"), ("acoustic", "voice"), ("speech", "speech recognizer")],
+)
 def test_the_engine_reports_a_hung_replica_within_about_its_deadline_and_the_next_turn_works(tmp_path, role, service):
     vocab = UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path / "tok", 64, 64, 64))
     replicas = FlakyReplicas(vocab)

@@ -75,8 +75,10 @@ def test_a_local_cluster_covers_every_deployment_of_the_config(config):
 
 def test_the_gpu_config_places_one_lm_per_gpu_beside_the_others():
     args = load_config(CONFIGS["anygpt-gpu"]).args
-    shares = {name: getattr(args, name).ray_actor_options["num_gpus"]
-              for name in ("speech_tokenizer", "lm", "acoustic", "media")}
+    shares = {
+        name: getattr(args, name).ray_actor_options["num_gpus"]
+        for name in ("speech_tokenizer", "lm", "acoustic", "media")
+    }
     assert sum(shares.values()) <= 1.0 + 1e-9 and shares["lm"] > 0.5  # one of each on a GPU; two LMs never
     assert shares["lm"] == max(shares.values())
     slots = args.lm_batching["max_slots"]
@@ -160,8 +162,9 @@ ray.shutdown()
 @pytest.mark.timeout(180)
 def test_a_local_cluster_listens_on_the_loopback_address_only():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    result = subprocess.run([sys.executable, "-c", _LISTENERS], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=170)
+    result = subprocess.run(
+        [sys.executable, "-c", _LISTENERS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["node_ip"] == "127.0.0.1" and report["resources"]["CPU"] == 1
@@ -173,8 +176,10 @@ def test_a_local_cluster_listens_on_the_loopback_address_only():
 def test_checking_a_config_does_not_import_ray():
     # Ray reads its node address once, at import: a config check that imports ray (it once did, through the call
     # timeouts) made a local cluster take the machine's network address instead of 127.0.0.1
-    code = ("import sys\nfrom deployments.app import load_config, DEFAULT_CONFIG, ServeSettings\n"
-            "load_config(DEFAULT_CONFIG); ServeSettings()\nprint('ray' in sys.modules)")
+    code = (
+        "import sys\nfrom deployments.app import load_config, DEFAULT_CONFIG, ServeSettings\n"
+        "load_config(DEFAULT_CONFIG); ServeSettings()\nprint('ray' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"

@@ -11,10 +11,10 @@ import json
 import logging
 
 import pytest
+from offer_fakes import ALICE_KEY, BOB_KEY, KEYS, ToneEngine, asgi_client, bare_gateway, client_offer, rejected
 
 from assistant.access import AccessConfig, mint_token
 from assistant.webrtc.ice import use_loopback_only
-from offer_fakes import ALICE_KEY, BOB_KEY, KEYS, ToneEngine, asgi_client, bare_gateway, client_offer, rejected
 
 gateway = pytest.importorskip("deployments.gateway")
 
@@ -48,8 +48,11 @@ def test_every_route_but_health_needs_a_key_when_access_is_on():
             response = await http.post("/offer", content=offer_body(sdp), headers=JSON)
             assert_refusal(response, 401, "unauthorized")
             assert response.headers["www-authenticate"].startswith("Bearer")
-            assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=auth("not-a-key-at-all!!")),
-                           401, "unauthorized")
+            assert_refusal(
+                await http.post("/offer", content=offer_body(sdp), headers=auth("not-a-key-at-all!!")),
+                401,
+                "unauthorized",
+            )
             assert len(gw.sessions) == 0 and not gw.engine.sessions
 
             response = await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY))
@@ -89,12 +92,14 @@ def test_session_tokens_are_credentials_until_they_expire():
             assert response.status_code == 200, response.text
             assert gw.sessions.get(response.json()["session_id"]).client_id == "carol"
             expired = mint_token(SECRET, "carol", ttl_s=60, now=1_000_000)
-            body = assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=auth(expired)), 401,
-                                  "unauthorized")
+            body = assert_refusal(
+                await http.post("/offer", content=offer_body(sdp), headers=auth(expired)), 401, "unauthorized"
+            )
             assert "expired" in body["error"]
             forged = mint_token("f" * 40, "carol", ttl_s=3600)
-            assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=auth(forged)), 401,
-                           "unauthorized")
+            assert_refusal(
+                await http.post("/offer", content=offer_body(sdp), headers=auth(forged)), 401, "unauthorized"
+            )
         assert len(gw.sessions) == 1
         await gw.sessions.close_all()
         await pc.close()
@@ -109,17 +114,28 @@ def test_web_pages_need_an_allowed_origin_and_get_cors_answers():
         pc, sdp = await client_offer()
         async with asgi_client(gw) as http:
             evil = {"origin": "https://evil.example"}
-            assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY, **evil)), 403,
-                           "forbidden_origin")
-            assert "access-control-allow-origin" not in (await http.get("/voices", headers=auth(ALICE_KEY, **evil))
-                                                         ).headers
+            assert_refusal(
+                await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY, **evil)),
+                403,
+                "forbidden_origin",
+            )
+            assert (
+                "access-control-allow-origin"
+                not in (await http.get("/voices", headers=auth(ALICE_KEY, **evil))).headers
+            )
             preflight = await http.options("/offer", headers={**evil, "access-control-request-method": "POST"})
             assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
             assert len(gw.sessions) == 0
 
             app = {"origin": "https://app.example.com"}
-            preflight = await http.options("/offer", headers={**app, "access-control-request-method": "POST",
-                                                              "access-control-request-headers": "authorization"})
+            preflight = await http.options(
+                "/offer",
+                headers={
+                    **app,
+                    "access-control-request-method": "POST",
+                    "access-control-request-headers": "authorization",
+                },
+            )
             assert preflight.status_code == 204
             assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
             assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
@@ -145,14 +161,18 @@ def test_without_access_only_loopback_callers_with_json_get_a_session():
             # any web page may POST text/plain to a local server without asking: such an offer is refused
             for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
                 headers = {} if content_type is None else {"content-type": content_type}
-                assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=headers), 415,
-                               "unsupported_media_type")
-            assert_refusal(await http.post("/offer", content=offer_body(sdp),
-                                           headers={**JSON, "origin": "https://evil.example"}), 403,
-                           "forbidden_origin")
+                assert_refusal(
+                    await http.post("/offer", content=offer_body(sdp), headers=headers), 415, "unsupported_media_type"
+                )
+            assert_refusal(
+                await http.post("/offer", content=offer_body(sdp), headers={**JSON, "origin": "https://evil.example"}),
+                403,
+                "forbidden_origin",
+            )
             assert len(gw.sessions) == 0 and not gw.engine.sessions
-            response = await http.post("/offer", content=offer_body(sdp),
-                                       headers={**JSON, "origin": "http://localhost:5173"})
+            response = await http.post(
+                "/offer", content=offer_body(sdp), headers={**JSON, "origin": "http://localhost:5173"}
+            )
             assert response.status_code == 200
             assert gw.sessions.get(response.json()["session_id"]).client_id is None  # no per-client limit
         # DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends that name as Host
@@ -160,8 +180,7 @@ def test_without_access_only_loopback_callers_with_json_get_a_session():
             assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=JSON), 403, "forbidden_host")
             assert_refusal(await http.get("/voices"), 403, "forbidden_host")
         assert len(gw.sessions) == 1
-        assert rejected(gw.serving_metrics) == {"unsupported_media_type": 3, "forbidden_origin": 1,
-                                                "forbidden_host": 1}
+        assert rejected(gw.serving_metrics) == {"unsupported_media_type": 3, "forbidden_origin": 1, "forbidden_host": 1}
         await gw.sessions.close_all()
         await pc.close()
 
@@ -195,8 +214,9 @@ def test_a_body_over_the_limit_is_refused_while_it_is_read():
             response = await http.post("/offer", content=declared, headers={**JSON, "content-length": str(10 << 20)})
             assert_refusal(response, 413, "too_large")
             assert declared.pulled == 0  # the declared length alone was enough
-            assert_refusal(await http.post("/offer", content=b"{}", headers={**JSON, "content-length": "2x"}), 400,
-                           "bad_request")
+            assert_refusal(
+                await http.post("/offer", content=b"{}", headers={**JSON, "content-length": "2x"}), 400, "bad_request"
+            )
         assert rejected(gw.serving_metrics) == {"too_large": 2, "bad_request": 1}
         assert len(gw.sessions) == 0
 
@@ -211,8 +231,9 @@ def test_one_client_cannot_take_every_session():
         async with asgi_client(gw) as http:
             first = await http.post("/offer", content=offer_body(pcs[0][1]), headers=auth(ALICE_KEY))
             assert first.status_code == 200, first.text
-            body = assert_refusal(await http.post("/offer", content=offer_body(pcs[1][1]), headers=auth(ALICE_KEY)),
-                                  429, "client_limit")
+            body = assert_refusal(
+                await http.post("/offer", content=offer_body(pcs[1][1]), headers=auth(ALICE_KEY)), 429, "client_limit"
+            )
             assert "1 session" in body["error"]
             other = await http.post("/offer", content=offer_body(pcs[2][1]), headers=auth(BOB_KEY))
             assert other.status_code == 200, other.text  # the replica had room: only alice was over her share
@@ -275,14 +296,25 @@ def test_the_local_gateway_admits_the_edge_client_with_a_key_only():
     from edge_client.client import EXIT_OK, EXIT_SERVER, EdgeClient
 
     engine = ToneEngine()
-    local = LocalGateway(engine, max_sessions=2, turn_factory=lambda **kw: SimpleNamespace(**kw),
-                         access=AccessConfig(api_keys=KEYS))
+    local = LocalGateway(
+        engine, max_sessions=2, turn_factory=lambda **kw: SimpleNamespace(**kw), access=AccessConfig(api_keys=KEYS)
+    )
     url = local.start()
 
     def edge(key: str | None) -> EdgeClient:
-        return EdgeClient(url, SilenceSource(), NullSink(), loopback_only=True, text="question", timeout=20,
-                          handle_signals=False, stdout=io.StringIO(), stderr=io.StringIO(), bye_timeout=5.0,
-                          api_key=key)
+        return EdgeClient(
+            url,
+            SilenceSource(),
+            NullSink(),
+            loopback_only=True,
+            text="question",
+            timeout=20,
+            handle_signals=False,
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+            bye_timeout=5.0,
+            api_key=key,
+        )
 
     async def main():
         use_loopback_only()

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
+from offer_fakes import BareGateway, ToneEngine
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-
 from waiting import until
 
 from assistant.access import AccessConfig
@@ -22,7 +22,6 @@ from assistant.metrics import ServingMetrics
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import RtcSessionManager
 from deployments import gateway
-from offer_fakes import BareGateway, ToneEngine
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,10 +48,16 @@ class Stats:
 def bare_gateway(max_sessions: int = 2, stats_sources: dict | None = None, replica: str | None = None):
     engine = ToneEngine()
     metrics = ServingMetrics(CollectorRegistry(), replica=replica)
-    sessions = RtcSessionManager(engine.new_session, max_sessions=max_sessions, metrics=metrics,
-                                 turn_factory=lambda **kw: SimpleNamespace(**kw))
-    return BareGateway(engine=engine, sessions=sessions, serving_metrics=metrics, access=AccessConfig(),
-                       _stats_sources=stats_sources or {}), engine
+    sessions = RtcSessionManager(
+        engine.new_session, max_sessions=max_sessions, metrics=metrics, turn_factory=lambda **kw: SimpleNamespace(**kw)
+    )
+    return BareGateway(
+        engine=engine,
+        sessions=sessions,
+        serving_metrics=metrics,
+        access=AccessConfig(),
+        _stats_sources=stats_sources or {},
+    ), engine
 
 
 class FakeRequest:
@@ -74,8 +79,11 @@ def reply_json(reply) -> tuple[int, dict]:
 
 
 def parse(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 async def client_offer() -> tuple[RTCPeerConnection, str]:
@@ -86,8 +94,16 @@ async def client_offer() -> tuple[RTCPeerConnection, str]:
     return pc, pc.localDescription.sdp
 
 
-LM_STATS = {"active_slots": 3, "max_slots": 8, "waiting": 0, "steps": 321, "last_step_s": 0.009,
-            "last_batch_size": 3, "tokens": 4000, "replica": "lm-a"}
+LM_STATS = {
+    "active_slots": 3,
+    "max_slots": 8,
+    "waiting": 0,
+    "steps": 321,
+    "last_step_s": 0.009,
+    "last_batch_size": 3,
+    "tokens": 4000,
+    "replica": "lm-a",
+}
 
 
 def test_metrics_endpoint_renders_gateway_and_deployment_figures_and_counts_stats_failures():
@@ -179,8 +195,9 @@ class RoundRobinProxy:
         return replica
 
     async def offer(self, request: web.Request) -> web.Response:
-        status, body = await gateway.answer_offer(self._pick().sessions, await request.read(),
-                                                  self.replicas[0].serving_metrics)
+        status, body = await gateway.answer_offer(
+            self._pick().sessions, await request.read(), self.replicas[0].serving_metrics
+        )
         return web.json_response(body, status=status)
 
     async def start(self) -> web.AppRunner:
@@ -214,9 +231,21 @@ def test_two_gateway_replicas_serve_edge_clients_that_hang_up_with_bye():
         proxy = RoundRobinProxy(replicas)
         runner = await proxy.start()
         try:
-            clients = [EdgeClient(proxy.url, SilenceSource(), NullSink(), loopback_only=True, text=f"question {i}",
-                                  timeout=20, handle_signals=False, stdout=io.StringIO(), stderr=io.StringIO(),
-                                  bye_timeout=5.0) for i in range(2)]
+            clients = [
+                EdgeClient(
+                    proxy.url,
+                    SilenceSource(),
+                    NullSink(),
+                    loopback_only=True,
+                    text=f"question {i}",
+                    timeout=20,
+                    handle_signals=False,
+                    stdout=io.StringIO(),
+                    stderr=io.StringIO(),
+                    bye_timeout=5.0,
+                )
+                for i in range(2)
+            ]
             codes = await asyncio.gather(*(c.run() for c in clients))
             assert codes == [EXIT_OK, EXIT_OK], [c.exit_reason for c in clients]
             # one session on each replica, each answered in full

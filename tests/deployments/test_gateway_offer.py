@@ -158,8 +158,9 @@ def test_the_real_engine_and_voice_bank_behind_the_gateway():
 
     async def main():
         use_loopback_only()
-        bank = VoiceBank({"f2": np.zeros((2, 3), np.int64), "m1": np.ones((2, 4), np.int64)}, default="f2",
-                         codebook_size=8)
+        bank = VoiceBank(
+            {"f2": np.zeros((2, 3), np.int64), "m1": np.ones((2, 4), np.int64)}, default="f2", codebook_size=8
+        )
         engine = AssistantEngine(backends=None, vocab=UnifiedVocab.from_dir(TOKENIZER_DIR), voices=bank)
         sessions = RtcSessionManager(engine.new_session, voices=engine.voices)
         gw = BareGateway(engine=engine, sessions=sessions, access=AccessConfig(), serving_metrics=None)

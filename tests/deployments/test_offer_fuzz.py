@@ -11,10 +11,10 @@ import random
 import re
 
 import pytest
+from offer_fakes import ALICE_KEY, KEYS, asgi_client, bare_gateway, client_offer, rejected
 
 from assistant.access import AccessConfig
 from assistant.webrtc.ice import use_loopback_only
-from offer_fakes import ALICE_KEY, KEYS, asgi_client, bare_gateway, client_offer, rejected
 
 pytest.importorskip("deployments.gateway")
 
@@ -23,10 +23,16 @@ pytestmark = pytest.mark.timeout(240)
 SEED = 20240611
 LIMIT = 128 * 1024  # AccessConfig's default max_body_bytes
 JSON = {"content-type": "application/json"}
-REASONS = {400: {"bad_request"}, 401: {"unauthorized"}, 403: {"forbidden_origin", "forbidden_host"},
-           413: {"too_large"}, 415: {"unsupported_media_type"}}
-VIDEO_SECTION = ("m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=sendrecv\r\n"
-                 "a=rtpmap:96 VP8/90000\r\n")
+REASONS = {
+    400: {"bad_request"},
+    401: {"unauthorized"},
+    403: {"forbidden_origin", "forbidden_host"},
+    413: {"too_large"},
+    415: {"unsupported_media_type"},
+}
+VIDEO_SECTION = (
+    "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=sendrecv\r\na=rtpmap:96 VP8/90000\r\n"
+)
 
 
 def offer(sdp, kind="offer", **extra) -> bytes:
@@ -36,8 +42,19 @@ def offer(sdp, kind="offer", **extra) -> bytes:
 def random_json(rng: random.Random, depth: int = 0):
     roll = rng.random()
     if depth > 5 or roll < 0.4:
-        return rng.choice([None, True, False, rng.randint(-10**6, 10**6), rng.random() * 1e300, "",
-                           "".join(chr(rng.randint(0, 0x2FFF)) for _ in range(rng.randint(0, 40))), "offer", "v=0"])
+        return rng.choice(
+            [
+                None,
+                True,
+                False,
+                rng.randint(-(10**6), 10**6),
+                rng.random() * 1e300,
+                "",
+                "".join(chr(rng.randint(0, 0x2FFF)) for _ in range(rng.randint(0, 40))),
+                "offer",
+                "v=0",
+            ]
+        )
     if roll < 0.7:
         return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
     keys = ["sdp", "type", "voice", "", "x" * rng.randint(1, 50)]
@@ -158,15 +175,26 @@ def test_hostile_credentials_and_origins_are_4xx():
     async def main():
         use_loopback_only()
         rng = random.Random(SEED + 1)
-        gw = bare_gateway(AccessConfig(api_keys=KEYS, token_secret="s" * 40,
-                                       allowed_origins=("https://app.example.com",)))
+        gw = bare_gateway(
+            AccessConfig(api_keys=KEYS, token_secret="s" * 40, allowed_origins=("https://app.example.com",))
+        )
         pc, sdp = await client_offer()
         values = [bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 30, 200, 5000]))) for _ in range(60)]
         values += [b"Bearer " + v for v in values[:30]]
-        values += [b"Bearer " + b".".join(bytes(rng.choice(b"AZaz09-_=+/") for _ in range(rng.randint(0, 60)))
-                                          for _ in range(rng.randint(1, 4))) for _ in range(40)]
-        values += [b"Bearer " + ALICE_KEY.encode()[:-1], b"Bearer " + ALICE_KEY.encode() + b"\x00", b"Bearer",
-                   b"bearer\t" + ALICE_KEY.encode() + b"x", b"Basic " + ALICE_KEY.encode()]
+        values += [
+            b"Bearer "
+            + b".".join(
+                bytes(rng.choice(b"AZaz09-_=+/") for _ in range(rng.randint(0, 60))) for _ in range(rng.randint(1, 4))
+            )
+            for _ in range(40)
+        ]
+        values += [
+            b"Bearer " + ALICE_KEY.encode()[:-1],
+            b"Bearer " + ALICE_KEY.encode() + b"\x00",
+            b"Bearer",
+            b"bearer\t" + ALICE_KEY.encode() + b"x",
+            b"Basic " + ALICE_KEY.encode(),
+        ]
         async with asgi_client(gw) as http:
             for value in values:
                 response = await http.post("/offer", content=offer(sdp), headers={**JSON, "authorization": value})
@@ -178,8 +206,9 @@ def test_hostile_credentials_and_origins_are_4xx():
                 response = await http.post("/offer", content=offer(sdp), headers=headers)
                 assert_refusal(repr(origin[:40]), response)
             assert len(gw.sessions) == 0
-            response = await http.post("/offer", content=offer(sdp), headers={**JSON, "authorization": f"Bearer "
-                                                                                                      f"{ALICE_KEY}"})
+            response = await http.post(
+                "/offer", content=offer(sdp), headers={**JSON, "authorization": f"Bearer {ALICE_KEY}"}
+            )
             assert response.status_code == 200 and len(gw.sessions) == 1
         await gw.sessions.close_all()
         await pc.close()
@@ -191,11 +220,22 @@ def test_arbitrary_bodies_found_by_hypothesis_are_4xx():
     hypothesis = pytest.importorskip("hypothesis")
     from hypothesis import strategies as st
 
-    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50) | st.sampled_from(
-        ["offer", "answer", "v=0", "v=0\r\nm=audio 9 x\r\nm=application 9 y\r\n"])
-    trees = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                         | st.dictionaries(st.sampled_from(["sdp", "type", "voice"]) | st.text(max_size=8), inner,
-                                           max_size=4), max_leaves=20)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text(max_size=50)
+        | st.sampled_from(["offer", "answer", "v=0", "v=0\r\nm=audio 9 x\r\nm=application 9 y\r\n"])
+    )
+    trees = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(st.sampled_from(["sdp", "type", "voice"]) | st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
     bodies = st.binary(max_size=2048) | trees.map(lambda tree: json.dumps(tree).encode())
     gw = bare_gateway()
 

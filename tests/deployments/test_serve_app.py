@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from deployments.app import AppArgs, build_app, load_config, DEFAULT_CONFIG, runtime_env, set_ray_environment
+from deployments.app import DEFAULT_CONFIG, AppArgs, build_app, load_config, runtime_env, set_ray_environment
 
 PORT = 18431
 
@@ -31,8 +31,10 @@ def test_gpu_config_for_the_anygpt_family_parses_and_fits_one_gpu():
     args = settings.args
     assert (args.model_family, args.dtype, args.device, args.lm_engine) == ("anygpt", "float16", "cuda", "transformers")
     assert args.model_spec()["assets_dir"] == "/models/anygpt" and not args.loopback_only
-    shares = [getattr(args, name).serve_options()["ray_actor_options"]["num_gpus"]
-              for name in ("speech_tokenizer", "lm", "acoustic", "media")]
+    shares = [
+        getattr(args, name).serve_options()["ray_actor_options"]["num_gpus"]
+        for name in ("speech_tokenizer", "lm", "acoustic", "media")
+    ]
     assert all(share > 0 for share in shares) and sum(shares) <= 1.0  # one replica of each on one GPU
     assert args.lm.autoscaling_config["max_replicas"] > 1  # scales out on a cluster
     with pytest.raises(ValueError, match="assets_dir"):
@@ -47,8 +49,13 @@ def serve_url():
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env=runtime_env())
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024 * 1024,
+        runtime_env=runtime_env(),
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         serve.run(build_app(AppArgs()), name="anystream", route_prefix="/")
@@ -71,8 +78,9 @@ def test_health_bad_offer_and_real_offer(serve_url):
     assert bad.status_code == 400 and "JSON" in bad.json()["error"]
     bad = httpx.post(f"{serve_url}/offer", json={"sdp": "hello", "type": "offer"}, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]
-    bad = httpx.post(f"{serve_url}/offer", json={"sdp": "v=0\r\nm=audio x\r\nm=application y\r\n", "type": "offer"},
-                     timeout=10)
+    bad = httpx.post(
+        f"{serve_url}/offer", json={"sdp": "v=0\r\nm=audio x\r\nm=application y\r\n", "type": "offer"}, timeout=10
+    )
     assert bad.status_code == 400 and bad.json()["error"]
     assert httpx.get(f"{serve_url}/health", timeout=10).json()["status"] == "ok"
 
@@ -89,8 +97,9 @@ def test_health_bad_offer_and_real_offer(serve_url):
         pc.on("connectionstatechange", lambda: pc.connectionState == "connected" and connected.set())
         await pc.setLocalDescription(await pc.createOffer())
         async with httpx.AsyncClient() as client:
-            reply = await client.post(f"{serve_url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"},
-                                      timeout=30)
+            reply = await client.post(
+                f"{serve_url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}, timeout=30
+            )
             answer = reply.json() | {"status": reply.status_code}
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))

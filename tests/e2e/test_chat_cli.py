@@ -17,8 +17,12 @@ from training.judges.music import judge_music
 
 def chat(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "assistant", "chat", *args, "--out", str(out)],
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant", "chat", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = (out / "reply.txt").read_text(encoding="utf-8").splitlines()
     return result, {"dir": out, **dict(line.split(": ", 1) for line in lines)}
@@ -54,7 +58,9 @@ def test_assistant_chat_rejects_a_broken_wav(tmp_path):
     broken.write_bytes(b"RIFF....WAVEfmt garbage")
     result = subprocess.run(
         [sys.executable, "-m", "assistant", "chat", "--input", str(broken), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "cannot read audio file" in (result.stderr + result.stdout)

@@ -51,9 +51,19 @@ def server(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from deployments.app import main; sys.exit(main())",
-         "--config", "deployments/configs/embedded.yaml", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from deployments.app import main; sys.exit(main())",
+            "--config",
+            "deployments/configs/embedded.yaml",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -74,9 +84,22 @@ def server(tmp_path_factory):
 def run_edge_client(server: str, out, *args: str) -> dict:
     """The headless edge client against ``server``; returns its session.json."""
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from edge_client.cli import main; sys.exit(main())",
-         "--server", server, "--output", str(out), "--loopback-only", "--timeout", "150", *args],
-        capture_output=True, text=True, timeout=200,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from edge_client.cli import main; sys.exit(main())",
+            "--server",
+            server,
+            "--output",
+            str(out),
+            "--loopback-only",
+            "--timeout",
+            "150",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads((out / "session.json").read_text())

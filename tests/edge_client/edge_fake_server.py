@@ -1,7 +1,8 @@
 """A tiny in-process stand-in for the anystream server, used by the edge client tests.
 
 POST /offer answers with aiortc; once the data channel arrives it sends ``ready``; it runs webrtcvad on the
-client's audio and, when the client's speech ends (or a picture with a question arrives), answers one turn: turn_started, transcript, text deltas,
+client's audio and, when the client's speech ends (or a picture with a question arrives), answers one turn:
+turn_started, transcript, text deltas,
 an image (tiny PNG), a tone on its audio track, then turn_end after the tone's last frame has been sent.
 """
 
@@ -38,8 +39,12 @@ def tiny_png(width: int = 2, height: int = 2) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     rows = b"".join(b"\x00" + bytes([255, 0, 0]) * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 class ToneTrack(MediaStreamTrack):
@@ -127,8 +132,9 @@ class FakeServer:
         except (protocol.ProtocolError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if offer.voice is not None and offer.voice not in VOICES:
-            return web.json_response({"error": f"unknown voice {offer.voice!r}; known voices: {', '.join(VOICES)}"},
-                                     status=400)
+            return web.json_response(
+                {"error": f"unknown voice {offer.voice!r}; known voices: {', '.join(VOICES)}"}, status=400
+            )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pcs.append(pc)
         out = ToneTrack()
@@ -137,8 +143,13 @@ class FakeServer:
         @pc.on("datachannel")
         def on_channel(channel) -> None:
             state["channel"] = channel
-            channel.send(protocol.to_json(protocol.Ready(session_id="s1", sample_rate=SERVER_RATE,
-                                                         voice=offer.voice or VOICES[0], voices=VOICES)))
+            channel.send(
+                protocol.to_json(
+                    protocol.Ready(
+                        session_id="s1", sample_rate=SERVER_RATE, voice=offer.voice or VOICES[0], voices=VOICES
+                    )
+                )
+            )
 
             @channel.on("message")
             def on_message(raw) -> None:
@@ -178,7 +189,7 @@ class FakeServer:
             stereo = frame.to_ndarray().reshape(-1, 2)[:, 0].astype(np.float32) / 32768.0
             pcm = float_to_pcm16(resample(stereo, frame.sample_rate, SERVER_RATE))
             for i in range(0, pcm.size - SERVER_FRAME + 1, SERVER_FRAME):
-                for event in vad.push(pcm[i:i + SERVER_FRAME].tobytes()):
+                for event in vad.push(pcm[i : i + SERVER_FRAME].tobytes()):
                     if isinstance(event, SpeechEnd) and self.send_turn:
                         state["answering"] = asyncio.ensure_future(self._answer(out, state))
                         self._tasks.append(state["answering"])
@@ -217,7 +228,8 @@ async def run_client(server: FakeServer, tmp_path, source, **kwargs):
     """Runs an EdgeClient against ``server`` until it exits: (exit code, client, stdout, stderr, output folder)."""
     out = tmp_path / "out"
     stdout, stderr = io.StringIO(), io.StringIO()
-    client = EdgeClient(server.url, source, DirectorySink(out), out_dir=out, loopback_only=True,
-                        stdout=stdout, stderr=stderr, **kwargs)
+    client = EdgeClient(
+        server.url, source, DirectorySink(out), out_dir=out, loopback_only=True, stdout=stdout, stderr=stderr, **kwargs
+    )
     code = await client.run()
     return code, client, stdout.getvalue(), stderr.getvalue(), out

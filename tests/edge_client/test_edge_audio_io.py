@@ -94,8 +94,11 @@ def _play(sink: SpeakerSink, frames: int) -> np.ndarray:
 
 def test_speaker_sink_prefill_playback_and_flush():
     streams = []
-    sink = SpeakerSink(max_queue_frames=5, prefill_frames=2,
-                       stream_factory=lambda **kw: streams.append(FakeStream(**kw)) or streams[-1])
+    sink = SpeakerSink(
+        max_queue_frames=5,
+        prefill_frames=2,
+        stream_factory=lambda **kw: streams.append(FakeStream(**kw)) or streams[-1],
+    )
     loud = np.full(FRAME_SAMPLES, 1000, dtype=np.int16)
     sink.write(loud)
     assert streams and streams[0].started and streams[0].kwargs["samplerate"] == 48000
@@ -118,8 +121,9 @@ def test_speaker_sink_prefill_playback_and_flush():
 def test_microphone_source_hands_off_and_drops_oldest():
     async def main():
         streams = []
-        mic = MicrophoneSource(max_queue_frames=2,
-                               stream_factory=lambda **kw: streams.append(FakeStream(**kw)) or streams[-1])
+        mic = MicrophoneSource(
+            max_queue_frames=2, stream_factory=lambda **kw: streams.append(FakeStream(**kw)) or streams[-1]
+        )
         mic.start()
         stream = streams[0]
         assert stream.kwargs["samplerate"] == 48000 and stream.kwargs["channels"] == 1
@@ -160,10 +164,12 @@ def test_real_sounddevice_streams_on_the_alsa_null_device(tmp_path):
     except OSError:
         pytest.skip("PortAudio is not installed")
     conf = tmp_path / "asound_null.conf"
-    conf.write_text("</usr/share/alsa/alsa.conf>\n"
-                    'pcm.!default { type plug slave.pcm "nullsink" }\n'
-                    "pcm.nullsink { type null }\n"
-                    "ctl.!default { type hw card 0 }\n")
+    conf.write_text(
+        "</usr/share/alsa/alsa.conf>\n"
+        'pcm.!default { type plug slave.pcm "nullsink" }\n'
+        "pcm.nullsink { type null }\n"
+        "ctl.!default { type hw card 0 }\n"
+    )
     code = (
         "import asyncio, numpy as np\n"
         "from edge_client.audio_io import MicrophoneSource, SpeakerSink\n"
@@ -178,6 +184,12 @@ def test_real_sounddevice_streams_on_the_alsa_null_device(tmp_path):
         "asyncio.run(main())\n"
     )
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "ALSA_CONFIG_PATH": str(conf)})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ALSA_CONFIG_PATH": str(conf)},
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from edge_fake_server import FakeServer, noise_file, run_client
+
 from edge_client.audio_io import FileSource
 from edge_client.client import EXIT_OK
-from edge_fake_server import FakeServer, noise_file, run_client
 
 
 def test_speaking_over_the_answer_interrupts_it(tmp_path):
@@ -17,8 +18,7 @@ def test_speaking_over_the_answer_interrupts_it(tmp_path):
         server = FakeServer(tone_frames=[150, 10])
         await server.start()
         try:
-            source = FileSource(noise_file(tmp_path, seconds=0.6, gap_s=1.6), lead_silence_s=0.2,
-                                tail_silence_s=1.0)
+            source = FileSource(noise_file(tmp_path, seconds=0.6, gap_s=1.6), lead_silence_s=0.2, tail_silence_s=1.0)
             return await run_client(server, tmp_path, source, timeout=15, handle_signals=False), server
         finally:
             await server.stop()

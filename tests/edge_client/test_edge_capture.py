@@ -31,9 +31,10 @@ class ListSource:
 
 def _burst_frames(lead_s=0.4, burst_s=1.0, tail_s=1.2):
     rng = np.random.default_rng(1)
-    wave = np.concatenate([np.zeros(int(48000 * lead_s)), 0.5 * rng.standard_normal(int(48000 * burst_s)),
-                           np.zeros(int(48000 * tail_s))]).astype(np.float32)
-    return [wave[i:i + FRAME_SAMPLES] for i in range(0, wave.size - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+    wave = np.concatenate(
+        [np.zeros(int(48000 * lead_s)), 0.5 * rng.standard_normal(int(48000 * burst_s)), np.zeros(int(48000 * tail_s))]
+    ).astype(np.float32)
+    return [wave[i : i + FRAME_SAMPLES] for i in range(0, wave.size - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
 
 
 async def _drain(track):
@@ -80,8 +81,11 @@ def test_capture_track_endpointing_on_noise_burst_vs_silence():
     class Instant(ListSource):
         live = True  # no pacing: the test needs no real time
 
-    track = CaptureTrack(Instant(_burst_frames()), on_speech_start=lambda: events.append(("start", len(frames_seen))),
-                         on_speech_end=lambda d: events.append(("end", round(d, 1))))
+    track = CaptureTrack(
+        Instant(_burst_frames()),
+        on_speech_start=lambda: events.append(("start", len(frames_seen))),
+        on_speech_end=lambda d: events.append(("end", round(d, 1))),
+    )
     frames_seen = []
 
     async def run():
@@ -97,8 +101,9 @@ def test_capture_track_endpointing_on_noise_burst_vs_silence():
     assert 0.9 <= events[1][1] <= 1.6  # about the burst plus the pre-roll and a little tail
 
     silent = []
-    track = CaptureTrack(Instant([np.zeros(FRAME_SAMPLES, dtype=np.float32)] * 150),
-                         on_speech_start=lambda: silent.append("start"))
+    track = CaptureTrack(
+        Instant([np.zeros(FRAME_SAMPLES, dtype=np.float32)] * 150), on_speech_start=lambda: silent.append("start")
+    )
     asyncio.run(_drain(track))
     assert silent == [] and not track.endpointer.speaking
 

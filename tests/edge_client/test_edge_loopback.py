@@ -11,10 +11,10 @@ import socket
 
 import numpy as np
 import soundfile
+from edge_fake_server import REPLY_DELTAS, FakeServer, noise_file, run_client, tiny_png
 
 from edge_client.audio_io import DirectorySink, FileSource, SilenceSource
 from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient
-from edge_fake_server import REPLY_DELTAS, FakeServer, noise_file, run_client, tiny_png
 
 
 def test_file_question_gets_text_image_and_audio(tmp_path):
@@ -82,8 +82,9 @@ def test_typed_question_with_silence_source(tmp_path):
         server = FakeServer(send_turn=False)
         await server.start()
         try:
-            return await run_client(server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5,
-                                     handle_signals=False), server
+            return await run_client(
+                server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5, handle_signals=False
+            ), server
         finally:
             await server.stop()
 
@@ -118,8 +119,16 @@ def test_unreachable_server_exits_2(tmp_path):
 
     for url in (f"http://127.0.0.1:{port}", "not a url"):
         stderr = io.StringIO()
-        client = EdgeClient(url, SilenceSource(), DirectorySink(tmp_path), loopback_only=True,
-                            handle_signals=False, stdout=io.StringIO(), stderr=stderr, timeout=5)
+        client = EdgeClient(
+            url,
+            SilenceSource(),
+            DirectorySink(tmp_path),
+            loopback_only=True,
+            handle_signals=False,
+            stdout=io.StringIO(),
+            stderr=stderr,
+            timeout=5,
+        )
         assert asyncio.run(client.run()) == EXIT_SERVER
         assert "cannot reach the server" in stderr.getvalue()
 
@@ -141,7 +150,6 @@ def test_sigint_closes_cleanly_and_exits_0(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed afterwards
 
 
-
 def test_picture_with_a_question_and_a_voice(tmp_path):
     import base64
 
@@ -153,9 +161,17 @@ def test_picture_with_a_question_and_a_voice(tmp_path):
         server = FakeServer(tone_frames=10)
         await server.start()
         try:
-            return await run_client(server, tmp_path, SilenceSource(), text="what is in this picture?",
-                                     image=picture, image_name="cat.png", voice="bass", timeout=15,
-                                     handle_signals=False), server
+            return await run_client(
+                server,
+                tmp_path,
+                SilenceSource(),
+                text="what is in this picture?",
+                image=picture,
+                image_name="cat.png",
+                voice="bass",
+                timeout=15,
+                handle_signals=False,
+            ), server
         finally:
             await server.stop()
 
@@ -168,8 +184,14 @@ def test_picture_with_a_question_and_a_voice(tmp_path):
     assert not [m for m in server.client_messages if m["type"] == "text"]  # the question rode with the picture
     assert "you (picture cat.png): what is in this picture?" in stdout and "voice: bass" in stdout
     summary = json.loads((out / "session.json").read_text())
-    assert summary["images_sent"] == [{"t": summary["images_sent"][0]["t"], "name": "cat.png", "bytes": len(picture),
-                                       "text": "what is in this picture?"}]
+    assert summary["images_sent"] == [
+        {
+            "t": summary["images_sent"][0]["t"],
+            "name": "cat.png",
+            "bytes": len(picture),
+            "text": "what is in this picture?",
+        }
+    ]
     assert summary["voice"] == {"requested": "bass", "server": "bass", "available": VOICES}
     assert summary["reply_text"]["1"] == "".join(REPLY_DELTAS)
 
@@ -182,14 +204,13 @@ def test_picture_alone_waits_for_the_spoken_question(tmp_path):
         await server.start()
         try:
             source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            return await run_client(server, tmp_path, source, image=picture, timeout=15,
-                                     handle_signals=False), server
+            return await run_client(server, tmp_path, source, image=picture, timeout=15, handle_signals=False), server
         finally:
             await server.stop()
 
     (code, client, stdout, stderr, out), server = asyncio.run(main())
     assert code == EXIT_OK, stderr
-    image, = [m for m in server.client_messages if m["type"] == "image"]
+    (image,) = [m for m in server.client_messages if m["type"] == "image"]
     assert "text" not in image or image["text"] is None
     assert "goes with your next question" in stdout
     summary = json.loads((out / "session.json").read_text())
@@ -202,8 +223,7 @@ def test_unknown_voice_exits_2_with_the_servers_list(tmp_path):
         server = FakeServer()
         await server.start()
         try:
-            return await run_client(server, tmp_path, SilenceSource(), voice="tenor", timeout=5,
-                                     handle_signals=False)
+            return await run_client(server, tmp_path, SilenceSource(), voice="tenor", timeout=5, handle_signals=False)
         finally:
             await server.stop()
 

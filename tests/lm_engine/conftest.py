@@ -14,8 +14,15 @@ def vocab(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(vocab):
-    config = LMConfig(vocab_size=vocab.size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, max_positions=256)
+    config = LMConfig(
+        vocab_size=vocab.size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=256,
+    )
     return build_lm(config, seed=0)
 
 

@@ -44,7 +44,9 @@ def test_batched_equals_alone_equals_the_single_stream(make_engine, model, vocab
     assert batched == alone
     assert max(batched_engine.stats_counters.batch_sizes) > 1  # they really shared steps
 
-    single = [list(TokenStream(model, vocab, settings, seed=s).generate(p)) for p, s in zip(prompts, seeds, strict=True)]
+    single = [
+        list(TokenStream(model, vocab, settings, seed=s).generate(p)) for p, s in zip(prompts, seeds, strict=True)
+    ]
     assert single == alone
 
 

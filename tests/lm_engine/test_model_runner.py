@@ -8,8 +8,15 @@ ATOL = dict(atol=1e-4, rtol=1e-4)
 
 
 def _model(kv_heads=4, positions=64, seed=3):
-    config = LMConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4,
-                      num_kv_heads=kv_heads, max_positions=positions)
+    config = LMConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=kv_heads,
+        max_positions=positions,
+    )
     return build_lm(config, seed=seed)
 
 

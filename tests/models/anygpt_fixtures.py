@@ -23,10 +23,21 @@ from assistant.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerCon
 
 TEXT_VOCAB = 64
 SMALL_SPEECHTOKENIZER = SpeechTokenizerConfig(n_filters=4, dimension=32, semantic_dimension=16, lstm_layers=1)
-TINY_ENCODEC = {"model_type": "encodec", "sampling_rate": 32000, "audio_channels": 1, "codebook_size": 2048,
-                "codebook_dim": 8, "hidden_size": 8, "num_filters": 2, "num_lstm_layers": 1,
-                "upsampling_ratios": [8, 5, 4, 4], "target_bandwidths": [2.2], "use_conv_shortcut": False,
-                "normalize": False, "chunk_length_s": None}
+TINY_ENCODEC = {
+    "model_type": "encodec",
+    "sampling_rate": 32000,
+    "audio_channels": 1,
+    "codebook_size": 2048,
+    "codebook_dim": 8,
+    "hidden_size": 8,
+    "num_filters": 2,
+    "num_lstm_layers": 1,
+    "upsampling_ratios": [8, 5, 4, 4],
+    "target_bandwidths": [2.2],
+    "use_conv_shortcut": False,
+    "normalize": False,
+    "chunk_length_s": None,
+}
 
 
 def write_lm(folder: Path) -> None:
@@ -34,14 +45,29 @@ def write_lm(folder: Path) -> None:
 
     folder.mkdir(parents=True)
     sentences = [f"{a} {b}" for a in ("hello", "what is", "draw a", "play a") for b in ("red circle", "tune", "two")]
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences * 8), model_prefix=str(folder / "tokenizer"),
-                                   vocab_size=TEXT_VOCAB, model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences * 8),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=TEXT_VOCAB,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+    )
     (folder / "tokenizer.vocab").unlink()
     added = anygpt_added_tokens(TEXT_VOCAB)
-    config = LlamaConfig(vocab_size=TEXT_VOCAB + len(added), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=512, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=TEXT_VOCAB + len(added),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     (folder / "config.json").write_text(json.dumps(config.to_dict()))
@@ -49,17 +75,24 @@ def write_lm(folder: Path) -> None:
     torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the format AnyGPT ships
     # short replies: random weights would otherwise speak for 30 s through a full-size SoundStorm on a CPU
     short = SamplingSettings(do_sample=True, max_new_tokens=6)
-    GenerationSettings(text=short, speech=SamplingSettings(do_sample=True, max_new_tokens=12),
-                       image=SamplingSettings(do_sample=True, max_new_tokens=32, min_new_tokens=32), music=short,
-                       max_total_new_tokens=40).to_json(folder / "anystream_generation.json")
+    GenerationSettings(
+        text=short,
+        speech=SamplingSettings(do_sample=True, max_new_tokens=12),
+        image=SamplingSettings(do_sample=True, max_new_tokens=32, min_new_tokens=32),
+        music=short,
+        max_total_new_tokens=40,
+    ).to_json(folder / "anystream_generation.json")
 
 
 def write_speech_modules(root: Path) -> None:
     folder = root / "AnyGPT-speech-modules" / "speechtokenizer"
     folder.mkdir(parents=True)
     config = {name: getattr(SMALL_SPEECHTOKENIZER, name) for name in SMALL_SPEECHTOKENIZER.__dataclass_fields__}
-    (folder / "config.json").write_text(json.dumps({**config, "strides": list(SMALL_SPEECHTOKENIZER.strides),
-                                                    "segment_size": 48000, "learning_rate": 1e-4}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {**config, "strides": list(SMALL_SPEECHTOKENIZER.strides), "segment_size": 48000, "learning_rate": 1e-4}
+        )
+    )
     torch.manual_seed(1)
     torch.save(SpeechTokenizer(SMALL_SPEECHTOKENIZER).state_dict(), folder / "ckpt.dev")
     soundstorm = root / "AnyGPT-speech-modules" / "soundstorm"
@@ -73,16 +106,20 @@ def write_encodec(folder: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(TINY_ENCODEC))
     torch.manual_seed(3)
-    save_file(to_checkpoint_naming(EncodecModel(EncodecConfig(**TINY_ENCODEC)).state_dict()),
-              str(folder / "model.safetensors"))
+    save_file(
+        to_checkpoint_naming(EncodecModel(EncodecConfig(**TINY_ENCODEC)).state_dict()),
+        str(folder / "model.safetensors"),
+    )
 
 
 def write_seed(folder: Path) -> None:
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(4)
     shapes = checkpoint_shapes(SeedTokenizerConfig())[SEED_FILE]
-    torch.save({key: torch.randn(shape, generator=generator) * 0.02 for key, shape in shapes.items()},
-               folder / "seed_quantizer.pt")
+    torch.save(
+        {key: torch.randn(shape, generator=generator) * 0.02 for key, shape in shapes.items()},
+        folder / "seed_quantizer.pt",
+    )
 
 
 def write_anygpt_root(root: Path) -> Path:

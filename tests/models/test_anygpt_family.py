@@ -17,6 +17,7 @@ from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.local import local_backends
 from assistant.pipeline.outputs import AudioFrame, TurnError, TurnFinished
 
+
 @pytest.fixture(scope="module")
 def root(anygpt_root) -> Path:
     return anygpt_root  # built once per session (tests/models/conftest.py, anygpt_fixtures.py)
@@ -38,8 +39,9 @@ def test_check_weights_reports_every_part_of_a_complete_root(root, capsys):
 def test_a_damaged_part_fails_the_check_naming_file_key_and_shapes(root, tmp_path, capsys):
     broken = tmp_path / "broken"
     (broken / "AnyGPT-speech-modules" / "soundstorm").mkdir(parents=True)
-    state = torch.load(root / "AnyGPT-speech-modules/soundstorm/speechtokenizer_soundstorm_mls.pt", mmap=True,
-                       weights_only=True)
+    state = torch.load(
+        root / "AnyGPT-speech-modules/soundstorm/speechtokenizer_soundstorm_mls.pt", mmap=True, weights_only=True
+    )
     state = dict(state)
     state["net.heads.0.weight"] = torch.zeros(7, 1024)
     torch.save(state, broken / "AnyGPT-speech-modules/soundstorm/speechtokenizer_soundstorm_mls.pt")
@@ -47,8 +49,11 @@ def test_a_damaged_part_fails_the_check_naming_file_key_and_shapes(root, tmp_pat
     (broken / "encodec_32khz" / "config.json").write_text(json.dumps(TINY_ENCODEC))  # weights missing
     assert anystream_main(["check-weights", str(broken)]) == 1
     out = capsys.readouterr().out
-    assert "failed  soundstorm: " in out and "speechtokenizer_soundstorm_mls.pt: key 'net.heads.0.weight' has shape " \
-        "(7, 1024), expected (7168, 1024)" in out
+    assert (
+        "failed  soundstorm: " in out
+        and "speechtokenizer_soundstorm_mls.pt: key 'net.heads.0.weight' has shape (7, 1024), expected (7168, 1024)"
+        in out
+    )
     assert "incomplete  encodec_32khz: missing encodec_32khz/model.safetensors" in out
     assert "missing  AnyGPT-chat" in out
     assert anystream_main(["check-weights", str(tmp_path / "absent")]) == 2
@@ -87,8 +92,16 @@ def test_make_voices_encodes_each_sample_into_an_acoustic_prompt(root, tmp_path,
     write_wav(tmp_path / "low.wav", (0.3 * np.sin(2 * np.pi * 140 * t)).astype(np.float32))
     write_wav(tmp_path / "high.wav", (0.3 * np.sin(2 * np.pi * 260 * t[:16000])).astype(np.float32))
     out = tmp_path / "voices.json"
-    args = ["make-voices", str(root), f"low={tmp_path / 'low.wav'}", f"high={tmp_path / 'high.wav'}", "--out",
-            str(out), "--default", "high"]
+    args = [
+        "make-voices",
+        str(root),
+        f"low={tmp_path / 'low.wav'}",
+        f"high={tmp_path / 'high.wav'}",
+        "--out",
+        str(out),
+        "--default",
+        "high",
+    ]
     assert anystream_main(args) == 0
     bank = VoiceBank.from_json(out)
     assert bank.names == ("low", "high") and bank.default == "high" and bank.n_q == 8
@@ -101,12 +114,16 @@ def test_make_voices_encodes_each_sample_into_an_acoustic_prompt(root, tmp_path,
 
 
 def test_each_deployment_loads_its_part_of_the_family(root):
-    from assistant.pipeline import local
     from assistant.models.loading import ModelSpec, load_role
+    from assistant.pipeline import local
 
     spec = ModelSpec(family="anygpt", assets_dir=str(root), dtype="float32")
     assert spec.tokenizer_dir == root / "AnyGPT-chat" and spec.voices_path is None
-    kinds = {"speech": local.LocalSpeechEncoder, "lm": local.LocalLMBackend, "acoustic": local.LocalAcousticBackend,
-             "media": local.LocalMediaBackend}
+    kinds = {
+        "speech": local.LocalSpeechEncoder,
+        "lm": local.LocalLMBackend,
+        "acoustic": local.LocalAcousticBackend,
+        "media": local.LocalMediaBackend,
+    }
     for kind, backend_type in kinds.items():
         assert isinstance(load_role(spec, kind), backend_type)

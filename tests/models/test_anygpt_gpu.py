@@ -107,8 +107,15 @@ def test_captured_batched_steps_equal_eager_steps_and_the_engine_streams_on_cuda
     from assistant.vocab import UnifiedVocab
 
     vocab = UnifiedVocab.embedded()
-    config = LMConfig(vocab_size=vocab.size, hidden_size=256, intermediate_size=512, num_layers=4, num_heads=8,
-                      num_kv_heads=4, max_positions=512)
+    config = LMConfig(
+        vocab_size=vocab.size,
+        hidden_size=256,
+        intermediate_size=512,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        max_positions=512,
+    )
     model = build_lm(config, seed=0).to("cuda")  # fp32: greedy choices must not hinge on half-precision rounding
     gen = torch.Generator().manual_seed(0)
 
@@ -122,11 +129,11 @@ def test_captured_batched_steps_equal_eager_steps_and_the_engine_streams_on_cuda
     for rows in (1, 2, 3, 6):  # buckets 1, 2, 4 and max_slots
         tokens = torch.randint(0, vocab.size, (rows,), generator=gen).cuda()
         positions = torch.tensor(lengths[:rows]).cuda()
-        torch.testing.assert_close(graphed.decode(tokens, positions), eager.decode(tokens, positions),
-                                   atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(
+            graphed.decode(tokens, positions), eager.decode(tokens, positions), atol=1e-3, rtol=1e-3
+        )
 
-    settings = GenerationSettings(text=SamplingSettings(do_sample=False, max_new_tokens=48),
-                                  max_total_new_tokens=48)
+    settings = GenerationSettings(text=SamplingSettings(do_sample=False, max_new_tokens=48), max_total_new_tokens=48)
     builder = ChatPromptBuilder(vocab)
     prompts = [builder.build(None, UserMessage(text=t)) for t in ("hi", "what is two plus two", "say hello")]
     results = {}

@@ -6,8 +6,24 @@ from assistant.cli import main
 
 def test_chat_answers_with_the_anygpt_family(anygpt_root, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["chat", "--family", "anygpt", "--assets", str(anygpt_root), "--dtype", "float32", "--text", "hello",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--family",
+                "anygpt",
+                "--assets",
+                str(anygpt_root),
+                "--dtype",
+                "float32",
+                "--text",
+                "hello",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert "[turn finished: complete]" in stdout
     reply = (out / "reply.txt").read_text(encoding="utf-8")
@@ -19,8 +35,9 @@ def test_chat_refuses_what_cannot_load(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["chat", "--family", "anygpt", "--text", "hello", "--out", out]) == 2
     assert "assets_dir" in capsys.readouterr().err
-    assert main(["chat", "--family", "anygpt", "--assets", str(tmp_path / "absent"), "--text", "hello",
-                 "--out", out]) == 2
+    assert (
+        main(["chat", "--family", "anygpt", "--assets", str(tmp_path / "absent"), "--text", "hello", "--out", out]) == 2
+    )
     assert "cannot load the anygpt models" in capsys.readouterr().err
     assert main(["chat", "--device", "cuda", "--text", "hello", "--out", out]) == 2
     assert "--device: for --family anygpt only" in capsys.readouterr().err

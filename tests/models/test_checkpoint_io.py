@@ -18,7 +18,10 @@ def test_a_matching_state_dict_loads_and_casts_to_the_module_dtype(tmp_path):
     torch.save({k: v.double() for k, v in source.state_dict().items()}, path)
     target = small()
     load_state_dict_strict(target, read_torch_state_dict(path), path)
-    assert all(torch.equal(a.float(), b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a.float(), b)
+        for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True)
+    )
     assert target[0].weight.dtype == torch.float32
 
 
@@ -27,7 +30,10 @@ def test_a_matching_state_dict_loads_and_casts_to_the_module_dtype(tmp_path):
     [
         (lambda s: s.pop("1.bias"), "missing key '1.bias'"),
         (lambda s: s.__setitem__("2.weight", torch.zeros(4)), "unexpected key '2.weight'"),
-        (lambda s: s.__setitem__("0.weight", torch.zeros(4, 5)), r"key '0.weight' has shape \(4, 5\), expected \(4, 3\)"),
+        (
+            lambda s: s.__setitem__("0.weight", torch.zeros(4, 5)),
+            r"key '0.weight' has shape \(4, 5\), expected \(4, 3\)",
+        ),
     ],
 )
 def test_a_bad_state_dict_names_file_and_key_and_leaves_the_module_untouched(tmp_path, edit, message):

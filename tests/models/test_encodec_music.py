@@ -33,9 +33,19 @@ from assistant.pipeline.local import LocalMediaBackend
 MANIFEST = Path(__file__).resolve().parents[1] / "reference" / "encodec_32khz.json"
 K = 2048  # codes per codebook
 TINY_CONFIG = {  # the hub config's rate, hop, codebooks and shortcut; everything else small
-    "model_type": "encodec", "sampling_rate": 32000, "audio_channels": 1, "codebook_size": K, "codebook_dim": 8,
-    "hidden_size": 8, "num_filters": 2, "num_lstm_layers": 1, "upsampling_ratios": [8, 5, 4, 4],
-    "target_bandwidths": [2.2], "use_conv_shortcut": False, "normalize": False, "chunk_length_s": None,
+    "model_type": "encodec",
+    "sampling_rate": 32000,
+    "audio_channels": 1,
+    "codebook_size": K,
+    "codebook_dim": 8,
+    "hidden_size": 8,
+    "num_filters": 2,
+    "num_lstm_layers": 1,
+    "upsampling_ratios": [8, 5, 4, 4],
+    "target_bandwidths": [2.2],
+    "use_conv_shortcut": False,
+    "normalize": False,
+    "chunk_length_s": None,
 }
 
 
@@ -53,8 +63,9 @@ def _write_folder(folder: Path, config: dict, state: dict[str, torch.Tensor], fm
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     if fmt == "safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+        )
     else:
         torch.save(state, folder / "pytorch_model.bin")
     return folder
@@ -204,8 +215,10 @@ def test_tiny_folder_in_module_naming_loads(tmp_path, tiny_state):
     folder = _write_folder(tmp_path / "m", TINY_CONFIG, to_module_naming(tiny_state), "safetensors")
     loaded = load_encodec_music(folder)
     assert len(loaded.encode(_tone(0.2, 32000), sample_rate=32000)) == 40
-    assert torch.equal(loaded.model.encoder.layers[0].conv.parametrizations.weight.original0,
-                       tiny_state["encoder.layers.0.conv.weight_g"])
+    assert torch.equal(
+        loaded.model.encoder.layers[0].conv.parametrizations.weight.original0,
+        tiny_state["encoder.layers.0.conv.weight_g"],
+    )
 
 
 def _mutate(state: dict[str, torch.Tensor], case: str) -> tuple[dict[str, torch.Tensor], str]:

@@ -10,38 +10,68 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_stream import TokenStream
+from assistant.models.anygpt import anygpt_added_tokens
 from assistant.models.checkpoint_io import CheckpointError
 from assistant.models.hf_lm import check_hf_lm, expected_shapes, generation_settings, load_hf_lm
-from assistant.models.anygpt import anygpt_added_tokens
 from assistant.prompts import ChatPromptBuilder, Conversation, UserMessage
 from assistant.vocab import Modality, TokenKind
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 TEXT_VOCAB = 96
-CODES = {"\U0001f440": ("<soim>", "<eoim>", 24), "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 16),
-         "\U0001f3b6": ("<somu>", "<eomu>", 32), "\U0001f442": ("<soau>", "<eoau>", 8)}
+CODES = {
+    "\U0001f440": ("<soim>", "<eoim>", 24),
+    "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 16),
+    "\U0001f3b6": ("<somu>", "<eomu>", 32),
+    "\U0001f442": ("<soau>", "<eoau>", 8),
+}
 
 
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory) -> Path:
     import sentencepiece as spm  # the [anygpt] extra, installed by `make`
+
     directory = tmp_path_factory.mktemp("spm")
     words = ["what is two plus three", "draw a red circle", "play a tune", "hello how are you", "the sky is blue"]
     sentences = [f"{a} and {b}" for a in words for b in words] * 4
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(directory / "tokenizer"),
-                                   vocab_size=TEXT_VOCAB, model_type="bpe", bos_id=1, eos_id=2, unk_id=0,
-                                   pad_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_prefix=str(directory / "tokenizer"),
+        vocab_size=TEXT_VOCAB,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+    )
     return directory / "tokenizer.model"
 
 
 def tiny_config(vocab_size: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
-def write_folder(directory: Path, spm_model: Path, weights: str = "safetensors", *, chat: bool = True,
-                 legacy_rotary: bool = False, seed: int = 0) -> tuple[Path, LlamaForCausalLM]:
+def write_folder(
+    directory: Path,
+    spm_model: Path,
+    weights: str = "safetensors",
+    *,
+    chat: bool = True,
+    legacy_rotary: bool = False,
+    seed: int = 0,
+) -> tuple[Path, LlamaForCausalLM]:
     directory.mkdir(parents=True, exist_ok=True)
     added = anygpt_added_tokens(TEXT_VOCAB, CODES, chat=chat)
     config = tiny_config(TEXT_VOCAB + len(added))
@@ -79,8 +109,12 @@ def test_the_7b_layout_equals_the_manifest():
 def test_the_full_anygpt_token_table_gives_the_documented_ids(tmp_path, sentencepiece_model):
     from assistant.vocab import UnifiedVocab
 
-    full = {"\U0001f440": ("<soim>", "<eoim>", 8192), "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
-            "\U0001f3b6": ("<somu>", "<eomu>", 8192), "\U0001f442": ("<soau>", "<eoau>", 4096)}
+    full = {
+        "\U0001f440": ("<soim>", "<eoim>", 8192),
+        "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
+        "\U0001f3b6": ("<somu>", "<eomu>", 8192),
+        "\U0001f442": ("<soau>", "<eoau>", 4096),
+    }
     added = anygpt_added_tokens(32000, full)
     (tmp_path / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False), encoding="utf-8")
     (tmp_path / "tokenizer.model").write_bytes(sentencepiece_model.read_bytes())
@@ -98,8 +132,9 @@ def test_the_full_anygpt_token_table_gives_the_documented_ids(tmp_path, sentence
 
 
 @pytest.mark.parametrize("weights", ["safetensors", "bin", "sharded"])
-def test_a_folder_in_each_weight_format_loads_strictly_and_computes_the_same_logits(tmp_path, sentencepiece_model,
-                                                                                     weights):
+def test_a_folder_in_each_weight_format_loads_strictly_and_computes_the_same_logits(
+    tmp_path, sentencepiece_model, weights
+):
     folder, source = write_folder(tmp_path / weights, sentencepiece_model, weights, legacy_rotary=weights == "bin")
     model, vocab = load_hf_lm(folder, dtype=torch.float32)
     ids = torch.tensor([[1, 5, 9, vocab.human_id, vocab.range_of(Modality.SPEECH).first_id + 3, vocab.eoh_id]])
@@ -133,7 +168,8 @@ def test_an_override_file_replaces_the_generation_settings(tmp_path, sentencepie
 
     folder, _ = write_folder(tmp_path / "chat", sentencepiece_model)
     GenerationSettings(text=SamplingSettings(do_sample=False, max_new_tokens=7)).to_json(
-        folder / "anystream_generation.json")
+        folder / "anystream_generation.json"
+    )
     assert generation_settings(folder).text.max_new_tokens == 7
 
 

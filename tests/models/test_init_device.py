@@ -45,14 +45,18 @@ def test_a_meta_build_skips_the_init_and_keeps_the_layout():
     with torch.device("meta"):
         model = SoundStorm(SoundStormConfig.tiny())
     assert all(p.is_meta for p in model.parameters())
-    assert {k: v.shape for k, v in model.state_dict().items()} == \
-        {k: v.shape for k, v in SoundStorm(SoundStormConfig.tiny()).state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in SoundStorm(SoundStormConfig.tiny()).state_dict().items()
+    }
 
 
-@pytest.mark.parametrize("name, config_cls, model_cls", [
-    ("acoustic", AcousticDecoderConfig, AcousticDecoder),
-    ("image", ImageCodecConfig, ImageDetokenizer),
-])
+@pytest.mark.parametrize(
+    "name, config_cls, model_cls",
+    [
+        ("acoustic", AcousticDecoderConfig, AcousticDecoder),
+        ("image", ImageCodecConfig, ImageDetokenizer),
+    ],
+)
 def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_cls, model_cls):
     config = config_from_json(EMBEDDED_DIR / f"{name}.json", config_cls)
     model = model_cls(config)
@@ -67,10 +71,13 @@ def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_
     assert any(not torch.equal(reference[k], v) for k, v in _state(changed).items())
 
 
-@pytest.mark.parametrize("name, config_cls, model_cls", [
-    ("music", MusicCodecConfig, MusicDetokenizer),
-    ("codec", MelCodecConfig, MelRVQCodec),
-])
+@pytest.mark.parametrize(
+    "name, config_cls, model_cls",
+    [
+        ("music", MusicCodecConfig, MusicDetokenizer),
+        ("codec", MelCodecConfig, MelRVQCodec),
+    ],
+)
 def test_embedded_codebooks_follow_the_default_device_with_the_same_values(name, config_cls, model_cls):
     model = model_cls(config_from_json(EMBEDDED_DIR / f"{name}.json", config_cls))
     reference = model._random_codebooks()

@@ -8,8 +8,15 @@ from assistant.models.lm import LM_CONFIG_FILE, LM_WEIGHTS_FILE, LMConfig, build
 
 
 def tiny(vocab_size=300):
-    return LMConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                    num_kv_heads=2, max_positions=128)
+    return LMConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_positions=128,
+    )
 
 
 def test_config_validation_and_json(tmp_path):

@@ -45,16 +45,24 @@ def test_the_spec_validates_and_travels_as_a_dict():
     embedded = ModelSpec()
     assert embedded.tokenizer_dir == bundle_module.EMBEDDED_DIR / "tokenizer"
     assert embedded.voices_path == bundle_module.EMBEDDED_DIR / "voices.json"
-    for bad, match in (({"family": "anygpt-7b"}, "family"), ({"family": "anygpt"}, "assets_dir"),
-                       ({"lm_engine": "vllm"}, "transformers engine only"), ({"dtype": "float64"}, "dtype"),
-                       ({"lm_engine": "tgi"}, "lm_engine")):
+    for bad, match in (
+        ({"family": "anygpt-7b"}, "family"),
+        ({"family": "anygpt"}, "assets_dir"),
+        ({"lm_engine": "vllm"}, "transformers engine only"),
+        ({"dtype": "float64"}, "dtype"),
+        ({"lm_engine": "tgi"}, "lm_engine"),
+    ):
         with pytest.raises(ValueError, match=match):
             ModelSpec(**bad)
 
 
 def test_each_role_loads_only_its_parts(embedded_calls):
-    kinds = {"speech": local.LocalSpeechEncoder, "lm": local.LocalLMBackend, "acoustic": local.LocalAcousticBackend,
-             "media": local.LocalMediaBackend}
+    kinds = {
+        "speech": local.LocalSpeechEncoder,
+        "lm": local.LocalLMBackend,
+        "acoustic": local.LocalAcousticBackend,
+        "media": local.LocalMediaBackend,
+    }
     for role, backend_type in kinds.items():
         backend = load_role(ModelSpec(), role)
         assert isinstance(backend, backend_type)
@@ -127,8 +135,9 @@ def test_a_named_anygpt_voice_bank_must_exist(anygpt_root, tmp_path):
     vocab, voices = load_vocab_and_voices(spec)
     assert voices is None and vocab.ins_id is not None
     with pytest.raises(FileNotFoundError, match="voice bank not found"):
-        load_vocab_and_voices(ModelSpec(family="anygpt", assets_dir=str(anygpt_root),
-                                        voices_file=str(tmp_path / "absent.json")))
+        load_vocab_and_voices(
+            ModelSpec(family="anygpt", assets_dir=str(anygpt_root), voices_file=str(tmp_path / "absent.json"))
+        )
     bank = VoiceBank({"low": np.zeros((8, 5), np.int64)}, default="low", codebook_size=1024)
     path = bank.to_json(tmp_path / "voices.json")
     _, loaded = load_vocab_and_voices(ModelSpec(family="anygpt", assets_dir=str(anygpt_root), voices_file=str(path)))

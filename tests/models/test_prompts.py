@@ -57,9 +57,7 @@ def test_interleaved_order(vocab):
 
 def test_multi_turn_history_and_forced_image(vocab):
     conv = Conversation()
-    reply = AssistantMessage.from_generated(
-        vocab, [*vocab.encode_text(" Hello!"), vocab.eos_id, vocab.text_eos_id]
-    )
+    reply = AssistantMessage.from_generated(vocab, [*vocab.encode_text(" Hello!"), vocab.eos_id, vocab.text_eos_id])
     assert vocab.render(reply.token_ids) == "Hello!"
     conv.append_turn(UserMessage(text="Hi"), reply)
     ids = ChatPromptBuilder(vocab).build(conv, UserMessage(text="Draw a cat"), force_modality=Modality.IMAGE)
@@ -70,8 +68,16 @@ def test_multi_turn_history_and_forced_image(vocab):
 
 def test_speech_reply_history(vocab):
     rng = vocab.range_of(Modality.SPEECH)
-    gen = [vocab.ins_id, *vocab.encode_text(" hi\n "), vocab.res_id, *vocab.encode_text(" hello "),
-           rng.start_id, *vocab.codes_to_ids(Modality.SPEECH, [9, 9]), rng.end_id, vocab.eos_id]
+    gen = [
+        vocab.ins_id,
+        *vocab.encode_text(" hi\n "),
+        vocab.res_id,
+        *vocab.encode_text(" hello "),
+        rng.start_id,
+        *vocab.codes_to_ids(Modality.SPEECH, [9, 9]),
+        rng.end_id,
+        vocab.eos_id,
+    ]
     reply = AssistantMessage.from_generated(vocab, gen)
     assert vocab.render(reply.token_ids) == "<-Ins-> hi\n <-Res-> hello " + sp(9, 9)
 
@@ -96,7 +102,8 @@ def test_base_templates(vocab):
     base = BasePromptBuilder(vocab)
     ids = base.text_to_x(Modality.SPEECH, "Good morning.")
     assert render(vocab, ids) == (
-        "[Human]: Would you kindly read this text out loud so that I can hear it? This is input: Good morning.<eoh> [MMGPT]:"
+        "[Human]: Would you kindly read this text out loud so that I can hear it? "
+        "This is input: Good morning.<eoh> [MMGPT]:"
     )
     ids = base.x_to_text(Modality.SPEECH, [4, 5])
     assert render(vocab, ids) == (

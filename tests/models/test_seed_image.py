@@ -32,9 +32,24 @@ from assistant.models.seed_image import (
 )
 
 SMALL = SeedTokenizerConfig(
-    input_size=28, patch_size=14, vit_width=24, vit_layers=2, vit_heads=2, vit_mlp=40, num_queries=6,
-    qformer_width=16, qformer_layers=3, qformer_heads=2, qformer_mlp=24, codebook_size=40, code_dim=4,
-    decode_layers=2, decode_heads=2, decode_mlp=20, image_down=(12, 8, 3), embed_dim=10,
+    input_size=28,
+    patch_size=14,
+    vit_width=24,
+    vit_layers=2,
+    vit_heads=2,
+    vit_mlp=40,
+    num_queries=6,
+    qformer_width=16,
+    qformer_layers=3,
+    qformer_heads=2,
+    qformer_mlp=24,
+    codebook_size=40,
+    code_dim=4,
+    decode_layers=2,
+    decode_heads=2,
+    decode_mlp=20,
+    image_down=(12, 8, 3),
+    embed_dim=10,
 )
 
 
@@ -51,64 +66,132 @@ def _one_thread():
 def lavis_vit_state(cfg: SeedTokenizerConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     d, f, p = cfg.vit_width, cfg.vit_mlp, cfg.patch_size
-    shapes = {"cls_token": (1, 1, d), "pos_embed": (1, cfg.vit_tokens, d), "patch_embed.proj.weight": (d, 3, p, p),
-              "patch_embed.proj.bias": (d,)}
+    shapes = {
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, cfg.vit_tokens, d),
+        "patch_embed.proj.weight": (d, 3, p, p),
+        "patch_embed.proj.bias": (d,),
+    }
     for i in range(cfg.vit_layers):
         b = f"blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (d,), b + "norm1.bias": (d,), b + "attn.qkv.weight": (3 * d, d),
-            b + "attn.q_bias": (d,), b + "attn.v_bias": (d,), b + "attn.proj.weight": (d, d),
-            b + "attn.proj.bias": (d,),
-            b + "norm2.weight": (d,), b + "norm2.bias": (d,), b + "mlp.fc1.weight": (f, d), b + "mlp.fc1.bias": (f,),
-            b + "mlp.fc2.weight": (d, f), b + "mlp.fc2.bias": (d,),
-        })
+        shapes.update(
+            {
+                b + "norm1.weight": (d,),
+                b + "norm1.bias": (d,),
+                b + "attn.qkv.weight": (3 * d, d),
+                b + "attn.q_bias": (d,),
+                b + "attn.v_bias": (d,),
+                b + "attn.proj.weight": (d, d),
+                b + "attn.proj.bias": (d,),
+                b + "norm2.weight": (d,),
+                b + "norm2.bias": (d,),
+                b + "mlp.fc1.weight": (f, d),
+                b + "mlp.fc1.bias": (f,),
+                b + "mlp.fc2.weight": (d, f),
+                b + "mlp.fc2.bias": (d,),
+            }
+        )
     return {k: 0.3 * torch.randn(s, generator=gen) for k, s in shapes.items()}
 
 
 def lavis_seed_state(cfg: SeedTokenizerConfig, seed: int = 1, extras: bool = True) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     w, v, q, m, c = cfg.qformer_width, cfg.vit_width, cfg.num_queries, cfg.qformer_mlp, cfg.code_dim
-    shapes = {"ln_vision.weight": (v,), "ln_vision.bias": (v,), "query_tokens": (1, q, w),
-              "Qformer.bert.embeddings.LayerNorm.weight": (w,), "Qformer.bert.embeddings.LayerNorm.bias": (w,)}
+    shapes = {
+        "ln_vision.weight": (v,),
+        "ln_vision.bias": (v,),
+        "query_tokens": (1, q, w),
+        "Qformer.bert.embeddings.LayerNorm.weight": (w,),
+        "Qformer.bert.embeddings.LayerNorm.bias": (w,),
+    }
 
     def attention(prefix: str, kv_width: int) -> None:
         for name, width in (("query", w), ("key", kv_width), ("value", kv_width)):
             shapes[f"{prefix}.self.{name}.weight"] = (w, width)
             shapes[f"{prefix}.self.{name}.bias"] = (w,)
-        shapes.update({f"{prefix}.output.dense.weight": (w, w), f"{prefix}.output.dense.bias": (w,),
-                       f"{prefix}.output.LayerNorm.weight": (w,), f"{prefix}.output.LayerNorm.bias": (w,)})
+        shapes.update(
+            {
+                f"{prefix}.output.dense.weight": (w, w),
+                f"{prefix}.output.dense.bias": (w,),
+                f"{prefix}.output.LayerNorm.weight": (w,),
+                f"{prefix}.output.LayerNorm.bias": (w,),
+            }
+        )
 
     for layer in range(cfg.qformer_layers):
         p = f"Qformer.bert.encoder.layer.{layer}"
         attention(f"{p}.attention", w)
         if layer % 2 == 0:
             attention(f"{p}.crossattention", v)
-        shapes.update({f"{p}.intermediate_query.dense.weight": (m, w), f"{p}.intermediate_query.dense.bias": (m,),
-                       f"{p}.output_query.dense.weight": (w, m), f"{p}.output_query.dense.bias": (w,),
-                       f"{p}.output_query.LayerNorm.weight": (w,), f"{p}.output_query.LayerNorm.bias": (w,)})
-    shapes.update({"encode_task_layer.0.weight": (w, w), "encode_task_layer.0.bias": (w,),
-                   "encode_task_layer.2.weight": (c, w), "encode_task_layer.2.bias": (c,),
-                   "quantize.embedding.weight": (cfg.codebook_size, c),
-                   "decode_task_layer.0.weight": (c, c), "decode_task_layer.0.bias": (c,),
-                   "decode_task_layer.2.weight": (w, c), "decode_task_layer.2.bias": (w,),
-                   "pos_embed_image": (1, q, w)})
+        shapes.update(
+            {
+                f"{p}.intermediate_query.dense.weight": (m, w),
+                f"{p}.intermediate_query.dense.bias": (m,),
+                f"{p}.output_query.dense.weight": (w, m),
+                f"{p}.output_query.dense.bias": (w,),
+                f"{p}.output_query.LayerNorm.weight": (w,),
+                f"{p}.output_query.LayerNorm.bias": (w,),
+            }
+        )
+    shapes.update(
+        {
+            "encode_task_layer.0.weight": (w, w),
+            "encode_task_layer.0.bias": (w,),
+            "encode_task_layer.2.weight": (c, w),
+            "encode_task_layer.2.bias": (c,),
+            "quantize.embedding.weight": (cfg.codebook_size, c),
+            "decode_task_layer.0.weight": (c, c),
+            "decode_task_layer.0.bias": (c,),
+            "decode_task_layer.2.weight": (w, c),
+            "decode_task_layer.2.bias": (w,),
+            "pos_embed_image": (1, q, w),
+        }
+    )
     for i in range(cfg.decode_layers):
         b = f"blocks_image.{i}."
-        shapes.update({b + "norm1.weight": (w,), b + "norm1.bias": (w,), b + "attn.qkv.weight": (3 * w, w),
-                       b + "attn.qkv.bias": (3 * w,), b + "attn.proj.weight": (w, w), b + "attn.proj.bias": (w,),
-                       b + "norm2.weight": (w,), b + "norm2.bias": (w,), b + "mlp.fc1.weight": (cfg.decode_mlp, w),
-                       b + "mlp.fc1.bias": (cfg.decode_mlp,), b + "mlp.fc2.weight": (w, cfg.decode_mlp),
-                       b + "mlp.fc2.bias": (w,)})
+        shapes.update(
+            {
+                b + "norm1.weight": (w,),
+                b + "norm1.bias": (w,),
+                b + "attn.qkv.weight": (3 * w, w),
+                b + "attn.qkv.bias": (3 * w,),
+                b + "attn.proj.weight": (w, w),
+                b + "attn.proj.bias": (w,),
+                b + "norm2.weight": (w,),
+                b + "norm2.bias": (w,),
+                b + "mlp.fc1.weight": (cfg.decode_mlp, w),
+                b + "mlp.fc1.bias": (cfg.decode_mlp,),
+                b + "mlp.fc2.weight": (w, cfg.decode_mlp),
+                b + "mlp.fc2.bias": (w,),
+            }
+        )
     d0, d1, d2 = cfg.image_down
-    shapes.update({"image_down.0.weight": (d0, w), "image_down.2.weight": (d1, d0), "image_down.4.weight": (d2, d1),
-                   "distill_image_proj.weight": (cfg.embed_dim, q * d2), "distill_image_proj.bias": (cfg.embed_dim,)})
+    shapes.update(
+        {
+            "image_down.0.weight": (d0, w),
+            "image_down.2.weight": (d1, d0),
+            "image_down.4.weight": (d2, d1),
+            "distill_image_proj.weight": (cfg.embed_dim, q * d2),
+            "distill_image_proj.bias": (cfg.embed_dim,),
+        }
+    )
     if extras:  # training-only parts the reference loads past (strict=False)
-        shapes.update({"pos_embed": (1, q, w), "blocks.0.norm1.weight": (w,), "blocks.3.attn.qkv.weight": (3 * w, w),
-                       "Qformer.cls.predictions.bias": (30,), "Qformer.cls.predictions.decoder.weight": (30, w),
-                       "Qformer.bert.embeddings.word_embeddings.weight": (30, w),
-                       "Qformer.bert.encoder.layer.1.intermediate.dense.weight": (m, w),
-                       "Qformer.bert.encoder.layer.1.output.LayerNorm.bias": (w,), "vision_proj.weight": (8, w),
-                       "temp": (), "blocks_text.0.mlp.fc1.weight": (m, w), "distill_text_proj.bias": (8,)})
+        shapes.update(
+            {
+                "pos_embed": (1, q, w),
+                "blocks.0.norm1.weight": (w,),
+                "blocks.3.attn.qkv.weight": (3 * w, w),
+                "Qformer.cls.predictions.bias": (30,),
+                "Qformer.cls.predictions.decoder.weight": (30, w),
+                "Qformer.bert.embeddings.word_embeddings.weight": (30, w),
+                "Qformer.bert.encoder.layer.1.intermediate.dense.weight": (m, w),
+                "Qformer.bert.encoder.layer.1.output.LayerNorm.bias": (w,),
+                "vision_proj.weight": (8, w),
+                "temp": (),
+                "blocks_text.0.mlp.fc1.weight": (m, w),
+                "distill_text_proj.bias": (8,),
+            }
+        )
     state = {k: 0.3 * torch.randn(s, generator=gen) for k, s in shapes.items()}
     if extras:
         state["Qformer.bert.embeddings.position_ids"] = torch.arange(512)[None]
@@ -168,8 +251,13 @@ def reference_queries(cfg, vit, seed, pixels, causal=True):
             if kind == "crossattention" and layer % 2:
                 continue
             src = h if kv is None else kv
-            a = _attend(_lin(seed, p + kind + ".self.query", h), _lin(seed, p + kind + ".self.key", src),
-                        _lin(seed, p + kind + ".self.value", src), cfg.qformer_heads, m)
+            a = _attend(
+                _lin(seed, p + kind + ".self.query", h),
+                _lin(seed, p + kind + ".self.key", src),
+                _lin(seed, p + kind + ".self.value", src),
+                cfg.qformer_heads,
+                m,
+            )
             h = _ln(seed, p + kind + ".output.LayerNorm", _lin(seed, p + kind + ".output.dense", a) + h, 1e-12)
         ff = _lin(seed, p + "output_query.dense", F.gelu(_lin(seed, p + "intermediate_query.dense", h)))
         h = _ln(seed, p + "output_query.LayerNorm", ff + h, 1e-12)
@@ -187,8 +275,10 @@ def reference_embedding(cfg, seed, codes):
     for i in range(cfg.decode_layers):
         b = f"blocks_image.{i}."
         x = _prenorm_block(seed, b, x, cfg.decode_heads, seed[b + "attn.qkv.bias"], 1e-6)
-    x = F.linear(F.relu(F.linear(F.relu(F.linear(x, seed["image_down.0.weight"])), seed["image_down.2.weight"])),
-                 seed["image_down.4.weight"])
+    x = F.linear(
+        F.relu(F.linear(F.relu(F.linear(x, seed["image_down.0.weight"])), seed["image_down.2.weight"])),
+        seed["image_down.4.weight"],
+    )
     return _lin(seed, "distill_image_proj", x.reshape(x.shape[0], -1))
 
 
@@ -202,8 +292,9 @@ def brute_force_codes(z: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("seed")
     vit, seed = lavis_vit_state(SMALL), lavis_seed_state(SMALL)
-    return SimpleNamespace(vit=vit, seed=seed, vit_path=save(tmp, "eva_vit_g.pth", vit),
-                           seed_path=save(tmp, "seed_quantizer.pt", seed))
+    return SimpleNamespace(
+        vit=vit, seed=seed, vit_path=save(tmp, "eva_vit_g.pth", vit), seed_path=save(tmp, "seed_quantizer.pt", seed)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +340,9 @@ def test_qformer_self_attention_is_causal_among_queries(files, loaded):
     assert not torch.allclose(after[:, -1], before[:, -1])
     torch.testing.assert_close(before, reference_queries(SMALL, files.vit, files.seed, pixels), atol=1e-4, rtol=1e-4)
     # control: without the mask (transformers' Blip2QFormerModel default) the earlier queries see the change
-    bidirectional = load_seed_tokenizer(files.seed_path, files.vit_path,
-                                        config=dataclasses.replace(SMALL, causal_queries=False))
+    bidirectional = load_seed_tokenizer(
+        files.seed_path, files.vit_path, config=dataclasses.replace(SMALL, causal_queries=False)
+    )
     before, after = _perturb_last_query(bidirectional, image)
     assert (after[:, :-1] - before[:, :-1]).abs().max() > 1e-5
     torch.testing.assert_close(
@@ -366,13 +458,16 @@ def test_unknown_key_can_be_named_in_ignore_prefixes(tmp_path, files):
     seed = {**files.seed, "text_down.weight": torch.zeros(3)}
     message = _expect_error(tmp_path, seed, files.vit, match="text_down")
     assert "ignore_prefixes" in message
-    model = load_seed_tokenizer(save(tmp_path, "ok.pt", seed), files.vit_path, config=SMALL,
-                                ignore_prefixes=("text_down.",))
+    model = load_seed_tokenizer(
+        save(tmp_path, "ok.pt", seed), files.vit_path, config=SMALL, ignore_prefixes=("text_down.",)
+    )
     assert model.config.with_encoder
 
 
-@pytest.mark.parametrize("edit, key", [("drop", "blocks.1.attn.v_bias"), ("drop", "cls_token"),
-                                       ("shape", "pos_embed"), ("add", "blocks.0.attn.k_bias")])
+@pytest.mark.parametrize(
+    "edit, key",
+    [("drop", "blocks.1.attn.v_bias"), ("drop", "cls_token"), ("shape", "pos_embed"), ("add", "blocks.0.attn.k_bias")],
+)
 def test_bad_vit_file_names_file_and_key(tmp_path, files, edit, key):
     vit = dict(files.vit)
     if edit == "drop":
@@ -387,8 +482,12 @@ def test_bad_vit_file_names_file_and_key(tmp_path, files, edit, key):
 
 def test_vit_file_may_hold_the_parts_blip2_drops(tmp_path, files):
     d = SMALL.vit_width
-    vit = {**files.vit, f"blocks.{SMALL.vit_layers}.norm1.weight": torch.ones(d), "norm.weight": torch.ones(d),
-           "head.weight": torch.ones(8, d)}
+    vit = {
+        **files.vit,
+        f"blocks.{SMALL.vit_layers}.norm1.weight": torch.ones(d),
+        "norm.weight": torch.ones(d),
+        "head.weight": torch.ones(8, d),
+    }
     load_seed_tokenizer(files.seed_path, save(tmp_path, "vit.pth", vit), config=SMALL)
 
 
@@ -428,8 +527,19 @@ def test_full_size_layout_and_parameter_count():
     cross = 2 * (w * w + w) + 2 * (d * w + w) + 2 * w
     qformer = 2 * w + 12 * (attn + (w * m + m) + (m * w + w) + 2 * w) + 6 * cross
     decoder_block = 4 * w + (3 * w * w + 3 * w) + (w * w + w) + (w * m + m) + (m * w + w)
-    rest = (2 * d + 32 * w + (w * w + w) + (w * 32 + 32) + 8192 * 32 + (32 * 32 + 32) + (32 * w + w) + 32 * w
-            + 4 * decoder_block + (w * 256 + 256 * 128 + 128 * 32) + (1024 * 1024 + 1024))
+    rest = (
+        2 * d
+        + 32 * w
+        + (w * w + w)
+        + (w * 32 + 32)
+        + 8192 * 32
+        + (32 * 32 + 32)
+        + (32 * w + w)
+        + 32 * w
+        + 4 * decoder_block
+        + (w * 256 + 256 * 128 + 128 * 32)
+        + (1024 * 1024 + 1024)
+    )
     assert sum(math.prod(s) for s in vit.values()) == vit_params
     assert sum(math.prod(s) for s in seed.values()) == qformer + rest
     with torch.device("meta"):
@@ -553,7 +663,8 @@ def test_codec_encode_resizes_bicubically_and_normalises(loaded):
     image = np.random.default_rng(1).integers(0, 256, (50, 40, 3), dtype=np.uint8)
     resized = np.asarray(Image.fromarray(image).resize((28, 28), Image.Resampling.BICUBIC), dtype=np.float32) / 255
     manual = (torch.from_numpy(resized).permute(2, 0, 1) - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(
-        CLIP_STD)[:, None, None]
+        CLIP_STD
+    )[:, None, None]
     torch.testing.assert_close(clip_preprocess(image, 28)[0], manual)
     codes = codec.encode(image)
     assert len(codes) == 6 and all(isinstance(c, int) and 0 <= c < 40 for c in codes)

@@ -138,10 +138,12 @@ def test_full_size_uslm_checkpoint_loads_with_renamed_keys(full_checkpoints):
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[key], value) for key, value in state.items())
     # spot-check one renamed key against the tensor stored under its USLM name
-    assert torch.equal(model.net.conformer.layers[5].conv.ds_conv.conv.weight,
-                       uslm["net.conformer.layers.5.conv.net.4.conv.weight"])
-    assert torch.equal(model.net.conformer.layers[0].conv.net2[1].gamma,
-                       uslm["net.conformer.layers.0.conv.net.6.gamma"])
+    assert torch.equal(
+        model.net.conformer.layers[5].conv.ds_conv.conv.weight, uslm["net.conformer.layers.5.conv.net.4.conv.weight"]
+    )
+    assert torch.equal(
+        model.net.conformer.layers[0].conv.net2[1].gamma, uslm["net.conformer.layers.0.conv.net.6.gamma"]
+    )
 
 
 # ----- maths against hand-written references (tiny configs) --------------------------------------------------------
@@ -176,7 +178,8 @@ def _block_by_hand(block: nn.Module, x: torch.Tensor, cfg: SoundStormConfig) -> 
     def layer_norm(h, name):
         mu = h.mean(-1, keepdim=True)
         return (h - mu) / torch.sqrt(((h - mu) ** 2).mean(-1, keepdim=True) + 1e-5) * p[name + ".weight"] + p[
-            name + ".bias"]
+            name + ".bias"
+        ]
 
     def swish(h):
         return h * torch.sigmoid(h)
@@ -209,8 +212,10 @@ def _block_by_hand(block: nn.Module, x: torch.Tensor, cfg: SoundStormConfig) -> 
     left, right = kernel // 2, kernel // 2 - (kernel + 1) % 2
     padded = torch.cat([h.new_zeros(batch, left, half), h, h.new_zeros(batch, right, half)], dim=1)
     w = p["conv.ds_conv.conv.weight"][:, 0, :]  # [C, k]
-    h = torch.stack([(padded[:, t : t + kernel] * w.T).sum(1) for t in range(length)], dim=1) + p[
-        "conv.ds_conv.conv.bias"]
+    h = (
+        torch.stack([(padded[:, t : t + kernel] * w.T).sum(1) for t in range(length)], dim=1)
+        + p["conv.ds_conv.conv.bias"]
+    )
     h = swish(h)  # Swish before the channel norm
     mu = h.mean(-1, keepdim=True)
     var = ((h - mu) ** 2).mean(-1, keepdim=True)
@@ -317,7 +322,14 @@ def test_config_validates():
     cfg = SoundStormConfig.anygpt()
     assert (cfg.n_q, cfg.n_acoustic, cfg.codebook_size, cfg.mask_id) == (8, 7, 1024, 1024)
     assert (cfg.dim, cfg.depth, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.conv_expansion, cfg.conv_kernel) == (
-        1024, 12, 8, 128, 4, 2, 31)
+        1024,
+        12,
+        8,
+        128,
+        4,
+        2,
+        31,
+    )
     a, b = _tiny(seed=7), _tiny(seed=7)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 

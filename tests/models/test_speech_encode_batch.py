@@ -66,8 +66,9 @@ def test_mel_codec_decode_batch_equals_row_by_row(embedded_codec):
 
 def test_speechtokenizer_padding_would_change_codes_so_it_is_not_padded():
     torch.manual_seed(0)
-    model = SpeechTokenizer(SpeechTokenizerConfig(n_filters=4, dimension=32, semantic_dimension=16, codebook_size=32,
-                                                  n_q=4)).eval()
+    model = SpeechTokenizer(
+        SpeechTokenizerConfig(n_filters=4, dimension=32, semantic_dimension=16, codebook_size=32, n_q=4)
+    ).eval()
     long, short = _utterances()[0], _utterances()[3]
     padded = torch.stack([long, torch.nn.functional.pad(short, (0, long.numel() - short.numel()))])[:, None]
     batch = model.encode(padded)  # [n_q, 2, F_long]

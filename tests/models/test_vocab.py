@@ -31,7 +31,12 @@ def test_layout_follows_anygpt_order(vocab):
     assert t == 259
     assert (vocab.human_id, vocab.mmgpt_id, vocab.eoh_id, vocab.eos_id) == (t, t + 1, t + 2, t + 3)
     img, sp, mu = (vocab.ranges[m] for m in (Modality.IMAGE, Modality.SPEECH, Modality.MUSIC))
-    assert img.first_id == t + 4 and img.n_codes == 16 and img.start_id == img.last_id + 1 and img.end_id == img.start_id + 1
+    assert (
+        img.first_id == t + 4
+        and img.n_codes == 16
+        and img.start_id == img.last_id + 1
+        and img.end_id == img.start_id + 1
+    )
     assert sp.first_id == img.end_id + 1 and sp.n_codes == 8
     assert mu.first_id == sp.end_id + 1 and mu.n_codes == 12
     assert vocab.ins_id == mu.end_id + 1 and vocab.res_id == mu.end_id + 2

@@ -8,7 +8,9 @@ from assistant.models.voices import UnknownVoiceError, VoiceBank
 
 def _bank() -> VoiceBank:
     rng = np.random.default_rng(0)
-    return VoiceBank({"a": rng.integers(0, 16, (3, 5)), "b": rng.integers(0, 16, (3, 7))}, default="b", codebook_size=16)
+    return VoiceBank(
+        {"a": rng.integers(0, 16, (3, 5)), "b": rng.integers(0, 16, (3, 7))}, default="b", codebook_size=16
+    )
 
 
 def test_json_round_trip_keeps_names_default_and_codes(tmp_path):

@@ -65,8 +65,14 @@ class FakeLM(LMBackend):
     ``lm_limits`` (None: unknown) is what ``limits()`` answers; with limits, a prompt that leaves less than
     ``max_reply_tokens`` of the context for the reply is refused, as a real LM with a full context would fail."""
 
-    def __init__(self, script: list[int], chunk: int = 1, pause_after: int | None = None, fail_after: int | None = None,
-                 lm_limits: LMLimits | None = None):
+    def __init__(
+        self,
+        script: list[int],
+        chunk: int = 1,
+        pause_after: int | None = None,
+        fail_after: int | None = None,
+        lm_limits: LMLimits | None = None,
+    ):
         self.lm_limits = lm_limits
         self.limits_calls = 0
         self.script = list(script)
@@ -89,8 +95,10 @@ class FakeLM(LMBackend):
         self.forced.append(force_modality)
         limits = self.lm_limits
         if limits is not None and len(prompt_ids) + limits.max_reply_tokens > limits.context_tokens:
-            raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room for a reply of "
-                             f"{limits.max_reply_tokens} in {limits.context_tokens} positions")
+            raise ValueError(
+                f"a prompt of {len(prompt_ids)} tokens leaves no room for a reply of "
+                f"{limits.max_reply_tokens} in {limits.context_tokens} positions"
+            )
         try:
             for i in range(0, len(self.script), self.chunk):
                 if self.fail_after is not None and i >= self.fail_after:
@@ -98,7 +106,7 @@ class FakeLM(LMBackend):
                 if self.pause_after is not None and i >= self.pause_after and not self.gate.is_set():
                     self.paused.set()
                     await self.gate.wait()
-                yield self.script[i:i + self.chunk]
+                yield self.script[i : i + self.chunk]
                 await asyncio.sleep(0)
             self.finished_normally += 1
         finally:
@@ -169,7 +177,9 @@ class FakeMedia(MediaBackend):
         return [b % 16 for b in png[8:40]]
 
 
-def make_backends(lm: LMBackend, acoustic: AcousticBackend | None = None) -> tuple[Backends, FakeSpeech, FakeAcoustic, FakeMedia]:
+def make_backends(
+    lm: LMBackend, acoustic: AcousticBackend | None = None
+) -> tuple[Backends, FakeSpeech, FakeAcoustic, FakeMedia]:
     speech, media = FakeSpeech(), FakeMedia()
     acoustic = acoustic or FakeAcoustic()
     return Backends(speech=speech, lm=lm, acoustic=acoustic, media=media), speech, acoustic, media

@@ -33,8 +33,10 @@ class FakeDecoder:
         assert self.gate.wait(10)
         if any(int(r.semantic[0]) < 0 for r in requests):
             raise RuntimeError("bad chunk")
-        return [(r.semantic[None].repeat(2, 1), torch.full((r.semantic.shape[0] * HOP,), float(r.semantic[0])))
-                for r in requests]
+        return [
+            (r.semantic[None].repeat(2, 1), torch.full((r.semantic.shape[0] * HOP,), float(r.semantic[0])))
+            for r in requests
+        ]
 
 
 def chunk(tag: int, frames: int = 5, first: bool = False) -> ChunkRequest:

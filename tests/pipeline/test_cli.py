@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "assistant", "chat", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "assistant", "chat", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=180,
     )
 

@@ -114,7 +114,8 @@ def assert_well_formed(events, forced: Modality | None = None, rules: SegmentRul
 
 STRUCTURAL_IDS = sorted(
     {VOCAB.eos_id, VOCAB.text_eos_id, VOCAB.human_id, VOCAB.mmgpt_id, VOCAB.eoh_id, VOCAB.ins_id, VOCAB.res_id}
-    | {start(m) for m in (SP, IM, MU)} | {end(m) for m in (SP, IM, MU)}
+    | {start(m) for m in (SP, IM, MU)}
+    | {end(m) for m in (SP, IM, MU)}
 )
 ANY_ID = st.one_of(
     st.integers(-3, VOCAB.size + 3),  # every id of the vocabulary and just past it
@@ -143,8 +144,12 @@ UPPERCASE_IDS = set(text_ids("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
 @st.composite
 def segment_block(draw) -> list[int]:
     modality = draw(st.sampled_from([SP, IM, MU]))
-    inner = draw(st.lists(st.one_of(st.integers(0, CODES_PER_MODALITY - 1).map(lambda c: code_ids(modality, [c])[0]),
-                                    SEGMENT_NOISE), max_size=12))
+    inner = draw(
+        st.lists(
+            st.one_of(st.integers(0, CODES_PER_MODALITY - 1).map(lambda c: code_ids(modality, [c])[0]), SEGMENT_NOISE),
+            max_size=12,
+        )
+    )
     return [start(modality), *inner, end(modality)]
 
 
@@ -174,8 +179,11 @@ def clean_replies(draw) -> list[tuple[str, object]]:
         if kind in ("text", "transcript"):
             parts.append((kind, draw(st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=10))))
         else:
-            size = {"speech": st.integers(1, 20), "image": st.just(RULES.image_codes),
-                    "music": st.integers(1, 4).map(lambda frames: frames * RULES.music_codebooks)}[kind]
+            size = {
+                "speech": st.integers(1, 20),
+                "image": st.just(RULES.image_codes),
+                "music": st.integers(1, 4).map(lambda frames: frames * RULES.music_codebooks),
+            }[kind]
             codes = draw(st.lists(st.integers(0, CODES_PER_MODALITY - 1), min_size=1, max_size=20))
             count = draw(size)
             parts.append((kind, (codes * count)[:count]))
@@ -225,8 +233,13 @@ def test_pending_text_is_flushed_at_every_boundary():
     e_acute = text_ids("é")  # two bytes: the first alone is no character yet
     events, _ = run([*text_ids("a"), e_acute[0], start(SP), *code_ids(SP, [1]), end(SP)])
     # the incomplete character is flushed (as U+FFFD) before the speech starts, never glued to later text
-    assert events == [TextPiece("a", False), TextPiece("\ufffd", False), SpeechStart(), SpeechCode(1),
-                      SpeechEnd(complete=True)]
+    assert events == [
+        TextPiece("a", False),
+        TextPiece("\ufffd", False),
+        SpeechStart(),
+        SpeechCode(1),
+        SpeechEnd(complete=True),
+    ]
     events, _ = run([e_acute[0], VOCAB.ins_id, e_acute[1]])
     assert events == [TextPiece("\ufffd", False), TextPiece("\ufffd", True)]
     events, _ = run([*e_acute, *text_ids("!")])
@@ -234,8 +247,12 @@ def test_pending_text_is_flushed_at_every_boundary():
 
 
 def test_segments_are_numbered_per_modality():
-    ids = (VOCAB.segment_ids(IM, [1, 2]) + VOCAB.segment_ids(MU, [3]) + VOCAB.segment_ids(IM, [4])
-           + VOCAB.segment_ids(MU, [5, 6]))
+    ids = (
+        VOCAB.segment_ids(IM, [1, 2])
+        + VOCAB.segment_ids(MU, [3])
+        + VOCAB.segment_ids(IM, [4])
+        + VOCAB.segment_ids(MU, [5, 6])
+    )
     events, _ = run(ids)
     assert events == [ImageSegment(0, (1, 2)), MusicSegment(0, (3,)), ImageSegment(1, (4,)), MusicSegment(1, (5, 6))]
 
@@ -277,8 +294,9 @@ def test_every_stop_id_stops(stop_id):
 
 
 def test_text_and_other_codes_inside_a_segment_are_dropped():
-    events, stats = run([start(SP), *code_ids(SP, [1]), *text_ids("xy"), *code_ids(IM, [2]), *code_ids(SP, [3]),
-                         end(SP)])
+    events, stats = run(
+        [start(SP), *code_ids(SP, [1]), *text_ids("xy"), *code_ids(IM, [2]), *code_ids(SP, [3]), end(SP)]
+    )
     assert speech_codes(events) == [1, 3] and reply_text(events) == ""
     assert stats.stray_codes == 3
 
@@ -325,7 +343,9 @@ def test_an_image_or_music_segment_left_open_is_dropped():
 
 
 def test_an_image_of_the_wrong_length_is_dropped_when_the_length_is_known():
-    ids = VOCAB.segment_ids(IM, [1, 2, 3]) + VOCAB.segment_ids(IM, [1, 2, 3, 4, 5]) + VOCAB.segment_ids(IM, [1, 2, 3, 4])
+    ids = (
+        VOCAB.segment_ids(IM, [1, 2, 3]) + VOCAB.segment_ids(IM, [1, 2, 3, 4, 5]) + VOCAB.segment_ids(IM, [1, 2, 3, 4])
+    )
     events, stats = run(ids, rules=RULES)
     assert events == [ImageSegment(0, (1, 2, 3, 4))]
     assert stats.malformed_segments == 2

@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from pipeline_fakes import N_Q, FakeAcoustic, FakeLM, FakeSpeech, Script, collect, make_backends, make_vocab
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
@@ -19,8 +20,6 @@ from assistant.pipeline.outputs import (
 )
 from assistant.protocol import FinishReason
 from assistant.vocab import Modality
-
-from pipeline_fakes import N_Q, FakeAcoustic, FakeLM, FakeSpeech, Script, collect, make_backends, make_vocab
 
 SP, IM, MU = Modality.SPEECH, Modality.IMAGE, Modality.MUSIC
 
@@ -45,8 +44,15 @@ def speech_turn():
 def test_routes_every_modality(vocab):
     s = Script(vocab)
     script = (
-        [vocab.ins_id] + s.text("what is it") + [vocab.res_id] + s.text(" héllo")
-        + s.seg(SP, range(30)) + s.seg(IM, [1, 2, 3]) + s.text(" and") + s.seg(MU, [4, 5, 6, 7]) + [vocab.eos_id]
+        [vocab.ins_id]
+        + s.text("what is it")
+        + [vocab.res_id]
+        + s.text(" héllo")
+        + s.seg(SP, range(30))
+        + s.seg(IM, [1, 2, 3])
+        + s.text(" and")
+        + s.seg(MU, [4, 5, 6, 7])
+        + [vocab.eos_id]
     )
     lm = FakeLM(script, chunk=3)
     backends, speech, acoustic, media = make_backends(lm)
@@ -218,9 +224,19 @@ def test_backend_error_then_next_turn_works(vocab, where):
 def test_invalid_sequences_are_dropped(vocab):
     s = Script(vocab)
     script = (
-        s.codes(SP, [1, 2]) + [s.end(SP), s.end(IM)] + s.seg(IM, []) + [vocab.size + 5, -1]
-        + [s.start(IM)] + s.codes(SP, [3]) + [s.start(MU)] + s.codes(IM, [9]) + [s.end(IM)]
-        + [vocab.human_id] + s.text("ok") + [s.start(MU)] + s.codes(MU, [1])  # unterminated music
+        s.codes(SP, [1, 2])
+        + [s.end(SP), s.end(IM)]
+        + s.seg(IM, [])
+        + [vocab.size + 5, -1]
+        + [s.start(IM)]
+        + s.codes(SP, [3])
+        + [s.start(MU)]
+        + s.codes(IM, [9])
+        + [s.end(IM)]
+        + [vocab.human_id]
+        + s.text("ok")
+        + [s.start(MU)]
+        + s.codes(MU, [1])  # unterminated music
     )
     lm = FakeLM(script, chunk=4)
 

@@ -8,17 +8,16 @@ import types
 
 import numpy as np
 import pytest
+from pipeline_fakes import FakeAcoustic, FakeLM, FakeMedia, FakeSpeech, Script, collect, make_backends, make_vocab
 
+from assistant.decoding.lm_sampler import GenerationSettings
 from assistant.pipeline.backends import BackendUnavailableError, LMLimits
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn, prompt_budget
 from assistant.pipeline.outputs import AudioFrame, MusicOutput, TurnError, TurnFinished
 from assistant.pipeline.vllm_lm import VLLMBackend
-from assistant.decoding.lm_sampler import GenerationSettings
 from assistant.prompts import UserMessage
 from assistant.protocol import FinishReason
 from assistant.vocab import Modality
-
-from pipeline_fakes import FakeAcoustic, FakeLM, FakeMedia, FakeSpeech, Script, collect, make_backends, make_vocab
 
 SP, MU = Modality.SPEECH, Modality.MUSIC
 
@@ -265,7 +264,7 @@ def test_a_reply_under_its_audio_limit_completes_and_none_means_unlimited(vocab)
 
 # ---------------------------------------------------------------------------------------------------------- errors
 
-SECRET = "replica 7f3a on host 10.1.2.3 pid=4242\nTraceback (most recent call last):\n  File \"/srv/x.py\""
+SECRET = 'replica 7f3a on host 10.1.2.3 pid=4242\nTraceback (most recent call last):\n  File "/srv/x.py"'
 
 
 class _Failing:
@@ -285,21 +284,38 @@ class _Failing:
         ("lm", RuntimeError(SECRET), "turn_failed", "the reply failed; try again"),
         ("acoustic", RuntimeError(SECRET), "turn_failed", "the reply failed; try again"),
         ("media", RuntimeError(SECRET), "turn_failed", "the reply failed; try again"),
-        ("speech", BackendUnavailableError("speech", SECRET), "unavailable",
-         "the speech recognizer service is unavailable; try again"),
-        ("lm", BackendUnavailableError("lm", SECRET), "unavailable",
-         "the language model service is unavailable; try again"),
-        ("acoustic", BackendUnavailableError("acoustic", SECRET), "unavailable",
-         "the voice service is unavailable; try again"),
-        ("media", BackendUnavailableError("media", SECRET), "unavailable",
-         "the picture/music service is unavailable; try again"),
+        (
+            "speech",
+            BackendUnavailableError("speech", SECRET),
+            "unavailable",
+            "the speech recognizer service is unavailable; try again",
+        ),
+        (
+            "lm",
+            BackendUnavailableError("lm", SECRET),
+            "unavailable",
+            "the language model service is unavailable; try again",
+        ),
+        (
+            "acoustic",
+            BackendUnavailableError("acoustic", SECRET),
+            "unavailable",
+            "the voice service is unavailable; try again",
+        ),
+        (
+            "media",
+            BackendUnavailableError("media", SECRET),
+            "unavailable",
+            "the picture/music service is unavailable; try again",
+        ),
         # a backend that does not classify its own timeouts: the engine knows which service it called
         ("acoustic", TimeoutError(SECRET), "unavailable", "the voice service is unavailable; try again"),
         ("lm-limits", TimeoutError(SECRET), "unavailable", "the language model service is unavailable; try again"),
     ],
 )
 def test_errors_reach_the_caller_without_exception_text_and_the_log_has_it_under_the_error_id(
-        vocab, caplog, where, error, code, message):
+    vocab, caplog, where, error, code, message
+):
     s = Script(vocab)
     lm = FakeLM(s.text("hi") + s.seg(SP, range(12)) + s.seg(Modality.IMAGE, [1, 2]) + [vocab.eos_id], chunk=3)
     backends, speech, acoustic, media = make_backends(lm)

@@ -4,11 +4,12 @@ import asyncio
 
 import numpy as np
 import pytest
+from waiting import until
 
-from assistant.models.bundle import load_embedded
-from assistant.pipeline.backends import BackendUnavailableError, Backends, LMLimits
-from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.lm_engine import BusyError, LMEngineConfig
+from assistant.models.bundle import load_embedded
+from assistant.pipeline.backends import Backends, BackendUnavailableError, LMLimits
+from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.local import (
     LocalAcousticBackend,
     LocalLMBackend,
@@ -18,8 +19,6 @@ from assistant.pipeline.local import (
 )
 from assistant.pipeline.outputs import AudioFrame, TurnFinished
 from assistant.protocol import FinishReason
-
-from waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,7 @@ def test_lm_stream_chunks_and_cancels(bundle):
         first = await stream.__anext__()
         request = next(iter(lm.engine.scheduler.decoding.values()), None)
         if request is not None:  # until the engine has filled the bounded backlog (or the reply ended)
+
             def filled():
                 with request._ready:
                     request._ready.wait_for(lambda: request.backlog >= 4 or request.finish_reason is not None, 30)
@@ -136,8 +136,9 @@ def test_closing_a_session_mid_reply_stops_the_lm_and_the_decoder_within_a_secon
     lm = LocalLMBackend(bundle, seed=0, engine_config=LMEngineConfig(max_slots=2, max_backlog=4))
     acoustic = LocalAcousticBackend(bundle, seed=0)
     backends = Backends(speech=LocalSpeechEncoder(bundle), lm=lm, acoustic=acoustic, media=LocalMediaBackend(bundle))
-    config = EngineConfig(force_modality="speech", first_chunk_frames=5, chunk_frames=5, output_queue_size=2,
-                          chunk_queue_size=1)
+    config = EngineConfig(
+        force_modality="speech", first_chunk_frames=5, chunk_frames=5, output_queue_size=2, chunk_queue_size=1
+    )
     engine = AssistantEngine(backends, bundle.vocab, config)
 
     def lm_idle():

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from assistant.models.bundle import load_embedded
+from assistant.models.loading import ModelSpec
 from assistant.models.voices import VoiceBank
 from assistant.pipeline.backends import UnknownVoiceKeyError, voice_key
 from assistant.pipeline.local import LocalAcousticBackend, LocalSpeechEncoder
-from assistant.models.loading import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def test_concurrent_sessions_share_model_calls_and_decode_as_they_do_alone(bundl
     async def together():
         backend = LocalAcousticBackend(bundle, window_s=0.05)
         keys = [await backend.register_voice(bank.prompt(name)) for name in names]
-        out = await asyncio.gather(*(backend.decode_chunk(chunks[i], contexts[i], keys[i], seed=100 + i)
-                                     for i in range(len(names))))
+        out = await asyncio.gather(
+            *(backend.decode_chunk(chunks[i], contexts[i], keys[i], seed=100 + i) for i in range(len(names)))
+        )
         return out, backend.stats()
 
     single, single_stats = run(alone())
@@ -109,8 +110,10 @@ def test_speech_encoder_returns_level_one_and_batches_exactly(bundle):
     encoder = LocalSpeechEncoder(bundle)
     rng = np.random.default_rng(1)
     t = np.arange(16000 * 2) / 16000
-    waves = [(0.3 * np.sin(2 * np.pi * 180 * t[: n]) + 0.01 * rng.standard_normal(n)).astype(np.float32)
-             for n in (16000 * 2, 7777, 321, 16000)]
+    waves = [
+        (0.3 * np.sin(2 * np.pi * 180 * t[:n]) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+        for n in (16000 * 2, 7777, 321, 16000)
+    ]
 
     async def main():
         return await encoder.encode(waves[0]), await encoder.encode_batch(waves)

@@ -44,8 +44,10 @@ class FakeEngine:
 
 
 def settings() -> GenerationSettings:
-    return GenerationSettings(text=SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=50),
-                              speech=SamplingSettings(do_sample=False, repetition_penalty=1.05, max_new_tokens=90))
+    return GenerationSettings(
+        text=SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=50),
+        speech=SamplingSettings(do_sample=False, repetition_penalty=1.05, max_new_tokens=90),
+    )
 
 
 def backend(engine) -> tuple[VLLMBackend, UnifiedVocab]:

@@ -31,8 +31,13 @@ def serving(port: int, args: dict, ready_timeout_s: float = 120.0) -> Iterator[s
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env=runtime_env())
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024 * 1024,
+        runtime_env=runtime_env(),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

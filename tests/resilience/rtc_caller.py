@@ -114,8 +114,12 @@ class RtcCaller:
         if self.voice is not None:
             body["voice"] = self.voice
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.server_url}/offer", json=body, headers=self.headers,
-                                 timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
+            async with http.post(
+                f"{self.server_url}/offer",
+                json=body,
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as reply:
                 answer = await reply.json(content_type=None)
                 if reply.status != 200:
                     await pc.close()
@@ -188,11 +192,16 @@ class RtcCaller:
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
-    async def turn(self, text: str | None = None, wave_16k: np.ndarray | None = None,
-                   message: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    async def turn(
+        self,
+        text: str | None = None,
+        wave_16k: np.ndarray | None = None,
+        message: dict[str, Any] | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         """Asks (typed, spoken, or any client message that starts a turn) and waits for that turn's ``turn_end``;
         returns it with the turn's events and the loud frames heard during it."""
         since, loud_before = len(self.events), self.loud_frames
@@ -204,7 +213,12 @@ class RtcCaller:
             self.say(wave_16k)
         started = await self.wait_event(lambda e: e["type"] == "turn_started", timeout=timeout, since=since)
         turn_id = started["turn_id"]
-        end = await self.wait_event(lambda e: e["type"] == "turn_end" and e["turn_id"] == turn_id, timeout=timeout,
-                                    since=since)
-        return {"turn_id": turn_id, "reason": end["reason"], "events": self.events[since:],
-                "loud_frames": self.loud_frames - loud_before}
+        end = await self.wait_event(
+            lambda e: e["type"] == "turn_end" and e["turn_id"] == turn_id, timeout=timeout, since=since
+        )
+        return {
+            "turn_id": turn_id,
+            "reason": end["reason"],
+            "events": self.events[since:],
+            "loud_frames": self.loud_frames - loud_before,
+        }

@@ -19,11 +19,11 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-
-from assistant.audio import read_wav
 from local_app import APP, serving
 from rtc_caller import RtcCaller
 from waiting import until
+
+from assistant.audio import read_wav
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -63,8 +63,11 @@ async def _wait_healthy(timeout: float) -> dict:
 def _replicas(deployment: str) -> set[str]:
     import ray
 
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == "serve" and f"#{deployment}#" in a["name"]}
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and f"#{deployment}#" in a["name"]
+    }
 
 
 def _kill_replica(deployment: str) -> str:
@@ -91,8 +94,9 @@ def spoken_question(tmp_path_factory) -> np.ndarray:
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is not installed; `make setup` installs it")
     path = tmp_path_factory.mktemp("faults") / "question.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), "what is the capital of france"],
-                   check=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), "what is the capital of france"], check=True
+    )
     wave = read_wav(path)
     return np.concatenate([np.zeros(4000, np.float32), wave, np.zeros(16000, np.float32)])
 
@@ -139,8 +143,9 @@ def test_a_killed_replica_fails_only_the_turn_that_needed_it(serve_url, spoken_q
                 affected.ask(text)
             elif kind == "speech":
                 affected.say(spoken_question)
-            await affected.wait_event(lambda e: e["type"] == kill_after, timeout=60,
-                                      since=0 if kill_after == "ready" else since)
+            await affected.wait_event(
+                lambda e: e["type"] == kill_after, timeout=60, since=0 if kill_after == "ready" else since
+            )
             killed_at = time.monotonic()
             killed = _kill_replica(deployment)
             if kind == "picture":
@@ -161,8 +166,11 @@ def test_a_killed_replica_fails_only_the_turn_that_needed_it(serve_url, spoken_q
             assert not LEAK.search(error["message"]), error["message"]
             assert end["reason"] == "error"
 
-            await until(lambda: "degraded" in statuses, timeout=20,
-                        what=f"/health saying degraded while {deployment} is down (saw {statuses})")
+            await until(
+                lambda: "degraded" in statuses,
+                timeout=20,
+                what=f"/health saying degraded while {deployment} is down (saw {statuses})",
+            )
             healthy = await _wait_healthy(180)
             recovered_after = time.monotonic() - killed_at
             stop_watching.set()
@@ -180,8 +188,10 @@ def test_a_killed_replica_fails_only_the_turn_that_needed_it(serve_url, spoken_q
             assert again["reason"] == "complete" and again["loud_frames"] > 0, again["events"][-3:]
             assert (await bystander.turn("what is two plus two", timeout=90))["reason"] == "complete"
             assert not bystander.events_of("error")
-            print(f"\n{deployment}: error event {error_after:.2f} s after the kill, /health ok again after "
-                  f"{recovered_after:.1f} s, the same session answered again")
+            print(
+                f"\n{deployment}: error event {error_after:.2f} s after the kill, /health ok again after "
+                f"{recovered_after:.1f} s, the same session answered again"
+            )
         finally:
             await affected.hang_up()
             await bystander.hang_up()
@@ -190,9 +200,12 @@ def test_a_killed_replica_fails_only_the_turn_that_needed_it(serve_url, spoken_q
 
 
 def _health_name(deployment: str) -> str:
-    return {"LMDeployment": "lm", "AcousticDecoderDeployment": "acoustic", "SpeechTokenizerDeployment": "speech",
-            "MediaDecoderDeployment": "media"}[deployment]
-
+    return {
+        "LMDeployment": "lm",
+        "AcousticDecoderDeployment": "acoustic",
+        "SpeechTokenizerDeployment": "speech",
+        "MediaDecoderDeployment": "media",
+    }[deployment]
 
 
 def test_a_caller_that_hangs_up_mid_answer_stops_its_generation_within_a_second(serve_url):

@@ -21,9 +21,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from local_app import serving
+from prometheus_client.parser import text_string_to_metric_families
 from rtc_caller import RtcCaller
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
@@ -46,9 +45,15 @@ DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 @pytest.fixture(scope="module")
 def serve_url():
-    args = {"max_sessions": CONCURRENT + 4, "lm_batching": {"max_slots": 8, "max_waiting": CONCURRENT + 4},
-            "lm": {"num_replicas": 1, "max_ongoing_requests": CONCURRENT + 12,
-                   "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}}}
+    args = {
+        "max_sessions": CONCURRENT + 4,
+        "lm_batching": {"max_slots": 8, "max_waiting": CONCURRENT + 4},
+        "lm": {
+            "num_replicas": 1,
+            "max_ongoing_requests": CONCURRENT + 12,
+            "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0},
+        },
+    }
     with serving(PORT, args) as url:
         yield url
 
@@ -78,14 +83,20 @@ async def figures() -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(await _get("/metrics")):
         for sample in family.samples:
-            if sample.name in ("process_resident_memory_bytes", "process_open_fds", "anystream_asyncio_tasks",
-                               "anystream_threads", "anystream_peer_connections", "anystream_active_sessions"):
+            if sample.name in (
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "anystream_asyncio_tasks",
+                "anystream_threads",
+                "anystream_peer_connections",
+                "anystream_active_sessions",
+            ):
                 out[f"gateway.{sample.name}"] = sample.value
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if not cmdline.startswith("ray::ServeReplica:anystream:"):
             continue
-        name = cmdline[len("ray::ServeReplica:anystream:"):].split()[0]  # the deployment's class name
+        name = cmdline[len("ray::ServeReplica:anystream:") :].split()[0]  # the deployment's class name
         try:
             out[f"{name}.rss_mib"] = proc.memory_info().rss / MIB
             out[f"{name}.fds"] = proc.num_fds()
@@ -119,7 +130,7 @@ def _growth(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
 
 
 def _assert_back_to_baseline(baseline: dict[str, float], now: dict[str, float]) -> None:
-    gateway_rss = (now["gateway.process_resident_memory_bytes"] - baseline["gateway.process_resident_memory_bytes"])
+    gateway_rss = now["gateway.process_resident_memory_bytes"] - baseline["gateway.process_resident_memory_bytes"]
     assert gateway_rss / MIB <= MEMORY_BOUND_MIB, f"gateway memory grew {gateway_rss / MIB:.1f} MiB"
     for key, value in now.items():
         if key.endswith(".rss_mib") and key in baseline:
@@ -161,14 +172,22 @@ def test_sequential_sessions_leave_nothing_behind(serve_url):
                 turn = await one_session(QUESTIONS[index % len(QUESTIONS)])
                 if turn["reason"] != "complete" or turn["loud_frames"] == 0:
                     lost.append(f"session {index}: {turn['reason']}, {turn['loud_frames']} loud frames")
-            except Exception as exc:  # noqa: BLE001 - every failure is a lost turn, reported below
+            except Exception as exc:
                 lost.append(f"session {index}: {type(exc).__name__}: {exc}")
             if index + 1 == WARM_UP_SESSIONS:
                 baseline = await _settled()
         final = await _settled()
-        _report("sequential", {"sessions": SEQUENTIAL, "seconds": round(time.monotonic() - started, 1),
-                               "lost_turns": lost, "after_warm_up": baseline, "end": final,
-                               "growth": _growth(baseline, final)})
+        _report(
+            "sequential",
+            {
+                "sessions": SEQUENTIAL,
+                "seconds": round(time.monotonic() - started, 1),
+                "lost_turns": lost,
+                "after_warm_up": baseline,
+                "end": final,
+                "growth": _growth(baseline, final),
+            },
+        )
         assert not lost, lost
         _assert_back_to_baseline(baseline, final)
 
@@ -188,7 +207,7 @@ def test_concurrent_sessions_for_minutes(serve_url):
                     record["turns"] += 1
                     if turn["reason"] != "complete" or turn["loud_frames"] == 0:
                         record["lost"].append(f"caller {index}: {turn['reason']}, {turn['loud_frames']} loud frames")
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     record["lost"].append(f"caller {index}: {type(exc).__name__}: {exc}")
                     if caller.pc is None or caller.pc.connectionState != "connected":
                         record["lost"].append(f"caller {index}: the call dropped ({caller.events[-3:]})")
@@ -210,13 +229,24 @@ def test_concurrent_sessions_for_minutes(serve_url):
                 await asyncio.sleep(20)
                 samples.append(await figures())
 
-        await asyncio.gather(sample(), *(caller_loop(i, until, random.Random(rng.random()), record)
-                                         for i in range(CONCURRENT)))
+        await asyncio.gather(
+            sample(), *(caller_loop(i, until, random.Random(rng.random()), record) for i in range(CONCURRENT))
+        )
         final = await _settled()
         peak = {k: max(s.get(k, 0) for s in samples) for k in samples[0]} if samples else {}
-        _report("concurrent", {"callers": CONCURRENT, "minutes": MINUTES, "turns": record["turns"],
-                               "lost_turns": record["lost"], "baseline": baseline, "peak": peak, "end": final,
-                               "growth": _growth(baseline, final)})
+        _report(
+            "concurrent",
+            {
+                "callers": CONCURRENT,
+                "minutes": MINUTES,
+                "turns": record["turns"],
+                "lost_turns": record["lost"],
+                "baseline": baseline,
+                "peak": peak,
+                "end": final,
+                "growth": _growth(baseline, final),
+            },
+        )
         assert record["turns"] >= CONCURRENT, record
         assert not record["lost"], record["lost"]
         _assert_back_to_baseline(baseline, final)

@@ -92,8 +92,8 @@ def test_each_turn_prompt_is_the_builders_prompt_with_engine_history(vocab, dial
             prompt = builder.build(history, message)
             generated = reply_ids(reply, vocab, media, user.spoken)
             assert seq.ids[: len(prompt) + len(generated)] == prompt + generated
-            assert not any(seq.loss_mask[reply_end:len(prompt)])  # template and user message: no loss
-            assert all(seq.loss_mask[len(prompt):len(prompt) + len(generated)])
+            assert not any(seq.loss_mask[reply_end : len(prompt)])  # template and user message: no loss
+            assert all(seq.loss_mask[len(prompt) : len(prompt) + len(generated)])
             reply_end = len(prompt) + len(generated)
             history.append_turn(message, AssistantMessage.from_generated(vocab, generated))
 
@@ -101,22 +101,31 @@ def test_each_turn_prompt_is_the_builders_prompt_with_engine_history(vocab, dial
 def test_reply_layout(vocab):
     media = FakeMedia()
     image, music = ImageSpec("star", "blue"), MusicSpec("slow", "major")
-    reply = d.ReplySpec("draw a blue star and play a slow tune", "here is a blue star and a slow major tune", image, music)
+    reply = d.ReplySpec(
+        "draw a blue star and play a slow tune", "here is a blue star and a slow major tune", image, music
+    )
     ids = reply_ids(reply, vocab, media, spoken=True)
     sp, im, mu = (vocab.range_of(m) for m in (Modality.SPEECH, Modality.IMAGE, Modality.MUSIC))
     text = vocab.encode_text
     speech = vocab.segment_ids(Modality.SPEECH, media.reply_codes(reply.text))
     expected = (
-        text(" ") + [vocab.ins_id] + text(" draw a blue star and play a slow tune\n ") + [vocab.res_id]
-        + text(" here is a blue star and a slow major tune ") + speech
-        + text(" ") + [im.start_id, *vocab.codes_to_ids(Modality.IMAGE, media.image_codes(image)), im.end_id]
-        + text(" ") + [mu.start_id, *vocab.codes_to_ids(Modality.MUSIC, media.music_tokens(music)), mu.end_id]
+        text(" ")
+        + [vocab.ins_id]
+        + text(" draw a blue star and play a slow tune\n ")
+        + [vocab.res_id]
+        + text(" here is a blue star and a slow major tune ")
+        + speech
+        + text(" ")
+        + [im.start_id, *vocab.codes_to_ids(Modality.IMAGE, media.image_codes(image)), im.end_id]
+        + text(" ")
+        + [mu.start_id, *vocab.codes_to_ids(Modality.MUSIC, media.music_tokens(music)), mu.end_id]
         + [vocab.eos_id]
     )
     assert ids == expected
     typed = reply_ids(d.ReplySpec(None, "hello how can i help you"), vocab, media, spoken=False)
     assert typed == text(" hello how can i help you ") + vocab.segment_ids(
-        Modality.SPEECH, media.reply_codes("hello how can i help you")) + [vocab.eos_id]
+        Modality.SPEECH, media.reply_codes("hello how can i help you")
+    ) + [vocab.eos_id]
     assert sp.start_id in typed and vocab.ins_id not in typed
     with pytest.raises(ValueError):
         reply_ids(d.ReplySpec(None, "hi"), vocab, media, spoken=True)
@@ -155,7 +164,7 @@ class ScriptedLM(LMBackend):
         self.prompts.append(list(prompt_ids))
         reply = self.replies.pop(0)
         for k in range(0, len(reply), 5):
-            yield reply[k:k + 5]
+            yield reply[k : k + 5]
             await asyncio.sleep(0)
 
 
@@ -194,8 +203,12 @@ def test_engine_prompts_and_parses_every_turn_as_the_corpus_says(vocab):
         (seq,) = encode_dialogue(dialogue, vocab, media)
         replies = masked_spans(seq)
         lm = ScriptedLM(replies)
-        speech = ScriptedSpeech([media.question_codes(u.words, u.voice, u.speed) for u, _ in dialogue.turns if u.spoken])
-        recorder = RecordingMedia({repr(u.image).encode(): media.image_codes(u.image) for u, _ in dialogue.turns if u.image})
+        speech = ScriptedSpeech(
+            [media.question_codes(u.words, u.voice, u.speed) for u, _ in dialogue.turns if u.spoken]
+        )
+        recorder = RecordingMedia(
+            {repr(u.image).encode(): media.image_codes(u.image) for u, _ in dialogue.turns if u.image}
+        )
         engine = AssistantEngine(Backends(speech, lm, SilentAcoustic(), recorder), vocab, EngineConfig())
 
         outputs, session = asyncio.run(asyncio.wait_for(run_dialogue(engine, dialogue), timeout=20))
@@ -233,6 +246,6 @@ async def run_dialogue(engine: AssistantEngine, dialogue: d.Dialogue):
 
 def _find(haystack: list[int], needle: list[int], start: int) -> int:
     for k in range(start, len(haystack) - len(needle) + 1):
-        if haystack[k:k + len(needle)] == needle:
+        if haystack[k : k + len(needle)] == needle:
             return k
     raise AssertionError("reply not found in the sequence")

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from training import domain as d
-from training.specs import DEFAULT_BACKGROUND, DEFAULT_REGISTER, DEFAULT_SIZE, DEFAULT_TIMBRE, ImageSpec, MusicSpec, Voice
+from training.specs import (
+    DEFAULT_BACKGROUND,
+    DEFAULT_REGISTER,
+    DEFAULT_SIZE,
+    DEFAULT_TIMBRE,
+    ImageSpec,
+    MusicSpec,
+    Voice,
+)
 
 VOICES = (Voice("a", "en-us+f2", pitch=40, speed=160), Voice("b", "en-us+m3", pitch=60, speed=190))
 NUMBER = {w: k for k, w in enumerate(d.NUMBER_WORDS)}
@@ -98,7 +106,10 @@ def test_turn_modality_fields_are_consistent(dialogues):
     spoken = sum(u.spoken for x in dialogues for u, _ in x.turns) / sum(len(x.turns) for x in dialogues)
     assert 0.75 < spoken < 0.85
     for voice, values in speeds.items():
-        assert min(values) >= voice.speed * (1 - d.SPEED_JITTER) - 1 and max(values) <= voice.speed * (1 + d.SPEED_JITTER) + 1
+        assert (
+            min(values) >= voice.speed * (1 - d.SPEED_JITTER) - 1
+            and max(values) <= voice.speed * (1 + d.SPEED_JITTER) + 1
+        )
         assert len(set(values)) > 10
 
 
@@ -135,7 +146,9 @@ def test_family_mix_and_balanced_eval_sets(dialogues):
     balanced = d.generate_dialogues(len(d.FAMILIES) * 5 + 2, seed=1, voices=VOICES, families=d.FAMILIES)
     counts = collections.Counter(x.family for x in balanced)
     assert sorted(counts.values()) == [5] * (len(d.FAMILIES) - 2) + [6, 6]
-    assert not any(x.family == d.FOLLOW_UP for x in d.generate_dialogues(300, seed=1, voices=VOICES, multi_turn_fraction=0))
+    assert not any(
+        x.family == d.FOLLOW_UP for x in d.generate_dialogues(300, seed=1, voices=VOICES, multi_turn_fraction=0)
+    )
     typed = d.generate_dialogues(20, seed=1, voices=(), spoken_fraction=0.0)
     assert not any(u.spoken for x in typed for u, _ in x.turns)
     with pytest.raises(ValueError):
@@ -170,7 +183,9 @@ def test_draw_replies_with_the_canonical_picture(dialogues):
         asked = user.words.split(" ")
         assert spec.colour in asked and spec.shape in asked
         assert spec.size == (next((w for w in asked if w in ("small", "big")), DEFAULT_SIZE))
-        assert spec.background == (asked[asked.index("background") - 1] if "background" in asked else DEFAULT_BACKGROUND)
+        assert spec.background == (
+            asked[asked.index("background") - 1] if "background" in asked else DEFAULT_BACKGROUND
+        )
         assert reply.text.startswith("here is a") and user.words.endswith(reply.text.removeprefix("here is "))
     assert d.image_phrase(ImageSpec("circle", "orange")) == "an orange circle"
 
@@ -200,8 +215,11 @@ def test_image_in_answers_describe_the_users_picture(dialogues):
         kind = next(k for k, qs in d.PICTURE_QUESTIONS.items() if user.words in qs)
         kinds.add(kind)
         expected = {
-            "describe": spec.words(), "colour": f"it is {spec.colour}", "shape": f"it is a {spec.shape}",
-            "background": f"the background is {spec.background}", "size": f"it is {spec.size}",
+            "describe": spec.words(),
+            "colour": f"it is {spec.colour}",
+            "shape": f"it is a {spec.shape}",
+            "background": f"the background is {spec.background}",
+            "size": f"it is {spec.size}",
         }
         if kind == "music":
             assert reply.music == d.picture_music(spec)
@@ -213,8 +231,13 @@ def test_image_in_answers_describe_the_users_picture(dialogues):
 def test_picture_music_mapping_is_the_documented_one():
     assert d.picture_music(ImageSpec("circle", "red", "black", "small")) == MusicSpec("slow", "major", "low", "flute")
     assert d.picture_music(ImageSpec("star", "blue", "white", "big")) == MusicSpec("fast", "minor", "high", "piano")
-    tunes = {d.picture_music(ImageSpec(s, c, g, z)) for s in ("circle", "square", "triangle") for c in ("red", "blue")
-             for g in ("white", "gray", "black") for z in ("big", "small")}
+    tunes = {
+        d.picture_music(ImageSpec(s, c, g, z))
+        for s in ("circle", "square", "triangle")
+        for c in ("red", "blue")
+        for g in ("white", "gray", "black")
+        for z in ("big", "small")
+    }
     assert len(tunes) == 3 * 2 * 3 * 2
 
 
@@ -238,14 +261,21 @@ def test_follow_ups_refer_to_the_previous_turn(dialogues):
             if words in d.SAY_AGAIN_QUESTIONS:
                 seen["again"] += 1
                 assert reply.text == before.text and before.image is None and reply.music is None
-            elif " that " in f" {words} " or words.startswith("now ") and words.split(" ")[1] in ("plus", "minus", "times"):
+            elif (
+                " that " in f" {words} "
+                or words.startswith("now ")
+                and words.split(" ")[1] in ("plus", "minus", "times")
+            ):
                 seen["arithmetic"] += 1
                 assert check_arithmetic(reply.text)[1] == check_arithmetic(before.text)[3]
             elif words.startswith("now make it") or words.startswith("now put it"):
                 if before.image is not None:
                     seen["drawing"] += 1
-                    changed = [f for f in ("shape", "colour", "background", "size")
-                               if getattr(before.image, f) != getattr(reply.image, f)]
+                    changed = [
+                        f
+                        for f in ("shape", "colour", "background", "size")
+                        if getattr(before.image, f) != getattr(reply.image, f)
+                    ]
                     assert len(changed) == 1 and getattr(reply.image, changed[0]) in words
                 else:
                     seen["tune"] += 1
@@ -263,9 +293,13 @@ def test_follow_ups_refer_to_the_previous_turn(dialogues):
                 seen["picture"] += 1
                 picture = dialogue.turns[0][0].image
                 assert user.image is None and picture is not None
-                assert reply.text in (picture.words(), f"it is {picture.colour}", f"it is a {picture.shape}",
-                                      f"the background is {picture.background}", f"it is {picture.size}") \
-                    or reply.music == d.picture_music(picture)
+                assert reply.text in (
+                    picture.words(),
+                    f"it is {picture.colour}",
+                    f"it is a {picture.shape}",
+                    f"the background is {picture.background}",
+                    f"it is {picture.size}",
+                ) or reply.music == d.picture_music(picture)
             else:
                 raise AssertionError(f"unexpected follow-up {words!r}")
     assert set(seen) == {"again", "arithmetic", "drawing", "tune", "picture"}

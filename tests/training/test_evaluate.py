@@ -2,9 +2,20 @@ from training.evaluate import TurnRecord, format_table, summarise, targets_met
 
 
 def record(family, text_ok, speech_ok, ceiling_ok=True, wer=None, image_ok=None, music_ok=None, wall=1.0, audio=4.0):
-    return TurnRecord(family=family, spoken=wer is not None, question="q", reference="r", text_correct=text_ok,
-                      transcript_wer=wer, speech_correct=speech_ok, ceiling_correct=ceiling_ok, image_correct=image_ok,
-                      music_correct=music_ok, wall_seconds=wall, audio_seconds=audio)
+    return TurnRecord(
+        family=family,
+        spoken=wer is not None,
+        question="q",
+        reference="r",
+        text_correct=text_ok,
+        transcript_wer=wer,
+        speech_correct=speech_ok,
+        ceiling_correct=ceiling_ok,
+        image_correct=image_ok,
+        music_correct=music_ok,
+        wall_seconds=wall,
+        audio_seconds=audio,
+    )
 
 
 def test_summary_rates_and_ratio_to_the_ceiling():

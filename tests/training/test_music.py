@@ -50,7 +50,7 @@ def test_variants_and_registers_change_the_tune():
     assert melody_midi(MusicSpec("fast", "major", variant=1)) != canonical
     assert melody_midi(MusicSpec("fast", "major", variant=N_VARIANTS)) == canonical  # variants wrap around
     low, high = melody_midi(MusicSpec("fast", "major", "low")), melody_midi(MusicSpec("fast", "major", "high"))
-    assert [h - l for l, h in zip(low, high, strict=True)] == [24] * len(low)
+    assert [hi - lo for lo, hi in zip(low, high, strict=True)] == [24] * len(low)
     assert not np.array_equal(
         synthesize(MusicSpec("slow", "major", timbre="piano")), synthesize(MusicSpec("slow", "major", timbre="flute"))
     )

@@ -13,16 +13,31 @@ from training.pipeline import TrainPlan, run_training
 
 pytestmark = pytest.mark.slow
 
-TINY = TrainPlan(train_dialogues=120, valid_dialogues=16, valid_voices=2, codec_fit_utterances=120,
-                 codec_max_frames=4000, image_minutes=0.2, image_steps=20, acoustic_minutes=0.1,
-                 acoustic_utterances=120, lm_minutes=0.1, music_max_frames=2000, threads=1)
+TINY = TrainPlan(
+    train_dialogues=120,
+    valid_dialogues=16,
+    valid_voices=2,
+    codec_fit_utterances=120,
+    codec_max_frames=4000,
+    image_minutes=0.2,
+    image_steps=20,
+    acoustic_minutes=0.1,
+    acoustic_utterances=120,
+    lm_minutes=0.1,
+    music_max_frames=2000,
+    threads=1,
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     assets = tmp_path_factory.mktemp("assets")
-    shutil.copytree(EMBEDDED_DIR, assets, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.safetensors", "voices.json", "training.json"))
+    shutil.copytree(
+        EMBEDDED_DIR,
+        assets,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.safetensors", "voices.json", "training.json"),
+    )
     lm = json.loads((assets / "lm.json").read_text())
     lm.update(hidden_size=32, intermediate_size=64, num_layers=1)
     (assets / "lm.json").write_text(json.dumps(lm))

@@ -41,8 +41,9 @@ def test_training_inputs_equal_what_fill_acoustic_levels_feeds_the_model():
     prompt, context = torch.randint(0, K, (4, 6)), torch.randint(0, K, (4, 3))
     semantic = torch.randint(0, K, (9,))
     schedule = UnmaskSchedule(level2_steps=3)
-    out = fill_acoustic_levels(model, semantic, prompt=prompt, context=context, schedule=schedule,
-                               generator=torch.Generator().manual_seed(1))
+    out = fill_acoustic_levels(
+        model, semantic, prompt=prompt, context=context, schedule=schedule, generator=torch.Generator().manual_seed(1)
+    )
     codes = torch.cat([prompt, context, out], dim=1)  # what the fill ends with: [n_q, P + T]
     num_prefix = 9
     assert len(model.calls) == schedule.forward_passes(4) == 6
@@ -80,8 +81,14 @@ def _tagged_utterances() -> list[tuple[np.ndarray, str]]:
 
 
 def test_sampler_crops_prompt_from_another_utterance_of_the_voice_and_context_just_before_target():
-    config = AcousticTrainingConfig(target_frames=(5, 8), prompt_frames=(4, 6), prompt_probability=1.0,
-                                    context_frames=(2, 3), context_probability=1.0, level2_probability=0.5)
+    config = AcousticTrainingConfig(
+        target_frames=(5, 8),
+        prompt_frames=(4, 6),
+        prompt_probability=1.0,
+        context_frames=(2, 3),
+        context_probability=1.0,
+        level2_probability=0.5,
+    )
     sampler = ExampleSampler(_tagged_utterances(), n_q=4, mask_id=1000, config=config, seed=0)
     for _ in range(5):
         batch = sampler.batch(4)
@@ -125,8 +132,17 @@ def test_tiny_training_reduces_loss_and_respects_the_budget():
     corpus = _synthetic_corpus()
     train, valid = split_by_voice(corpus, 0.2, seed=0)
     assert {v for _, v in valid} == {"v0", "v1", "v2"} and len(train) + len(valid) == len(corpus)
-    config = AcousticTrainingConfig(max_minutes=0.08, batch_size=8, lr=1e-2, warmup_steps=5, target_frames=(8, 16),
-                                    prompt_frames=(4, 8), context_frames=(2, 4), eval_every=10, valid_batches=2)
+    config = AcousticTrainingConfig(
+        max_minutes=0.08,
+        batch_size=8,
+        lr=1e-2,
+        warmup_steps=5,
+        target_frames=(8, 16),
+        prompt_frames=(4, 8),
+        context_frames=(2, 4),
+        eval_every=10,
+        valid_batches=2,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster
     try:
@@ -146,8 +162,15 @@ def test_tiny_training_reduces_loss_and_respects_the_budget():
 def test_fill_like_engine_passes_the_previous_chunk_as_context():
     model = RecordingDecoder(TINY).eval()
     semantic, prompt = np.arange(40) % K, np.ones((4, 5), dtype=np.int64)
-    codes = fill_like_engine(model, semantic, prompt, schedule=UnmaskSchedule(level2_steps=1), first_chunk_frames=10,
-                             chunk_frames=20, context_frames=8)
+    codes = fill_like_engine(
+        model,
+        semantic,
+        prompt,
+        schedule=UnmaskSchedule(level2_steps=1),
+        first_chunk_frames=10,
+        chunk_frames=20,
+        context_frames=8,
+    )
     assert codes.shape == (4, 40) and codes.dtype == np.int64 and np.array_equal(codes[0], semantic)
     per_chunk = 1 + 1 + 2  # (steps + 1) level-2 passes, then levels 3 and 4
     assert len(model.calls) == 3 * per_chunk
@@ -183,13 +206,25 @@ def test_evaluation_reports_accuracy_mel_distance_and_voice_confusion():
     by_voice = {}
     for codes, voice in corpus:
         by_voice.setdefault(voice, []).append(codes)
-    bank = build_voice_bank(by_voice, n_q=4, prompt_frames=10, default="v0", codebook_size=K,
-                            silent=lambda codes: np.zeros(codes.shape[1], dtype=bool))
+    bank = build_voice_bank(
+        by_voice,
+        n_q=4,
+        prompt_frames=10,
+        default="v0",
+        codebook_size=K,
+        silent=lambda codes: np.zeros(codes.shape[1], dtype=bool),
+    )
     codebooks = np.random.default_rng(0).normal(size=(4, K, 5))
     baseline = mean_codeword_baseline(codebooks, np.array([1, 2]))
     assert np.allclose(baseline[0], codebooks[0, 1] + codebooks[1:].mean(axis=1).sum(axis=0))
-    report = evaluate_acoustic_decoder(AcousticDecoder(TINY).eval(), corpus, bank, codebooks,
-                                       schedule=UnmaskSchedule(level2_steps=1), cross_voice_utterances=1)
+    report = evaluate_acoustic_decoder(
+        AcousticDecoder(TINY).eval(),
+        corpus,
+        bank,
+        codebooks,
+        schedule=UnmaskSchedule(level2_steps=1),
+        cross_voice_utterances=1,
+    )
     assert set(report["token_accuracy"]) == {2, 3, 4}
     assert all(0.0 <= a <= 1.0 for a in report["token_accuracy"].values())
     assert report["mel_rmse_decoded"] > 0 and report["mel_rmse_mean_codeword"] > 0

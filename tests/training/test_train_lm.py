@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from assistant.models.lm import LMConfig, build_lm
-from training.train_lm import (IGNORE, LMTrainingConfig, collate, corrupt_user_codes, evaluate, make_batches,
-                               reply_loss, train_lm)
+from training.train_lm import (
+    IGNORE,
+    LMTrainingConfig,
+    collate,
+    corrupt_user_codes,
+    evaluate,
+    make_batches,
+    reply_loss,
+    train_lm,
+)
 
 
 @dataclass
@@ -36,8 +44,9 @@ def test_collate_labels_only_reply_tokens():
 
 
 def test_reply_loss_of_a_padded_batch_equals_the_loss_of_each_sequence_alone():
-    config = LMConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=4, max_positions=64)
+    config = LMConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=4, max_positions=64
+    )
     model = build_lm(config, seed=0).eval()
     seqs = [Seq([1, 5, 6, 7, 8, 9, 3], [False] * 3 + [True] * 4), Seq([1, 8, 2, 4], [False, False, True, True])]
     with torch.no_grad():
@@ -71,11 +80,27 @@ def test_code_noise_touches_only_input_codes():
 def test_training_learns_the_copy_task_and_keeps_the_best_state():
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    config = LMConfig(vocab_size=32, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=4, max_positions=64)
+    config = LMConfig(
+        vocab_size=32,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        max_positions=64,
+    )
     train, valid = copy_task(512, 1), copy_task(64, 2)
-    settings = LMTrainingConfig(max_minutes=0.25, lr=3e-3, warmup_steps=20, batch_tokens=1024, eval_every=40,
-                                patience=0, embed_dropout=0.0, attention_dropout=0.0, code_noise=0.0)
+    settings = LMTrainingConfig(
+        max_minutes=0.25,
+        lr=3e-3,
+        warmup_steps=20,
+        batch_tokens=1024,
+        eval_every=40,
+        patience=0,
+        embed_dropout=0.0,
+        attention_dropout=0.0,
+        code_noise=0.0,
+    )
     model, metrics = train_lm(config, train, valid, (10, 20), settings)
     assert not model.training
     first = metrics["history"][0]["valid_loss"]

@@ -156,7 +156,7 @@ class Client:
             self._new.clear()
             try:
                 await asyncio.wait_for(self._new.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def close(self):

@@ -17,8 +17,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from rtc_fakes import FakeClock, Client, FakeEngineSession, FakeTurn, connect
-
+from rtc_fakes import Client, FakeClock, FakeEngineSession, FakeTurn, connect
 from waiting import until
 
 from assistant import protocol
@@ -147,8 +146,10 @@ def test_the_answer_advertises_the_protocol_message_size():
 
 
 def test_advertise_max_message_size_adds_the_line_when_missing():
-    sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n" \
-          "a=mid:1\r\na=sctp-port:5000\r\n"
+    sdp = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+        "a=mid:1\r\na=sctp-port:5000\r\n"
+    )
     out = sctp_guard.advertise_max_message_size(sdp, 1234)
     assert out.endswith("a=sctp-port:5000\r\na=max-message-size:1234\r\n")
     assert out.count("max-message-size") == 1
@@ -186,8 +187,9 @@ def test_the_reassembly_guard_sits_on_aiortcs_transport():
 
     asyncio.run(main())
     with pytest.raises(sctp_guard.AiortcInternalsChanged, match="_receive_data_chunk"):
-        sctp_guard.guard_sctp_reassembly(SimpleNamespace(), max_stream_bytes=1, max_stream_chunks=1,
-                                         max_total_bytes=1, on_exceeded=print)
+        sctp_guard.guard_sctp_reassembly(
+            SimpleNamespace(), max_stream_bytes=1, max_stream_chunks=1, max_total_bytes=1, on_exceeded=print
+        )
 
 
 class FakeSctp:
@@ -330,8 +332,10 @@ def test_a_flood_over_the_wire_leaves_the_session_working():
         client.send({"type": "text", "text": "and now?"})
         await until(lambda: engine.turns[-1].text == "and now?", what="the later question reached the engine")
         latest = session._turn.turn_id
-        await until(lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
-                    what="the later question was answered")
+        await until(
+            lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
+            what="the later question was answered",
+        )
         assert session.connection_state == "connected"
         await session.close()
         await client.close()
@@ -398,8 +402,14 @@ def test_the_vad_keeps_working_through_codec_switches():
     async def main():
         config = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300)
         session = RtcSession(FakeEngineSession(n_frames=0), "s", config, turn_factory=FakeTurn)
-        segments = [(48000, "stereo", "s16"), (16000, "mono", "s16"), (8000, "mono", "s32"),
-                    (44100, "5.1", "fltp"), (48000, "mono", "u8"), (32000, "stereo", "s16p")]
+        segments = [
+            (48000, "stereo", "s16"),
+            (16000, "mono", "s16"),
+            (8000, "mono", "s32"),
+            (44100, "5.1", "fltp"),
+            (48000, "mono", "u8"),
+            (32000, "stereo", "s16p"),
+        ]
         frames = []
         for rate, layout, fmt in segments:
             frames += buzz_frames(rate, layout, fmt, loud_s=0.6, label=f"{rate}/{layout}/{fmt}")
@@ -452,8 +462,7 @@ class FailingEngineSession(FakeEngineSession):
 
     async def _outputs(self):
         if self.failure == "turn_error":
-            yield TurnError(message="the speech model is busy; try again shortly", code="unavailable",
-                            error_id="e1")
+            yield TurnError(message="the speech model is busy; try again shortly", code="unavailable", error_id="e1")
             yield TurnFinished(reason=FinishReason.ERROR)
         else:
             yield TurnFinished(reason=FinishReason.COMPLETE)
@@ -467,8 +476,12 @@ def test_engine_errors_reach_the_caller_as_the_engine_worded_them():
         await session.wait_turn()
         messages = sent(session)
         error = next(m for m in messages if m["type"] == "error")
-        assert error == {"type": "error", "message": "the speech model is busy; try again shortly", "turn_id": 1,
-                         "code": "unavailable"}
+        assert error == {
+            "type": "error",
+            "message": "the speech model is busy; try again shortly",
+            "turn_id": 1,
+            "code": "unavailable",
+        }
         assert messages[-1] == {"type": "turn_end", "turn_id": 1, "reason": "error"}
         await session.close()
 
@@ -514,7 +527,7 @@ def test_offers_with_video_or_a_second_data_channel_section_are_refused():
         client = Client()
         await client.pc.setLocalDescription(await client.pc.createOffer())
         sdp = client.pc.localDescription.sdp
-        application = sdp[sdp.index("m=application"):]
+        application = sdp[sdp.index("m=application") :]
         doubled = sdp + application.replace("a=mid:1", "a=mid:2")
         session = RtcSession(FakeEngineSession(), "d", turn_factory=FakeTurn)
         with pytest.raises(ProtocolError, match="exactly one data channel section, got 2"):
@@ -581,8 +594,10 @@ def test_a_text_message_that_is_not_utf8_costs_the_message_not_the_call():
         errors = await client.wait_for("error", count=2)
         assert errors[1]["code"] == "bad_message" and "UTF-8" in errors[1]["message"]
         client.send({"type": "text", "text": "still there?"})
-        await until(lambda: engine.turns and engine.turns[-1].text == "still there?",
-                    what="the question after the bad bytes reached the engine")
+        await until(
+            lambda: engine.turns and engine.turns[-1].text == "still there?",
+            what="the question after the bad bytes reached the engine",
+        )
         assert session.connection_state == "connected" and not session.closed
         await session.close()
         await client.close()
@@ -603,8 +618,9 @@ def test_a_bounded_fuzz_run_over_the_data_channel_leaves_the_session_answering()
             return "bad_message"
         return type(message).__name__
 
-    messages = [raw if isinstance(raw, bytes) or _encodable(raw) else raw.encode("utf-8", "surrogatepass")
-                for raw in messages]
+    messages = [
+        raw if isinstance(raw, bytes) or _encodable(raw) else raw.encode("utf-8", "surrogatepass") for raw in messages
+    ]
     expected = [verdict(raw) for raw in messages]
     assert "ByeMessage" not in expected
     bad = expected.count("bad_message")
@@ -618,8 +634,11 @@ def test_a_bounded_fuzz_run_over_the_data_channel_leaves_the_session_answering()
         for raw in messages:
             client.channel.send(raw)  # bytes go as a binary message
             await asyncio.sleep(0)  # let the SCTP transport take it
-        await until(lambda: session.stats.client_errors == bad, timeout=20,
-                    what=f"{bad} bad messages answered with errors (got {session.stats.client_errors})")
+        await until(
+            lambda: session.stats.client_errors == bad,
+            timeout=20,
+            what=f"{bad} bad messages answered with errors (got {session.stats.client_errors})",
+        )
         errors = await client.wait_for("error", count=bad, timeout=20)
         assert {e["code"] for e in errors} == {"bad_message"}  # no internal error, no rate limit, nothing else
         assert all(len(e["message"]) <= protocol.MAX_ERROR_CHARS for e in errors)
@@ -628,11 +647,15 @@ def test_a_bounded_fuzz_run_over_the_data_channel_leaves_the_session_answering()
         # and the session still answers a plain question
         before = len(engine.turns)
         client.send({"type": "text", "text": "still there?"})
-        await until(lambda: len(engine.turns) > before and engine.turns[-1].text == "still there?",
-                    what="the question after the fuzz reached the engine")
+        await until(
+            lambda: len(engine.turns) > before and engine.turns[-1].text == "still there?",
+            what="the question after the fuzz reached the engine",
+        )
         latest = session._turn.turn_id
-        await until(lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
-                    what="the question after the fuzz was answered")
+        await until(
+            lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
+            what="the question after the fuzz was answered",
+        )
         await session.close()
         await client.close()
 

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 from rtc_fakes import Client, FakeEngineSession, FakeTurn
-
 from waiting import until
 
 from assistant.metrics import ServingMetrics
@@ -78,8 +77,10 @@ def test_ttfa_turns_underruns_and_sessions_reach_the_metrics_and_bye_ends_the_se
         await until(lambda: len(manager) == 0, what="the session to close after bye")
         assert session.closed and engines[0].closed
         assert value(metrics, "anystream_active_sessions") == 0
-        await until(lambda: client.pc.connectionState == "closed" or client.channel.readyState == "closed",
-                    what="the caller to see the connection close")
+        await until(
+            lambda: client.pc.connectionState == "closed" or client.channel.readyState == "closed",
+            what="the caller to see the connection close",
+        )
         await client.close()
 
     asyncio.run(main())

@@ -7,14 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from rtc_fakes import Client, FakeEngineSession, FakeTurn, connect
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES
 from assistant.pipeline.outputs import AudioFrame, TurnFinished
 from assistant.protocol import FinishReason, OfferRequest, ProtocolError
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import ReplyAudioTrack, RtcSession, RtcSessionManager, VoiceUnavailableError
-
-from rtc_fakes import Client, FakeEngineSession, FakeTurn, connect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -387,7 +386,9 @@ def test_manager_creates_the_engine_session_with_the_offered_voice():
         manager = RtcSessionManager(new_engine_session, voices=FakeVoiceBank(), turn_factory=FakeTurn)
         client = Client()
         offer = await client.offer()
-        with pytest.raises(VoiceUnavailableError, match=r"unknown voice 'tenor'; known voices: alto, bass \(default: alto\)"):
+        with pytest.raises(
+            VoiceUnavailableError, match=r"unknown voice 'tenor'; known voices: alto, bass \(default: alto\)"
+        ):
             await manager.create(OfferRequest(sdp=offer.sdp, voice="tenor"))
         assert len(manager) == 0 and calls == []  # refused before any engine state existed
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from rtc_fakes import FakeClock, Client, FakeEngineSession, FakeTurn, ScriptedMic
-
+from rtc_fakes import Client, FakeClock, FakeEngineSession, FakeTurn, ScriptedMic
 from waiting import until
 
 from assistant.protocol import OfferRequest
@@ -23,14 +22,19 @@ pytestmark = pytest.mark.timeout(60)
 
 def manager_with(clock: FakeClock, limits: SessionLimits, **options) -> RtcSessionManager:
     use_loopback_only()
-    return RtcSessionManager(lambda: FakeEngineSession(n_frames=2), limits=limits, now=clock,
-                             watchdog_interval_s=0.02, turn_factory=FakeTurn, **options)
+    return RtcSessionManager(
+        lambda: FakeEngineSession(n_frames=2),
+        limits=limits,
+        now=clock,
+        watchdog_interval_s=0.02,
+        turn_factory=FakeTurn,
+        **options,
+    )
 
 
 def without_candidates(offer: OfferRequest) -> OfferRequest:
     """The offer with its ICE candidates cut out: the server can never reach this caller."""
-    lines = [line for line in offer.sdp.split("\r\n")
-             if not line.startswith(("a=candidate", "a=end-of-candidates"))]
+    lines = [line for line in offer.sdp.split("\r\n") if not line.startswith(("a=candidate", "a=end-of-candidates"))]
     return OfferRequest(sdp="\r\n".join(lines))
 
 
@@ -59,8 +63,9 @@ class StallingMic(ScriptedMic):
 def test_offers_that_never_connect_are_dropped_and_free_their_slot():
     async def main():
         clock = FakeClock()
-        manager = manager_with(clock, SessionLimits(connect_timeout_s=15, media_timeout_s=None, idle_timeout_s=None),
-                               max_sessions=1)
+        manager = manager_with(
+            clock, SessionLimits(connect_timeout_s=15, media_timeout_s=None, idle_timeout_s=None), max_sessions=1
+        )
         ghost = Client()
         stuck, _ = await manager.create(without_candidates(await ghost.offer()))
         caller = Client()

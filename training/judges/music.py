@@ -3,7 +3,8 @@
 Independent of the models (numpy only, no ``assistant.models``), so a codec cannot pass by sharing its mistakes.
 
 Tempo: spectral flux (half-wave rectified rise of log band energies in dB, 10 ms hop, 50 dB range) is the
-onset-strength envelope; its autocorrelation (summed, not normalised per lag, so a lag that fits more beat pairs in the clip
+onset-strength envelope; its autocorrelation (summed, not normalised per lag, so a lag that fits more beat pairs in
+the clip
 scores higher) is searched over beat periods of 60-200 bpm. A whole-number multiple of the best period (an octave
 error: a tune heard at half speed) is never preferred, since the shorter period always spans more onset pairs;
 when half the best period also scores at least ``HALF_PERIOD_RATIO`` of the peak, the faster tempo is taken.
