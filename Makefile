@@ -9,13 +9,30 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := espeak-ng sox libsndfile1 libportaudio2
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-resilience setup train-mini eval-mini system-packages clean
+.PHONY: serve test test-fast test-slow lint test-resilience setup train-mini eval-mini system-packages clean
 
 serve: $(STAMP)
 	$(VENV)/bin/anystream-serve --config deployments/configs/embedded.yaml
 
-test: $(STAMP)
-	$(PY) -m pytest -q -m "not faults and not soak"
+# Test tiers (markers in pyproject.toml). The fast tier is the inner loop: unit tests with tiny configs, well under
+# two minutes. The slow tier starts Ray, servers, real WebRTC peers and full-size models. `make test` (what CI runs)
+# checks the code, then runs every test this machine can run, the fast tier first so a failure shows early.
+FAST_TIER := not slow and not gpu and not faults and not soak
+SLOW_TIER := (slow or gpu) and not faults and not soak
+
+test: lint test-fast test-slow
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "$(FAST_TIER)"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "$(SLOW_TIER)"
+
+# Lint, formatting and types; fix most of it with `.venv/bin/ruff check --fix . && .venv/bin/ruff format .`
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Replicas killed mid-turn, and the soak (300 sequential sessions, 20 concurrent for 3 minutes): about 25 minutes on
 # 2 cores. SOAK_SESSIONS / SOAK_CONCURRENT / SOAK_MINUTES size the soak; SOAK_JSON=path keeps its figures.

@@ -57,10 +57,11 @@ def anygpt_random_bundle(device: str, dtype: str, layers: int | None, speech_tok
 
     from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
-    from assistant.models.anygpt import anygpt_added_tokens, torch_dtype
+    from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
+    from assistant.models.anygpt.lm import anygpt_added_tokens
+    from assistant.models.anygpt.loader import torch_dtype
+    from assistant.models.anygpt.speech import SpeechTokenizer
     from assistant.models.bundle import ModelBundle
-    from assistant.models.soundstorm import SoundStorm, SoundStormConfig
-    from assistant.models.speechtokenizer import SpeechTokenizer
     from assistant.vocab import UnifiedVocab
 
     reference = Path(__file__).resolve().parents[1] / "tests" / "reference" / "anygpt_llm.json"
@@ -89,12 +90,12 @@ def load_speaking_bundle(args: Any, speech_tokens: int):
     """The family's LM, codec and acoustic decoder, with replies forced to exactly ``speech_tokens`` speech codes."""
     if args.family == "anygpt-random":
         return anygpt_random_bundle(args.device, args.dtype, args.layers, speech_tokens)
-    from assistant.models.loading import ModelSpec, load_bundle
+    from assistant.models.loading import ModelSpec, load_models
 
     spec = ModelSpec(
         family=args.family, assets_dir=args.assets_dir, device=args.device, dtype=args.dtype, seed=args.seed
     )
-    bundle = load_bundle(spec, ("lm", "codec", "acoustic"))
+    bundle = load_models(spec, ("lm", "codec", "acoustic"))
     speech = replace(bundle.generation.speech, max_new_tokens=speech_tokens, min_new_tokens=speech_tokens)
     bundle.generation = replace(bundle.generation, speech=speech, max_total_new_tokens=speech_tokens + 4)
     return bundle

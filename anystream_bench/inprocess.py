@@ -72,23 +72,12 @@ def load_engine(
     from assistant.pipeline.engine import AssistantEngine, EngineConfig
 
     start = time.monotonic()
-    try:
-        from assistant.models.loading import ModelSpec, load_backends, load_vocab_and_voices
-    except ImportError:
-        if family != "embedded":
-            raise SystemExit(
-                "this checkout cannot load the anygpt family in-process (no assistant.models.loading)"
-            ) from None
-        from assistant.models.bundle import load_embedded
-        from assistant.pipeline.local import local_backends
+    from assistant.models.loading import ModelSpec, load_backends, load_vocab_and_voices
 
-        bundle = load_embedded(assets_dir, seed=seed)
-        backends, vocab, voices, how = local_backends(bundle), bundle.vocab, bundle.voices, "local_backends"
-    else:
-        spec = ModelSpec(family=family, assets_dir=assets_dir, device=device, dtype=dtype, seed=seed)
-        backends = load_backends(spec)
-        vocab, voices = load_vocab_and_voices(spec)
-        how = "load_backends"
+    spec = ModelSpec(family=family, assets_dir=assets_dir, device=device, dtype=dtype, seed=seed)
+    backends = load_backends(spec)
+    vocab, voices = load_vocab_and_voices(spec)
+    how = "load_backends"
     counting = TokenCountingLM(backends.lm)
     backends = dataclasses.replace(backends, lm=counting)
     engine = AssistantEngine(backends, vocab, EngineConfig(), voices=voices)

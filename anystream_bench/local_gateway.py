@@ -3,7 +3,7 @@ thread of its own (its own event loop), so the benchmark's WebRTC clients can me
 and the test suite can run the WebRTC mode without a Ray cluster.
 
 Offers are answered by :func:`deployments.gateway.receive_offer`, the deployment's own code (importing it imports the
-ray package, but no Ray cluster is started), over an :class:`assistant.webrtc.session.RtcSessionManager`, under the
+ray package, but no Ray cluster is started), over an :class:`assistant.webrtc.manager.RtcSessionManager`, under the
 same access rules (:mod:`assistant.access`; off unless ``access`` is given).
 """
 
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from assistant.access import AccessConfig, AccessDenied, authorize
 from assistant.metrics import ServingMetrics
 from assistant.webrtc.ice import use_loopback_only
-from assistant.webrtc.session import RtcSessionManager
+from assistant.webrtc.manager import RtcSessionManager
 
 
 class LocalGateway:

@@ -93,14 +93,14 @@ def _make_voices(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from assistant.models.anygpt import AnyGPTLayout
-    from assistant.models.checkpoint_io import CheckpointError
-    from assistant.models.speechtokenizer import load_speechtokenizer_dir
+    from assistant.models.anygpt.loader import AnyGPTLayout
+    from assistant.models.anygpt.speech import load_speechtokenizer_dir
+    from assistant.models.config_io import ConfigError
     from assistant.models.voices import VoiceBank
 
     try:
         codec = load_speechtokenizer_dir(AnyGPTLayout(args.folder).path("speechtokenizer_dir"))
-    except CheckpointError as exc:
+    except ConfigError as exc:
         print(f"anystream: {exc}", file=sys.stderr)
         return 1
     with torch.inference_mode():
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return _make_voices(args)
     if args.command == "token":
         return _mint_token(args)
-    from assistant.models.anygpt import check_weights, failed
+    from assistant.models.anygpt.loader import check_weights, failed
 
     try:
         reports = check_weights(args.folder)

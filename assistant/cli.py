@@ -10,20 +10,31 @@ Models: ``--family embedded`` (default: the package's tiny CPU models, or ``--as
 once in this process by ``assistant.models.loading.load_backends``.
 
 Writes ``DIR/answer.wav`` (every audio frame of the reply, speech and music, 16 kHz), ``DIR/reply.txt``
-(transcript and reply text), ``DIR/image_{i}.png`` and ``DIR/music_{i}.wav``; prints the text as it streams.
+(transcript and reply text), ``DIR/image_{i}.png`` and ``DIR/music_{i}.wav`` (the frames of piece i, as played);
+prints the text as it streams.
+
+The turn runs as it does on the server: a :class:`~assistant.pipeline.turns.TurnController` drives the engine
+session and turns its outputs into wire messages, which are read here through :func:`assistant.dispatch.dispatch`
+(as the edge client reads them); the reply's audio frames come to :class:`_ChatReply` as to the server's track.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from assistant import protocol
 from assistant.audio import SAMPLE_RATE, AudioFormatError, pcm16_to_float, read_wav, write_wav
+from assistant.dispatch import ServerMessageHandler, dispatch
 from assistant.models.loading import DTYPES, MODEL_FAMILIES, ModelSpec, load_backends, load_vocab_and_voices
+from assistant.pipeline.outputs import AudioFrame
+from assistant.pipeline.turns import TurnController
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,19 +105,102 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     )
 
 
+class _ChatReply(ServerMessageHandler):
+    """The reply sink of ``assistant chat``: prints the text as it streams and keeps what goes to files.
+
+    Wire messages arrive through :func:`dispatch`; audio frames through :meth:`play` (nothing is played live, so
+    nothing waits). Music frames follow the ``music`` message of their piece."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.frames: list[np.ndarray] = []  # every frame of the reply: answer.wav
+        self.music: dict[int, list[np.ndarray]] = {}  # the frames of each piece of music: music_{i}.wav
+        self._music_index: int | None = None
+        self.transcript: list[str] = []
+        self.reply: list[str] = []
+        self._section: str | None = None
+        self.status = 0
+
+    # ----- ReplySink -----
+
+    def send(self, message: protocol.ServerMessage) -> None:
+        dispatch(message, self)
+
+    async def play(self, frame: AudioFrame) -> None:
+        self.frames.append(frame.pcm)
+        if frame.source == "music" and self._music_index is not None:
+            self.music[self._music_index].append(frame.pcm)
+
+    def flush_audio(self) -> None:
+        pass  # nothing interrupts a chat turn
+
+    def begin_reply(self, on_first_played: Callable[[], None] | None) -> None:
+        pass
+
+    def end_reply(self) -> None:
+        pass
+
+    async def wait_played(self) -> None:
+        pass
+
+    # ----- ServerMessageHandler -----
+
+    def on_transcript(self, message: protocol.Transcript) -> None:
+        self._print_text("transcript", message.delta)
+        self.transcript.append(message.delta)
+
+    def on_text(self, message: protocol.TextDelta) -> None:
+        self._print_text("reply", message.delta)
+        self.reply.append(message.delta)
+
+    def on_image(self, message: protocol.ImageReady) -> None:
+        path = self.out / f"image_{message.index}.png"
+        path.write_bytes(base64.b64decode(message.png_base64))
+        print(f"\n[image] {path} ({message.width}x{message.height})", flush=True)
+
+    def on_music(self, message: protocol.MusicReady) -> None:
+        self._music_index = message.index
+        self.music[message.index] = []
+        path = self.out / f"music_{message.index}.wav"
+        print(f"\n[music] {path} ({message.duration_s:.2f} s)", flush=True)
+
+    def on_error(self, message: protocol.ErrorEvent) -> None:
+        print(f"\nerror: {message.message}", file=sys.stderr)
+        self.status = 1
+
+    def on_turn_end(self, message: protocol.TurnEnd) -> None:
+        print(f"\n[turn finished: {message.reason}]", flush=True)
+        if message.reason == protocol.FinishReason.ERROR.value:
+            self.status = 1
+
+    def _print_text(self, section: str, text: str) -> None:
+        if self._section != section:
+            print(f"\n[{section}] ", end="")
+            self._section = section
+        print(text, end="", flush=True)
+
+    # ----- files -----
+
+    def write_files(self) -> None:
+        for index, frames in self.music.items():
+            write_wav(self.out / f"music_{index}.wav", _wave(frames), SAMPLE_RATE)
+        wave = _wave(self.frames)
+        write_wav(self.out / "answer.wav", wave, SAMPLE_RATE)
+        text = ""
+        if self.transcript:
+            text += "transcript: " + "".join(self.transcript).strip() + "\n"
+        text += "reply: " + "".join(self.reply).strip() + "\n"
+        (self.out / "reply.txt").write_text(text, encoding="utf-8")
+        print(f"[wrote] {self.out / 'answer.wav'} ({wave.size / SAMPLE_RATE:.2f} s), {self.out / 'reply.txt'}")
+
+
+def _wave(frames: list[np.ndarray]) -> np.ndarray:
+    return pcm16_to_float(np.concatenate(frames)) if frames else np.zeros(0, dtype=np.float32)
+
+
 async def _chat(args: argparse.Namespace, spec: ModelSpec, audio: np.ndarray | None, picture: bytes | None) -> int:
     # torch-heavy imports only once the input is known to be good
     from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
-    from assistant.pipeline.outputs import (
-        AudioFrame,
-        ImageOutput,
-        MusicOutput,
-        ReplyTextDelta,
-        TranscriptDelta,
-        TurnError,
-        TurnFinished,
-    )
-    from assistant.protocol import FinishReason
 
     try:
         vocab, voices = load_vocab_and_voices(spec)
@@ -123,52 +217,18 @@ async def _chat(args: argparse.Namespace, spec: ModelSpec, audio: np.ndarray | N
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    frames: list[np.ndarray] = []
-    transcript: list[str] = []
-    reply: list[str] = []
-    section = None
-    status = 0
+    reply = _ChatReply(out)
+    turns = TurnController(session, reply, label="assistant chat")
     try:
-        async for item in session.respond(UserTurn(audio=audio, text=args.text, image=picture)):
-            if isinstance(item, AudioFrame):
-                frames.append(item.pcm)
-            elif isinstance(item, (TranscriptDelta, ReplyTextDelta)):
-                name = "transcript" if isinstance(item, TranscriptDelta) else "reply"
-                if section != name:
-                    print(f"\n[{name}] ", end="")
-                    section = name
-                print(item.text, end="", flush=True)
-                (transcript if name == "transcript" else reply).append(item.text)
-            elif isinstance(item, ImageOutput):
-                path = out / f"image_{item.index}.png"
-                path.write_bytes(item.png)
-                print(f"\n[image] {path} ({item.width}x{item.height})", flush=True)
-            elif isinstance(item, MusicOutput):
-                path = out / f"music_{item.index}.wav"
-                write_wav(path, item.wave, SAMPLE_RATE)
-                print(f"\n[music] {path} ({item.duration_s:.2f} s)", flush=True)
-            elif isinstance(item, TurnError):
-                print(f"\nerror: {item.message}", file=sys.stderr)
-                status = 1
-            elif isinstance(item, TurnFinished):
-                print(f"\n[turn finished: {item.reason.value}]", flush=True)
-                if item.reason is FinishReason.ERROR:
-                    status = 1
+        await turns.start(UserTurn(audio=audio, text=args.text, image=picture))
+        await turns.wait()
     finally:
-        await session.close()
+        await turns.close()  # closes the engine session
         close_lm = getattr(backends.lm, "close", None)  # the batched LM engine's thread
         if close_lm is not None:
             close_lm()
-
-    wave = pcm16_to_float(np.concatenate(frames)) if frames else np.zeros(0, dtype=np.float32)
-    write_wav(out / "answer.wav", wave, SAMPLE_RATE)
-    text = ""
-    if transcript:
-        text += "transcript: " + "".join(transcript).strip() + "\n"
-    text += "reply: " + "".join(reply).strip() + "\n"
-    (out / "reply.txt").write_text(text, encoding="utf-8")
-    print(f"[wrote] {out / 'answer.wav'} ({wave.size / SAMPLE_RATE:.2f} s), {out / 'reply.txt'}")
-    return status
+    reply.write_files()
+    return reply.status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ class VadEndpointer:
         self.config = config or EndpointerConfig()
         c = self.config
         self._start_frames = max(1, c.start_ms // c.frame_ms)
-        self._window = deque(maxlen=max(self._start_frames, c.start_window_ms // c.frame_ms))
+        self._window: deque[bool] = deque(maxlen=max(self._start_frames, c.start_window_ms // c.frame_ms))
         self._pre_roll: deque[bytes] = deque(maxlen=max(1, c.pre_roll_ms // c.frame_ms))
         self._end_frames = max(1, c.end_silence_ms // c.frame_ms)
         self._max_frames = max(1, c.max_utterance_ms // c.frame_ms)

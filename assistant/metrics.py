@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -312,7 +312,7 @@ class CountingLMBackend(LMBackend):
     async def limits(self):
         return await self.inner.limits()  # the engine sizes its prompts by the wrapped LM
 
-    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
+    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
         stream = self.inner.stream(prompt_ids, force_modality)
         try:
             async for chunk in stream:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import re
@@ -236,7 +237,8 @@ class ImageMessage:
 
     With ``text`` the picture and the question start a turn at once. Without it the server keeps the picture and
     attaches it to the user's next turn (usually the spoken question); a newer picture replaces it and an
-    ``interrupt`` message drops it.
+    ``interrupt`` message drops it. The server's voice detection interrupting a reply (the user starts to speak
+    over it: barge-in) keeps it, since that speech is usually the question about the picture.
     """
 
     png_base64: str  # named for the common case; JPEG bytes are accepted too
@@ -433,7 +435,7 @@ def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
 def _build(cls: type, obj: dict[str, Any]) -> Any:
     spec = _FIELD_TYPES[cls]
     optional = _OPTIONAL_FIELDS.get(cls, set())
-    kind = cls.__dataclass_fields__["type"].default  # our own name for it, not the peer's text
+    kind = {f.name: f.default for f in dataclasses.fields(cls)}["type"]  # our own name for it, not the peer's text
     kwargs = {}
     for name, types in spec.items():
         if name not in obj:

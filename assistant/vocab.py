@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from assistant.models.config_io import ConfigError, read_json_object
+
 ADDED_TOKENS_FILE = "added_tokens.json"
 TEXT_TOKENIZER_FILE = "text_tokenizer.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
@@ -174,10 +176,13 @@ class ByteTextTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ByteTextTokenizer:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json_object(path)
         if data.get("type") != "bytes":
-            raise ValueError(f"{path}: unsupported text tokenizer type {data.get('type')!r} (expected 'bytes')")
-        return cls(data.get("specials", list(TEXT_SPECIALS)), data.get("pieces", []))
+            raise ConfigError(f"{path}: unsupported text tokenizer type {data.get('type')!r} (expected 'bytes')")
+        try:
+            return cls(data.get("specials", list(TEXT_SPECIALS)), data.get("pieces", []))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
 
     def to_dict(self) -> dict:
         out: dict = {"type": "bytes", "specials": list(self.specials)}
@@ -254,7 +259,7 @@ def load_text_tokenizer(directory: str | Path) -> TextTokenizer:
         return SentencePieceTextTokenizer(directory / SENTENCEPIECE_FILE)
     if (directory / TEXT_TOKENIZER_FILE).is_file():
         return ByteTextTokenizer.from_file(directory / TEXT_TOKENIZER_FILE)
-    raise FileNotFoundError(f"{directory}: no text tokenizer ({SENTENCEPIECE_FILE} or {TEXT_TOKENIZER_FILE})")
+    raise ConfigError(f"{directory}: no text tokenizer ({SENTENCEPIECE_FILE} or {TEXT_TOKENIZER_FILE})")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -308,17 +313,17 @@ class UnifiedVocab:
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_dir(cls, path: str | Path, vocab_size: int | None = None) -> UnifiedVocab:
+        """The vocabulary of a tokenizer folder: ``added_tokens.json`` plus its text tokenizer (``ConfigError``
+        naming the file when one is missing or malformed)."""
         path = Path(path)
         added_path = path / ADDED_TOKENS_FILE
-        if not added_path.is_file():
-            raise FileNotFoundError(f"{added_path} not found")
+        raw = read_json_object(added_path)
+        if not all(type(v) is int for v in raw.values()):
+            raise ConfigError(f"{added_path}: expected an object mapping token strings to integer ids")
         try:
-            raw = json.loads(added_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{added_path}: invalid JSON ({exc})") from exc
-        if not isinstance(raw, dict) or not all(isinstance(k, str) and type(v) is int for k, v in raw.items()):
-            raise ValueError(f"{added_path}: expected an object mapping token strings to integer ids")
-        return cls(load_text_tokenizer(path), raw, vocab_size=vocab_size, source=str(added_path))
+            return cls(load_text_tokenizer(path), raw, vocab_size=vocab_size, source=str(added_path))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @classmethod
     def embedded(cls) -> UnifiedVocab:

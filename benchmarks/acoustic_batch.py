@@ -17,9 +17,8 @@ import time
 
 import torch
 
-from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule, decode_codes
-from assistant.models.bundle import load_embedded
-from assistant.models.loading import ModelSpec
+from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule
+from assistant.models.loading import ModelSpec, load_models
 from assistant.models.voices import VoiceBank
 
 
@@ -54,8 +53,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=25, help="context frames (0 = a first chunk)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = load_embedded(seed=0, parts=("acoustic", "codec"))
-    bank = VoiceBank.from_json(ModelSpec().voices_path)
+    bundle = load_models(ModelSpec(seed=0), ("acoustic", "codec"))
+    bank = bundle.voices
     decoder = ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, UnmaskSchedule(), context_frames=args.context)
     chunk_s = args.frames * decoder.hop / decoder.sample_rate
     print(
@@ -77,7 +76,7 @@ def main() -> None:
             )
             codes = decoder.fill.batch(decoder.model, semantic, prompt, context, generators)
             full = codes if context is None else torch.cat([context, codes], dim=2)
-            codec = timed(lambda: decode_codes(decoder.codec, full), args.repeats)  # noqa: B023
+            codec = timed(lambda: decoder.codec.decode_batch(full), args.repeats)  # noqa: B023
         per_chunk = total / batch
         print(
             f"{batch:5d} {total * 1000:9.1f} {per_chunk * 1000:9.1f} {fill / batch * 1000:7.1f} "

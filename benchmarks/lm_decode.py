@@ -4,7 +4,8 @@ engine (total and per-request tokens/s, mean decode step per batch size).
     .venv/bin/python benchmarks/lm_decode.py [--threads 2] [--prompt 300] [--tokens 200] [--sessions 1,2,4,8]
                                              [--device cuda] [--dtype float16]
 
-Uses the embedded LM config (seeded random weights: speed does not depend on the values). Figures, not assertions.
+Uses the embedded LM (loaded as every caller loads it, ``assistant.models.loading.load_models``). Figures, not
+assertions.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import torch
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
 from assistant.decoding.lm_stream import TokenStream
 from assistant.lm_engine import LMEngine, LMEngineConfig
-from assistant.models.bundle import EMBEDDED_DIR
-from assistant.models.lm import LMConfig, build_lm
-from assistant.vocab import UnifiedVocab
+from assistant.models.loading import ModelSpec, load_models
 
 
 def single_stream(model, vocab, settings, prompt: list[int], tokens: int) -> float:
@@ -71,15 +70,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    vocab = UnifiedVocab.embedded()
-    config = LMConfig.from_json(EMBEDDED_DIR / "lm.json")
-    model = build_lm(config, seed=0).to(args.device, getattr(torch, args.dtype))
+    bundle = load_models(ModelSpec(), ("lm",))
+    vocab, config = bundle.vocab, bundle.lm.config
+    model = bundle.lm.to(args.device, getattr(torch, args.dtype))
     # Text ids only and no stop: every request generates exactly --tokens tokens.
     greedy = SamplingSettings(do_sample=False, max_new_tokens=args.tokens)
     settings = GenerationSettings(text=greedy)
     prompt = [vocab.bos_id] + [vocab.encode_text("a")[0]] * (args.prompt - 1)
     where = (
-        f"{config.num_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
+        f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
         f"{args.device} {args.dtype}, {args.threads} threads"
     )
     rate = single_stream(model, vocab, settings, prompt, args.tokens)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES
 from assistant.models.loading import ModelSpec, load_role, load_vocab_and_voices
 from deployments.autoscaling import LOAD_METRIC
 from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
@@ -24,7 +25,11 @@ from deployments.common import FAST_SHUTDOWN, ReadinessProbe, replica_name
 @serve.deployment(**FAST_SHUTDOWN)
 class AcousticDecoderDeployment(ReadinessProbe):
     def __init__(
-        self, model: dict | None = None, batch_window_s: float = 0.005, max_batch: int = 8, context_frames: int = 25
+        self,
+        model: dict | None = None,
+        batch_window_s: float = 0.005,
+        max_batch: int = 8,
+        context_frames: int = DEFAULT_CONTEXT_FRAMES,
     ):
         """``context_frames``: frames of the previous chunk each chunk is decoded after (the engine's setting)."""
         spec = ModelSpec.from_dict(model)

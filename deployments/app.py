@@ -251,6 +251,7 @@ def load_config(yaml_path: str | Path) -> ServeSettings:
 def build_app(args: AppArgs | dict[str, Any] | None = None):
     """The Serve application: Gateway over SpeechTokenizer, LM, AcousticDecoder and MediaDecoder deployments."""
     from deployments.acoustic import AcousticDecoderDeployment
+    from deployments.common import as_deployment
     from deployments.gateway import Gateway
     from deployments.lm import LMDeployment
     from deployments.media import MediaDecoderDeployment
@@ -259,32 +260,42 @@ def build_app(args: AppArgs | dict[str, Any] | None = None):
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args or {})
     model = args.model_spec()
-    speech = SpeechTokenizerDeployment.options(**args.speech_tokenizer.serve_options()).bind(
-        model, args.encode_max_batch_size, args.encode_batch_wait_s
+    speech = (
+        as_deployment(SpeechTokenizerDeployment)
+        .options(**args.speech_tokenizer.serve_options())
+        .bind(model, args.encode_max_batch_size, args.encode_batch_wait_s)
     )
-    lm = LMDeployment.options(**args.lm.serve_options()).bind(
-        model, args.lm_chunk_interval_s, engine=args.lm_batching_config()
+    lm = (
+        as_deployment(LMDeployment)
+        .options(**args.lm.serve_options())
+        .bind(model, args.lm_chunk_interval_s, engine=args.lm_batching_config())
     )
     from assistant.pipeline.engine import EngineConfig
 
     context_frames = EngineConfig(**args.engine).context_frames  # the replica trims context to what the engine sends
-    acoustic = AcousticDecoderDeployment.options(**args.acoustic.serve_options()).bind(
-        model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames
+    acoustic = (
+        as_deployment(AcousticDecoderDeployment)
+        .options(**args.acoustic.serve_options())
+        .bind(model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames)
     )
-    media = MediaDecoderDeployment.options(**args.media.serve_options()).bind(model)
-    return Gateway.options(**args.gateway.serve_options()).bind(
-        speech,
-        lm,
-        acoustic,
-        media,
-        model=model,
-        loopback_only=args.loopback_only,
-        max_sessions=args.max_sessions,
-        engine=dict(args.engine),
-        endpointer=dict(args.endpointer),
-        access=dict(args.access),
-        call_timeouts=dict(args.call_timeouts),
-        session_limits=dict(args.session_limits),
+    media = as_deployment(MediaDecoderDeployment).options(**args.media.serve_options()).bind(model)
+    return (
+        as_deployment(Gateway)
+        .options(**args.gateway.serve_options())
+        .bind(
+            speech,
+            lm,
+            acoustic,
+            media,
+            model=model,
+            loopback_only=args.loopback_only,
+            max_sessions=args.max_sessions,
+            engine=dict(args.engine),
+            endpointer=dict(args.endpointer),
+            access=dict(args.access),
+            call_timeouts=dict(args.call_timeouts),
+            session_limits=dict(args.session_limits),
+        )
     )
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from assistant.lm_engine import BusyError
 from assistant.pipeline.backends import (
@@ -148,8 +148,9 @@ class RayLMBackend(LMBackend):
                     self._limits_known = True
         return self._limits
 
-    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
-        remote = self._streaming.stream.remote(list(prompt_ids), force_modality)
+    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
+        # a stream=True handle answers with a generator; the handle's annotations cannot say which it is
+        remote = cast(DeploymentResponseGenerator, self._streaming.stream.remote(list(prompt_ids), force_modality))
         timeout_s = self._timeouts.lm_first_chunk_s
         try:
             while True:

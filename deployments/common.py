@@ -7,7 +7,10 @@ dict (it pickles without pydantic).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray.serve import Deployment
 
 # Serve's defaults (2 s wait loop, 20 s timeout) make every shutdown take seconds; replicas here hold no
 # work worth waiting for beyond half a second. A deployment that streams replies sets a longer
@@ -21,6 +24,16 @@ class ReadinessProbe:
 
     async def ready(self) -> bool:
         return True
+
+
+def as_deployment(decorated: object) -> Deployment:
+    """A ``@serve.deployment`` class as the ``Deployment`` it is at run time (type checkers see the plain class);
+    raises ``TypeError`` for a class that was never decorated."""
+    from ray.serve import Deployment
+
+    if not isinstance(decorated, Deployment):
+        raise TypeError(f"{decorated!r} is not a Serve deployment (missing @serve.deployment?)")
+    return decorated
 
 
 def replica_name() -> str:

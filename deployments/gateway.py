@@ -60,7 +60,7 @@ from assistant.models.loading import ModelSpec, load_vocab_and_voices
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.protocol import ProtocolError, parse_offer_body
 from assistant.webrtc.limits import SessionLimits
-from assistant.webrtc.session import ClientLimitError, RtcSessionManager, SessionLimitError
+from assistant.webrtc.manager import ClientLimitError, RtcSessionManager, SessionLimitError
 from deployments.backends import ray_backends
 from deployments.common import FAST_SHUTDOWN, replica_name
 from deployments.health import STATUS_OK, HealthMonitor

@@ -11,6 +11,8 @@ utterances run one after another inside the call (the wrapper then only groups r
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ray import serve
 
@@ -22,8 +24,9 @@ from deployments.common import FAST_SHUTDOWN, ReadinessProbe
 class SpeechTokenizerDeployment(ReadinessProbe):
     def __init__(self, model: dict | None = None, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.005):
         self._encoder = load_role(ModelSpec.from_dict(model), "speech")
-        self.encode.set_max_batch_size(max_batch_size)
-        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        batched: Any = self.encode  # serve.batch's wrapper has these setters; its annotations do not say so
+        batched.set_max_batch_size(max_batch_size)
+        batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:

@@ -8,14 +8,14 @@ and merges later chunks that arrive close together.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 _DONE = object()
 
 
 async def batch_chunks(
     source: AsyncIterator[list[int]], interval_s: float, max_pending: int = 256
-) -> AsyncIterator[list[int]]:
+) -> AsyncGenerator[list[int]]:
     """Yields the first chunk of ``source`` at once, then merges chunks that arrive within ``interval_s``.
 
     A merged chunk leaves no earlier than ``interval_s`` after the previous one, and at once when the gap

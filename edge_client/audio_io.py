@@ -3,7 +3,7 @@
 Everything here speaks 20 ms frames at 48 kHz mono (WebRTC's Opus rate):
 - a source's ``read()`` returns ``np.float32[960]`` or ``None`` when it has nothing more to send;
 - a sink's ``write()`` takes ``np.int16[n]`` at 48 kHz mono; ``flush()`` drops whatever is still queued for
-  playback (barge-in / interrupt).
+  playback (the server said ``interrupted``).
 
 Sources and sinks are swappable so tests and headless runs use files; ``sounddevice`` (and so PortAudio) is
 imported only when a microphone or speaker stream is actually opened.
@@ -360,7 +360,7 @@ class SpeakerSink:
             self.underruns += 1
 
     def flush(self) -> None:
-        """Drops everything not yet played (called on barge-in / ``interrupted``)."""
+        """Drops everything not yet played (called when the server says ``interrupted``)."""
         with self._lock:
             while True:
                 try:

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from assistant.audio import AudioFormatError
-from assistant.protocol import MAX_IMAGE_BYTES, ImageMessage, ProtocolError, validate_voice_name
+from assistant.protocol import MAX_IMAGE_BYTES, ProtocolError, validate_voice_name
 from edge_client.client import EXIT_SERVER, EdgeClient
+from edge_client.config import ConfigError, EdgeClientConfig
 
 DEFAULT_FILE_TIMEOUT_S = 120.0
 API_KEY_ENV = "ANYSTREAM_API_KEY"
@@ -89,31 +90,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The command-line flag of each setting a config check can refuse (the rest are checked by argparse).
+_FLAGS = {"timeout": "--timeout", "voice": "--voice", "server_url": "--server"}
+
+
+def config_from_args(args: argparse.Namespace, image: bytes | None = None) -> EdgeClientConfig:
+    """The call's settings from the parsed command line; raises ConfigError (see :func:`main` for its wording)."""
+    out_dir = args.save_dir if args.output == "speaker" else args.output
+    return EdgeClientConfig(
+        server_url=args.server,
+        out_dir=Path(out_dir) if out_dir else None,
+        loopback_only=args.loopback_only,
+        text=args.text,
+        image=image,
+        image_name=args.image,
+        voice=args.voice,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        timeout=args.timeout,
+        vad_aggressiveness=args.vad_aggressiveness,
+    )
+
+
+def _complain(message: str) -> int:
+    print(f"anystream-edge: {message}", file=sys.stderr)
+    return EXIT_SERVER
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.timeout is not None and args.timeout <= 0:
-        print("anystream-edge: --timeout must be positive", file=sys.stderr)
-        return EXIT_SERVER
-
-    from edge_client import audio_io
-
     image = None
     if args.image is not None:
         try:
             image = Path(args.image).read_bytes()
-            ImageMessage.from_bytes(image, args.text)  # refuse here what the server would refuse
         except OSError as exc:
-            print(f"anystream-edge: cannot read picture {args.image}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_SERVER
-        except ProtocolError as exc:
-            print(f"anystream-edge: cannot send picture {args.image}: {exc}", file=sys.stderr)
-            return EXIT_SERVER
+            return _complain(f"cannot read picture {args.image}: {exc.strerror or exc}")
+    try:  # every setting is checked before any device or file is opened
+        config = config_from_args(args, image)
+    except ConfigError as exc:
+        if exc.field == "image":
+            return _complain(f"cannot send picture {args.image}: {exc.problem}")
+        return _complain(f"{_FLAGS.get(exc.field, exc.field)} {exc.problem}")
+
+    from edge_client import audio_io
 
     input_spec = args.input or ("silence" if args.text else "mic")
+    source: audio_io.AudioSource
+    sink: audio_io.AudioSink
     try:
         if input_spec == "mic":
             source = audio_io.MicrophoneSource()
@@ -122,37 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source = audio_io.FileSource(input_spec, lead_silence_s=args.lead_silence, tail_silence_s=args.tail_silence)
     except (AudioFormatError, ValueError) as exc:
-        print(f"anystream-edge: {exc}", file=sys.stderr)
-        return EXIT_SERVER
+        return _complain(str(exc))
 
     if args.output == "speaker":
         sink = audio_io.SpeakerSink()
-        out_dir = Path(args.save_dir) if args.save_dir else None
     else:
         try:
             sink = audio_io.DirectorySink(args.output)
         except OSError as exc:
-            print(f"anystream-edge: cannot write to {args.output}: {exc}", file=sys.stderr)
-            return EXIT_SERVER
-        out_dir = Path(args.output)
+            return _complain(f"cannot write to {args.output}: {exc}")
 
-    timeout = args.timeout
-    if timeout is None and source.finite:
-        timeout = DEFAULT_FILE_TIMEOUT_S
-    client = EdgeClient(
-        args.server,
-        source,
-        sink,
-        out_dir=out_dir,
-        loopback_only=args.loopback_only,
-        text=args.text,
-        timeout=timeout,
-        vad_aggressiveness=args.vad_aggressiveness,
-        image=image,
-        image_name=args.image,
-        voice=args.voice,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-    )
+    if config.timeout is None and source.finite:
+        config = config.replace(timeout=DEFAULT_FILE_TIMEOUT_S)
+    client = EdgeClient(config, source, sink)
     try:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # a second Ctrl-C while closing

@@ -1,9 +1,10 @@
 """The WebRTC media side of the edge client: the capture track we send and the consumer of the track we get.
 
-``CaptureTrack`` turns an audio source into pts-stamped 20 ms 48 kHz mono s16 frames and, on the way, runs
-client-side endpointing (webrtcvad at 16 kHz) so the client knows when the user starts and stops speaking
-(used for the "listening…" feedback and for barge-in). ``RemoteAudioConsumer`` always reads the server's
-track (an unread aiortc track backs up its decoder queue) and writes it to the sink as 48 kHz mono.
+``CaptureTrack`` is the shared :class:`assistant.rtc_audio.PacedAudioTrack` fed by an audio source (20 ms 48 kHz mono
+s16 frames) and, on the way, runs client-side endpointing (webrtcvad at 16 kHz) so the client knows when the user
+starts and stops speaking: the "listening…" feedback and the records only; the server's VAD decides turns and
+barge-in. ``RemoteAudioConsumer`` always reads the server's track (an unread aiortc track backs up its decoder queue)
+and writes it to the sink as 48 kHz mono int16 (through :func:`assistant.rtc_audio.frame_to_mono`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from fractions import Fraction
+from typing import cast
 
 import av
 import numpy as np
@@ -20,7 +21,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from assistant.audio import float_to_pcm16, resample
 from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadEndpointer
-from edge_client.audio_io import CAPTURE_RATE, FRAME_SAMPLES, AudioSink, AudioSource
+from assistant.rtc_audio import REAL_TIME, Clock, PacedAudioTrack, frame_to_mono
+from edge_client.audio_io import CAPTURE_RATE, FRAME_MS, FRAME_SAMPLES, AudioSink, AudioSource
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,14 @@ VAD_RATE = 16_000
 VAD_FRAME_MS = 20
 
 
-class CaptureTrack(MediaStreamTrack):
+class CaptureTrack(PacedAudioTrack):
     """Audio track fed by an :class:`~edge_client.audio_io.AudioSource`.
 
-    Frames carry ``pts = n * 960`` with ``time_base = 1/48000``. A source that is not ``live`` (a file) is
-    paced here by those timestamps, so it goes out in real time; a live source (the microphone) is already
-    paced by its device clock. ``on_speech_start()`` / ``on_speech_end(duration_s)`` are called (in the
-    event loop) when the client-side VAD decides the user started / stopped speaking.
+    Frames carry ``pts = n * 960`` with ``time_base = 1/48000``. A source that is not ``live`` (a file) is paced here
+    by those timestamps on ``clock``, so it goes out in real time; a live source (the microphone) is already paced by
+    its device clock. ``on_speech_start()`` / ``on_speech_end(duration_s)`` are called (in the event loop) when the
+    client-side VAD decides the user started / stopped speaking.
     """
-
-    kind = "audio"
 
     def __init__(
         self,
@@ -46,8 +46,9 @@ class CaptureTrack(MediaStreamTrack):
         on_speech_start: Callable[[], None] | None = None,
         on_speech_end: Callable[[float], None] | None = None,
         endpointer_config: EndpointerConfig | None = None,
+        clock: Clock = REAL_TIME,
     ):
-        super().__init__()
+        super().__init__(CAPTURE_RATE, FRAME_MS, clock=clock, paced=not source.live)
         self.source = source
         config = endpointer_config or EndpointerConfig(
             sample_rate=VAD_RATE, frame_ms=VAD_FRAME_MS, aggressiveness=vad_aggressiveness
@@ -55,36 +56,20 @@ class CaptureTrack(MediaStreamTrack):
         self.endpointer = VadEndpointer(config)
         self.on_speech_start = on_speech_start
         self.on_speech_end = on_speech_end
-        self.frames_sent = 0
-        self._start: float | None = None
-        self._time_base = Fraction(1, CAPTURE_RATE)
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
+    @property
+    def frames_sent(self) -> int:
+        return self.frame_count
+
+    async def next_pcm(self) -> np.ndarray | None:
         wave = await self.source.read()
         if wave is None:
-            self.stop()
-            raise MediaStreamError
+            return None
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)
         if wave.size != FRAME_SAMPLES:
             raise ValueError(f"audio sources must yield {FRAME_SAMPLES}-sample frames, got {wave.size}")
-        pts = self.frames_sent * FRAME_SAMPLES
-        if not self.source.live:
-            now = time.monotonic()
-            if self._start is None:
-                self._start = now
-            delay = self._start + pts / CAPTURE_RATE - now
-            if delay > 0:
-                await asyncio.sleep(delay)
-        pcm = float_to_pcm16(wave)
         self._run_vad(wave)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = CAPTURE_RATE
-        frame.pts = pts
-        frame.time_base = self._time_base
-        self.frames_sent += 1
-        return frame
+        return wave
 
     def _run_vad(self, wave_48k: np.ndarray) -> None:
         # 960 samples at 48 kHz -> exactly 320 at 16 kHz: one 20 ms VAD frame per capture frame.
@@ -99,46 +84,34 @@ class CaptureTrack(MediaStreamTrack):
                 log.exception("speech callback failed")
 
 
-def frame_to_mono_48k(frame: av.AudioFrame) -> np.ndarray:
-    """Any decoded aiortc audio frame (s16 packed stereo from Opus, planar, other rates) -> int16 mono 48 kHz."""
-    data = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        samples = data.reshape(channels, -1).T  # [n, C]
-    else:
-        samples = data.reshape(-1, channels)  # [n, C] (interleaved)
-    if samples.dtype == np.int16 and channels == 1 and frame.sample_rate == CAPTURE_RATE:
-        return samples[:, 0].copy()  # the common case of a mono s16 frame: exact, no conversion
-    if np.issubdtype(samples.dtype, np.integer):
-        # scale any integer format to int16 units
-        mono = samples.astype(np.float64).mean(axis=1) * (32768.0 / (float(np.iinfo(samples.dtype).max) + 1.0))
-    else:
-        mono = samples.astype(np.float64).mean(axis=1) * 32767.0
-    if frame.sample_rate != CAPTURE_RATE:
-        mono = resample(mono, frame.sample_rate, CAPTURE_RATE)  # linear, so the int16 scale is kept
-    return np.clip(np.round(mono), -32768, 32767).astype(np.int16)
-
-
 class RemoteAudioConsumer:
     """Reads the server's audio track until it ends and writes every frame to the sink.
 
-    ``on_audio(pcm)`` (optional) sees each mono frame too (statistics, tests).
+    ``on_audio(pcm)`` (optional) sees each mono frame too (statistics, tests); ``onsets`` holds the ``clock()`` times
+    at which received audio became audible.
     """
-
-    def __init__(self, track: MediaStreamTrack, sink: AudioSink, on_audio: Callable[[np.ndarray], None] | None = None):
-        self.track = track
-        self.sink = sink
-        self.on_audio = on_audio
-        self.frames = 0
-        self.samples = 0
-        self.peak = 0
-        self.onsets: list[float] = []  # time.monotonic() of each silent -> audible change (start of a reply)
-        self._quiet_frames = self.ONSET_QUIET_FRAMES
-        self._task: asyncio.Task[None] | None = None
 
     # A frame louder than about -40 dBFS after 200 ms of quiet is the start of a sound worth timing.
     ONSET_PEAK = 328
     ONSET_QUIET_FRAMES = 10
+
+    def __init__(
+        self,
+        track: MediaStreamTrack,
+        sink: AudioSink,
+        on_audio: Callable[[np.ndarray], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.track = track
+        self.sink = sink
+        self.on_audio = on_audio
+        self.clock = clock
+        self.frames = 0
+        self.samples = 0
+        self.peak = 0
+        self.onsets: list[float] = []  # clock() of each silent -> audible change (start of a reply)
+        self._quiet_frames = self.ONSET_QUIET_FRAMES
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
@@ -152,14 +125,14 @@ class RemoteAudioConsumer:
             except MediaStreamError:
                 log.debug("remote audio track ended")
                 return
-            pcm = frame_to_mono_48k(frame)
+            pcm = frame_to_mono(cast(av.AudioFrame, frame), CAPTURE_RATE, np.int16)
             self.frames += 1
             self.samples += pcm.size
             frame_peak = int(np.abs(pcm.astype(np.int32)).max()) if pcm.size else 0
             self.peak = max(self.peak, frame_peak)
             if frame_peak >= self.ONSET_PEAK:
                 if self._quiet_frames >= self.ONSET_QUIET_FRAMES:
-                    self.onsets.append(time.monotonic())
+                    self.onsets.append(self.clock())
                 self._quiet_frames = 0
             else:
                 self._quiet_frames += 1

@@ -4,6 +4,7 @@ whose text can be sent back; and every valid message survives the round trip thr
 import base64
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -92,6 +93,7 @@ def assert_clean_strings(message) -> None:
 
 @SETTINGS
 @given(peer_input())
+@pytest.mark.slow  # hypothesis: > 1.5 s
 def test_parse_client_message_returns_a_message_or_raises_a_sendable_protocol_error(raw):
     try:
         message = p.parse_client_message(raw)
@@ -104,6 +106,7 @@ def test_parse_client_message_returns_a_message_or_raises_a_sendable_protocol_er
 
 @SETTINGS
 @given(client_like_objects(), st.booleans(), st.booleans())
+@pytest.mark.slow  # hypothesis: > 1.5 s
 def test_client_like_objects_parse_or_fail_cleanly(obj, ascii_only, as_bytes):
     raw = json.dumps(obj, ensure_ascii=ascii_only)
     # as bytes, a lone surrogate becomes a sequence that is not UTF-8 (what a broken peer would send)
@@ -208,6 +211,7 @@ def offer_bodies(draw) -> bytes:
 
 @SETTINGS
 @given(st.one_of(offer_bodies(), st.binary(max_size=200), nested().map(str.encode)))
+@pytest.mark.slow  # hypothesis: > 1.5 s
 def test_parse_offer_body_returns_an_offer_or_raises_a_sendable_protocol_error(raw):
     try:
         offer = p.parse_offer_body(raw)

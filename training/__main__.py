@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from assistant.models.bundle import EMBEDDED_DIR
+from assistant.models.embedded import EMBEDDED_DIR
 
 
 def main(argv: list[str] | None = None) -> int:

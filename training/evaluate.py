@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from assistant.audio import SAMPLE_RATE, pcm16_to_float
-from assistant.models.bundle import EMBEDDED_DIR, load_embedded
+from assistant.models.embedded import EMBEDDED_DIR
+from assistant.models.loading import ModelSpec, load_models
 from assistant.models.voices import VoiceBank
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.local import local_backends
@@ -279,7 +280,7 @@ def run_eval(plan: EvalPlan, assets_dir: Path = EMBEDDED_DIR, out_dir: Path = Pa
     import torch
 
     torch.set_num_threads(plan.threads)
-    bundle = load_embedded(assets_dir)
+    bundle = load_models(ModelSpec(assets_dir=str(assets_dir)))
     missing = sorted(set(("lm", "codec", "acoustic", "image", "music")) - set(bundle.weights_loaded))
     if missing:
         raise RuntimeError(f"{assets_dir}: no trained weights for {missing}; run `make train-mini` first")

@@ -1,4 +1,4 @@
-"""Training of the image VQ autoencoder (``assistant.models.image_detokenizer.ImageDetokenizer``).
+"""Training of the image VQ autoencoder (``assistant.models.embedded.image.ImageDetokenizer``).
 
 The training set is rendered here: every ``ImageSpec`` (shape x colour x background x size) at jitter 0 (the
 canonical pictures that "draw ..." replies use) and at jitters 1..``jitters`` (the pictures users show). Each batch
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer
+from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
+from assistant.modules.quantization import nearest_codes
+from training.fitting import kmeans
 from training.images import all_specs, render
 from training.judges.image import judge_image
 from training.specs import ImageSpec
@@ -80,28 +82,6 @@ class ImageFitSettings:
 def render_set(specs: Sequence[ImageSpec], image_size: int) -> np.ndarray:
     """Pictures of ``specs`` as ``uint8 [M, S, S, 3]``."""
     return np.stack([render(spec, image_size) for spec in specs])
-
-
-def _kmeans(points: Tensor, k: int, iters: int, gen: torch.Generator) -> Tensor:
-    """k-means++ seeding then Lloyd iterations on ``[P, D]`` -> centroids ``[k, D]``; empty clusters keep their seed."""
-    first = int(torch.randint(len(points), (1,), generator=gen))
-    centroids = [points[first]]
-    nearest = (points - points[first]).pow(2).sum(-1)  # [P]
-    for _ in range(1, k):
-        if float(nearest.sum()) <= 0.0:  # fewer distinct points than codes: repeat random points
-            pick = int(torch.randint(len(points), (1,), generator=gen))
-        else:
-            pick = int(torch.multinomial(nearest, 1, generator=gen))
-        centroids.append(points[pick])
-        nearest = torch.minimum(nearest, (points - points[pick]).pow(2).sum(-1))
-    book = torch.stack(centroids)  # [k, D]
-    for _ in range(iters):
-        assign = torch.cdist(points, book).argmin(-1)  # [P]
-        sums = torch.zeros_like(book).index_add_(0, assign, points)
-        counts = torch.bincount(assign, minlength=k).float()
-        filled = counts > 0
-        book[filled] = sums[filled] / counts[filled, None]
-    return book
 
 
 class _EmaCodebook:
@@ -271,11 +251,11 @@ def _init_codebooks(
         books = []
         for level in range(cfg.levels):
             first = level * cfg.codes_per_level
-            model.codebook[first : first + cfg.codes_per_level] = _kmeans(
-                residual, cfg.codes_per_level, settings.kmeans_iters, gen
-            )
+            model.codebook[first : first + cfg.codes_per_level] = kmeans(
+                residual, cfg.codes_per_level, settings.kmeans_iters, gen, init="kmeans++"
+            )[0]
             books.append(_EmaCodebook(model, level, settings.ema_decay))
-            chosen = torch.cdist(residual, books[-1].book).argmin(-1)
+            chosen = nearest_codes(residual, books[-1].book)[0]
             residual = residual - books[-1].book[chosen]
     return books
 

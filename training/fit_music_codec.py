@@ -9,12 +9,27 @@ import time
 import numpy as np
 import torch
 
-from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
+from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
+from training.fitting import fit_residual_codebooks
 from training.judges.music import judge_music
 from training.music import N_VARIANTS, music_specs, synthesize
 from training.specs import MusicSpec
 
 TEMPO_TOLERANCE = 0.10  # a judged tempo within +-10 % of the spec's bpm counts as right
+
+
+@torch.no_grad()
+def fit_music_codebooks(
+    codec: MusicDetokenizer, features: torch.Tensor, iters: int = 12, seed: int = 0
+) -> torch.Tensor:
+    """Residual k-means on log-magnitude frames ``[N, n_freq]`` (``training.fitting``); replaces ``codec``'s
+    codebooks. Returns the RMS of the residual left after each level ``[L]``. Needs N >= codebook_size."""
+    cfg = codec.config
+    if features.dim() != 2 or features.shape[1] != cfg.n_freq:
+        raise ValueError(f"expected features [N, {cfg.n_freq}], got {tuple(features.shape)}")
+    books, errors = fit_residual_codebooks(features, cfg.codebook_size, cfg.n_codebooks, iters=iters, seed=seed)
+    codec.codebooks.copy_(books)
+    return errors
 
 
 def fit_music_codec(
@@ -38,7 +53,7 @@ def fit_music_codec(
     features = torch.cat([codec.log_magnitude(synthesize(spec, config.sample_rate)) for spec in specs])  # [N, F]
     gen = torch.Generator().manual_seed(seed)
     subset = features[torch.randperm(features.shape[0], generator=gen)[:max_frames]]
-    level_rmse = codec.fit_codebooks(subset, iters=iters, seed=seed)
+    level_rmse = fit_music_codebooks(codec, subset, iters=iters, seed=seed)
     recon = codec.dequantise(codec.quantise(features))
     metrics: dict[str, float | int | list[float]] = {
         "clips": len(specs),

@@ -28,12 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from assistant.models.acoustic_decoder import AcousticDecoderConfig
-from assistant.models.bundle import EMBEDDED_DIR, config_from_json, load_embedded, read_json
-from assistant.models.image_detokenizer import ImageCodecConfig
-from assistant.models.lm import LMConfig
-from assistant.models.music_detokenizer import MusicCodecConfig
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.bundle import MODEL_NAMES
+from assistant.models.checkpoint import config_path, save_weights
+from assistant.models.config_io import read_config, read_json_object
+from assistant.models.embedded import EMBEDDED_DIR
+from assistant.models.embedded.acoustic import AcousticDecoderConfig
+from assistant.models.embedded.image import ImageCodecConfig
+from assistant.models.embedded.lm import LMConfig
+from assistant.models.embedded.music import MusicCodecConfig
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.loading import ModelSpec, load_models
 from assistant.vocab import Modality
 from training import domain, images, music, voices
 from training.corpus import encode_dialogue
@@ -182,7 +186,7 @@ def run_training(
     torch.set_num_threads(plan.threads)
     started = time.monotonic()
     vocab = write_embedded_tokenizer(assets_dir)
-    configs = {name: read_json(assets_dir / f"{name}.json") for name in ("codec", "acoustic", "image", "music", "lm")}
+    configs = {name: read_json_object(config_path(assets_dir, name)) for name in MODEL_NAMES}
     stages = _Stages(work_dir, fresh)
     train_voices, valid_voices = split_training_voices(plan)
 
@@ -212,7 +216,7 @@ def run_training(
         # The codec is fitted on training-voice speech only (validation voices stay unseen by every model).
         fit_pool = [r for r in requests if r[1] not in valid_voices]
         fit_requests = rng.sample(fit_pool, min(plan.codec_fit_utterances, len(fit_pool)))
-        config = config_from_json(assets_dir / "codec.json", MelCodecConfig)
+        config = read_config(config_path(assets_dir, "codec"), MelCodecConfig)
         codec = fit_speech_codec(
             voices.synthesize_many(fit_requests), config, seed=plan.seed, max_frames=plan.codec_max_frames
         )
@@ -226,7 +230,7 @@ def run_training(
     speech = stages.cached("speech", [plan.codec_fit_utterances, plan.codec_max_frames, configs["codec"]], make_speech)
 
     def make_music() -> dict:
-        config = config_from_json(assets_dir / "music.json", MusicCodecConfig)
+        config = read_config(config_path(assets_dir, "music"), MusicCodecConfig)
         model, metrics = fit_music_codec(config, seed=plan.seed, max_frames=plan.music_max_frames)
         wanted = {reply.music for d in dialogues["train"] + dialogues["valid"] for _, reply in d.turns if reply.music}
         with torch.inference_mode():
@@ -243,7 +247,7 @@ def run_training(
         utterances += [(codes, voices.ASSISTANT_VOICE.name) for codes in speech["replies"].values()]
         random.Random(plan.seed).shuffle(utterances)
         utterances = utterances[: plan.acoustic_utterances]
-        config = config_from_json(assets_dir / "acoustic.json", AcousticDecoderConfig)
+        config = read_config(config_path(assets_dir, "acoustic"), AcousticDecoderConfig)
         settings = AcousticTrainingConfig(max_minutes=plan.acoustic_minutes, seed=plan.seed)
         model, metrics = train_acoustic_decoder([(c.astype(np.int64), n) for c, n in utterances], config, settings)
         by_voice: dict[str, list[np.ndarray]] = {}
@@ -272,7 +276,7 @@ def run_training(
         return wanted
 
     def make_images() -> dict:
-        config = config_from_json(assets_dir / "image.json", ImageCodecConfig)
+        config = read_config(config_path(assets_dir, "image"), ImageCodecConfig)
         settings = (
             ImageFitSettings()
             if plan.image_steps is None
@@ -287,7 +291,7 @@ def run_training(
 
     def make_corpus() -> dict:
         media = _CachedMedia(speech, image["codes"], tunes["tokens"])
-        limit = LMConfig.from_json(assets_dir / "lm.json").max_positions
+        limit = read_config(config_path(assets_dir, "lm"), LMConfig).max_positions
         corpus: dict = {"dropped_too_long": 0}
         for split in ("train", "valid"):
             sequences = [seq for d in dialogues[split] for seq in encode_dialogue(d, vocab, media)]
@@ -306,7 +310,7 @@ def run_training(
     corpus = stages.cached("corpus", [configs["lm"], vocab.text_tokenizer.to_dict()], make_corpus)
 
     def make_lm() -> dict:
-        lm_config = LMConfig.from_json(assets_dir / "lm.json")
+        lm_config = read_config(config_path(assets_dir, "lm"), LMConfig)
         speech_range = vocab.range_of(Modality.SPEECH)
         settings = LMTrainingConfig(max_minutes=plan.lm_minutes, seed=plan.seed)
         model, metrics = train_lm(
@@ -316,9 +320,8 @@ def run_training(
 
     lm = stages.cached("lm", [plan.lm_minutes, configs["lm"], dataclasses.asdict(LMTrainingConfig())], make_lm)
 
-    # Export: the same files `load_embedded` reads; it then checks every key and shape.
-    from safetensors.torch import save_file
-
+    # Export: the weights next to the configs (our checkpoint format, ``assistant.models.checkpoint``), then a strict
+    # reload of everything just written through the loader every caller uses.
     for name, state in (
         ("codec", speech["codec_state"]),
         ("image", image["state"]),
@@ -326,10 +329,9 @@ def run_training(
         ("acoustic", acoustic["state"]),
         ("lm", lm["state"]),
     ):
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        save_file(tensors, str(assets_dir / f"{name}.safetensors"), metadata={"model": name})
+        save_weights(assets_dir, name, state)
     acoustic["bank"].to_json(assets_dir / "voices.json")
-    load_embedded(assets_dir)  # strict reload of everything just written
+    load_models(ModelSpec(assets_dir=str(assets_dir)))
 
     summary = {
         "plan": dataclasses.asdict(plan),

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from assistant.decoding.maskgit import UnmaskSchedule, fill_acoustic_levels
-from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES
 from assistant.models.voices import VoiceBank
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class AcousticTrainingConfig:
     target_frames: tuple[int, int] = (20, 80)
     prompt_frames: tuple[int, int] = (50, 90)
     prompt_probability: float = 0.85
-    context_frames: tuple[int, int] = (5, 25)
+    context_frames: tuple[int, int] = (5, DEFAULT_CONTEXT_FRAMES)  # up to what inference sends
     context_probability: float = 0.6
     level2_probability: float = 0.5
     valid_fraction: float = 0.05
@@ -367,7 +368,7 @@ def fill_like_engine(
     schedule: UnmaskSchedule | None = None,
     first_chunk_frames: int = 10,
     chunk_frames: int = 25,
-    context_frames: int = 25,
+    context_frames: int = DEFAULT_CONTEXT_FRAMES,
     seed: int = 0,
 ) -> np.ndarray:
     """Levels 2..n_q for level-1 codes ``[T]`` chunk by chunk, as the engine does (a small first chunk, then the

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.lm import LMConfig, build_lm
+from assistant.models.embedded.lm import LMConfig, build_lm
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ than spellings. ``write_embedded_tokenizer`` regenerates the committed ``tokeniz
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from assistant.models.config_io import read_json_object, write_json_object
 from assistant.prompts import SPEECH_INSTRUCTION_SUFFIX, SYSTEM_PROMPT
 from assistant.vocab import UnifiedVocab, write_embedded_vocab_files
 from training import domain
@@ -30,8 +30,8 @@ def write_embedded_tokenizer(assets_dir: Path) -> UnifiedVocab:
     tokenizer_dir = write_embedded_vocab_files(assets_dir / "tokenizer", pieces=domain_pieces())
     vocab = UnifiedVocab.from_dir(tokenizer_dir)
     lm_path = assets_dir / "lm.json"
-    lm = json.loads(lm_path.read_text(encoding="utf-8"))
+    lm = read_json_object(lm_path)
     if lm.get("vocab_size") != vocab.size:
         lm["vocab_size"] = vocab.size
-        lm_path.write_text(json.dumps(lm, indent=2) + "\n", encoding="utf-8")
+        write_json_object(lm_path, lm)
     return vocab

@@ -9,12 +9,13 @@ token from the masked logits (penalty, greedy, temperature / top-k / top-p) live
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from assistant.models.config_io import ConfigError, config_from_dict, read_json_object, write_json_object
 from assistant.vocab import CODE_MODALITIES, Modality, TokenKind, UnifiedVocab
 
 SETTINGS_FORMAT_VERSION = 1
@@ -75,7 +76,8 @@ class GenerationSettings:
         return self.text.max_new_tokens + max(self.for_modality(m).max_new_tokens for m in CODE_MODALITIES) + 4
 
     def with_modality(self, modality: Modality, settings: SamplingSettings) -> GenerationSettings:
-        return replace(self, **{modality.value: settings})
+        changes: dict[str, Any] = {modality.value: settings}
+        return replace(self, **changes)
 
     @classmethod
     def anygpt_defaults(cls) -> GenerationSettings:
@@ -99,30 +101,26 @@ class GenerationSettings:
         return out
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json_object(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> GenerationSettings:
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "<dict>") -> GenerationSettings:
+        """The ``to_dict`` layout: ``format_version``, one ``SamplingSettings`` object per modality (missing: the
+        defaults) and ``max_total_new_tokens``; anything else raises ``ConfigError`` naming ``source``."""
         if data.get("format_version") != SETTINGS_FORMAT_VERSION:
-            raise ValueError(f"{source}: unsupported format_version {data.get('format_version')!r}")
-        known = {f.name for f in fields(SamplingSettings)}
-        kwargs: dict = {"max_total_new_tokens": data.get("max_total_new_tokens")}
-        for m in (Modality.TEXT, *CODE_MODALITIES):
-            section = data.get(m.value, {})
-            unknown = sorted(set(section) - known)
-            if unknown:
-                raise ValueError(f"{source}: unknown fields {unknown} in {m.value!r}")
-            kwargs[m.value] = SamplingSettings(**section)
-        extra = sorted(
-            set(data) - {"format_version", "max_total_new_tokens", "text", *(m.value for m in CODE_MODALITIES)}
-        )
+            raise ConfigError(f"{source}: unsupported format_version {data.get('format_version')!r}")
+        sections = {m.value: m for m in (Modality.TEXT, *CODE_MODALITIES)}
+        extra = sorted(set(data) - {"format_version", "max_total_new_tokens", *sections})
         if extra:
-            raise ValueError(f"{source}: unknown keys {extra}")
-        return cls(**kwargs)
+            raise ConfigError(f"{source}: unknown key {extra[0]!r}")
+        kwargs: dict[str, Any] = {
+            name: config_from_dict(SamplingSettings, data.get(name, {}), f"{source} [{name}]") for name in sections
+        }
+        return config_from_dict(cls, kwargs, source, max_total_new_tokens=data.get("max_total_new_tokens"))
 
     @classmethod
     def from_json(cls, path: str | Path) -> GenerationSettings:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), source=str(path))
+        return cls.from_dict(read_json_object(path), source=path)
 
 
 class GrammarViolation(ValueError):

@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from assistant.decoding.lm_sampler import GenerationSettings
 from assistant.decoding.reply_sampling import ReplyState, mark_seen, select_tokens
 from assistant.lm_engine.model_runner import SlotModelRunner, model_device, supports_slot_decoding
+from assistant.models.interfaces import CausalLM
 from assistant.vocab import Modality, UnifiedVocab
 
 
@@ -27,7 +28,7 @@ class TokenStream:
     """``generate`` yields reply token ids one by one; not re-entrant (one active generation per object)."""
 
     def __init__(
-        self, model: torch.nn.Module, vocab: UnifiedVocab, settings: GenerationSettings, seed: int | None = None
+        self, model: CausalLM, vocab: UnifiedVocab, settings: GenerationSettings, seed: int | None = None
     ) -> None:
         self.model = model
         self.vocab = vocab

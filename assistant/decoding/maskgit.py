@@ -18,7 +18,6 @@ fill call and one codec decode.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from assistant.models.acoustic_decoder import AcousticDecoder
-from assistant.models.speech_codec import SpeechCodec
+from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES, AcousticModel, SpeechCodec
 
 
 @dataclass(frozen=True)
@@ -124,18 +122,9 @@ def _fixed_prefix(prompt: Tensor | None, context: Tensor | None, n_q: int, batch
     return torch.cat(parts, dim=2)  # [B, n_q, P]
 
 
-def _level_logits(model: AcousticDecoder, condition: Tensor, acoustic: Tensor, level: int, start: int) -> Tensor:
-    """Logits ``[B, T - start, K]`` of one predicted level: through the model's ``level_logits`` (computes only that
-    head; AcousticDecoder and SoundStorm have it) when available, else through the plain ``forward`` contract."""
-    level_logits = getattr(model, "level_logits", None)
-    if level_logits is not None:
-        return level_logits(condition, acoustic, level, start)
-    return model(condition, acoustic)[:, start:, level]
-
-
 @torch.no_grad()
 def fill_acoustic_levels_batch(
-    model: AcousticDecoder,
+    model: AcousticModel,
     semantic: Tensor,
     *,
     prompt: Tensor | None = None,
@@ -151,7 +140,7 @@ def fill_acoustic_levels_batch(
     ``generators[b]`` (up to float rounding of the batched model call). Each row keeps its own re-masking order.
     """
     schedule = schedule or UnmaskSchedule()
-    cfg = model.config
+    n_q, codebook_size, mask_id = model.n_q, model.codebook_size, model.mask_id
     if semantic.dim() != 2:
         raise ValueError(f"semantic must be [B, T], got {tuple(semantic.shape)}")
     batch, num_new = semantic.shape
@@ -159,41 +148,41 @@ def fill_acoustic_levels_batch(
     if len(generators) != batch:
         raise ValueError(f"{len(generators)} generators for a batch of {batch}")
     semantic = semantic.long()
-    if semantic.numel() and (int(semantic.min()) < 0 or int(semantic.max()) >= cfg.codebook_size):
-        raise ValueError(f"semantic codes must lie in [0, {cfg.codebook_size})")
-    device = next(model.parameters()).device
-    prefix = _fixed_prefix(prompt, context, cfg.n_q, batch).to(device)  # [B, n_q, P]
-    if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= cfg.codebook_size):
+    if semantic.numel() and (int(semantic.min()) < 0 or int(semantic.max()) >= codebook_size):
+        raise ValueError(f"semantic codes must lie in [0, {codebook_size})")
+    device = model.device
+    prefix = _fixed_prefix(prompt, context, n_q, batch).to(device)  # [B, n_q, P]
+    if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= codebook_size):
         raise ValueError("prompt/context codes must lie in [0, codebook_size) (no mask ids)")
     num_prefix = prefix.shape[2]
     if num_new == 0:
-        return torch.zeros(batch, cfg.n_q, 0, dtype=torch.long)
+        return torch.zeros(batch, n_q, 0, dtype=torch.long)
 
     semantic = semantic.to(device)
     condition = torch.cat([prefix[:, 0], semantic], dim=1)  # [B, P + T]
-    acoustic = torch.full((batch, cfg.n_acoustic, num_prefix + num_new), cfg.mask_id, dtype=torch.long, device=device)
+    acoustic = torch.full((batch, n_q - 1, num_prefix + num_new), mask_id, dtype=torch.long, device=device)
     acoustic[:, :, :num_prefix] = prefix[:, 1:]  # [B, Q, P + T], new frames masked
     new = slice(num_prefix, num_prefix + num_new)
-    k = schedule.topk(cfg.codebook_size)
+    k = schedule.topk(codebook_size)
 
     # Level 2: MaskGIT iterations with re-masking of the least confident new tokens. Every row has the same number of
     # masked tokens before each pass (all T, then the schedule's counts), so they stack as [B, n_masked].
     counts = schedule.masked_counts(num_new) + [0]
     level = acoustic[:, 0, new]  # [B, T] view into acoustic
     for i in range(schedule.level2_steps + 1):
-        positions = (level == cfg.mask_id).nonzero()[:, 1].view(batch, -1)  # [B, n_masked], ascending per row
-        logits = _level_logits(model, condition, acoustic, 0, num_prefix)  # [B, T, K]
+        positions = (level == mask_id).nonzero()[:, 1].view(batch, -1)  # [B, n_masked], ascending per row
+        logits = model.level_logits(condition, acoustic, 0, num_prefix)  # [B, T, K]
         picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # [B, n_masked, K]
         codes, confidence = _sample(picked, k, schedule.pass_temperature(i), generators)  # [B, n_masked] each
         level.scatter_(1, positions, codes)
         remask = counts[i + 1]
         if remask > 0:
             order = confidence.argsort(dim=-1, stable=True)[:, :remask]  # lowest confidence first
-            level.scatter_(1, positions.gather(1, order), cfg.mask_id)
+            level.scatter_(1, positions.gather(1, order), mask_id)
 
     # Levels 3..n_q: one greedy pass each.
-    for q in range(1, cfg.n_acoustic):
-        logits = _level_logits(model, condition, acoustic, q, num_prefix)  # [B, T, K]
+    for q in range(1, n_q - 1):
+        logits = model.level_logits(condition, acoustic, q, num_prefix)  # [B, T, K]
         acoustic[:, q, new] = logits.argmax(dim=-1)
 
     return torch.cat([semantic[:, None, :], acoustic[:, :, new]], dim=1).cpu()  # [B, n_q, T]
@@ -201,7 +190,7 @@ def fill_acoustic_levels_batch(
 
 @torch.no_grad()
 def fill_acoustic_levels(
-    model: AcousticDecoder,
+    model: AcousticModel,
     semantic: Tensor,
     *,
     prompt: Tensor | None = None,
@@ -217,7 +206,7 @@ def fill_acoustic_levels(
     """
     if semantic.dim() != 1:
         raise ValueError(f"semantic must be [T], got {tuple(semantic.shape)}")
-    n_q = model.config.n_q
+    n_q = model.n_q
     for name, value in (("prompt", prompt), ("context", context)):
         if value is not None and (value.dim() != 2 or value.shape[0] != n_q):
             raise ValueError(f"{name} must be [n_q={n_q}, frames], got {tuple(value.shape)}")
@@ -231,31 +220,30 @@ def fill_acoustic_levels(
     )[0]
 
 
-def module_device(module) -> torch.device:
-    """Where a module's weights live (CPU for anything that is not a module)."""
-    if isinstance(module, torch.nn.Module):
-        first = next(itertools.chain(module.parameters(), module.buffers()), None)
-        if first is not None:
-            return first.device
-    return torch.device("cpu")
-
-
 class AcousticFill(Protocol):
-    """A decoding strategy: semantic ``[t]`` + optional prompt ``[n_q, Tp]`` and context ``[n_q, Tc]`` (fixed frames
-    before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``).
+    """A decoding strategy over an ``AcousticModel``: semantic ``[t]`` + optional prompt ``[n_q, Tp]`` and context
+    ``[n_q, Tc]`` (fixed frames before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``).
 
-    A strategy may also have ``batch(model, semantic [B, t], prompt [B, n_q, Tp] | None, context [B, n_q, Tc] | None,
-    generators) -> codes [B, n_q, t]`` (one generator per row; row b equal to the strategy's call on row b alone):
-    ``ChunkedAcousticDecoder.decode_chunks`` then runs a group of equal-shape chunks as one call (MaskGitFill and
-    AnyGPTFill have it); without it the group's chunks are filled one after another."""
+    ``batch`` does the same for B rows of one shape (semantic ``[B, t]``, prompt ``[B, n_q, Tp]`` | None, context
+    ``[B, n_q, Tc]`` | None, one generator per row) -> codes ``[B, n_q, t]``, row b equal to the strategy's call on
+    row b alone: ``ChunkedAcousticDecoder.decode_chunks`` runs a group of equal-shape chunks as one call."""
 
     def __call__(
         self,
-        model,
+        model: AcousticModel,
         semantic: Tensor,
         prompt: Tensor | None,
         context: Tensor | None,
         generator: torch.Generator | None = None,
+    ) -> Tensor: ...
+
+    def batch(
+        self,
+        model: AcousticModel,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generators: Generators,
     ) -> Tensor: ...
 
 
@@ -267,7 +255,7 @@ class MaskGitFill:
 
     def __call__(
         self,
-        model,
+        model: AcousticModel,
         semantic: Tensor,
         prompt: Tensor | None,
         context: Tensor | None,
@@ -278,20 +266,16 @@ class MaskGitFill:
         )
 
     def batch(
-        self, model, semantic: Tensor, prompt: Tensor | None, context: Tensor | None, generators: Generators
+        self,
+        model: AcousticModel,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generators: Generators,
     ) -> Tensor:
         return fill_acoustic_levels_batch(
             model, semantic, prompt=prompt, context=context, schedule=self.schedule, generators=generators
         )
-
-
-def decode_codes(codec: SpeechCodec, codes: Tensor) -> Tensor:
-    """codes ``[B, n_q, F]`` -> waves ``[B, F * hop]``: one ``decode_batch`` call when the codec has it (the embedded
-    mel codec and SpeechTokenizer do), else ``decode`` row by row."""
-    batched = getattr(codec, "decode_batch", None)
-    if batched is not None:
-        return batched(codes)
-    return torch.stack([codec.decode(row) for row in codes])
 
 
 @dataclass(frozen=True, eq=False)
@@ -317,17 +301,17 @@ class ChunkedAcousticDecoder:
 
     def __init__(
         self,
-        model: AcousticDecoder,
+        model: AcousticModel,
         codec: SpeechCodec,
         schedule: UnmaskSchedule | None = None,
-        context_frames: int = 16,
+        context_frames: int = DEFAULT_CONTEXT_FRAMES,
         fill: AcousticFill | None = None,
     ) -> None:
         """``fill`` (default: ``MaskGitFill(schedule)``) decodes each chunk; ``schedule`` is ignored when it is
         given."""
-        if model.config.n_q != codec.n_q or model.config.codebook_size != codec.codebook_size:
+        if model.n_q != codec.n_q or model.codebook_size != codec.codebook_size:
             raise ValueError(
-                f"model (n_q={model.config.n_q}, K={model.config.codebook_size}) does not match codec "
+                f"model (n_q={model.n_q}, K={model.codebook_size}) does not match codec "
                 f"(n_q={codec.n_q}, K={codec.codebook_size})"
             )
         if context_frames < 0:
@@ -335,13 +319,13 @@ class ChunkedAcousticDecoder:
         self.model, self.codec = model, codec
         self.fill = fill or MaskGitFill(schedule or UnmaskSchedule())
         self.context_frames = context_frames
-        self.hop = codec.sample_rate // codec.frame_rate
+        self.hop = codec.hop
         self.sample_rate = codec.sample_rate
         self.n_q, self.codebook_size = codec.n_q, codec.codebook_size
-        self.semantic_vocab = getattr(model.config, "semantic_vocab", model.config.codebook_size)
+        self.semantic_vocab = model.semantic_vocab
         # codes cross in on the CPU; a codec on a GPU (the AnyGPT family) decodes them there
-        self._codec_device = module_device(codec)
-        self.device = module_device(model)
+        self._codec_device = codec.device
+        self.device = model.device
 
     def _trim_context(self, context: Tensor | None) -> Tensor | None:
         if context is None or self.context_frames == 0 or context.shape[-1] == 0:
@@ -403,28 +387,15 @@ class ChunkedAcousticDecoder:
             empty = torch.zeros(self.n_q, 0, dtype=torch.long), torch.zeros(0)
             return [empty] * batch
         semantic = torch.stack([r.semantic.long() for r in requests])  # [B, t]
-        context = None if num_context == 0 else torch.stack([self._trim_context(r.context) for r in requests])
-        prompt = None if num_prompt == 0 else torch.stack([r.prompt.long() for r in requests])  # [B, n_q, Tp]
+        # equal batch keys: every request has context (and prompt) frames, or none has
+        contexts = [self._trim_context(r.context) for r in requests]
+        context = None if num_context == 0 else torch.stack([c for c in contexts if c is not None])  # [B, n_q, Tc]
+        prompts = [r.prompt.long() for r in requests if r.prompt is not None]
+        prompt = None if num_prompt == 0 else torch.stack(prompts)  # [B, n_q, Tp]
         generators = [r.generator for r in requests]
-        batched_fill = getattr(self.fill, "batch", None)
-        if batched_fill is not None:
-            codes = batched_fill(self.model, semantic, prompt, context, generators)  # [B, n_q, t]
-        else:
-            codes = torch.stack(
-                [
-                    self.fill(
-                        self.model,
-                        semantic[b],
-                        None if prompt is None else prompt[b],
-                        None if context is None else context[b],
-                        generators[b],
-                    )
-                    for b in range(batch)
-                ]
-            )
-        codes = codes.cpu()
+        codes = self.fill.batch(self.model, semantic, prompt, context, generators).cpu()  # [B, n_q, t]
         full = codes if context is None else torch.cat([context.cpu(), codes], dim=2)  # [B, n_q, Tc + t]
-        waves = decode_codes(self.codec, full.to(self._codec_device))[:, num_context * self.hop :]  # [B, t * hop]
+        waves = self.codec.decode_batch(full.to(self._codec_device))[:, num_context * self.hop :]  # [B, t * hop]
         waves = waves.float().cpu()
         return [(codes[b], waves[b]) for b in range(batch)]
 

@@ -59,7 +59,7 @@ class ReplyState:
     def advance(self, token: int) -> None:
         self.grammar.advance(token)  # cannot fail for a token select_tokens chose: the mask only allows grammatical ids
         info = self.vocab.classify(token)
-        if info.kind is TokenKind.START:
+        if info.kind is TokenKind.START and info.modality is not None:  # a start marker always names its modality
             self.modality = info.modality
         elif info.kind is TokenKind.END:
             self.modality = Modality.TEXT

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from assistant.decoding.maskgit import UnmaskSchedule
-from assistant.models.soundstorm import SoundStorm
+from assistant.models.interfaces import AcousticModel
 
 
 def anygpt_schedule(steps: int = 3) -> UnmaskSchedule:
@@ -62,7 +62,7 @@ def _gumbel_argmax(logits: Tensor, temperature: float, generator: GeneratorArg) 
 
 @torch.no_grad()
 def anygpt_generate(
-    model: SoundStorm,
+    model: AcousticModel,
     semantic: Tensor,
     prompt: Tensor | None = None,
     *,
@@ -88,11 +88,11 @@ def anygpt_generate(
     one draws it: row b then decodes as it would alone with ``generator[b]`` (every row has the same T and Tp, so the
     re-mask counts are the same; ranking and masking are per row).
     """
-    cfg = model.config
-    device = next(model.parameters()).device
+    n_acoustic, mask_id = model.n_q - 1, model.mask_id
+    device = model.device
     batch, length = semantic.shape
-    mask = torch.ones(batch, length, cfg.n_acoustic, dtype=torch.bool, device=device)  # [B, T, Q]
-    codes = torch.full((batch, length, cfg.n_acoustic), cfg.mask_id, dtype=torch.long, device=device)  # [B, T, Q]
+    mask = torch.ones(batch, length, n_acoustic, dtype=torch.bool, device=device)  # [B, T, Q]
+    codes = torch.full((batch, length, n_acoustic), mask_id, dtype=torch.long, device=device)  # [B, T, Q]
     condition = semantic.long().to(device)  # [B, T]
     if prompt is not None:
         prompt = prompt.long().to(device)  # [B, Tp, n_q]
@@ -103,9 +103,9 @@ def anygpt_generate(
     total = condition.shape[1]
     times = torch.linspace(0.0, 1.0, steps + 1, device=device)
     counts = (torch.cos(times * math.pi / 2) * total).long()  # [steps + 1]; cos(pi/2) in float32 < 0 -> 0
-    k = math.ceil((1 - topk_thres) * cfg.codebook_size)
+    k = math.ceil((1 - topk_thres) * model.codebook_size)
 
-    for q in range(cfg.n_acoustic):
+    for q in range(n_acoustic):
         level_counts = counts.tolist() if q < num_full_sampling_levels else [0]
         for i, count in enumerate(level_counts):
             logits = model(condition, codes.transpose(1, 2)).contiguous()  # [B, N, Q, K]; noise follows the layout
@@ -124,10 +124,10 @@ def anygpt_generate(
                 continue
             scores = 1 - logits.softmax(dim=-1).gather(-1, sampled[..., None]).squeeze(-1)  # [B, N, Q]
             rank = scores.flatten(1).argsort(dim=-1, descending=True).argsort(dim=-1)  # [B, N * Q]; 0 = least sure
-            mask = (rank < count).view(batch, total, cfg.n_acoustic)
+            mask = (rank < count).view(batch, total, n_acoustic)
             mask[:, :, q + 1 :] = True
             mask = mask & prompt_mask
-            codes = codes.masked_fill(mask, cfg.mask_id)
+            codes = codes.masked_fill(mask, mask_id)
     return torch.cat([semantic.long().to(device)[:, :, None], codes[:, -length:]], dim=-1)  # [B, T, n_q]
 
 
@@ -142,7 +142,7 @@ class AnyGPTFill:
 
     def __call__(
         self,
-        model: SoundStorm,
+        model: AcousticModel,
         semantic: Tensor,
         prompt: Tensor | None,
         context: Tensor | None,
@@ -159,7 +159,7 @@ class AnyGPTFill:
 
     def batch(
         self,
-        model: SoundStorm,
+        model: AcousticModel,
         semantic: Tensor,
         prompt: Tensor | None,
         context: Tensor | None,

@@ -29,12 +29,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from assistant.decoding.lm_sampler import GenerationSettings
 from assistant.decoding.reply_sampling import ReplyState, mark_seen, select_tokens
 from assistant.lm_engine.model_runner import DEFAULT_BUCKETS, SlotModelRunner
 from assistant.lm_engine.scheduler import BusyError, Phase, PrefillBlock, ScheduledRequest, Scheduler
+from assistant.models.interfaces import CausalLM
 from assistant.vocab import Modality, UnifiedVocab
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class LMEngine:
     """Continuous batching over a :class:`SlotModelRunner`; thread-safe ``submit`` from any thread or event loop."""
 
     def __init__(
-        self, model: nn.Module, vocab: UnifiedVocab, settings: GenerationSettings, config: LMEngineConfig | None = None
+        self, model: CausalLM, vocab: UnifiedVocab, settings: GenerationSettings, config: LMEngineConfig | None = None
     ) -> None:
         self.config = config or LMEngineConfig()
         self.vocab = vocab
@@ -243,7 +243,7 @@ class LMEngine:
                 f"the model's {self.runner.vocab_size} output rows do not cover the vocabulary's {vocab.size}"
             )
         self.device = self.runner.device
-        self.scheduler = Scheduler(cfg.max_slots, cfg.max_waiting, cfg.prefill_budget)
+        self.scheduler: Scheduler[GenerationRequest] = Scheduler(cfg.max_slots, cfg.max_waiting, cfg.prefill_budget)
         self.seen = torch.zeros(
             cfg.max_slots, vocab.size, dtype=torch.bool, device=self.device
         )  # [S, V] ids in context
@@ -426,10 +426,10 @@ class LMEngine:
         row.zero_()
         row[torch.tensor(request.prompt, device=self.device)] = True
 
-    def _prefill(self, block: PrefillBlock) -> None:
+    def _prefill(self, block: PrefillBlock[GenerationRequest]) -> None:
         request = block.request
         ids = torch.tensor(request.prompt[block.start : block.stop], dtype=torch.long, device=self.device)
-        logits = self.runner.prefill(request.slot, ids, block.start)  # [V]
+        logits = self.runner.prefill(request.held_slot, ids, block.start)  # [V]
         self.stats_counters.prefill_tokens += block.stop - block.start
         with self._lock:
             if request.phase is Phase.DONE:
@@ -442,12 +442,13 @@ class LMEngine:
 
     def _decode(self, rows: list[GenerationRequest]) -> None:
         runner = self.runner
-        n_rows = rows[-1].slot + 1  # the step covers slots 0..highest generating slot
+        n_rows = rows[-1].held_slot + 1  # the step covers slots 0..highest generating slot
         tokens = torch.zeros(n_rows, dtype=torch.long)
         positions = torch.full((n_rows,), runner.idle_position, dtype=torch.long)
         for request in rows:
-            tokens[request.slot] = request.last_token
-            positions[request.slot] = request.next_position
+            assert request.last_token is not None  # decoding: its prompt's last logits chose a first token
+            tokens[request.held_slot] = request.last_token
+            positions[request.held_slot] = request.next_position
         span = max(r.next_position for r in rows) + 1
         started = time.perf_counter()
         logits = runner.decode(tokens.to(self.device), positions.to(self.device), span=span)  # [n_rows, V]

@@ -15,19 +15,25 @@ kernel launches; eager PyTorch is launch-bound at batch 1). Captured steps atten
 mask, so their shapes are static; the eager CPU path attends over the longest live prefix only.
 
 It runs the modules of a transformers ``LlamaForCausalLM`` (projections, RMSNorms, MLPs, rotary table, head) in a
-plain loop and gives the same logits as its ``forward``.
+plain loop and gives the same logits as its ``forward``: what it reads of the model is the ``CausalLM`` interface
+(``assistant.models.interfaces``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from assistant.models.interfaces import CausalLM
+from assistant.modules.rotary import apply_rotary
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128)
 
 
-def supports_slot_decoding(model: nn.Module) -> bool:
+def supports_slot_decoding(model: CausalLM) -> bool:
     """True for a LLaMA whose attention layers have the attributes this runner reads."""
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
@@ -37,7 +43,7 @@ def supports_slot_decoding(model: nn.Module) -> bool:
     return all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: CausalLM) -> torch.device:
     for parameter in model.parameters():
         return parameter.device
     return torch.device("cpu")
@@ -52,7 +58,7 @@ class SlotModelRunner:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: CausalLM,
         max_slots: int,
         capacity: int | None = None,
         *,
@@ -87,7 +93,7 @@ class SlotModelRunner:
         self.use_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.static_shapes = static_shapes or self.use_graphs
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._graph_pool = None
+        self._graph_pool: Any = None  # one CUDA memory pool for every captured bucket, made at the first capture
         # Static inputs/outputs of the captured steps (row i = slot i).
         self._tokens = torch.zeros(self.max_slots, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(self.max_slots, dtype=torch.long, device=self.device)
@@ -132,8 +138,7 @@ class SlotModelRunner:
             q = attention.q_proj(h).view(1, n_new, self.n_heads, self.head_dim).transpose(1, 2)  # [1, H, n, hd]
             k = attention.k_proj(h).view(1, n_new, self.n_kv, self.head_dim).transpose(1, 2)  # [1, Hkv, n, hd]
             v = attention.v_proj(h).view(1, n_new, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             keys[slot, :, start:end] = k[0]
             values[slot, :, start:end] = v[0]
             k_all, v_all = keys[slot : slot + 1, :, :end], values[slot : slot + 1, :, :end]  # [1, Hkv, end, hd]
@@ -193,8 +198,7 @@ class SlotModelRunner:
             q = attention.q_proj(h).view(batch, 1, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, 1, hd]
             k = attention.k_proj(h).view(batch, 1, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, 1, hd]
             v = attention.v_proj(h).view(batch, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             slot_keys, slot_values = keys[:batch], values[:batch]  # views [B, Hkv, C, hd]
             slot_keys.scatter_(2, where, k)  # each row's new key at its own position
             slot_values.scatter_(2, where, v)
@@ -233,8 +237,3 @@ class SlotModelRunner:
             self._logits[batch] = self._decode_step(batch, self.capacity)
         self._graphs[batch] = graph
         return graph
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

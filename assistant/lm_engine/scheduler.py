@@ -15,6 +15,7 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 
 class Phase(enum.StrEnum):
@@ -44,10 +45,20 @@ class ScheduledRequest:
     def prompt_left(self) -> int:
         return len(self.prompt) - self.prefilled
 
+    @property
+    def held_slot(self) -> int:
+        """The slot of a request that holds one (prefilling or decoding)."""
+        if self.slot is None:
+            raise RuntimeError(f"request {self.request_id} holds no slot ({self.phase})")
+        return self.slot
+
+
+R = TypeVar("R", bound=ScheduledRequest)
+
 
 @dataclass
-class PrefillBlock:
-    request: ScheduledRequest
+class PrefillBlock(Generic[R]):
+    request: R
     start: int
     stop: int
 
@@ -56,16 +67,18 @@ class PrefillBlock:
         return self.stop == len(self.request.prompt)
 
 
-class Scheduler:
+class Scheduler(Generic[R]):
+    """Slots, queues and prefill blocks of requests of type ``R`` (the engine's request class)."""
+
     def __init__(self, max_slots: int, max_waiting: int, prefill_budget: int) -> None:
         if max_slots < 1 or max_waiting < 0 or prefill_budget < 1:
             raise ValueError("need max_slots >= 1, max_waiting >= 0 and prefill_budget >= 1")
         self.max_slots = max_slots
         self.max_waiting = max_waiting
         self.prefill_budget = prefill_budget
-        self.waiting: deque[ScheduledRequest] = deque()
-        self.prefilling: deque[ScheduledRequest] = deque()  # FIFO: the oldest prompt finishes first
-        self.decoding: dict[int, ScheduledRequest] = {}  # slot -> request
+        self.waiting: deque[R] = deque()
+        self.prefilling: deque[R] = deque()  # FIFO: the oldest prompt finishes first
+        self.decoding: dict[int, R] = {}  # slot -> request
         self._free = list(range(max_slots))  # min-heap of free slots
         heapq.heapify(self._free)
 
@@ -79,14 +92,14 @@ class Scheduler:
         return bool(self.waiting or self.prefilling or any(not r.paused for r in self.decoding.values()))
 
     # ------------------------------------------------------------------ joining and leaving
-    def add(self, request: ScheduledRequest) -> None:
+    def add(self, request: R) -> None:
         """Queues a new request; raises ``BusyError`` when slots and waiting places are all taken."""
         if len(self.waiting) >= self.max_waiting + len(self._free):
             raise BusyError(f"all {self.max_slots} generation slots and {self.max_waiting} waiting places are taken")
         request.phase = Phase.WAITING
         self.waiting.append(request)
 
-    def admit(self) -> list[ScheduledRequest]:
+    def admit(self) -> list[R]:
         """Gives free slots to waiting requests (oldest first); returns the requests admitted."""
         admitted = []
         while self.waiting and self._free:
@@ -98,24 +111,24 @@ class Scheduler:
             admitted.append(request)
         return admitted
 
-    def remove(self, request: ScheduledRequest) -> None:
+    def remove(self, request: R) -> None:
         """Takes a request out wherever it is (finished, cancelled, failed); its slot is free at once."""
         if request.phase is Phase.WAITING:
             self.waiting.remove(request)
         elif request.phase is Phase.PREFILLING:
             self.prefilling.remove(request)
         elif request.phase is Phase.DECODING:
-            del self.decoding[request.slot]
+            del self.decoding[request.held_slot]
         if request.slot is not None:
             heapq.heappush(self._free, request.slot)
             request.slot = None
         request.phase = Phase.DONE
 
     # ------------------------------------------------------------------ prefill
-    def next_prefill_blocks(self) -> list[PrefillBlock]:
+    def next_prefill_blocks(self) -> list[PrefillBlock[R]]:
         """Prompt blocks to run before the next decode step: at most ``prefill_budget`` tokens in all."""
         budget = self.prefill_budget
-        blocks = []
+        blocks: list[PrefillBlock[R]] = []
         for request in self.prefilling:
             if budget == 0:
                 break
@@ -124,7 +137,7 @@ class Scheduler:
             budget -= n
         return blocks
 
-    def prefilled(self, block: PrefillBlock) -> None:
+    def prefilled(self, block: PrefillBlock[R]) -> None:
         """Records a block as run; a completed prompt moves its request to decoding."""
         request = block.request
         request.prefilled = block.stop
@@ -132,9 +145,9 @@ class Scheduler:
             self.prefilling.remove(request)
             request.phase = Phase.DECODING
             request.next_position = len(request.prompt)
-            self.decoding[request.slot] = request
+            self.decoding[request.held_slot] = request
 
     # ------------------------------------------------------------------ decode
-    def decode_rows(self) -> list[ScheduledRequest]:
+    def decode_rows(self) -> list[R]:
         """The requests that take part in the next decode step, by slot (paused ones sit it out)."""
         return [self.decoding[slot] for slot in sorted(self.decoding) if not self.decoding[slot].paused]

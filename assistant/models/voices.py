@@ -21,6 +21,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from assistant.models.config_io import ConfigError, read_json_object
+
 
 class UnknownVoiceError(KeyError):
     """A voice name the bank does not hold (a KeyError with a readable message)."""
@@ -117,17 +119,12 @@ class VoiceBank:
 
     @classmethod
     def from_json(cls, path: str | Path) -> VoiceBank:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: voice bank not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+        """The bank in ``path``; ``ConfigError`` naming the file and the problem otherwise."""
+        data = read_json_object(path)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"VoiceBank(voices={list(self._prompts)}, default={self._default!r}, n_q={self.n_q})"

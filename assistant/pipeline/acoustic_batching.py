@@ -107,7 +107,7 @@ class AcousticBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acoustic-batch")
         self._queue: deque[_Pending] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # replaced with the loop (an Event binds to the loop it first waits on)
         self._task: asyncio.Task | None = None
         self._in_flight = 0
         self._stats_lock = threading.Lock()  # counters are updated in the worker thread, read anywhere

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,10 +59,10 @@ class LMLimits:
 
 class LMBackend(ABC):
     @abstractmethod
-    def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
+    def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
         """Generated ids in chunks (the first as soon as it exists).
 
-        Closing the returned async iterator (``aclose``) aborts generation and frees its state.
+        Closing the returned generator (``aclose``) aborts generation and frees its state.
         """
 
     async def limits(self) -> LMLimits | None:

@@ -161,12 +161,14 @@ class ReplyDemultiplexer:
             else:
                 self._text(self._detok.push(token_id), events)
         elif kind is TokenKind.CODE:
+            code = info.code
+            assert code is not None  # the vocabulary gives every CODE token its code
             if info.modality is not self._mode:
                 stats.stray_codes += 1
             elif self._mode is Modality.SPEECH:
-                events.append(SpeechCode(info.code))
+                events.append(SpeechCode(code))
             else:
-                self._segment.append(info.code)
+                self._segment.append(code)
         elif kind is TokenKind.START:
             if self._mode is not None:
                 stats.nested_starts += 1

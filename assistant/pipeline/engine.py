@@ -47,12 +47,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES, SAMPLE_RATE, FrameSplitter, float_to_pcm16
+from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES
 from assistant.models.voices import VoiceBank
 from assistant.pipeline.backends import Backends, BackendUnavailableError, LMLimits, UnknownVoiceKeyError
 from assistant.pipeline.chunking import SpeechChunker
@@ -112,7 +114,7 @@ class EngineConfig:
     force_speech_for_spoken_turns: bool = False
     first_chunk_frames: int = 10
     chunk_frames: int = 25
-    context_frames: int = 25
+    context_frames: int = DEFAULT_CONTEXT_FRAMES
     fade_ms: float = 10.0
     chunk_queue_size: int = 4
     output_queue_size: int = 64
@@ -196,7 +198,13 @@ class _MusicJob:
     tokens: list[int]
 
 
-_DONE = object()  # end of the job stream
+class _JobsDone:
+    """The end of the job stream."""
+
+
+_DONE = _JobsDone()
+
+_Job = _SpeechChunk | _SpeechEnd | _ImageJob | _MusicJob | _JobsDone
 
 
 class MessageTooLongError(ValueError):
@@ -267,7 +275,10 @@ class AssistantEngine:
 
 
 class Session:
-    """One conversation: its history and at most one turn in flight."""
+    """One conversation: its history and at most one turn in flight (a second ``respond`` meanwhile is an error).
+
+    Which turn runs when (a new question interrupting the reply in progress, how long an interrupted turn may take
+    to stop) is decided by the caller: :class:`assistant.pipeline.turns.TurnController`."""
 
     def __init__(self, engine: AssistantEngine, voice_prompt: np.ndarray | None):
         self.engine = engine
@@ -280,26 +291,25 @@ class Session:
         cfg = self.config
         self.chunker = SpeechChunker(cfg.first_chunk_frames, cfg.chunk_frames)
         self.splitter = FrameSplitter(OUTPUT_FRAME_SAMPLES)
-        self._jobs: asyncio.Queue | None = None
-        self._out: asyncio.Queue | None = None
-        self._producer: asyncio.Task | None = None
-        self._turn_active = False
-        self._interrupted = False
+        # Fresh queues per turn (respond): nothing of an old turn can leak into a new one.
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._out: asyncio.Queue[EngineOutput] = asyncio.Queue()
+        self._producer: asyncio.Task | None = None  # the turn in flight (None between turns)
+        self._interrupted = False  # the turn in flight was interrupted: its queued outputs are dropped
         self._closed = False
         self._reply_frames_left: int | None = None  # audio frames the turn in flight may still play (None: no limit)
 
     # ------------------------------------------------------------------ public
-    async def respond(self, turn: UserTurn) -> AsyncIterator[EngineOutput]:
+    async def respond(self, turn: UserTurn) -> AsyncGenerator[EngineOutput, None]:
         """Runs one turn; yields outputs as they become ready and always ends with exactly one ``TurnFinished``."""
         if self._closed:
             raise RuntimeError("session is closed")
-        if self._turn_active:
+        if self._producer is not None:
             raise RuntimeError("a turn is already in progress in this session")
-        self._turn_active = True
         self._interrupted = False
         self._out = asyncio.Queue(maxsize=self.config.output_queue_size)
         self._jobs = asyncio.Queue(maxsize=self.config.chunk_queue_size)
-        self._producer = asyncio.create_task(self._produce(turn))
+        producer = self._producer = asyncio.create_task(self._produce(turn))
         try:
             while True:
                 item = await self._out.get()
@@ -312,24 +322,22 @@ class Session:
                     continue  # queued before the interrupt: dropped
                 yield item
         finally:
-            producer = self._producer
-            if producer is not None and not producer.done():
+            if not producer.done():
                 producer.cancel()
-            if producer is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await producer
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer
             self._clear_buffers()
             self._producer = None
-            self._turn_active = False
 
     def interrupt(self) -> None:
         """Stops the turn in flight: the LM stream is closed, every queued chunk/frame is dropped and ``respond`` ends
         with ``TurnFinished(INTERRUPTED)``. No-op when no turn is in flight."""
-        if not self._turn_active or self._interrupted:
+        producer = self._producer
+        if producer is None or self._interrupted:
             return
         self._interrupted = True
-        if self._producer is not None and not self._producer.done():
-            self._producer.cancel()  # its cleanup drops everything and queues TurnFinished(INTERRUPTED)
+        if not producer.done():
+            producer.cancel()  # its cleanup drops everything and queues TurnFinished(INTERRUPTED)
         else:
             self._clear_buffers()
             self._out.put_nowait(TurnFinished(FinishReason.INTERRUPTED))
@@ -347,8 +355,8 @@ class Session:
         """Sizes of every internal buffer (all zero between turns and after an interrupt)."""
         return {
             "chunker_frames": self.chunker.pending_frames,
-            "chunk_queue": self._jobs.qsize() if self._jobs is not None else 0,
-            "output_queue": self._out.qsize() if self._out is not None else 0,
+            "chunk_queue": self._jobs.qsize(),
+            "output_queue": self._out.qsize(),
             "splitter_samples": self.splitter.pending_samples,
         }
 
@@ -357,8 +365,6 @@ class Session:
         self.chunker.clear()
         self.splitter.clear()
         for queue in (self._jobs, self._out):
-            if queue is None:
-                continue
             while not queue.empty():
                 queue.get_nowait()
 
@@ -460,7 +466,7 @@ class Session:
             return FinishReason.MAX_TOKENS
         return reason
 
-    async def _put_job(self, job: object, worker: asyncio.Task) -> None:
+    async def _put_job(self, job: _Job, worker: asyncio.Task) -> None:
         """Backpressured put that cannot hang when the worker has died (its error surfaces through the group)."""
         if worker.done():
             return
@@ -583,7 +589,7 @@ class Session:
             log.info("acoustic backend lost voice %s; sending the prompt again", self._voice_key)
             return await acoustic.decode_chunk(semantic, context, self._voice_key, prompt=self.voice_prompt)
 
-    async def _put_frames(self, frames: list[np.ndarray], source: str) -> None:
+    async def _put_frames(self, frames: list[np.ndarray], source: Literal["speech", "music"]) -> None:
         """Queues 20 ms frames; counts them against the reply's audio limit and raises ``_ReplyAudioFull`` right after
         the last one it allows (faded out: the reply stops without a click)."""
         for frame in frames:

@@ -1,5 +1,8 @@
 """In-process backends over a :class:`~assistant.models.bundle.ModelBundle` (CLI, tests, single-process serving).
 
+Each backend reads its models through their role's interface (:mod:`assistant.models.interfaces`), so either family
+runs behind the same code.
+
 Every model call runs in a worker thread (``asyncio.to_thread``) under ``torch.inference_mode`` so the event loop
 keeps serving other work (the engine decodes speech while the LM generates).
 
@@ -15,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 import numpy as np
 import torch
 
-from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule, module_device
+from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule
 from assistant.image_io import read_image
 from assistant.lm_engine import BusyError, LMEngine, LMEngineConfig
 from assistant.models.bundle import ModelBundle
+from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES, ImageCodec, MusicCodec, SpeechCodec
 from assistant.pipeline.acoustic_batching import AcousticBatcher, AcousticBatchStats
 from assistant.pipeline.backends import (
     AcousticBackend,
@@ -42,23 +46,18 @@ from assistant.vocab import Modality
 class LocalSpeechEncoder(SpeechEncoderBackend):
     """Waves -> level-1 codes (int64 [F]), the only level the engine reads.
 
-    ``encode_batch`` encodes several utterances in one call: padded into one batched analysis when the codec can do
-    that without changing any utterance's codes (the embedded mel codec's ``encode_batch``, level 1 only), else one
-    after another (SpeechTokenizer: its reflect-padded convolutions and BiLSTM would see the padding, so a padded
-    utterance would not get its own codes)."""
+    ``encode_batch`` encodes several utterances in one codec call (``SpeechCodec.encode_batch``, level 1 only: the
+    codec batches them where that leaves every utterance's codes unchanged)."""
 
     def __init__(self, bundle: ModelBundle):
-        self.codec = bundle.codec
+        if bundle.codec is None:
+            raise ValueError("the speech encoder needs the bundle's codec")
+        self.codec: SpeechCodec = bundle.codec
 
     def _encode_many(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        device = module_device(self.codec)
         with torch.inference_mode():
-            samples = [torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(device) for w in waves]
-            batched = getattr(self.codec, "encode_batch", None)
-            if batched is not None:
-                codes = [c[0] for c in batched(samples, n_q=1)]  # [F] each
-            else:
-                codes = [self.codec.encode(s)[0] for s in samples]  # level 1 of [n_q, F]
+            samples = [torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.codec.device) for w in waves]
+            codes = [c[0] for c in self.codec.encode_batch(samples, n_q=1)]  # [F] each
         return [c.cpu().numpy().astype(np.int64) for c in codes]
 
     async def encode(self, wave: np.ndarray) -> np.ndarray:
@@ -76,12 +75,14 @@ class LocalLMBackend(LMBackend):
     before the request sits out steps: backpressure from a slow consumer)."""
 
     def __init__(self, bundle: ModelBundle, seed: int | None = 0, engine_config: LMEngineConfig | None = None):
+        if bundle.lm is None:
+            raise ValueError("the LM backend needs the bundle's LM")
         self.vocab = bundle.vocab
         self.engine = LMEngine(bundle.lm, bundle.vocab, bundle.generation, engine_config)
         self.seed = seed
         self._calls = itertools.count()
 
-    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
+    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
         """Raises ``BackendUnavailableError`` when every slot and waiting place is taken (try again shortly),
         ``ValueError`` for a bad prompt."""
         force = Modality(force_modality) if force_modality is not None else None
@@ -123,7 +124,7 @@ class LocalAcousticBackend(AcousticBackend):
         self,
         bundle: ModelBundle,
         schedule: UnmaskSchedule | None = None,
-        context_frames: int = 25,
+        context_frames: int = DEFAULT_CONTEXT_FRAMES,
         *,
         window_s: float = 0.005,
         max_batch: int = 8,
@@ -133,6 +134,8 @@ class LocalAcousticBackend(AcousticBackend):
     ):
         if max_voices < 1:
             raise ValueError(f"max_voices must be >= 1, got {max_voices}")
+        if bundle.acoustic is None or bundle.codec is None:
+            raise ValueError("the acoustic backend needs the bundle's acoustic model and codec")
         fill = None if schedule is not None else bundle.acoustic_fill
         self.decoder = ChunkedAcousticDecoder(
             bundle.acoustic, bundle.codec, schedule, context_frames=context_frames, fill=fill
@@ -188,7 +191,8 @@ class LocalAcousticBackend(AcousticBackend):
         if seed is None:
             seed = int(self._seeds.integers(0, 2**63 - 1))
         generator = torch.Generator(device=self.decoder.device).manual_seed(seed)
-        request = ChunkRequest(_long_tensor(semantic), _long_tensor(context), voice_codes, generator)
+        semantic_codes = torch.from_numpy(np.array(semantic, dtype=np.int64))
+        request = ChunkRequest(semantic_codes, _long_tensor(context), voice_codes, generator)
         self.decoder.check_request(request)  # a bad chunk fails alone, never the batch it would join
         codes, wave = await self.batcher.decode(request)
         return codes.numpy().astype(np.int64), wave.numpy().astype(np.float32)
@@ -206,27 +210,36 @@ def _long_tensor(a) -> torch.Tensor | None:
 
 
 class LocalMediaBackend(MediaBackend):
+    """Pictures and music of replies, and pictures users send. A bundle without one of the codecs (a benchmark that
+    only speaks) serves the other."""
+
     def __init__(self, bundle: ModelBundle):
-        self.image = bundle.image
-        self.music = bundle.music
+        self.image: ImageCodec | None = bundle.image
+        self.music: MusicCodec | None = bundle.music
+
+    def _image_codec(self) -> ImageCodec:
+        if self.image is None:
+            raise RuntimeError("this media backend was loaded without an image codec")
+        return self.image
 
     def _image(self, codes: list[int]) -> tuple[bytes, int, int]:
+        image = self._image_codec()
         with torch.inference_mode():
             # strict=False: a generated image of the wrong length is padded/truncated instead of failing the turn
-            png = self.image.decode_png(list(codes), strict=False)
-        side = self.image.config.image_size
-        return png, side, side
+            png = image.decode_png(list(codes), strict=False)
+        return png, image.image_size, image.image_size
 
     def _music(self, tokens: list[int]) -> np.ndarray:
+        if self.music is None:
+            raise RuntimeError("this media backend was loaded without a music codec")
         with torch.inference_mode():
             return np.asarray(self.music.decode(list(tokens)), dtype=np.float32)
 
     def _image_codes(self, data: bytes) -> list[int]:
-        # the image tokenizer's input side (SEED reads 224 px pictures and draws 768 px ones)
-        side = getattr(self.image.config, "input_size", self.image.config.image_size)
-        pixels = read_image(data, side)
+        image = self._image_codec()
+        pixels = read_image(data, image.input_size)  # SEED reads 224 px pictures and draws 768 px ones
         with torch.inference_mode():
-            return [int(c) for c in self.image.encode(pixels)]
+            return [int(c) for c in image.encode(pixels)]
 
     async def image_png(self, codes: list[int]) -> tuple[bytes, int, int]:
         return await asyncio.to_thread(self._image, codes)
@@ -238,7 +251,7 @@ class LocalMediaBackend(MediaBackend):
         return await asyncio.to_thread(self._music, tokens)
 
 
-def local_backends(bundle: ModelBundle, seed: int | None = 0, context_frames: int = 25) -> Backends:
+def local_backends(bundle: ModelBundle, seed: int | None = 0, context_frames: int = DEFAULT_CONTEXT_FRAMES) -> Backends:
     return Backends(
         speech=LocalSpeechEncoder(bundle),
         lm=LocalLMBackend(bundle, seed=seed),

@@ -1,7 +1,8 @@
 """What one assistant turn produces, in the order the engine yields it (numpy only, no torch).
 
-These objects are the engine's only output; a serving layer turns them into wire messages
-(:mod:`assistant.protocol`) and audio-track frames.
+These objects are the engine's only output. :class:`assistant.pipeline.turns.TurnController` delivers them: audio
+frames to a reply sink's track, everything else as wire messages (:mod:`assistant.protocol`) made by one function,
+:func:`assistant.pipeline.turns.to_wire`.
 """
 
 from __future__ import annotations

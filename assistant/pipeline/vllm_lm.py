@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,8 @@ class AsyncTokenEngine(Protocol):
     def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator[Any]: ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    async def get_model_config(self) -> Any: ...  # older engines: the model config (``max_model_len``)
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class VLLMBackend(LMBackend):
             context = int(config.max_model_len)
         return LMLimits(context_tokens=context, max_reply_tokens=self.settings.total_limit)
 
-    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncIterator[list[int]]:
+    async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
         prompt = [self.vocab.check_id(int(i)) for i in prompt_ids]
         if not prompt:
             raise ValueError("empty prompt")

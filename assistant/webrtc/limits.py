@@ -7,7 +7,6 @@ can move time by hand.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,8 +91,3 @@ class TokenBucket:
         self._updated_at = now
         if elapsed > 0:  # a clock that steps back must not drain the bucket
             self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate_per_s)
-
-
-def new_error_id() -> str:
-    """A short id that names one log line; the caller gets the id, the log keeps the details."""
-    return uuid.uuid4().hex[:12]

@@ -8,14 +8,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from assistant.audio import OUTPUT_FRAME_SAMPLES
-from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
-from assistant.protocol import FinishReason
-
-pytest.importorskip("deployments.gateway")
 from anystream_bench.local_gateway import LocalGateway
 from anystream_bench.timeline import AnswerTimeline, Thresholds
 from anystream_bench.webrtc_client import run_clients
+from assistant.audio import OUTPUT_FRAME_SAMPLES
+from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
+from assistant.protocol import FinishReason
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,6 +63,7 @@ def noise_question(seconds: float = 0.8) -> np.ndarray:
     return (0.3 * np.random.default_rng(0).standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
+@pytest.mark.slow  # real WebRTC with the script's real-time delays: seconds
 def test_callers_report_ttfa_one_underrun_and_a_refused_offer():
     engine = ScriptedEngine()
     gateway = LocalGateway(engine, max_sessions=1)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-pytest.importorskip("deployments.gateway")
 from anystream_bench.load import main
+
+pytestmark = pytest.mark.slow  # the committed embedded models end to end, in process, over WebRTC and on Ray
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,7 @@ def check_level(level: dict, mode: str, sessions: int = 2) -> None:
         assert finite_positive(turn["ttfa_s"]) and turn["ttfa_s"] < 60, turn
         assert turn["finish_reason"] == "complete", turn
         assert finite_positive(turn["answer_audio_s"]) and finite_positive(turn["rtf"]), turn
-        assert turn["underruns"] >= 0 and turn["underrun_s"] >= 0
+        assert isinstance(turn["underruns"], int) and (turn["underruns"] == 0) == (turn["underrun_s"] == 0), turn
     summary = level["summary"]
     assert summary["rejected"] == 0 and summary["failed"] == 0
     assert summary["ttfa_s"]["n"] == sessions
@@ -79,7 +80,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_sessions_against_anystream_serve_on_ray(tmp_path):
     port = free_port()

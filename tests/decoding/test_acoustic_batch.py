@@ -15,17 +15,17 @@ from assistant.decoding.maskgit import (
     fill_acoustic_levels_batch,
 )
 from assistant.decoding.soundstorm_decoding import AnyGPTFill, anygpt_generate
-from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
-from assistant.models.bundle import load_embedded
-from assistant.models.soundstorm import SoundStorm, SoundStormConfig
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
+from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.loading import ModelSpec, load_models
 
 TINY_K = 32
 
 
 @pytest.fixture(scope="module")
 def embedded() -> ChunkedAcousticDecoder:
-    bundle = load_embedded(seed=0, parts=("acoustic", "codec"))
+    bundle = load_models(ModelSpec(seed=0), ("acoustic", "codec"))
     assert bundle.acoustic_fill is None  # the embedded family decodes with the default MaskGitFill
     return ChunkedAcousticDecoder(bundle.acoustic, bundle.codec, UnmaskSchedule(), context_frames=25)
 
@@ -82,6 +82,7 @@ def _batched(decoder, sessions, seeds):
 
 
 @pytest.mark.parametrize("which", ["embedded", "anygpt_tiny"])
+@pytest.mark.slow  # 5 sessions x 4 chunks, alone and batched, with real or SoundStorm weights: a minute
 def test_batched_chunks_equal_per_session_decoding(which, request):
     decoder: ChunkedAcousticDecoder = request.getfixturevalue(which)
     sessions = _sessions(decoder, 5, seed=1)
@@ -99,16 +100,17 @@ def test_batched_chunks_equal_per_session_decoding(which, request):
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(other, batched[0], strict=True))
 
 
-class _CountingModel(torch.nn.Module):
-    """Records the batch size of every model call."""
+def _counting(model: AcousticDecoder) -> AcousticDecoder:
+    """``model`` recording the batch size of every pass through its conformer in ``model.batch_sizes``."""
+    model.batch_sizes = []
+    inner = model.trunk
 
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.config, self.batch_sizes = inner, inner.config, []
+    def trunk(semantic, acoustic):
+        model.batch_sizes.append(semantic.shape[0])
+        return inner(semantic, acoustic)
 
-    def forward(self, semantic, acoustic):
-        self.batch_sizes.append(semantic.shape[0])
-        return self.inner(semantic, acoustic)
+    model.trunk = trunk
+    return model
 
 
 class _CountingCodec(MelRVQCodec):
@@ -121,11 +123,12 @@ class _CountingCodec(MelRVQCodec):
         return super().decode_batch(codes)
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_equal_shapes_share_one_fill_call_and_one_codec_decode_other_shapes_run_apart():
     inner = AcousticDecoder(
         AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16, conv_kernel=5)
     ).eval()
-    model = _CountingModel(inner)
+    model = _counting(inner)
     codec = _CountingCodec(MelCodecConfig(n_q=4, codebook_size=TINY_K, griffin_lim_iters=4))
     schedule = UnmaskSchedule(level2_steps=2)
     decoder = ChunkedAcousticDecoder(model, codec, schedule, context_frames=3, fill=MaskGitFill(schedule))
@@ -167,6 +170,7 @@ def test_fill_batch_rows_equal_single_fills_and_check_their_generators():
         fill_acoustic_levels_batch(model, semantic, prompt=prompt[:2])
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_anygpt_generate_rows_equal_single_rows(anygpt_tiny):
     model = anygpt_tiny.model
     gen = torch.Generator().manual_seed(5)

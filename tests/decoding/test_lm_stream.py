@@ -7,7 +7,7 @@ import torch
 import assistant.decoding.lm_stream as lm_stream
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
 from assistant.decoding.lm_stream import TokenStream
-from assistant.models.lm import LMConfig, build_lm
+from assistant.models.embedded.lm import LMConfig, build_lm
 from assistant.prompts import ChatPromptBuilder, UserMessage
 from assistant.vocab import Modality, TokenKind, UnifiedVocab, write_embedded_vocab_files
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, UnmaskSchedule, fill_acoustic_levels
-from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
 
 K = 32
 
@@ -13,16 +13,18 @@ def _model(n_q: int = 8) -> AcousticDecoder:
     return AcousticDecoder(cfg).eval()
 
 
-class CountingModel(torch.nn.Module):
-    """Wraps a model, counts real forward calls and records the inputs."""
+def counting(model: AcousticDecoder) -> AcousticDecoder:
+    """``model`` with every pass through its conformer (``trunk``: forward and level_logits alike) recorded in
+    ``model.calls`` as (semantic, acoustic)."""
+    model.calls = []
+    inner = model.trunk
 
-    def __init__(self, inner: AcousticDecoder) -> None:
-        super().__init__()
-        self.inner, self.config, self.calls = inner, inner.config, []
+    def trunk(semantic, acoustic):
+        model.calls.append((semantic.clone(), acoustic.clone()))
+        return inner(semantic, acoustic)
 
-    def forward(self, semantic, acoustic):
-        self.calls.append((semantic.clone(), acoustic.clone()))
-        return self.inner(semantic, acoustic)
+    model.trunk = trunk
+    return model
 
 
 def test_schedule_mask_fractions_and_pass_count():
@@ -37,7 +39,7 @@ def test_schedule_mask_fractions_and_pass_count():
 
 
 def test_fill_makes_exactly_the_scheduled_number_of_model_calls():
-    model = CountingModel(_model(8))
+    model = counting(_model(8))
     schedule = UnmaskSchedule(level2_steps=3)
     fill_acoustic_levels(model, torch.randint(0, K, (20,)), schedule=schedule, generator=torch.Generator())
     assert len(model.calls) == schedule.forward_passes(8) == 10
@@ -49,7 +51,7 @@ def test_fill_makes_exactly_the_scheduled_number_of_model_calls():
 
 
 def test_fill_keeps_prompt_context_and_semantic_fixed():
-    model = CountingModel(_model(8))
+    model = counting(_model(8))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, K, (8, 5), generator=gen)
     context = torch.randint(0, K, (8, 4), generator=gen)
@@ -90,6 +92,7 @@ def test_decode_chunk_shapes_and_context_trimming():
     assert torch.equal(codes2[0], semantic[:6])
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_chunk_boundaries_are_continuous():
     dec = _chunked(context_frames=8)
     semantic = torch.randint(0, K, (40,), generator=torch.Generator().manual_seed(2))

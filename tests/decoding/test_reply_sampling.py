@@ -44,6 +44,7 @@ def test_top_k_and_top_p_per_row():
     assert kept.tolist() == [[False, True, True, False], [False, True, False, False], [True] * 4]
 
 
+@pytest.mark.slow  # thousands of draws: tens of seconds
 def test_sampling_follows_the_softmax_distribution(vocab):
     """Gumbel-max with the counter noise draws from softmax(logits / T): frequencies over many steps match."""
     probs = torch.tensor([0.5, 0.3, 0.2])

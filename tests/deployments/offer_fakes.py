@@ -20,7 +20,7 @@ from assistant.audio import OUTPUT_FRAME_SAMPLES
 from assistant.metrics import ServingMetrics
 from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
 from assistant.protocol import FinishReason
-from assistant.webrtc.session import RtcSessionManager
+from assistant.webrtc.manager import RtcSessionManager
 from deployments import gateway
 from deployments.health import HealthMonitor
 

@@ -10,7 +10,13 @@ import pytest
 
 from deployments.app import runtime_env, set_ray_environment
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(420),
+    # Ray deprecates metrics_interval_s for environment variables it does not read yet: this Ray's replicas and
+    # routers still push load metrics every metrics_interval_s (default 10 s), which the test shortens to 0.5 s.
+    pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field in AutoscalingConfig is deprecated"),
+]
 
 AUTOSCALING = {
     "min_replicas": 1,

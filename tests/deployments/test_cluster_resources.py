@@ -173,6 +173,7 @@ def test_a_local_cluster_listens_on_the_loopback_address_only():
     assert [row for row in listeners if row[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == []
 
 
+@pytest.mark.slow  # a subprocess: > 1.5 s (tests/test_boundaries.py keeps ray out of deployments.app in the fast tier)
 def test_checking_a_config_does_not_import_ray():
     # Ray reads its node address once, at import: a config check that imports ray (it once did, through the call
     # timeouts) made a local cluster take the machine's network address instead of 127.0.0.1

@@ -16,8 +16,6 @@ from offer_fakes import ALICE_KEY, BOB_KEY, KEYS, ToneEngine, asgi_client, bare_
 from assistant.access import AccessConfig, mint_token
 from assistant.webrtc.ice import use_loopback_only
 
-gateway = pytest.importorskip("deployments.gateway")
-
 pytestmark = pytest.mark.timeout(90)
 
 SECRET = "s" * 40
@@ -293,7 +291,7 @@ def test_the_local_gateway_admits_the_edge_client_with_a_key_only():
     from anystream_bench.local_gateway import LocalGateway
     from anystream_bench.webrtc_client import BenchClient
     from edge_client.audio_io import SilenceSource
-    from edge_client.client import EXIT_OK, EXIT_SERVER, EdgeClient
+    from edge_client.client import EXIT_OK, EXIT_SERVER, EdgeClient, EdgeClientConfig
 
     engine = ToneEngine()
     local = LocalGateway(
@@ -302,19 +300,10 @@ def test_the_local_gateway_admits_the_edge_client_with_a_key_only():
     url = local.start()
 
     def edge(key: str | None) -> EdgeClient:
-        return EdgeClient(
-            url,
-            SilenceSource(),
-            NullSink(),
-            loopback_only=True,
-            text="question",
-            timeout=20,
-            handle_signals=False,
-            stdout=io.StringIO(),
-            stderr=io.StringIO(),
-            bye_timeout=5.0,
-            api_key=key,
+        config = EdgeClientConfig(
+            url, loopback_only=True, text="question", timeout=20, handle_signals=False, bye_timeout=5.0, api_key=key
         )
+        return EdgeClient(config, SilenceSource(), NullSink(), stdout=io.StringIO(), stderr=io.StringIO())
 
     async def main():
         use_loopback_only()

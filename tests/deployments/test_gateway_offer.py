@@ -16,9 +16,8 @@ from aiortc import RTCPeerConnection
 
 from assistant.access import AccessConfig
 from assistant.webrtc.ice import use_loopback_only
-from assistant.webrtc.session import RtcSessionManager
-
-gateway = pytest.importorskip("deployments.gateway")
+from assistant.webrtc.manager import RtcSessionManager
+from deployments import gateway
 
 pytestmark = pytest.mark.timeout(60)
 

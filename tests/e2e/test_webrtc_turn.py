@@ -1,7 +1,11 @@
 """The whole path alive: a spoken question over WebRTC to the Serve app on loopback and a spoken answer back.
 
 Starts `anystream-serve` (a local Ray cluster plus the Serve application on 127.0.0.1) as a subprocess, then
-runs the edge client headless with the espeak-ng question as its microphone and a folder as its speaker.
+runs the edge client headless with the spoken question as its microphone and a folder as its speaker.
+
+The questions are taken by rule from `make eval-mini`'s set (conftest.py), not for what the weights get right; the
+test checks the path and what the models reliably do (a transcript and a reply in the domain's words, speech of a
+plausible length, a picture when one is asked for). How often they are right: test_heldout_answers.py.
 """
 
 import json
@@ -16,10 +20,8 @@ import urllib.request
 import numpy as np
 import pytest
 import soundfile
+from e2e_checks import assert_domain_sentence, assert_speech_length, audible_seconds
 from PIL import Image
-
-from assistant.audio import SAMPLE_RATE, resample
-from training.judges.image import judge_image
 
 pytestmark = pytest.mark.slow
 
@@ -105,23 +107,14 @@ def run_edge_client(server: str, out, *args: str) -> dict:
     return json.loads((out / "session.json").read_text())
 
 
-def trim_silence(wave: np.ndarray, rate: int, margin_s: float = 0.05) -> np.ndarray:
-    """The sound between the first and last audible sample: the recording also holds seconds of silence around the
-    reply."""
-    audible = np.flatnonzero(np.abs(wave) > 1e-3)
-    if audible.size == 0:
-        return wave[:0]
-    pad = int(margin_s * rate)
-    return wave[max(0, audible[0] - pad) : audible[-1] + pad]
-
-
 def joined(summary: dict, kind: str) -> str:
     return "".join(event["delta"] for event in summary["events"] if event["type"] == kind).strip()
 
 
-def test_spoken_turn_over_webrtc(server, spoken_question, question_and_answer, answer_judge, tmp_path):
+def test_spoken_turn_over_webrtc(server, spoken_question, tmp_path):
+    question, _ = spoken_question
     out = tmp_path / "edge"
-    summary = run_edge_client(server, out, "--input", str(spoken_question))
+    summary = run_edge_client(server, out, "--input", str(question))
     kinds = [event["type"] for event in summary["events"]]
     assert kinds[0] == "ready"
     assert "speech_started" in kinds and "speech_stopped" in kinds
@@ -134,28 +127,24 @@ def test_spoken_turn_over_webrtc(server, spoken_question, question_and_answer, a
     assert onsets, summary["audio"]
     print(f"time to first audio after speech_stopped: {onsets[0] - stopped_at:.3f} s")
 
-    # The right answer, understood and answered in text, and spoken: the sound that reached the client, after Opus
-    # and a resampling, is recognised as that answer among all 58 answers of the facts and small-talk tables. (Among
-    # all 15.6k sentences of the domain the verdict on this model's speech was not stable over Opus; the in-process
-    # path, test_chat_cli.py, is judged against all of them.)
-    question, answer_words = question_and_answer
-    assert joined(summary, "transcript") == question
-    assert joined(summary, "text") == answer_words
+    # What the models heard and answered, in the domain's words, and the answer spoken: the sound that reached the
+    # client, after Opus and a resampling, sounds as long as speech of that reply would.
+    assert_domain_sentence(joined(summary, "transcript"), "transcript")
+    reply = joined(summary, "text")
+    assert_domain_sentence(reply, "reply")
     answer, rate = soundfile.read(out / "answer.wav", dtype="float32")
-    spoken = trim_silence(answer, rate)
-    assert spoken.size > 0.5 * rate
-    heard = answer_judge.transcribe(resample(spoken, rate, SAMPLE_RATE))
-    assert heard == answer_words, f"heard {heard!r}"
+    assert_speech_length(audible_seconds(answer, rate), reply)
 
     with urllib.request.urlopen(server + "/health", timeout=5) as response:
         assert json.loads(response.read())["status"] == "ok"
 
 
-def test_typed_drawing_request_over_webrtc(server, tmp_path):
+def test_typed_drawing_request_over_webrtc(server, typed_requests, tmp_path):
     out = tmp_path / "edge"
-    summary = run_edge_client(server, out, "--input", "silence", "--text", "draw a red circle")
-    assert joined(summary, "text") == "here is a red circle"
+    summary = run_edge_client(server, out, "--input", "silence", "--text", typed_requests["draw"])
+    assert_domain_sentence(joined(summary, "text"), "reply")
     images = [event for event in summary["events"] if event["type"] == "image"]
     assert len(images) == 1
-    pixels = np.asarray(Image.open(out / f"image_{images[0]['turn_id']}_0.png").convert("RGB"))
-    assert judge_image(pixels) == ("red", "circle")
+    with Image.open(out / f"image_{images[0]['turn_id']}_0.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (64, 64, 3) and pixels.std() > 0  # a picture, not a blank

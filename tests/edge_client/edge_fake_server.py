@@ -2,8 +2,9 @@
 
 POST /offer answers with aiortc; once the data channel arrives it sends ``ready``; it runs webrtcvad on the
 client's audio and, when the client's speech ends (or a picture with a question arrives), answers one turn:
-turn_started, transcript, text deltas,
-an image (tiny PNG), a tone on its audio track, then turn_end after the tone's last frame has been sent.
+turn_started, transcript, text deltas, an image (tiny PNG), a tone on its audio track (its pitch says which turn),
+then turn_end after the tone's last frame has been sent. Speech that starts while it answers interrupts the answer
+(the server owns barge-in).
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ import io
 import json
 import struct
 import zlib
-from fractions import Fraction
 
-import av
 import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from assistant import protocol
-from assistant.audio import float_to_pcm16, resample, write_wav
-from assistant.endpointing import EndpointerConfig, SpeechEnd, VadEndpointer
+from assistant.audio import FrameSplitter, write_wav
+from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadEndpointer
+from assistant.rtc_audio import MonoResampler, PacedAudioTrack
 from edge_client.audio_io import DirectorySink
-from edge_client.client import EdgeClient
+from edge_client.client import EdgeClient, EdgeClientConfig
 
 SERVER_RATE = 16000
 SERVER_FRAME = 320  # 20 ms at 16 kHz, like the real server
@@ -47,53 +47,61 @@ def tiny_png(width: int = 2, height: int = 2) -> bytes:
     )
 
 
-class ToneTrack(MediaStreamTrack):
-    """Paced 16 kHz mono track: silence, or a 440 Hz tone while ``play()`` frames remain."""
+def tone_hz(turn: int) -> float:
+    """The pitch of turn ``turn``'s answer: 440 Hz, 660 Hz, 880 Hz, ... (tests tell the turns apart by ear)."""
+    return 440.0 * (1 + 0.5 * (turn - 1))
 
-    kind = "audio"
+
+class ToneTrack(PacedAudioTrack):
+    """Paced 16 kHz mono track: silence, or a tone while ``play()`` frames remain."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._n = 0
-        self._start: float | None = None
+        super().__init__(SERVER_RATE, 20)
         self._tone_left = 0
+        self._hz = tone_hz(1)
         self.tone_done = asyncio.Event()
 
-    def play(self, frames: int) -> None:
-        """Plays `frames` 20 ms frames of tone; 0 stops a tone in progress."""
+    def play(self, frames: int, hz: float | None = None) -> None:
+        """Plays `frames` 20 ms frames of tone (at ``hz``, default: the pitch playing last); 0 stops a tone."""
         self.tone_done.clear()
         self._tone_left = frames
+        if hz is not None:
+            self._hz = hz
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        delay = self._start + self._n * SERVER_FRAME / SERVER_RATE - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if self._tone_left > 0:
-            t = (self._n * SERVER_FRAME + np.arange(SERVER_FRAME)) / SERVER_RATE
-            wave = 0.5 * np.sin(2 * np.pi * 440.0 * t)
-            self._tone_left -= 1
-            if self._tone_left == 0:
-                asyncio.get_running_loop().call_soon(self.tone_done.set)
-        else:
-            wave = np.zeros(SERVER_FRAME)
-        frame = av.AudioFrame.from_ndarray(float_to_pcm16(wave).reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SERVER_RATE
-        frame.pts = self._n * SERVER_FRAME
-        frame.time_base = Fraction(1, SERVER_RATE)
-        self._n += 1
-        return frame
+    async def next_pcm(self) -> np.ndarray:
+        if self._tone_left <= 0:
+            return np.zeros(SERVER_FRAME, dtype=np.int16)
+        t = (self.pts + np.arange(SERVER_FRAME)) / SERVER_RATE
+        self._tone_left -= 1
+        if self._tone_left == 0:
+            asyncio.get_running_loop().call_soon(self.tone_done.set)
+        return (0.5 * np.sin(2 * np.pi * self._hz * t)).astype(np.float32)
 
 
 class FakeServer:
-    def __init__(self, reject: bool = False, tone_frames: int | list[int] = 25, send_turn: bool = True):
+    """
+    tone_frames: how long each turn's answer tone is (20 ms frames), per turn when a list (the last one repeats).
+    send_turn: answer at all (False: never start a turn).
+    frames_after_interrupt: how many frames of the interrupted answer's tone still go out after ``interrupted`` (a
+        server whose audio lags its events: what the client must not play).
+
+    Like the real server, it owns barge-in: when its VAD hears the caller start speaking while it answers, it stops
+    the answer and sends ``interrupted`` and ``turn_end(interrupted)``; an ``interrupt`` message does the same.
+    ``interrupts`` lists ``(turn, "speech" | "message")`` for each.
+    """
+
+    def __init__(
+        self,
+        reject: bool = False,
+        tone_frames: int | list[int] = 25,
+        send_turn: bool = True,
+        frames_after_interrupt: int = 0,
+    ):
         self.reject = reject
         self.tone_frames = tone_frames if isinstance(tone_frames, list) else [tone_frames]
         self.send_turn = send_turn
+        self.frames_after_interrupt = frames_after_interrupt
+        self.interrupts: list[tuple[int, str]] = []
         self.pcs: list[RTCPeerConnection] = []
         self.client_messages: list[dict] = []
         self.offers: list[dict] = []  # the bodies of POST /offer
@@ -160,12 +168,8 @@ class FakeServer:
                     self._tasks.append(state["answering"])
                 if message["type"] == "bye":  # the caller hangs up: end the call like the real server
                     self._tasks.append(asyncio.ensure_future(pc.close()))
-                if message["type"] == "interrupt" and state.get("answering"):
-                    state["answering"].cancel()
-                    state["answering"] = None
-                    out.play(0)
-                    channel.send(protocol.to_json(protocol.Interrupted(turn_id=self.turns)))
-                    channel.send(protocol.to_json(protocol.TurnEnd(turn_id=self.turns, reason="interrupted")))
+                if message["type"] == "interrupt":
+                    self._interrupt(out, state, "message")
 
         @pc.on("track")
         def on_track(track) -> None:
@@ -178,19 +182,35 @@ class FakeServer:
         await pc.setLocalDescription(await pc.createAnswer())
         return web.json_response(protocol.OfferAnswer(sdp=pc.localDescription.sdp, session_id="s1").to_dict())
 
+    def _interrupt(self, out: ToneTrack, state: dict, cause: str) -> None:
+        """Stops the answer in progress (if any): ``interrupted`` and ``turn_end(interrupted)`` go out at once, the
+        tone goes on for ``frames_after_interrupt`` frames."""
+        answering = state.get("answering")
+        if answering is None:
+            return
+        answering.cancel()
+        state["answering"] = None
+        out.play(self.frames_after_interrupt)
+        self.interrupts.append((self.turns, cause))
+        channel = state["channel"]
+        channel.send(protocol.to_json(protocol.Interrupted(turn_id=self.turns)))
+        channel.send(protocol.to_json(protocol.TurnEnd(turn_id=self.turns, reason="interrupted")))
+
     async def _listen(self, track, out: ToneTrack, state: dict) -> None:
         vad = VadEndpointer(EndpointerConfig(aggressiveness=2))
+        to_16k = MonoResampler(SERVER_RATE, np.int16)
+        frames = FrameSplitter(SERVER_FRAME, dtype=np.int16)
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             self.frames_in += 1
-            stereo = frame.to_ndarray().reshape(-1, 2)[:, 0].astype(np.float32) / 32768.0
-            pcm = float_to_pcm16(resample(stereo, frame.sample_rate, SERVER_RATE))
-            for i in range(0, pcm.size - SERVER_FRAME + 1, SERVER_FRAME):
-                for event in vad.push(pcm[i : i + SERVER_FRAME].tobytes()):
-                    if isinstance(event, SpeechEnd) and self.send_turn:
+            for piece in frames.push(to_16k.convert(frame)):
+                for event in vad.push(piece.tobytes()):
+                    if isinstance(event, SpeechStart):  # barge-in: the server decides it
+                        self._interrupt(out, state, "speech")
+                    elif isinstance(event, SpeechEnd) and self.send_turn:
                         state["answering"] = asyncio.ensure_future(self._answer(out, state))
                         self._tasks.append(state["answering"])
 
@@ -200,7 +220,7 @@ class FakeServer:
         turn = self.turns
         channel.send(protocol.to_json(protocol.TurnStarted(turn_id=turn)))
         channel.send(protocol.to_json(protocol.Transcript(turn_id=turn, delta="a noise burst")))
-        out.play(self.tone_frames[min(turn, len(self.tone_frames)) - 1])
+        out.play(self.tone_frames[min(turn, len(self.tone_frames)) - 1], tone_hz(turn))
         for delta in REPLY_DELTAS:
             channel.send(protocol.to_json(protocol.TextDelta(turn_id=turn, delta=delta)))
             await asyncio.sleep(0.02)
@@ -224,12 +244,12 @@ def noise_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
     return path
 
 
-async def run_client(server: FakeServer, tmp_path, source, **kwargs):
-    """Runs an EdgeClient against ``server`` until it exits: (exit code, client, stdout, stderr, output folder)."""
+async def run_client(server: FakeServer, tmp_path, source, sink=None, **settings):
+    """Runs an EdgeClient against ``server`` until it exits: (exit code, client, stdout, stderr, output folder).
+    ``settings`` are :class:`EdgeClientConfig` fields; the sink defaults to ``answer.wav`` in the output folder."""
     out = tmp_path / "out"
     stdout, stderr = io.StringIO(), io.StringIO()
-    client = EdgeClient(
-        server.url, source, DirectorySink(out), out_dir=out, loopback_only=True, stdout=stdout, stderr=stderr, **kwargs
-    )
+    config = EdgeClientConfig(server.url, out_dir=out, loopback_only=True, **settings)
+    client = EdgeClient(config, source, sink if sink is not None else DirectorySink(out), stdout=stdout, stderr=stderr)
     code = await client.run()
     return code, client, stdout.getvalue(), stderr.getvalue(), out

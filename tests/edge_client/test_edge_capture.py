@@ -1,17 +1,18 @@
-"""CaptureTrack: pacing, frame format and client-side endpointing; VAD frame-size checks."""
+"""CaptureTrack: pacing (on an injected clock), frame format and client-side endpointing; VAD frame-size checks.
+The frame converter and the paced track themselves are tested in tests/test_rtc_audio.py."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from assistant.endpointing import EndpointerConfig, VadEndpointer
+from assistant.rtc_audio import frame_to_mono
 from edge_client.audio_io import FRAME_SAMPLES
-from edge_client.tracks import CaptureTrack, frame_to_mono_48k
+from edge_client.tracks import CaptureTrack
 
 
 class ListSource:
@@ -59,20 +60,44 @@ def test_vad_rejects_wrong_frame_sizes():
         asyncio.run(track.recv())
 
 
+class StepClock:
+    """A clock that moves only when the track waits on it."""
+
+    def __init__(self):
+        self.t = 100.0
+        self.sleeps = []
+
+    def now(self):
+        return self.t
+
+    async def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
 def test_capture_track_frames_are_paced_48k_mono_s16():
     frames_in = [np.full(FRAME_SAMPLES, 0.25, dtype=np.float32) for _ in range(15)]
-    track = CaptureTrack(ListSource(frames_in))
-    t0 = time.monotonic()
+    clock = StepClock()
+    track = CaptureTrack(ListSource(frames_in), clock=clock)
     frames = asyncio.run(_drain(track))
-    elapsed = time.monotonic() - t0
-    assert len(frames) == 15 and track.readyState == "ended"
-    assert 0.25 <= elapsed < 0.6  # 15 frames of 20 ms, paced by pts (the first goes out at once)
+    assert len(frames) == 15 and track.readyState == "ended" and track.frames_sent == 15
+    # 15 frames of 20 ms, paced by pts: the first goes out at once, each next one 20 ms after the one before
+    assert clock.sleeps == pytest.approx([0.02] * 15)  # the 16th wait is for the read that found the end
     assert [f.pts for f in frames] == [i * FRAME_SAMPLES for i in range(15)]
     f = frames[0]
     assert (f.sample_rate, f.format.name, f.layout.name, f.samples) == (48000, "s16", "mono", FRAME_SAMPLES)
     assert f.time_base == Fraction(1, 48000)
     assert np.all(f.to_ndarray() == int(0.25 * 32767))
-    assert np.array_equal(frame_to_mono_48k(f), f.to_ndarray().reshape(-1))
+    assert np.array_equal(frame_to_mono(f, 48000, np.int16), f.to_ndarray().reshape(-1))
+
+
+def test_a_live_source_is_not_paced_by_the_track():
+    class Live(ListSource):
+        live = True
+
+    clock = StepClock()
+    frames = asyncio.run(_drain(CaptureTrack(Live([np.zeros(FRAME_SAMPLES, np.float32)] * 5), clock=clock)))
+    assert len(frames) == 5 and clock.sleeps == []
 
 
 def test_capture_track_endpointing_on_noise_burst_vs_silence():
@@ -106,19 +131,3 @@ def test_capture_track_endpointing_on_noise_burst_vs_silence():
     )
     asyncio.run(_drain(track))
     assert silent == [] and not track.endpointer.speaking
-
-
-def test_remote_frames_become_mono_48k():
-    import av
-
-    stereo = np.stack([np.full(960, 1000, np.int16), np.full(960, 3000, np.int16)], axis=1)  # [n, 2]
-    frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
-    frame.sample_rate = 48000
-    mono = frame_to_mono_48k(frame)
-    assert mono.dtype == np.int16 and mono.shape == (960,)
-    assert np.all(np.abs(mono.astype(int) - 2000) <= 1)
-
-    low = av.AudioFrame.from_ndarray(np.full((1, 320), 0.5, np.float32), format="flt", layout="mono")
-    low.sample_rate = 16000
-    up = frame_to_mono_48k(low)
-    assert up.shape == (960,) and abs(int(up[480]) - 16383) < 200

@@ -47,6 +47,7 @@ def test_missing_input_file_is_a_clear_error(tmp_path, capsys):
     assert "cannot read audio file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess: > 1.5 s
 def test_module_entry_point_reports_unreachable_server(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,13 +10,15 @@ import signal
 import socket
 
 import numpy as np
+import pytest
 import soundfile
 from edge_fake_server import REPLY_DELTAS, FakeServer, noise_file, run_client, tiny_png
 
 from edge_client.audio_io import DirectorySink, FileSource, SilenceSource
-from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient
+from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient, EdgeClientConfig
 
 
+@pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_file_question_gets_text_image_and_audio(tmp_path):
     async def main():
         server = FakeServer(tone_frames=25)
@@ -57,6 +59,7 @@ def test_file_question_gets_text_image_and_audio(tmp_path):
     assert all("png_base64" not in e for e in summary["events"])
 
 
+@pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_the_client_hangs_up_by_saying_bye_and_the_server_closes(tmp_path):
     async def main():
         server = FakeServer(tone_frames=5)
@@ -77,6 +80,7 @@ def test_the_client_hangs_up_by_saying_bye_and_the_server_closes(tmp_path):
     assert byes[0]["t"] - hangup["t"] < 4.0
 
 
+@pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_typed_question_with_silence_source(tmp_path):
     async def main():
         server = FakeServer(send_turn=False)
@@ -119,16 +123,8 @@ def test_unreachable_server_exits_2(tmp_path):
 
     for url in (f"http://127.0.0.1:{port}", "not a url"):
         stderr = io.StringIO()
-        client = EdgeClient(
-            url,
-            SilenceSource(),
-            DirectorySink(tmp_path),
-            loopback_only=True,
-            handle_signals=False,
-            stdout=io.StringIO(),
-            stderr=stderr,
-            timeout=5,
-        )
+        config = EdgeClientConfig(url, loopback_only=True, handle_signals=False, timeout=5)
+        client = EdgeClient(config, SilenceSource(), DirectorySink(tmp_path), stdout=io.StringIO(), stderr=stderr)
         assert asyncio.run(client.run()) == EXIT_SERVER
         assert "cannot reach the server" in stderr.getvalue()
 
@@ -196,6 +192,7 @@ def test_picture_with_a_question_and_a_voice(tmp_path):
     assert summary["reply_text"]["1"] == "".join(REPLY_DELTAS)
 
 
+@pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_picture_alone_waits_for_the_spoken_question(tmp_path):
     picture = tiny_png()
 

@@ -1,7 +1,7 @@
 import pytest
 
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
-from assistant.models.lm import LMConfig, build_lm
+from assistant.models.embedded.lm import LMConfig, build_lm
 from assistant.prompts import ChatPromptBuilder, UserMessage
 from assistant.vocab import UnifiedVocab, write_embedded_vocab_files
 

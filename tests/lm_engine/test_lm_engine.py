@@ -32,6 +32,7 @@ def _run(request):
     return list(request.tokens(timeout=TIMEOUT))
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_batched_equals_alone_equals_the_single_stream(make_engine, model, vocab, settings, prompts):
     seeds = [5, 6, 7, 8, 9]
     alone_engine = make_engine(max_slots=4)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from assistant.lm_engine.model_runner import SlotModelRunner, supports_slot_decoding
-from assistant.models.lm import LMConfig, build_lm
+from assistant.models.embedded.lm import LMConfig, build_lm
 
 ATOL = dict(atol=1e-4, rtol=1e-4)
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
-from assistant.models.checkpoint_io import CheckpointError
+from assistant.models.checkpoint import load_checkpoint, save_checkpoint
+from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.interfaces import AcousticModel
 
 TINY = AcousticDecoderConfig(n_q=4, codebook_size=32, dim=32, depth=2, heads=2, dim_head=16, conv_kernel=5)
 
@@ -40,19 +40,15 @@ def test_seeded_init_is_deterministic_and_config_validates():
         AcousticDecoder(TINY)(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 2, 5, dtype=torch.long))
 
 
-def test_save_load_round_trip_and_strict_key_error(tmp_path):
+def test_a_saved_decoder_predicts_the_same_logits_and_is_an_acoustic_model(tmp_path):
     model = AcousticDecoder(TINY).eval()
-    model.save(tmp_path / "m")
-    loaded = AcousticDecoder.load(tmp_path / "m").eval()
+    save_checkpoint(tmp_path, "acoustic", TINY, model)
+    loaded = load_checkpoint(tmp_path, "acoustic", AcousticDecoderConfig, AcousticDecoder)
     semantic = torch.randint(0, 32, (1, 7))
     acoustic = torch.randint(0, 33, (1, 3, 7))
     assert torch.equal(model(semantic, acoustic), loaded(semantic, acoustic))
-
-    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
-    del weights["head_bias"]
-    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="model.safetensors.*head_bias"):
-        AcousticDecoder.load(tmp_path / "m")
+    assert isinstance(loaded, AcousticModel)
+    assert (loaded.n_q, loaded.codebook_size, loaded.semantic_vocab, loaded.mask_id) == (4, 32, 32, 32)
 
 
 def test_level_logits_equal_the_matching_slice_of_forward():

@@ -12,10 +12,14 @@ import torch
 from anygpt_fixtures import TINY_ENCODEC
 
 from assistant.anystream_cli import main as anystream_main
-from assistant.models.anygpt import AnyGPTLayout, check_weights, failed, load_anygpt
+from assistant.models.anygpt.loader import check_weights, failed
+from assistant.models.interfaces import AcousticModel, CausalLM, MusicCodec, SpeechCodec
+from assistant.models.loading import ModelSpec, load_models
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.local import local_backends
 from assistant.pipeline.outputs import AudioFrame, TurnError, TurnFinished
+
+pytestmark = pytest.mark.slow  # anygpt_root: full-size SoundStorm and SEED checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +64,12 @@ def test_a_damaged_part_fails_the_check_naming_file_key_and_shapes(root, tmp_pat
 
 
 def test_the_family_serves_a_turn_through_the_engine(root):
-    bundle = load_anygpt(AnyGPTLayout(root), parts=("lm", "codec", "acoustic", "music"), dtype="float32")
+    spec = ModelSpec(family="anygpt", assets_dir=str(root), dtype="float32")
+    bundle = load_models(spec, ("lm", "codec", "acoustic", "music"))
     assert bundle.vocab.ins_id is not None and bundle.generation.text.max_new_tokens == 6
+    for model, interface in ((bundle.lm, CausalLM), (bundle.codec, SpeechCodec), (bundle.acoustic, AcousticModel)):
+        assert isinstance(model, interface)
+    assert isinstance(bundle.music, MusicCodec) and bundle.image is None
     backends = local_backends(bundle, seed=0)
     engine = AssistantEngine(backends, bundle.vocab, EngineConfig(force_modality="speech"))
 
@@ -114,7 +122,7 @@ def test_make_voices_encodes_each_sample_into_an_acoustic_prompt(root, tmp_path,
 
 
 def test_each_deployment_loads_its_part_of_the_family(root):
-    from assistant.models.loading import ModelSpec, load_role
+    from assistant.models.loading import load_role
     from assistant.pipeline import local
 
     spec = ModelSpec(family="anygpt", assets_dir=str(root), dtype="float32")

@@ -38,8 +38,8 @@ def test_full_size_parts_fit_and_stream_in_half_precision():
     from assistant.decoding.maskgit import ChunkedAcousticDecoder
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
     from assistant.lm_engine.model_runner import SlotModelRunner
-    from assistant.models.soundstorm import SoundStorm, SoundStormConfig
-    from assistant.models.speechtokenizer import SpeechTokenizer
+    from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
+    from assistant.models.anygpt.speech import SpeechTokenizer
 
     figures: dict[str, float] = {}
     device = torch.device("cuda")
@@ -102,7 +102,7 @@ def test_captured_batched_steps_equal_eager_steps_and_the_engine_streams_on_cuda
     from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
     from assistant.lm_engine import LMEngine, LMEngineConfig
     from assistant.lm_engine.model_runner import SlotModelRunner
-    from assistant.models.lm import LMConfig, build_lm
+    from assistant.models.embedded.lm import LMConfig, build_lm
     from assistant.prompts import ChatPromptBuilder, UserMessage
     from assistant.vocab import UnifiedVocab
 

@@ -1,9 +1,12 @@
 """``assistant chat`` loads either family through ``assistant.models.loading`` (``--family``, ``--assets``,
 ``--lm-dir``, ``--dtype``, ``--device``), and says why when the models cannot load."""
 
+import pytest
+
 from assistant.cli import main
 
 
+@pytest.mark.slow  # anygpt_root: full-size SoundStorm and SEED checkpoints
 def test_chat_answers_with_the_anygpt_family(anygpt_root, tmp_path, capsys):
     out = tmp_path / "out"
     assert (

@@ -17,17 +17,18 @@ import torch
 from safetensors.torch import save_file
 from transformers import EncodecConfig, EncodecModel
 
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.encodec_music import (
+from assistant.models.anygpt.music import (
     EncodecMusic,
     EncodecMusicConfig,
-    MusicCodec,
     load_encodec_music,
     module_key,
     to_checkpoint_naming,
     to_module_naming,
 )
-from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer, realign_tokens
+from assistant.models.config_io import ConfigError
+from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
+from assistant.models.interfaces import MusicCodec
+from assistant.modules.music_tokens import realign_tokens
 from assistant.pipeline.local import LocalMediaBackend
 
 MANIFEST = Path(__file__).resolve().parents[1] / "reference" / "encodec_32khz.json"
@@ -129,12 +130,13 @@ def test_module_in_checkpoint_naming_is_the_manifest_layout(manifest):
 def test_key_renaming_is_suffix_only():
     assert module_key("decoder.layers.3.conv.weight_v") == "decoder.layers.3.conv.parametrizations.weight.original1"
     assert module_key("encoder.layers.13.lstm.weight_hh_l0") == "encoder.layers.13.lstm.weight_hh_l0"
-    with pytest.raises(CheckpointError, match="duplicates"):
+    with pytest.raises(ConfigError, match="duplicates"):
         to_module_naming({"a.weight_g": torch.zeros(1), "a.parametrizations.weight.original0": torch.zeros(1)}, "f")
 
 
 # ----- a random checkpoint of the real layout, end to end ---------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.slow  # full-size EnCodec 32 kHz (the manifest's layout)
 def test_random_checkpoint_loads_exactly(full_folders, random_state, music, fmt):
     loaded = music if fmt == "safetensors" else load_encodec_music(full_folders[fmt])
     state = to_checkpoint_naming(loaded.model.state_dict())
@@ -145,6 +147,7 @@ def test_random_checkpoint_loads_exactly(full_folders, random_state, music, fmt)
     assert loaded.config.vocab_size == 8192 and loaded.config.sample_rate == 16000
 
 
+@pytest.mark.slow  # full-size EnCodec 32 kHz
 def test_encode_one_second_gives_200_tokens_by_level(tone_tokens):
     assert len(tone_tokens) == 200  # 50 frames x 4 codebooks
     levels = np.asarray(tone_tokens).reshape(50, 4) // K  # frame-major: [T, L]
@@ -152,6 +155,7 @@ def test_encode_one_second_gives_200_tokens_by_level(tone_tokens):
     assert len(set(tone_tokens)) > 4  # codes follow the audio (a second partial starts at 0.5 s)
 
 
+@pytest.mark.slow  # full-size EnCodec 32 kHz
 def test_encode_resamples_any_rate_to_the_same_frames(music):
     assert len(music.encode(_tone(1.0, 16000))) == 200  # default rate: the pipeline's 16 kHz
     assert len(music.encode(_tone(0.5, 44100), sample_rate=44100)) == 100
@@ -160,6 +164,7 @@ def test_encode_resamples_any_rate_to_the_same_frames(music):
         music.encode(np.zeros((2, 100), dtype=np.float32))
 
 
+@pytest.mark.slow  # full-size EnCodec 32 kHz
 def test_decode_gives_one_second_at_the_pipeline_rate(music, tone_tokens):
     wave = music.decode(tone_tokens)
     assert wave.dtype == np.float32 and wave.shape == (16000,)  # 50 frames x 640 samples at 32 kHz -> 16 kHz
@@ -171,6 +176,7 @@ def test_decode_gives_one_second_at_the_pipeline_rate(music, tone_tokens):
         music.decode([8192])
 
 
+@pytest.mark.slow  # full-size EnCodec 32 kHz
 def test_flattening_round_trips_and_matches_anygpt_reshape(music, tone_tokens):
     codes = music.encode_codes(_tone(1.0, 32000), sample_rate=32000)  # [4, 50]
     assert codes.shape == (4, 50)
@@ -181,6 +187,7 @@ def test_flattening_round_trips_and_matches_anygpt_reshape(music, tone_tokens):
     assert np.array_equal(anygpt, codes.numpy())
 
 
+@pytest.mark.slow  # full-size EnCodec 32 kHz
 def test_a_skipped_token_is_realigned_by_level(music, tone_tokens):
     codes = realign_tokens(tone_tokens, 4, K)[0]
     broken = list(tone_tokens)
@@ -196,8 +203,9 @@ def test_a_skipped_token_is_realigned_by_level(music, tone_tokens):
     np.testing.assert_allclose(wave[:early], clean[:early], atol=1e-5)
 
 
+@pytest.mark.slow  # full-size EnCodec 32 kHz
 def test_plugs_into_the_pipeline_interface(music, tone_tokens):
-    assert isinstance(music, MusicCodec)
+    assert isinstance(music, MusicCodec) and (music.vocab_size, music.sample_rate) == (8192, 16000)
     assert isinstance(MusicDetokenizer(MusicCodecConfig(codebook_size=16)), MusicCodec)
     backend = LocalMediaBackend(SimpleNamespace(image=None, music=music))
     wave = asyncio.run(backend.music_wave(tone_tokens))
@@ -248,7 +256,7 @@ def test_bad_weights_name_the_file_and_the_key(tmp_path, tiny_state, monkeypatch
         raise AssertionError("load_state_dict called before the checkpoint was checked")
 
     monkeypatch.setattr(EncodecModel, "load_state_dict", never)  # nothing may half-load
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ConfigError) as err:
         load_encodec_music(folder)
     message = str(err.value)
     assert str(folder / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")) in message
@@ -259,7 +267,7 @@ def test_missing_weights_file(tmp_path):
     folder = tmp_path / "no_weights"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
-    with pytest.raises(CheckpointError, match="model.safetensors: weights file not found.*pytorch_model.bin"):
+    with pytest.raises(ConfigError, match="model.safetensors: weights file not found.*pytorch_model.bin"):
         load_encodec_music(folder)
 
 
@@ -278,19 +286,19 @@ def test_missing_weights_file(tmp_path):
 def test_bad_config_names_the_field(tmp_path, tiny_state, change, field):
     config = {k: v for k, v in {**TINY_CONFIG, **change}.items() if v is not None}
     folder = _write_folder(tmp_path / "cfg", config, tiny_state, "safetensors")
-    with pytest.raises(CheckpointError, match=f"config.json: key '{field}'"):
+    with pytest.raises(ConfigError, match=f"config.json: key '{field}'"):
         load_encodec_music(folder)
 
 
 def test_missing_or_broken_config(tmp_path, tiny_state):
     folder = _write_folder(tmp_path / "cfg", TINY_CONFIG, tiny_state, "safetensors")
     (folder / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="config.json: config file not found"):
+    with pytest.raises(ConfigError, match="config.json: file not found"):
         load_encodec_music(folder)
     (folder / "config.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(CheckpointError, match="config.json: invalid JSON"):
+    with pytest.raises(ConfigError, match="config.json: invalid JSON"):
         load_encodec_music(folder)
-    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+    with pytest.raises(ConfigError, match="checkpoint folder not found"):
         load_encodec_music(tmp_path / "nowhere")
 
 
@@ -299,7 +307,7 @@ def test_real_shortcut_config_is_refused_before_reading_weights(tmp_path, manife
     folder = tmp_path / "old"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({**manifest["config"], "use_conv_shortcut": True}))
-    with pytest.raises(CheckpointError, match="use_conv_shortcut"):
+    with pytest.raises(ConfigError, match="use_conv_shortcut"):
         load_encodec_music(folder)
 
 

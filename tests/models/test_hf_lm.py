@@ -10,9 +10,14 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_stream import TokenStream
-from assistant.models.anygpt import anygpt_added_tokens
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.hf_lm import check_hf_lm, expected_shapes, generation_settings, load_hf_lm
+from assistant.models.anygpt.lm import (
+    anygpt_added_tokens,
+    check_hf_lm,
+    expected_shapes,
+    generation_settings,
+    load_hf_lm,
+)
+from assistant.models.config_io import ConfigError
 from assistant.prompts import ChatPromptBuilder, Conversation, UserMessage
 from assistant.vocab import Modality, TokenKind
 
@@ -177,7 +182,7 @@ def _break(folder: Path, how: str) -> str:
     """Damage a good folder; returns the message the loader must give."""
     if how == "no config":
         (folder / "config.json").unlink()
-        return r"config.json: config file not found"
+        return r"config.json: file not found"
     if how == "not llama":
         data = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**data, "model_type": "mistral"}))
@@ -206,24 +211,24 @@ def _break(folder: Path, how: str) -> str:
 def test_a_damaged_folder_fails_naming_the_file_and_the_key(tmp_path, sentencepiece_model, how):
     folder, _ = write_folder(tmp_path / "chat", sentencepiece_model)
     message = _break(folder, how)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(ConfigError, match=message):
         check_hf_lm(folder)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_hf_lm(folder, dtype=torch.float32)
 
 
 def test_shard_and_vocabulary_problems_are_named(tmp_path, sentencepiece_model):
     folder, _ = write_folder(tmp_path / "sharded", sentencepiece_model, "sharded")
     (folder / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="index.json: names shard model-00002-of-00002.safetensors"):
+    with pytest.raises(ConfigError, match="index.json: names shard model-00002-of-00002.safetensors"):
         check_hf_lm(folder)
 
     folder, _ = write_folder(tmp_path / "vocab", sentencepiece_model)
     added = json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))
     added["<extra>"] = max(added.values()) + 1  # one id more than the embedding has rows
     (folder / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False), encoding="utf-8")
-    with pytest.raises(CheckpointError, match="added_tokens.json: .*vocab_size"):
+    with pytest.raises(ConfigError, match="added_tokens.json: .*vocab_size"):
         check_hf_lm(folder)
     (folder / "tokenizer.model").unlink()
-    with pytest.raises(CheckpointError, match="tokenizer.model: vocabulary file not found"):
+    with pytest.raises(ConfigError, match="tokenizer.model: vocabulary file not found"):
         check_hf_lm(folder)

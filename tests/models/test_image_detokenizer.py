@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer, fit_token_count
+from assistant.models.checkpoint import load_checkpoint, save_checkpoint
+from assistant.models.config_io import read_config
+from assistant.models.embedded import EMBEDDED_DIR
+from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
+from assistant.models.interfaces import ImageCodec, fit_token_count
 
 IMG = ImageCodecConfig(tokens_per_image=32, codebook_size=64, image_size=32, code_dim=8, channels=32)
 
@@ -72,25 +74,16 @@ def test_image_token_count_policy(caplog):
     assert model.decode_png([5] * 40, strict=False)[:4] == b"\x89PNG"
 
 
-def test_image_save_load_round_trip_and_strict_error(tmp_path):
+def test_image_save_load_round_trip_and_the_image_codec_interface(tmp_path):
     model = ImageDetokenizer(IMG)
-    model.save(tmp_path / "img")
-    loaded = ImageDetokenizer.load(tmp_path / "img")
+    save_checkpoint(tmp_path, "image", IMG, model)
+    loaded = load_checkpoint(tmp_path, "image", ImageCodecConfig, ImageDetokenizer)
     assert loaded.decode_png(list(range(32))) == model.decode_png(list(range(32)))
     assert torch.equal(loaded.codebook, model.codebook)
-    weights = load_file(str(tmp_path / "img" / "model.safetensors"))
-    weights["extra.weight"] = torch.zeros(1)
-    save_file(weights, str(tmp_path / "img" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="extra.weight"):
-        ImageDetokenizer.load(tmp_path / "img")
+    assert isinstance(loaded, ImageCodec)
+    assert (loaded.tokens_per_image, loaded.codebook_size, loaded.image_size, loaded.input_size) == (32, 64, 32, 32)
 
 
 def test_embedded_config_builds():
-    import json
-    from pathlib import Path
-
-    import assistant.models.image_detokenizer as module
-
-    path = Path(module.__file__).resolve().parents[1] / "assets" / "embedded" / "image.json"
-    config = ImageCodecConfig(**json.loads(path.read_text()))
+    config = read_config(EMBEDDED_DIR / "image.json", ImageCodecConfig)
     assert config.tokens_per_image == 32 and config.codebook_size == 1024 and config.image_size == 64

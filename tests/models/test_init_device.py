@@ -8,12 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
-from assistant.models.bundle import EMBEDDED_DIR, config_from_json
-from assistant.models.image_detokenizer import ImageCodecConfig, ImageDetokenizer
-from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
-from assistant.models.soundstorm import SoundStorm, SoundStormConfig
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
+from assistant.models.config_io import read_config
+from assistant.models.embedded import EMBEDDED_DIR
+from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
+from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -58,7 +59,7 @@ def test_a_meta_build_skips_the_init_and_keeps_the_layout():
     ],
 )
 def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_cls, model_cls):
-    config = config_from_json(EMBEDDED_DIR / f"{name}.json", config_cls)
+    config = read_config(EMBEDDED_DIR / f"{name}.json", config_cls)
     model = model_cls(config)
     reference = _state(model)
     with torch.no_grad():
@@ -79,7 +80,7 @@ def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_
     ],
 )
 def test_embedded_codebooks_follow_the_default_device_with_the_same_values(name, config_cls, model_cls):
-    model = model_cls(config_from_json(EMBEDDED_DIR / f"{name}.json", config_cls))
+    model = model_cls(read_config(EMBEDDED_DIR / f"{name}.json", config_cls))
     reference = model._random_codebooks()
     assert reference.device.type == "cpu"
     with torch.device("meta"):

@@ -1,10 +1,9 @@
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from assistant.models.lm import LM_CONFIG_FILE, LM_WEIGHTS_FILE, LMConfig, build_lm, load_lm, save_lm
+from assistant.lm_engine.model_runner import supports_slot_decoding
+from assistant.models.embedded.lm import LMConfig, build_lm
+from assistant.models.interfaces import CausalLM
 
 
 def tiny(vocab_size=300):
@@ -19,54 +18,22 @@ def tiny(vocab_size=300):
     )
 
 
-def test_config_validation_and_json(tmp_path):
+def test_config_validation():
     with pytest.raises(ValueError):
         LMConfig(vocab_size=10, hidden_size=30, num_heads=4)
     with pytest.raises(ValueError):
         LMConfig(vocab_size=0)
-    cfg = tiny()
-    cfg.to_json(tmp_path / "c.json")
-    assert LMConfig.from_json(tmp_path / "c.json") == cfg
-    data = json.loads((tmp_path / "c.json").read_text())
-    data["format_version"] = 99
-    (tmp_path / "c.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="format_version"):
-        LMConfig.from_json(tmp_path / "c.json")
-    lc = cfg.to_llama_config()
-    assert (lc.vocab_size, lc.hidden_size, lc.num_hidden_layers, lc.num_key_value_heads) == (300, 32, 2, 2)
-    assert LMConfig.embedded(1000).hidden_size == 128
+        LMConfig(vocab_size=10, format_version=2)
 
 
-def test_build_is_seeded_and_save_load_round_trip(tmp_path):
+def test_build_is_seeded_and_is_the_lm_runtime_the_engine_reads():
     cfg = tiny()
     a, b, c = build_lm(cfg, seed=1), build_lm(cfg, seed=1), build_lm(cfg, seed=2)
     wa = a.model.embed_tokens.weight
     assert torch.equal(wa, b.model.embed_tokens.weight) and not torch.equal(wa, c.model.embed_tokens.weight)
-    save_lm(a, cfg, tmp_path)
-    loaded, cfg2 = load_lm(tmp_path)
-    assert cfg2 == cfg
+    assert isinstance(a, CausalLM) and supports_slot_decoding(a)  # transformers' LLaMA conforms structurally
+    assert a.config.vocab_size == cfg.vocab_size and a.config.max_position_embeddings == cfg.max_positions
     ids = torch.tensor([[1, 5, 7, 250]])
     with torch.no_grad():
-        assert torch.allclose(a(input_ids=ids).logits, loaded(input_ids=ids).logits)
-
-
-def test_load_strict_names_key(tmp_path):
-    cfg = tiny()
-    save_lm(build_lm(cfg, seed=0), cfg, tmp_path)
-    path = tmp_path / LM_WEIGHTS_FILE
-    state = load_file(str(path))
-    key = "model.layers.1.mlp.up_proj.weight"
-    del state[key]
-    save_file(state, str(path))
-    with pytest.raises(KeyError, match=r"model\.safetensors.*model\.layers\.1\.mlp\.up_proj\.weight"):
-        load_lm(tmp_path)
-    state[key] = torch.zeros(3, 3)
-    save_file(state, str(path))
-    with pytest.raises(ValueError, match="up_proj.weight"):
-        load_lm(tmp_path)
-    state[key] = torch.zeros(64, 32)
-    state["extra.weight"] = torch.zeros(1)
-    save_file(state, str(path))
-    with pytest.raises(KeyError, match="extra.weight"):
-        load_lm(tmp_path)
-    assert (tmp_path / LM_CONFIG_FILE).is_file()
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)

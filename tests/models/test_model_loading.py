@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.models import bundle as bundle_module
 from assistant.models import loading
-from assistant.models.loading import ROLE_PARTS, ModelSpec, load_backends, load_role, load_vocab_and_voices
+from assistant.models.bundle import MODEL_NAMES
+from assistant.models.config_io import ConfigError
+from assistant.models.embedded import EMBEDDED_DIR
+from assistant.models.loading import ROLE_PARTS, ModelSpec, load_backends, load_models, load_role, load_vocab_and_voices
 from assistant.pipeline import local
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.outputs import AudioFrame, TurnError, TurnFinished
@@ -24,15 +26,15 @@ def _close(backends) -> None:
 
 @pytest.fixture
 def embedded_calls(monkeypatch) -> list[tuple[str, ...]]:
-    """The ``parts`` of every ``load_embedded`` call made while the test runs."""
+    """The ``parts`` of every ``load_models`` call made while the test runs."""
     calls: list[tuple[str, ...]] = []
-    real = bundle_module.load_embedded
+    real = loading.load_models
 
-    def recording(assets_dir=None, seed=0, parts=bundle_module.MODEL_NAMES):
+    def recording(spec, parts=MODEL_NAMES):
         calls.append(tuple(parts))
-        return real(assets_dir, seed=seed, parts=parts)
+        return real(spec, parts)
 
-    monkeypatch.setattr(bundle_module, "load_embedded", recording)
+    monkeypatch.setattr(loading, "load_models", recording)
     return calls
 
 
@@ -40,11 +42,13 @@ def test_the_spec_validates_and_travels_as_a_dict():
     spec = ModelSpec(family="anygpt", assets_dir="/models/anygpt", dtype="float16", device="cuda", seed=3)
     assert ModelSpec.from_dict(spec.to_dict()) == spec and ModelSpec.from_dict(spec) is spec
     assert ModelSpec.from_dict(None) == ModelSpec()
+    with pytest.raises(ConfigError, match="model spec: unknown ModelSpec key 'famly'"):
+        ModelSpec.from_dict({"famly": "anygpt"})
     assert spec.tokenizer_dir == Path("/models/anygpt/AnyGPT-chat") and spec.voices_path is None
     assert ModelSpec(family="anygpt", assets_dir="/w", voices_file="/v.json").voices_path == Path("/v.json")
     embedded = ModelSpec()
-    assert embedded.tokenizer_dir == bundle_module.EMBEDDED_DIR / "tokenizer"
-    assert embedded.voices_path == bundle_module.EMBEDDED_DIR / "voices.json"
+    assert embedded.tokenizer_dir == EMBEDDED_DIR / "tokenizer"
+    assert embedded.voices_path == EMBEDDED_DIR / "voices.json"
     for bad, match in (
         ({"family": "anygpt-7b"}, "family"),
         ({"family": "anygpt"}, "assets_dir"),
@@ -86,7 +90,7 @@ def test_the_lm_engine_settings_reach_the_lm_backend():
 def test_all_four_backends_come_from_one_load_sharing_the_codec(embedded_calls):
     backends = load_backends(ModelSpec(seed=5))
     try:
-        assert len(embedded_calls) == 1 and set(embedded_calls[0]) == set(bundle_module.MODEL_NAMES)
+        assert len(embedded_calls) == 1 and set(embedded_calls[0]) == set(MODEL_NAMES)
         assert backends.speech.codec is backends.acoustic.decoder.codec  # loaded once, shared
         assert isinstance(backends.lm, local.LocalLMBackend) and backends.lm.seed == 5
         assert isinstance(backends.media, local.LocalMediaBackend)
@@ -98,11 +102,13 @@ def test_the_vllm_lm_is_left_out_of_the_bundle(monkeypatch):
     parts_loaded: list[tuple[str, ...]] = []
     sentinel = object()
 
+    real = loading.load_models
+
     def fake_bundle(spec, parts):  # the embedded models stand in for the AnyGPT ones: only `parts` matters here
         parts_loaded.append(tuple(parts))
-        return bundle_module.load_embedded(parts=parts)
+        return real(ModelSpec(), parts)
 
-    monkeypatch.setattr(loading, "load_bundle", fake_bundle)
+    monkeypatch.setattr(loading, "load_models", fake_bundle)
     monkeypatch.setattr(loading, "_vllm_backend", lambda spec: sentinel)
     spec = ModelSpec(family="anygpt", assets_dir="/nowhere", lm_engine="vllm")
     backends = load_backends(spec)
@@ -112,7 +118,7 @@ def test_the_vllm_lm_is_left_out_of_the_bundle(monkeypatch):
 
 
 def test_vocab_and_voices_are_those_the_bundle_holds(tmp_path):
-    bundle = bundle_module.load_embedded(parts=("codec",))
+    bundle = load_models(ModelSpec(), ("codec",))
     vocab, voices = load_vocab_and_voices(ModelSpec())
     same = ("size", "text_size", "eos_id", "ins_id")
     assert [getattr(vocab, a) for a in same] == [getattr(bundle.vocab, a) for a in same]
@@ -123,18 +129,19 @@ def test_vocab_and_voices_are_those_the_bundle_holds(tmp_path):
     # an embedded assets folder without voices.json: no voice bank
     bare = tmp_path / "bare"
     (bare / "tokenizer").mkdir(parents=True)
-    for f in (bundle_module.EMBEDDED_DIR / "tokenizer").iterdir():
+    for f in (EMBEDDED_DIR / "tokenizer").iterdir():
         (bare / "tokenizer" / f.name).write_bytes(f.read_bytes())
     assert load_vocab_and_voices(ModelSpec(assets_dir=str(bare)))[1] is None
 
 
+@pytest.mark.slow  # anygpt_root: full-size SoundStorm and SEED checkpoints
 def test_a_named_anygpt_voice_bank_must_exist(anygpt_root, tmp_path):
     from assistant.models.voices import VoiceBank
 
     spec = ModelSpec(family="anygpt", assets_dir=str(anygpt_root))
     vocab, voices = load_vocab_and_voices(spec)
     assert voices is None and vocab.ins_id is not None
-    with pytest.raises(FileNotFoundError, match="voice bank not found"):
+    with pytest.raises(ConfigError, match="absent.json: file not found"):
         load_vocab_and_voices(
             ModelSpec(family="anygpt", assets_dir=str(anygpt_root), voices_file=str(tmp_path / "absent.json"))
         )
@@ -144,6 +151,7 @@ def test_a_named_anygpt_voice_bank_must_exist(anygpt_root, tmp_path):
     assert loaded.names == ("low",)
 
 
+@pytest.mark.slow  # anygpt_root: full-size SoundStorm and SEED checkpoints, a whole turn
 def test_load_backends_serves_a_typed_turn_of_the_anygpt_family(anygpt_root):
     """What ``assistant chat --family anygpt`` does: every part of the family in this process, one engine turn."""
     spec = ModelSpec(family="anygpt", assets_dir=str(anygpt_root), dtype="float32")

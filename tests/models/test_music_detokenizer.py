@@ -3,14 +3,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.music_detokenizer import (
-    MusicCodecConfig,
-    MusicDetokenizer,
-    flatten_codes,
-    realign_tokens,
-    unflatten_tokens,
-)
+from assistant.models.checkpoint import load_checkpoint, save_checkpoint, weights_path
+from assistant.models.config_io import ConfigError
+from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
+from assistant.models.interfaces import MusicCodec
+from assistant.modules.music_tokens import flatten_codes, realign_tokens, unflatten_tokens
+from training.fit_music_codec import fit_music_codebooks
 
 MUSIC = MusicCodecConfig(n_codebooks=4, codebook_size=16, n_fft=1024, griffin_lim_iters=4)  # hop 640
 
@@ -86,19 +84,19 @@ def test_encode_is_deterministic_and_fit_lowers_the_error():
     waves = [_tone(0.5, f0) for f0 in (220.0, 330.0, 440.0, 550.0)]
     features = torch.cat([model.log_magnitude(w) for w in waves])  # [N, n_freq]
     before = (model.dequantise(model.quantise(features)) - features).pow(2).mean().sqrt()
-    errors = model.fit_codebooks(features, iters=4, seed=0)
+    errors = fit_music_codebooks(model, features, iters=4, seed=0)
     after = (model.dequantise(model.quantise(features)) - features).pow(2).mean().sqrt()
     assert errors.shape == (4,) and bool((errors[1:] <= errors[:-1] + 1e-6).all())
     assert after < 0.5 * before and float(errors[-1]) == pytest.approx(float(after), rel=1e-3, abs=1e-4)
     assert model.encode(waves[2]) == model.encode(waves[2].copy())
     with pytest.raises(ValueError, match="at least 16 frames"):
-        model.fit_codebooks(features[:8])
+        fit_music_codebooks(model, features[:8])
 
 
 def test_fitted_codec_keeps_the_pitch():
     model = MusicDetokenizer(MUSIC)
     waves = [_tone(0.6, f0) for f0 in (261.63, 392.0)]
-    model.fit_codebooks(torch.cat([model.log_magnitude(w) for w in waves]), iters=4)
+    fit_music_codebooks(model, torch.cat([model.log_magnitude(w) for w in waves]), iters=4)
     decoded = model.decode(model.encode(waves[1]))
     spectrum = np.abs(np.fft.rfft(decoded[2000:8000] * np.hanning(6000)))
     assert abs(np.argmax(spectrum) * 16000 / 6000 - 392.0) < 11.0  # within half a semitone
@@ -106,16 +104,38 @@ def test_fitted_codec_keeps_the_pitch():
 
 def test_music_save_load_round_trip_and_strict_error(tmp_path):
     model = MusicDetokenizer(MUSIC)
-    model.save(tmp_path / "mus")
-    loaded = MusicDetokenizer.load(tmp_path / "mus")
+    save_checkpoint(tmp_path, "music", MUSIC, model)
+    loaded = load_checkpoint(tmp_path, "music", MusicCodecConfig, MusicDetokenizer)
+    assert isinstance(loaded, MusicCodec) and (loaded.vocab_size, loaded.sample_rate) == (64, 16000)
     tokens = flatten_codes(torch.randint(0, 16, (4, 6)), 16)
     assert np.array_equal(loaded.decode(tokens), model.decode(tokens))
-    assert set(load_file(str(tmp_path / "mus" / "model.safetensors"))) == {"codebooks"}
-    weights = load_file(str(tmp_path / "mus" / "model.safetensors"))
+    path = weights_path(tmp_path, "music")
+    assert set(load_file(str(path))) == {"codebooks"}  # the window and the STFT are derived, not saved
+    weights = load_file(str(path))
     weights["codebooks"] = torch.zeros(4, 16, 3)
-    save_file(weights, str(tmp_path / "mus" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="codebooks"):
-        MusicDetokenizer.load(tmp_path / "mus")
+    save_file(weights, str(path))
+    with pytest.raises(ConfigError, match="codebooks"):
+        load_checkpoint(tmp_path, "music", MusicCodecConfig, MusicDetokenizer)
+
+
+def test_one_residual_quantiser_gives_the_codes_of_level_by_level_subtraction():
+    """The music codec quantises with the shared ``residual_quantize`` (the speech codec's: later levels match the
+    frame minus the sum of the codewords so far), where it once subtracted one codeword after another. The two
+    differ only in float rounding; on the committed codec and the synthesized training tunes they pick the same
+    codes."""
+    from assistant.models.loading import ModelSpec, load_models
+    from assistant.modules.quantization import nearest_codes
+    from training.music import music_specs, synthesize
+
+    codec = load_models(ModelSpec(), ("music",)).music
+    for spec in music_specs(1)[::9]:
+        features = codec.log_magnitude(synthesize(spec, codec.sample_rate))  # [T, n_freq]
+        residual, expected = features.float(), []
+        for book in codec.codebooks:
+            index = nearest_codes(residual, book)[0]
+            residual = residual - book[index]
+            expected.append(index)
+        assert torch.equal(codec.quantise(features), torch.stack(expected)), spec
 
 
 def test_config_validation():

@@ -1,4 +1,4 @@
-"""SEED image tokenizer (assistant/models/seed_image.py) with small configs, checked against a reference forward pass
+"""SEED image tokenizer (assistant/models/anygpt/image.py) with small configs, checked against a reference forward pass
 written here directly over a state dict in SEED's (LAVIS) key naming, so the key mapping and the maths are tested
 together. The real unCLIP pipeline is replaced by a fake that records its call."""
 
@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.seed_image import (
+from assistant.models.anygpt.image import (
     CLIP_MEAN,
     CLIP_STD,
     SeedImageCodec,
@@ -30,6 +29,7 @@ from assistant.models.seed_image import (
     import_unclip_pipeline,
     load_seed_tokenizer,
 )
+from assistant.models.config_io import ConfigError
 
 SMALL = SeedTokenizerConfig(
     input_size=28,
@@ -420,7 +420,7 @@ def test_decode_only_load_needs_no_vit(files, loaded):
 def _expect_error(tmp_path, seed=None, vit=None, match="", **kwargs):
     seed_path = save(tmp_path, "seed_quantizer.pt", seed) if seed is not None else None
     vit_path = save(tmp_path, "eva_vit_g.pth", vit) if vit is not None else None
-    with pytest.raises(CheckpointError, match=match) as info:
+    with pytest.raises(ConfigError, match=match) as info:
         load_seed_tokenizer(seed_path, vit_path, config=SMALL, **kwargs)
     return str(info.value)
 
@@ -492,11 +492,11 @@ def test_vit_file_may_hold_the_parts_blip2_drops(tmp_path, files):
 
 
 def test_missing_or_unreadable_file(tmp_path, files):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         load_seed_tokenizer(tmp_path / "nope.pt", config=SMALL)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pt"):
+    with pytest.raises(ConfigError, match="garbage.pt"):
         load_seed_tokenizer(files.seed_path, garbage, config=SMALL)
 
 
@@ -624,7 +624,7 @@ def test_from_folder_loads_locally(monkeypatch, tmp_path):
     module = types.ModuleType("diffusers")
     module.StableUnCLIPImg2ImgPipeline = FakeUnclip
     monkeypatch.setitem(sys.modules, "diffusers", module)
-    with pytest.raises(CheckpointError, match="model_index.json"):
+    with pytest.raises(ConfigError, match="model_index.json"):
         UnclipRenderer.from_folder(tmp_path)
     (tmp_path / "model_index.json").write_text("{}")
     renderer = UnclipRenderer.from_folder(tmp_path)
@@ -637,7 +637,7 @@ def test_from_folder_loads_locally(monkeypatch, tmp_path):
 def test_codec_decode_png_uses_the_embedding_and_the_count_policy(loaded):
     fake = FakePipeline()
     codec = SeedImageCodec(loaded, UnclipRenderer(fake))
-    assert (codec.config.codebook_size, codec.config.image_size, codec.config.tokens_per_image) == (40, 768, 6)
+    assert (codec.codebook_size, codec.image_size, codec.tokens_per_image, codec.input_size) == (40, 768, 6, 28)
     png = codec.decode_png([3, 4, 5], strict=False)
     assert png.startswith(b"\x89PNG")
     with torch.no_grad():

@@ -16,16 +16,11 @@ from torch import nn
 
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, fill_acoustic_levels
 from assistant.decoding.soundstorm_decoding import AnyGPTFill, anygpt_generate, anygpt_schedule
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.soundstorm import (
-    USLM_TO_ANYGPT,
-    ChanLayerNorm,
-    SoundStorm,
-    SoundStormConfig,
-    load_soundstorm,
-    rotary_angles,
-)
-from assistant.models.speech_codec import SpeechCodec
+from assistant.models.anygpt.acoustic import USLM_TO_ANYGPT, SoundStorm, SoundStormConfig, load_soundstorm
+from assistant.models.config_io import ConfigError
+from assistant.models.interfaces import AcousticModel, SpeechCodec
+from assistant.modules.conformer import ChanLayerNorm
+from assistant.modules.rotary import rotary_angles
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 TINY = SoundStormConfig.tiny()
@@ -116,6 +111,7 @@ def full_checkpoints(tmp_path_factory, anygpt_manifest, uslm_manifest):
         path.unlink()
 
 
+@pytest.mark.slow  # full-size AnyGPT SoundStorm
 def test_full_size_anygpt_checkpoint_loads_and_runs(full_checkpoints):
     folder, state, _ = full_checkpoints
     model = load_soundstorm(folder / "speechtokenizer_soundstorm_mls.pt")
@@ -131,6 +127,7 @@ def test_full_size_anygpt_checkpoint_loads_and_runs(full_checkpoints):
         torch.testing.assert_close(model.level_logits(semantic, acoustic, 3, start=2), logits[:, 2:, 3])
 
 
+@pytest.mark.slow  # full-size USLM SoundStorm
 def test_full_size_uslm_checkpoint_loads_with_renamed_keys(full_checkpoints):
     folder, state, uslm = full_checkpoints
     model = load_soundstorm(folder / "SoundStorm_best_dev.pt")
@@ -232,8 +229,9 @@ def test_conformer_block_matches_a_hand_written_reference(kernel):
     cfg = model.config
     block = model.net.conformer.layers[0]
     x = torch.randn(2, 11, cfg.dim, generator=torch.Generator().manual_seed(0))
+    angles = rotary_angles(11, cfg.dim_head, cfg.rotary_theta, x.device)
     with torch.no_grad():
-        got = block(x, rotary_angles(11, cfg.dim_head, cfg.rotary_theta, x.device))
+        got = block(x, angles.cos(), angles.sin())
     torch.testing.assert_close(got.double(), _block_by_hand(block, x.double(), cfg), atol=2e-5, rtol=1e-4)
 
 
@@ -299,12 +297,13 @@ def test_attention_applies_rotary_positions():
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(1))
     angles = rotary_angles(10, cfg.dim_head, cfg.rotary_theta, x.device)
     with torch.no_grad():
-        out, out_perm = attn(x, angles), attn(x[:, perm], angles)
+        out, out_perm = attn(x, angles.cos(), angles.sin()), attn(x[:, perm], angles.cos(), angles.sin())
         # without positions, attention would be permutation-equivariant; with rotary it is not
         assert not torch.allclose(out_perm, out[:, perm], atol=1e-4)
         # and the positions are exactly rotate-half rotary (a zero angle table gives the equivariant case)
         zero = torch.zeros_like(angles)
-        torch.testing.assert_close(attn(x[:, perm], zero), attn(x, zero)[:, perm], atol=1e-5, rtol=1e-5)
+        still = (zero.cos(), zero.sin())
+        torch.testing.assert_close(attn(x[:, perm], *still), attn(x, *still)[:, perm], atol=1e-5, rtol=1e-5)
 
 
 def test_sdpa_attention_equals_the_explicit_softmax_path():
@@ -391,7 +390,7 @@ def test_a_bad_checkpoint_names_file_and_key(tmp_path, edit, message):
     edit(state)
     path = tmp_path / "broken_soundstorm.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=rf"broken_soundstorm\.pt.*{message}"):
+    with pytest.raises(ConfigError, match=rf"broken_soundstorm\.pt.*{message}"):
         load_soundstorm(path, config=TINY)
 
 
@@ -400,13 +399,13 @@ def test_a_bad_uslm_checkpoint_names_the_key_as_stored_and_layouts_are_enforced(
     state["net.conformer.layers.0.conv.net.4.conv.weight"] = torch.zeros(3, 1, 5)
     path = tmp_path / "uslm_bad.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"uslm_bad\.pt.*ds_conv\.conv\.weight.*\(3, 1, 5\).*conv\.net\.4\.conv"):
+    with pytest.raises(ConfigError, match=r"uslm_bad\.pt.*ds_conv\.conv\.weight.*\(3, 1, 5\).*conv\.net\.4\.conv"):
         load_soundstorm(path, config=TINY)
     good = tmp_path / "uslm.pt"
     torch.save(_to_uslm(_tiny().state_dict(), USLM_TO_ANYGPT), good)
-    with pytest.raises(CheckpointError, match=r"uslm\.pt.*layout 'anygpt'.*'uslm'"):
+    with pytest.raises(ConfigError, match=r"uslm\.pt.*layout 'anygpt'.*'uslm'"):
         load_soundstorm(good, config=TINY, layout="anygpt")
-    with pytest.raises(CheckpointError, match="not a readable torch state dict"):
+    with pytest.raises(ConfigError, match="not a readable torch state dict"):
         (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
         load_soundstorm(tmp_path / "junk.pt", config=TINY)
 
@@ -448,9 +447,11 @@ def test_anygpt_schedule_makes_ten_passes_with_the_cosine_mask_counts():
 
 
 class FakeCodec:
-    """The SpeechCodec protocol with no model: each frame decodes to ``hop`` samples of its mean code."""
+    """The SpeechCodec interface with no model (structurally: no subclassing): each frame decodes to ``hop`` samples
+    of its mean code."""
 
-    sample_rate, frame_rate, n_q, codebook_size = 16000, 50, 8, K
+    sample_rate, frame_rate, hop, n_q, codebook_size = 16000, 50, 320, 8, K
+    device = torch.device("cpu")
 
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         return torch.zeros(self.n_q, math.ceil(wave.shape[-1] / 320), dtype=torch.long)
@@ -458,11 +459,19 @@ class FakeCodec:
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes.float().mean(0) / self.codebook_size).repeat_interleave(320)
 
+    def encode_batch(self, waves, n_q=None):
+        return [self.encode(wave)[:n_q] for wave in waves]
 
+    def decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.decode(row) for row in codes])
+
+
+@pytest.mark.slow  # > 1.5 s
 def test_chunked_decoder_streams_with_context_and_prompt():
     codec = FakeCodec()
     assert isinstance(codec, SpeechCodec)
     model = _tiny(seed=10)
+    assert isinstance(model, AcousticModel) and (model.n_q, model.semantic_vocab, model.mask_id) == (8, K, K)
     recorder = _Recorder(model)
     decoder = ChunkedAcousticDecoder(model, codec, anygpt_schedule(), context_frames=4)
     gen = torch.Generator().manual_seed(0)
@@ -486,6 +495,7 @@ def test_chunked_decoder_streams_with_context_and_prompt():
     assert torch.equal(torch.cat(chunks, dim=1)[0], semantic)
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_chunked_decoder_streams_with_anygpts_own_loop():
     """AnyGPTFill: the voice prompt and the previous chunk become AnyGPT's acoustic prompt; each chunk equals
     anygpt_generate over that prompt."""

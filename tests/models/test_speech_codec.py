@@ -4,8 +4,12 @@ import math
 import pytest
 import torch
 
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec, SpeechCodec, htk_mel_filterbank
+from assistant.models.checkpoint import load_checkpoint, save_checkpoint
+from assistant.models.config_io import ConfigError
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.interfaces import SpeechCodec
+from assistant.modules.spectral import htk_mel_filterbank
+from training.fit_speech_codec import fit_speech_codebooks
 
 TINY = MelCodecConfig(n_q=4, codebook_size=64, griffin_lim_iters=16)
 
@@ -86,31 +90,35 @@ def test_fit_codebooks_reduces_error():
     codec = MelRVQCodec(MelCodecConfig(n_q=2, codebook_size=16, griffin_lim_iters=2))
     frames = torch.cat([codec.log_mel(_voiced(0.5, seed=s) * (0.5 + s / 4)) for s in range(4)])
     before = (codec.dequantise(codec.quantise(frames)) - frames).pow(2).mean()
-    errors = codec.fit_codebooks(frames, iters=5)
+    errors = fit_speech_codebooks(codec, frames, iters=5)
     after = (codec.dequantise(codec.quantise(frames)) - frames).pow(2).mean()
     assert after < before and errors.shape == (2,)
+
+
+def _load(directory) -> MelRVQCodec:
+    return load_checkpoint(directory, "codec", MelCodecConfig, MelRVQCodec)
 
 
 def test_save_load_round_trip_and_strict_failure(tmp_path):
     codec = MelRVQCodec(TINY)
     codec.codebooks.add_(1.0)
-    codec.save(tmp_path / "c")
-    loaded = MelRVQCodec.load(tmp_path / "c")
+    save_checkpoint(tmp_path, "codec", TINY, codec)
+    loaded = _load(tmp_path)
     assert loaded.config == TINY and torch.equal(loaded.codebooks, codec.codebooks)
     wave = _voiced(0.3)
     assert torch.equal(loaded.encode(wave), codec.encode(wave))
 
     # a checkpoint whose config says more levels than its tensor holds -> error naming the key
-    cfg_path = tmp_path / "c" / "config.json"
+    cfg_path = tmp_path / "codec.json"
     payload = json.loads(cfg_path.read_text())
-    payload["config"]["n_q"] = 5
+    payload["n_q"] = 5
     cfg_path.write_text(json.dumps(payload))
-    with pytest.raises(CheckpointError, match="codebooks"):
-        MelRVQCodec.load(tmp_path / "c")
-    payload["config"]["bogus"] = 1
+    with pytest.raises(ConfigError, match="codebooks"):
+        _load(tmp_path)
+    payload["bogus"] = 1
     cfg_path.write_text(json.dumps(payload))
-    with pytest.raises(CheckpointError, match="bogus"):
-        MelRVQCodec.load(tmp_path / "c")
+    with pytest.raises(ConfigError, match="bogus"):
+        _load(tmp_path)
 
 
 MEAN_NORM = MelCodecConfig(n_q=3, codebook_size=32, griffin_lim_iters=4, level1_mean_norm=True)
@@ -134,7 +142,9 @@ def _utterance(seed: int, pitch: float = 140.0) -> torch.Tensor:
 def _fitted_mean_norm_codec() -> MelRVQCodec:
     codec = MelRVQCodec(MEAN_NORM)
     mels = [codec.log_mel(_utterance(s, pitch=110 + 20 * s) * (0.3 + 0.2 * s)) for s in range(5)]
-    codec.fit_codebooks(torch.cat(mels), iters=4, level1_frames=torch.cat([codec.level1_input(m) for m in mels]))
+    fit_speech_codebooks(
+        codec, torch.cat(mels), iters=4, level1_frames=torch.cat([codec.level1_input(m) for m in mels])
+    )
     return codec
 
 
@@ -169,10 +179,10 @@ def test_mean_norm_fit_beats_random_codebooks_and_requires_level1_frames():
     frames = torch.cat([codec.log_mel(w) for w in waves])
     before = torch.cat([codec.dequantise(codec.encode(w)) for w in waves]) - frames
     with pytest.raises(ValueError, match="level1_frames"):
-        codec.fit_codebooks(frames, iters=2)
+        fit_speech_codebooks(codec, frames, iters=2)
     lines = []
     level1 = torch.cat([codec.level1_input(codec.log_mel(w)) for w in waves])
-    errors = codec.fit_codebooks(frames, iters=4, level1_frames=level1, progress=lines.append)
+    errors = fit_speech_codebooks(codec, frames, iters=4, level1_frames=level1, progress=lines.append)
     after = torch.cat([codec.dequantise(codec.encode(w)) for w in waves]) - frames
     assert after.pow(2).mean() < 0.5 * before.pow(2).mean()
     assert errors.shape == (3,) and bool((errors[1:] <= errors[:-1] + 1e-6).all())  # each level helps
@@ -181,8 +191,8 @@ def test_mean_norm_fit_beats_random_codebooks_and_requires_level1_frames():
 
 def test_mean_norm_save_load_keeps_setting_and_codes(tmp_path):
     codec = _fitted_mean_norm_codec()
-    codec.save(tmp_path / "c")
-    loaded = MelRVQCodec.load(tmp_path / "c")
+    save_checkpoint(tmp_path, "codec", MEAN_NORM, codec)
+    loaded = _load(tmp_path)
     assert loaded.config.level1_mean_norm and loaded.config == MEAN_NORM
     wave = _utterance(3)
     assert torch.equal(loaded.encode(wave), codec.encode(wave))

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from assistant.models.bundle import load_embedded
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
-from assistant.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig
+from assistant.models.anygpt.speech import SpeechTokenizer, SpeechTokenizerConfig
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.loading import ModelSpec, load_models
 
 
 def _utterances() -> list[torch.Tensor]:
@@ -26,7 +26,7 @@ def _utterances() -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def embedded_codec() -> MelRVQCodec:
-    codec = load_embedded(seed=0, parts=("codec",)).codec
+    codec = load_models(ModelSpec(seed=0), ("codec",)).codec
     assert codec.config.level1_mean_norm  # the shipped codec normalises level 1 per utterance
     return codec
 

@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assistant.models.checkpoint_io import CheckpointError
-from assistant.models.speech_codec import SpeechCodec
-from assistant.models.speechtokenizer import (
+from assistant.models.anygpt.speech import (
     NonCausalConv1d,
     NonCausalConvTranspose1d,
     Snake1d,
@@ -23,6 +21,8 @@ from assistant.models.speechtokenizer import (
     load_speechtokenizer,
     load_speechtokenizer_dir,
 )
+from assistant.models.config_io import ConfigError
+from assistant.models.interfaces import SpeechCodec
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST_DIR = REPO / "tests" / "reference"
@@ -139,7 +139,7 @@ def test_config_reads_hub_json_and_ignores_training_fields(tmp_path):
 def test_config_errors_name_the_file_and_the_key(tmp_path, change, key):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**hub_dict(SpeechTokenizerConfig()), **TRAINING_FIELDS, **change}))
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ConfigError) as err:
         SpeechTokenizerConfig.from_json(path)
     assert str(path) in str(err.value) and key in str(err.value)
 
@@ -147,15 +147,16 @@ def test_config_errors_name_the_file_and_the_key(tmp_path, change, key):
 def test_config_missing_field_and_missing_file(tmp_path):
     data = hub_dict(SpeechTokenizerConfig())
     del data["codebook_size"]
-    with pytest.raises(CheckpointError, match=r"cfg\.json: missing config key 'codebook_size'"):
+    with pytest.raises(ConfigError, match=r"cfg\.json: missing config key 'codebook_size'"):
         SpeechTokenizerConfig.from_dict(data, "cfg.json")
-    with pytest.raises(CheckpointError, match="config file not found"):
+    with pytest.raises(ConfigError, match="file not found"):
         SpeechTokenizerConfig.from_json(tmp_path / "nope.json")
 
 
 # ----- loading the full-size checkpoint --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # full-size SpeechTokenizer
 def test_full_snake_checkpoint_loads_and_codes_one_second(tmp_path):
     m = manifest(MANIFESTS[0])
     state = random_state_dict(m)
@@ -274,6 +275,7 @@ def test_decode_is_the_decoder_of_the_summed_codewords():
     torch.testing.assert_close(model.decode(codes[:2]), want2)
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_encode_uses_the_first_levels_and_batch_equals_single():
     model = small_model()
     wave = voiced(0.5)
@@ -287,6 +289,7 @@ def test_encode_uses_the_first_levels_and_batch_equals_single():
 
 
 @pytest.mark.parametrize("activation", ["Snake", "ELU"])
+@pytest.mark.slow  # > 1.5 s each
 def test_frame_rate_and_lengths(activation):
     model = small_model(activation=activation)
     for seconds in (1, 2):
@@ -333,6 +336,7 @@ def small_folder(tmp_path: Path, name: str, state_changes=None, **config_changes
     return write_hub_folder(tmp_path / name, hub_dict(model.config), state)
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_small_checkpoint_round_trips_and_casts(tmp_path):
     folder = small_folder(tmp_path, "ok")
     model = load_speechtokenizer(folder / "config.json", folder / "ckpt.dev", dtype=torch.float64)
@@ -348,9 +352,9 @@ def test_small_checkpoint_round_trips_and_casts(tmp_path):
 def test_missing_checkpoint_file(tmp_path):
     folder = small_folder(tmp_path, "no_ckpt")
     (folder / "ckpt.dev").unlink()
-    with pytest.raises(CheckpointError, match="ckpt.dev: weights file not found"):
+    with pytest.raises(ConfigError, match="ckpt.dev: weights file not found"):
         load_speechtokenizer_dir(folder)
-    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+    with pytest.raises(ConfigError, match="checkpoint folder not found"):
         load_speechtokenizer_dir(tmp_path / "absent")
 
 
@@ -361,7 +365,7 @@ def test_wrong_shape_names_file_key_and_both_shapes(tmp_path):
         state[key] = torch.zeros(64, 32, 8)
 
     folder = small_folder(tmp_path, "shape", widen)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ConfigError) as err:
         load_speechtokenizer_dir(folder)
     message = str(err.value)
     assert str(folder / "ckpt.dev") in message and repr(key) in message
@@ -372,14 +376,14 @@ def test_unknown_key_is_refused(tmp_path):
     folder = small_folder(
         tmp_path, "unknown", lambda s: s.__setitem__("encoder.model.99.conv.conv.bias", torch.ones(3))
     )
-    with pytest.raises(CheckpointError, match=r"ckpt\.dev: unexpected key 'encoder\.model\.99\.conv\.conv\.bias'"):
+    with pytest.raises(ConfigError, match=r"ckpt\.dev: unexpected key 'encoder\.model\.99\.conv\.conv\.bias'"):
         load_speechtokenizer_dir(folder)
 
 
 def test_missing_key_is_refused(tmp_path):
     key = "quantizer.vq.layers.2._codebook.embed_avg"
     folder = small_folder(tmp_path, "missing", lambda s: s.pop(key))
-    with pytest.raises(CheckpointError, match=rf"ckpt\.dev: missing key '{key}' \(expected shape \(32, 32\)\)"):
+    with pytest.raises(ConfigError, match=rf"ckpt\.dev: missing key '{key}' \(expected shape \(32, 32\)\)"):
         load_speechtokenizer_dir(folder)
 
 
@@ -388,19 +392,19 @@ def test_activation_mismatch_is_named(tmp_path):
     snake = small_folder(tmp_path, "snake")
     # ELU weights under a config that says Snake
     (elu / "config.json").write_text((snake / "config.json").read_text())
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ConfigError) as err:
         load_speechtokenizer_dir(elu)
     message = str(err.value)
     assert str(elu / "ckpt.dev") in message and "'encoder.model.1.block.0.alpha'" in message
     assert "ELU checkpoint" in message and "'Snake'" in message
     # and Snake weights under a config that says ELU
     (snake / "config.json").write_text(json.dumps({**hub_dict(SMALL), "activation": "ELU"}))
-    with pytest.raises(CheckpointError, match=r"ckpt\.dev: key 'encoder\.model\.1\.block\.0\.alpha' is a Snake"):
+    with pytest.raises(ConfigError, match=r"ckpt\.dev: key 'encoder\.model\.1\.block\.0\.alpha' is a Snake"):
         load_speechtokenizer_dir(snake)
 
 
 def test_integer_entries_are_refused(tmp_path):
     key = "quantizer.vq.layers.0._codebook.inited"
     folder = small_folder(tmp_path, "int", lambda s: s.__setitem__(key, torch.ones(1, dtype=torch.long)))
-    with pytest.raises(CheckpointError, match=rf"key '{key}' has dtype torch.int64"):
+    with pytest.raises(ConfigError, match=rf"key '{key}' has dtype torch.int64"):
         load_speechtokenizer_dir(folder)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from assistant.models.config_io import ConfigError
 from assistant.models.voices import UnknownVoiceError, VoiceBank
 
 
@@ -63,16 +64,16 @@ def test_from_json_reports_the_file_and_the_problem(tmp_path):
     path = tmp_path / "voices.json"
     data = _bank().to_dict()
     path.write_text(json.dumps({**data, "format_version": 2}))
-    with pytest.raises(ValueError, match="voices.json: .*format_version"):
+    with pytest.raises(ConfigError, match="voices.json: .*format_version"):
         VoiceBank.from_json(path)
     path.write_text(json.dumps({**data, "n_q": 4}))
-    with pytest.raises(ValueError, match="n_q is 4"):
+    with pytest.raises(ConfigError, match="voices.json: prompts have 3 levels but n_q is 4"):
         VoiceBank.from_json(path)
     path.write_text(json.dumps({k: v for k, v in data.items() if k != "default"}))
-    with pytest.raises(ValueError, match="missing fields"):
+    with pytest.raises(ConfigError, match="missing fields"):
         VoiceBank.from_json(path)
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="invalid JSON"):
+    with pytest.raises(ConfigError, match="voices.json: invalid JSON"):
         VoiceBank.from_json(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="absent.json: file not found"):
         VoiceBank.from_json(tmp_path / "absent.json")

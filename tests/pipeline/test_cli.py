@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from assistant.audio import write_wav
@@ -21,6 +22,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow  # a subprocess with the embedded models: > 1.5 s
 def test_chat_on_a_generated_wav(tmp_path, capsys):
     # in-process (the same code path as `python -m assistant`; saves a second torch/transformers import)
     t = np.arange(12000) / 16000
@@ -35,6 +37,7 @@ def test_chat_on_a_generated_wav(tmp_path, capsys):
     assert "[turn finished" in stdout
 
 
+@pytest.mark.slow  # a subprocess: > 1.5 s
 def test_broken_wav_exits_nonzero(tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEfmt garbage")
@@ -54,3 +57,57 @@ def test_bad_picture_or_no_question_exits_2(tmp_path, capsys):
     assert "give a question" in capsys.readouterr().err
     assert main(["chat", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
     assert "cannot read picture" in capsys.readouterr().err
+
+
+def test_chat_writes_every_kind_of_output_from_the_turn_controllers_messages(tmp_path, monkeypatch, capsys):
+    """The CLI's files and printed lines, with fake backends: no model is loaded."""
+    from pipeline_fakes import FakeLM, Script, make_backends, make_vocab
+
+    import assistant.cli as cli
+    from assistant.vocab import Modality
+
+    vocab = make_vocab(tmp_path)
+    s = Script(vocab)
+    script = (
+        [vocab.ins_id]
+        + s.text("draw")
+        + [vocab.res_id]
+        + s.text(" here")
+        + s.seg(Modality.SPEECH, range(10))
+        + s.seg(Modality.IMAGE, [1, 2, 3])
+        + s.seg(Modality.MUSIC, [4, 5, 6, 7])
+        + [vocab.eos_id]
+    )
+    backends, *_ = make_backends(FakeLM(script, chunk=3))
+    monkeypatch.setattr(cli, "load_vocab_and_voices", lambda spec: (vocab, None))
+    monkeypatch.setattr(cli, "load_backends", lambda spec: backends)
+    out = tmp_path / "out"
+    assert main(["chat", "--text", "draw and play", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "[transcript] draw" in stdout and "[reply]  here" in stdout
+    assert f"[image] {out / 'image_0.png'} (8x8)" in stdout
+    assert f"[music] {out / 'music_0.wav'} (0.03 s)" in stdout  # 400 samples
+    assert "[turn finished: complete]" in stdout and f"[wrote] {out / 'answer.wav'} (0.24 s)" in stdout
+    assert (out / "image_0.png").read_bytes() == b"\x89PNG fake" + bytes(3)
+    music, rate = soundfile.read(out / "music_0.wav", dtype="float32")
+    assert rate == 16000 and music.size == 2 * 320  # the piece's two 20 ms frames, as played
+    assert abs(float(music[100]) - 0.1) < 1e-3
+    answer, _ = soundfile.read(out / "answer.wav", dtype="float32")
+    assert answer.size == 12 * 320  # ten frames of speech, then the music's two
+    assert (out / "reply.txt").read_text(encoding="utf-8") == "transcript: draw\nreply: here\n"
+
+
+def test_chat_exits_1_when_the_turn_fails(tmp_path, monkeypatch, capsys):
+    from pipeline_fakes import FakeLM, Script, make_backends, make_vocab
+
+    import assistant.cli as cli
+
+    vocab = make_vocab(tmp_path)
+    backends, *_ = make_backends(FakeLM(Script(vocab).text("ok") + [vocab.eos_id], fail_after=0))
+    monkeypatch.setattr(cli, "load_vocab_and_voices", lambda spec: (vocab, None))
+    monkeypatch.setattr(cli, "load_backends", lambda spec: backends)
+    assert main(["chat", "--text", "hi", "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "error: the reply failed; try again" in captured.err
+    assert "[turn finished: error]" in captured.out
+    assert (tmp_path / "out" / "reply.txt").read_text(encoding="utf-8") == "reply: \n"

@@ -127,6 +127,7 @@ ANY_ID = st.one_of(
 
 @SETTINGS
 @given(st.lists(ANY_ID, max_size=120), st.sampled_from([None, SP, IM, MU]), st.sampled_from([None, RULES]))
+@pytest.mark.slow  # hypothesis: > 1.5 s
 def test_any_id_sequence_gives_well_formed_events(ids, forced, rules):
     events, stats = run(ids, forced, rules)  # push never raises
     assert_well_formed(events, forced, rules)
@@ -162,6 +163,7 @@ BLOCKS = st.one_of(
 
 @SETTINGS
 @given(st.lists(BLOCKS, max_size=12), st.sampled_from([None, RULES]))
+@pytest.mark.slow  # hypothesis: > 1.5 s
 def test_text_inside_a_segment_never_reaches_the_text_output(blocks, rules):
     # Capital letters appear only inside segments: START ... END blocks whose insides hold no END, so whatever the
     # junk around them opened, a segment is open wherever a capital letter arrives.
@@ -205,6 +207,7 @@ def ids_of(parts) -> list[int]:
 
 @SETTINGS
 @given(clean_replies(), st.booleans())
+@pytest.mark.slow  # hypothesis: > 1.5 s
 def test_a_grammatical_reply_comes_back_whole_and_nothing_is_dropped(parts, with_stop):
     events, stats = run(ids_of(parts) + ([VOCAB.eos_id] if with_stop else []), rules=RULES)
     assert_well_formed(events, rules=RULES)

@@ -271,6 +271,8 @@ def test_history_and_forced_speech(vocab):
     assert lm.prompts[0][-1] == sp.start_id  # AnyGPT force marker ends the prompt
     assert sum(c.size for c in acoustic.chunks) >= 12
     assert sum(isinstance(o, AudioFrame) for o in first) == 12
+    # the typed turn is not forced: the same codes, without the <sosp> the force marker supplied, are not speech
+    assert second == [TurnFinished(FinishReason.COMPLETE)] and session.stats.stray_codes == 12
     turns = session.conversation.turns
     assert len(turns) == 2
     assert turns[0].assistant.token_ids[0] == sp.start_id and turns[0].user.speech_codes
@@ -304,7 +306,7 @@ def test_one_turn_at_a_time(vocab):
         session = AssistantEngine(backends, vocab, EngineConfig()).new_session()
         gen = session.respond(UserTurn(text="x"))
         first = await gen.__anext__()
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="already in progress"):
             await session.respond(UserTurn(text="y")).__anext__()
         session.interrupt()
         rest = [o async for o in gen]
@@ -312,6 +314,7 @@ def test_one_turn_at_a_time(vocab):
         return first, rest
 
     first, rest = run(main())
+    assert first == ReplyTextDelta("a")  # the first turn was running when the second was refused
     assert rest[-1].reason is FinishReason.INTERRUPTED
 
 

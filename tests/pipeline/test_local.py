@@ -7,7 +7,7 @@ import pytest
 from waiting import until
 
 from assistant.lm_engine import BusyError, LMEngineConfig
-from assistant.models.bundle import load_embedded
+from assistant.models.loading import ModelSpec, load_models
 from assistant.pipeline.backends import Backends, BackendUnavailableError, LMLimits
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.local import (
@@ -23,7 +23,7 @@ from assistant.protocol import FinishReason
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_embedded(seed=0)
+    return load_models(ModelSpec(seed=0))
 
 
 def burst(seconds=0.8):
@@ -34,6 +34,7 @@ def burst(seconds=0.8):
     )
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_spoken_turn_yields_speech(bundle):
     engine = AssistantEngine(local_backends(bundle), bundle.vocab, EngineConfig())
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.models.bundle import load_embedded
-from assistant.models.loading import ModelSpec
+from assistant.models.loading import ModelSpec, load_models
 from assistant.models.voices import VoiceBank
 from assistant.pipeline.backends import UnknownVoiceKeyError, voice_key
 from assistant.pipeline.local import LocalAcousticBackend, LocalSpeechEncoder
@@ -16,7 +15,7 @@ from assistant.pipeline.local import LocalAcousticBackend, LocalSpeechEncoder
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_embedded(seed=0, parts=("acoustic", "codec"))
+    return load_models(ModelSpec(seed=0), ("acoustic", "codec"))
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +105,7 @@ def test_a_bad_chunk_fails_alone(bundle):
     assert good[0].shape == (8, 5) and isinstance(bad, ValueError)
 
 
+@pytest.mark.slow  # > 1.5 s
 def test_speech_encoder_returns_level_one_and_batches_exactly(bundle):
     encoder = LocalSpeechEncoder(bundle)
     rng = np.random.default_rng(1)

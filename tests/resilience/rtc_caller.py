@@ -8,39 +8,35 @@ any step as a clear failure, not a console line.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import json
 import time
 from typing import Any
 
 import aiohttp
-import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from assistant.audio import WEBRTC_SAMPLE_RATE, resample
+from assistant.rtc_audio import PacedAudioTrack, frame_to_mono
 from assistant.webrtc.ice import use_loopback_only
 
 FRAME_SAMPLES = WEBRTC_SAMPLE_RATE // 50  # 20 ms at 48 kHz
 LOUD_RMS = 300.0  # int16 units: an answer frame above this is speech or music, not the silence between replies
 
 
-class ScriptedMicrophone(MediaStreamTrack):
+class ScriptedMicrophone(PacedAudioTrack):
     """48 kHz mono frames paced in real time: the wave given to :meth:`say`, then 2 s of silence at the full rate
     (the server's endpointer needs it to end the turn), then silence as Opus DTX sends it: one frame every
     ``idle_frame_interval_s``. Twenty callers at the full rate would spend more than this machine's two cores on
     encoding silence alone."""
 
-    kind = "audio"
     TRAILING_SILENCE_S = 2.0
 
     def __init__(self, idle_frame_interval_s: float = 0.2) -> None:
-        super().__init__()
+        super().__init__(WEBRTC_SAMPLE_RATE, 20)
         self.idle_frame_interval_s = idle_frame_interval_s
         self._pending: list[np.ndarray] = []
-        self._pts = 0
-        self._start: float | None = None
         self._full_rate_until = 0.0
         self.said = asyncio.Event()  # set when the last frame of the latest wave has left
 
@@ -53,32 +49,17 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._full_rate_until = float("inf")  # until the wave and its trailing silence have left
         self.said.clear()
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        wait = self._start + self._pts / WEBRTC_SAMPLE_RATE - now
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if not self._pending and time.monotonic() > self._full_rate_until:
-            await asyncio.sleep(self.idle_frame_interval_s)  # DTX: the clock jumps over the frames not sent
-            skipped = int((time.monotonic() - self._start) * WEBRTC_SAMPLE_RATE) - self._pts
-            self._pts += max(0, skipped - skipped % FRAME_SAMPLES)
-        if self._pending:
-            pcm = self._pending.pop(0)
-            if not self._pending:
-                self.said.set()
-                self._full_rate_until = time.monotonic() + self.TRAILING_SILENCE_S
-        else:
-            pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = WEBRTC_SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, WEBRTC_SAMPLE_RATE)
-        self._pts += FRAME_SAMPLES
-        return frame
+    async def next_pcm(self) -> np.ndarray:
+        if not self._pending and self.clock.now() > self._full_rate_until:
+            await self.clock.sleep(self.idle_frame_interval_s)
+            self.skip_to_now()  # DTX: the clock jumps over the frames not sent
+        if not self._pending:
+            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        pcm = self._pending.pop(0)
+        if not self._pending:
+            self.said.set()
+            self._full_rate_until = self.clock.now() + self.TRAILING_SILENCE_S
+        return pcm
 
 
 class RtcCaller:
@@ -169,7 +150,7 @@ class RtcCaller:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            pcm = frame.to_ndarray().astype(np.float32)
+            pcm = frame_to_mono(frame, dtype=np.int16).astype(np.float32)
             if float(np.sqrt(np.mean(pcm**2))) >= LOUD_RMS:
                 self.loud_frames += 1
                 self.last_loud_at = time.monotonic()

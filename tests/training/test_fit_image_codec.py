@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
-from assistant.models.image_detokenizer import ImageCodecConfig
-from training.fit_image_codec import ImageFitSettings, _kmeans, fit_image_codec, judge_round_trip
+from assistant.models.embedded.image import ImageCodecConfig
+from training.fit_image_codec import ImageFitSettings, fit_image_codec, judge_round_trip
+from training.fitting import kmeans
 from training.specs import ImageSpec
 
 TINY = ImageCodecConfig(
@@ -11,6 +13,7 @@ TINY = ImageCodecConfig(
 SPECS = [ImageSpec(shape, colour, "white", "big") for shape in ("circle", "square") for colour in ("red", "blue")]
 
 
+@pytest.mark.slow  # training steps: > 1.5 s
 def test_tiny_fit_reduces_reconstruction_loss_and_uses_codes():
     torch.set_num_threads(1)
     settings = ImageFitSettings(steps=120, warmup_steps=40, batch_size=16, jitters=3, restart_every=20, log_every=1000)
@@ -25,11 +28,11 @@ def test_tiny_fit_reduces_reconstruction_loss_and_uses_codes():
     assert report["n"] == 1 and report["original"]["both"] == 1.0
 
 
-def test_kmeans_finds_separated_clusters():
+def test_the_kmeans_plus_plus_init_finds_separated_clusters():
     gen = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=gen) for c in centres])
-    book = _kmeans(points, 3, 5, gen)
+    book, _ = kmeans(points, 3, 5, gen, init="kmeans++")  # how the image codebooks start
     assert torch.cdist(centres, book).min(dim=1).values.max() < 0.2
 
 

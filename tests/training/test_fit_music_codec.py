@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from assistant.models.music_detokenizer import MusicCodecConfig, MusicDetokenizer
+from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
 from training.fit_music_codec import evaluate_music_codec, fit_music_codec
 from training.music import music_specs, synthesize
 from training.specs import MusicSpec
@@ -18,6 +18,7 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.mark.slow  # training steps: > 1.5 s
 def test_tiny_fit_reduces_reconstruction_error_and_is_seeded():
     codec, metrics = fit_music_codec(TINY, seed=0, max_frames=1500, iters=3, variants=1)
     assert metrics["clips"] == len(music_specs(1)) and metrics["frames"] == 1500

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.models.speech_codec import MelCodecConfig, MelRVQCodec
+from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
 from training.fit_speech_codec import codec_frames, fit_speech_codec
 from training.voices import TRAIN_VOICES, synthesize_many
 

@@ -1,5 +1,5 @@
 """The whole `train-mini` -> `eval-mini` path on a tiny plan: every stage runs, the export loads strictly through
-`load_embedded`, a second run reuses the stage cache, and the evaluation judges every task family."""
+`load_models`, a second run reuses the stage cache, and the evaluation judges every task family."""
 
 import dataclasses
 import json
@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-from assistant.models.bundle import EMBEDDED_DIR, MODEL_NAMES, load_embedded
+from assistant.models.bundle import MODEL_NAMES
+from assistant.models.embedded import EMBEDDED_DIR
+from assistant.models.loading import ModelSpec, load_models
 from training.evaluate import EvalPlan, format_table, run_eval
 from training.pipeline import TrainPlan, run_training
 
@@ -48,7 +50,7 @@ def trained(tmp_path_factory):
 
 def test_training_exports_weights_that_load_strictly(trained):
     assets, _, summary = trained
-    bundle = load_embedded(assets)
+    bundle = load_models(ModelSpec(assets_dir=str(assets)))
     assert set(bundle.weights_loaded) == set(MODEL_NAMES)
     assert bundle.voices is not None and bundle.voices.default == summary["voices"]["assistant"]
     assert set(summary["stage_minutes"]) == {"dialogues", "speech", "music", "acoustic", "image", "corpus", "lm"}

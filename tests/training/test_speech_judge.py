@@ -1,8 +1,6 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("pocketsphinx")
-
 from training.judges.speech import SentenceJudge, normalise_sentence, to_judge_pcm, word_error_rate
 from training.voices import ASSISTANT_VOICE, synthesize
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from assistant.decoding.maskgit import UnmaskSchedule, fill_acoustic_levels
-from assistant.models.acoustic_decoder import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
 from training.train_acoustic import (
     IGNORE,
     AcousticTrainingConfig,
@@ -126,6 +126,7 @@ def _synthetic_corpus(n: int = 24, frames: int = 30, seed: int = 0) -> list[tupl
     return out
 
 
+@pytest.mark.slow  # training steps: > 1.5 s
 def test_tiny_training_reduces_loss_and_respects_the_budget():
     torch.manual_seed(0)
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # the first optimiser imports torch._dynamo (seconds)

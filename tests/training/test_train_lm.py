@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from assistant.models.lm import LMConfig, build_lm
+from assistant.models.embedded.lm import LMConfig, build_lm
 from training.train_lm import (
     IGNORE,
     LMTrainingConfig,
@@ -77,6 +77,7 @@ def test_code_noise_touches_only_input_codes():
     assert ((noisy[:, 1:5] >= 10) & (noisy[:, 1:5] < 30)).all()
 
 
+@pytest.mark.slow  # training steps: > 10 s
 def test_training_learns_the_copy_task_and_keeps_the_best_state():
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -1,7 +1,9 @@
 import json
 import shutil
 
-from assistant.models.bundle import EMBEDDED_DIR
+import pytest
+
+from assistant.models.embedded import EMBEDDED_DIR
 from assistant.prompts import SPEECH_INSTRUCTION_SUFFIX, SYSTEM_PROMPT
 from assistant.vocab import UnifiedVocab
 from training import domain
@@ -16,6 +18,7 @@ def test_committed_tokenizer_and_lm_size_are_what_the_domain_gives(tmp_path):
     assert json.loads((EMBEDDED_DIR / "lm.json").read_text())["vocab_size"] == vocab.size
 
 
+@pytest.mark.slow  # every sentence of the domain: > 1.5 s
 def test_every_domain_word_is_one_id_and_the_template_strings_are_one_each():
     vocab = UnifiedVocab.embedded()
     first_piece = vocab.text_tokenizer.piece_offset

@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
 import json
 import time
 from dataclasses import dataclass
 
-import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES
 from assistant.endpointing import EndpointerConfig
 from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TranscriptDelta, TurnFinished
 from assistant.protocol import FinishReason, OfferRequest
+from assistant.rtc_audio import PacedAudioTrack, frame_to_mono
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import RtcSession
 
@@ -65,38 +64,22 @@ class FakeEngineSession:
         self.close_calls += 1
 
 
-class ScriptedMic(MediaStreamTrack):
-    """48 kHz mono mic: silence, or a loud voiced buzz while ``loud`` is set."""
-
-    kind = "audio"
+class ScriptedMic(PacedAudioTrack):
+    """48 kHz mono mic, paced in real time: silence, or a loud voiced buzz while ``loud`` is set."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(48000, 20)
         self.loud = False
-        self._pts = 0
-        self._start = None
         self._rng = np.random.default_rng(0)
 
-    async def recv(self):
-        if self._start is None:
-            self._start = time.monotonic()
-        wait = self._start + self._pts / 48000 - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        n = 960
-        if self.loud:
-            t = (self._pts + np.arange(n)) / 48000
-            buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 25))
-            wave = 0.3 * buzz + 0.05 * self._rng.standard_normal(n)
-            pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
-        else:
-            pcm = np.zeros(n, dtype=np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, 48000)
-        self._pts += n
-        return frame
+    async def next_pcm(self):
+        n = self.frame_samples
+        if not self.loud:
+            return np.zeros(n, dtype=np.int16)
+        t = (self.pts + np.arange(n)) / 48000
+        buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 25))
+        wave = 0.3 * buzz + 0.05 * self._rng.standard_normal(n)
+        return (np.clip(wave, -1, 1) * 32767).astype(np.int16)
 
 
 class Client:
@@ -123,7 +106,7 @@ class Client:
             try:
                 while True:
                     frame = await track.recv()
-                    pcm = frame.to_ndarray().astype(np.float32)
+                    pcm = frame_to_mono(frame, dtype=np.int16).astype(np.float32)
                     if np.sqrt(np.mean(pcm**2)) > 1000:
                         self.loud_frames += 1
             except Exception:

@@ -27,7 +27,8 @@ from assistant.protocol import FinishReason, OfferRequest, ProtocolError
 from assistant.webrtc import sctp_guard
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.limits import SessionLimits, TokenBucket
-from assistant.webrtc.session import InboundAudio, RtcSession
+from assistant.webrtc.session import RtcSession
+from assistant.webrtc.tracks import InboundAudio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,7 +92,7 @@ def test_an_unexpected_failure_inside_on_message_becomes_an_internal_error(monke
         assert len(logged) == 1 and "parser exploded" in str(logged[0].exc_info[1])
         monkeypatch.undo()
         session._on_message(text_message("hello again"))  # the session still takes messages
-        await until(lambda: session.stats.turns == 1, what="the next message started a turn")
+        await until(lambda: session.turns.stats.started == 1, what="the next message started a turn")
         await session.close()
 
     asyncio.run(main())
@@ -104,7 +105,7 @@ def test_a_question_over_the_text_limit_is_refused_without_a_turn():
         session._on_message(text_message("a" * (protocol.MAX_TEXT_CHARS + 1)))
         error = sent(session)[-1]
         assert error["code"] == "bad_message" and str(protocol.MAX_TEXT_CHARS) in error["message"]
-        assert session._turn_starter is None and session.stats.turns == 0
+        assert session.turns.idle and session.turns.stats.started == 0 and not engine.turns
         await session.close()
 
     asyncio.run(main())
@@ -165,8 +166,8 @@ def test_a_peer_that_ignores_the_advertised_size_is_told_and_dropped():
         client.send("x" * 300_000)  # the guard trips at 2 x 64 KiB held, long before this is whole
         error = (await client.wait_for("error"))[0]
         assert error["code"] == "too_large" and "65536 bytes" in error["message"]
-        await until(lambda: engine.closed, what="the session closed")
-        assert session.connection_state == "closed" and "advertised size" in session.stats.close_reason
+        await until(lambda: session.connection_state == "closed", what="the session closed")
+        assert engine.closed and "advertised size" in session.stats.close_reason
         await client.close()
 
     asyncio.run(main())
@@ -277,18 +278,18 @@ def test_a_flood_of_questions_costs_one_error_and_at_most_the_turn_burst():
         session = RtcSession(engine, "s", turn_factory=FakeTurn, now=clock)  # 20/s burst 40; turns 2/s burst 4
         for i in range(50):  # all at one instant: the loop does not run in between
             session._on_message(text_message(f"q{i}"))
-        await until(lambda: session._turn_starter.done() and not session.reply_in_progress, what="the turn ran")
+        await until(lambda: session.turns.idle, what="the turn ran")
         # questions 0-3 got turn tokens; 4-39 had no turn token, 40-49 no message token
         assert session.stats.messages_dropped == 46
         # only one start can wait: each newer one replaced the waiting one, and the replaced ones never ran
-        assert [t.text for t in engine.turns] == ["q3"] and session.stats.turn_starts_replaced == 3
+        assert [t.text for t in engine.turns] == ["q3"] and session.turns.stats.replaced == 3
         errors = [m for m in sent(session) if m["type"] == "error"]
         assert [e["code"] for e in errors] == ["rate_limited"] and session.stats.rate_limit_errors == 1
 
         clock.advance(1.0)  # two turn tokens come back
         for i in range(50, 53):
             session._on_message(text_message(f"q{i}"))
-        await until(lambda: session._turn_starter.done() and not session.reply_in_progress, what="the turn ran")
+        await until(lambda: session.turns.idle, what="the turn ran")
         assert session.stats.rate_limit_errors == 2  # an admitted question ended the first run of drops
         assert session.stats.messages_dropped == 47 and engine.turns[-1].text == "q51"
         await session.close()
@@ -322,16 +323,16 @@ def test_a_flood_over_the_wire_leaves_the_session_working():
         for i in range(200):
             client.send({"type": "text", "text": f"flood {i}"})
         await until(lambda: session.stats.messages_dropped == 196, what="the flood was handled")
-        await until(lambda: session._turn_starter.done() and not session.reply_in_progress, what="the turns ended")
+        await until(lambda: session.turns.idle, what="the turns ended")
         # every admitted question either ran or was replaced while it waited
-        assert session.stats.turns + session.stats.turn_starts_replaced == limits.turn_burst
+        assert session.turns.stats.started + session.turns.stats.replaced == limits.turn_burst
         assert session.stats.rate_limit_errors == 1
         assert (await client.wait_for("error"))[0]["code"] == "rate_limited"
 
         clock.advance(1.0)
         client.send({"type": "text", "text": "and now?"})
         await until(lambda: engine.turns[-1].text == "and now?", what="the later question reached the engine")
-        latest = session._turn.turn_id
+        latest = session.turns.turn_id
         await until(
             lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
             what="the later question was answered",
@@ -418,9 +419,9 @@ def test_the_vad_keeps_working_through_codec_switches():
         heard: list[tuple[str, str]] = []
         on_vad_event = session._on_vad_event
 
-        async def record(event):
+        def record(event):
             heard.append((type(event).__name__, track.label))
-            await on_vad_event(event)
+            on_vad_event(event)
 
         session._on_vad_event = record
         await session._consume_audio(track)  # returns at the end of the track, not at the first odd frame
@@ -492,7 +493,7 @@ def test_engine_errors_reach_the_caller_as_the_engine_worded_them():
 def test_a_server_fault_in_a_turn_sends_a_generic_error_with_a_logged_id(failure, secret, caplog):
     async def main():
         session = RtcSession(FailingEngineSession(failure), "s", turn_factory=FakeTurn)
-        with caplog.at_level(logging.ERROR, logger="assistant.webrtc.session"):
+        with caplog.at_level(logging.ERROR, logger="assistant.pipeline.turns"):  # the turn controller's log
             await session.start_turn(text="hi")
             await session.wait_turn()
         messages = sent(session)
@@ -651,7 +652,7 @@ def test_a_bounded_fuzz_run_over_the_data_channel_leaves_the_session_answering()
             lambda: len(engine.turns) > before and engine.turns[-1].text == "still there?",
             what="the question after the fuzz reached the engine",
         )
-        latest = session._turn.turn_id
+        latest = session.turns.turn_id
         await until(
             lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
             what="the question after the fuzz was answered",

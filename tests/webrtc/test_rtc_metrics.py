@@ -11,7 +11,7 @@ from waiting import until
 
 from assistant.metrics import ServingMetrics
 from assistant.webrtc.ice import use_loopback_only
-from assistant.webrtc.session import RtcSessionManager
+from assistant.webrtc.manager import RtcSessionManager
 
 pytestmark = pytest.mark.timeout(60)
 

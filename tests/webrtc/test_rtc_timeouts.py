@@ -15,7 +15,7 @@ from waiting import until
 from assistant.protocol import OfferRequest
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.limits import SessionLimits
-from assistant.webrtc.session import ClientLimitError, RtcSessionManager, SessionLimitError
+from assistant.webrtc.manager import ClientLimitError, RtcSessionManager, SessionLimitError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,8 +1,7 @@
 """AnyGPT's image modality: the SEED tokenizer (``AILab-CVC/seed-tokenizer-2``) and its SD-2.1-unCLIP render path.
 
-This is the full-size alternative to the embedded ``ImageDetokenizer`` (``assistant/models/image_detokenizer.py``).
-``SeedImageCodec`` has the same duck-typed surface the media backend uses (``decode_png(codes, strict=...)``,
-``encode(pixels)``, ``config.codebook_size``, ``config.image_size``), so ``LocalMediaBackend`` takes either family.
+This is the full-size alternative to the embedded ``ImageDetokenizer`` (``assistant/models/embedded/image.py``):
+``SeedImageCodec`` is an ``ImageCodec`` (``assistant.models.interfaces``), so ``LocalMediaBackend`` takes either family.
 
 Encode (image -> 32 codes), as ``Blip2QformerQuantizer.get_codebook_indices``:
     uint8 [H, W, 3] -> PIL bicubic resize to 224 x 224 -> [0, 1] -> CLIP mean/std  -> [B, 3, 224, 224]
@@ -100,8 +99,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_torch_state_dict
-from assistant.models.image_detokenizer import fit_token_count
+from assistant.models.checkpoint import check_floating, check_state_dict, read_torch_state_dict
+from assistant.models.config_io import ConfigError
+from assistant.models.interfaces import ImageCodec, fit_token_count
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,8 @@ class SeedImageTokenizer(nn.Module):
                 qkv_bias=True,
             )
             self.visual_encoder = Blip2VisionModel(vision)
-            self.visual_encoder.post_layernorm = nn.Identity()  # EVA ViT-g has no final norm; ln_vision follows
+            # EVA ViT-g has no final norm; ln_vision follows
+            self.visual_encoder.post_layernorm = nn.Identity()  # type: ignore[assignment]
             self.ln_vision = Fp32LayerNorm(cfg.vit_width, eps=cfg.ln_vision_eps)
             self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_queries, width))
             qformer = Blip2QFormerConfig(
@@ -459,7 +460,11 @@ Rule = tuple[Callable[[str], bool], str]
 
 
 def _regex_rules(rules: tuple[tuple[str, str], ...]) -> list[Rule]:
-    return [(lambda key, p=re.compile(pattern): p.fullmatch(key) is not None, reason) for pattern, reason in rules]
+    def matcher(pattern: str) -> Callable[[str], bool]:
+        compiled = re.compile(pattern)
+        return lambda key: compiled.fullmatch(key) is not None
+
+    return [(matcher(pattern), reason) for pattern, reason in rules]
 
 
 def vit_ignore_rules(config: SeedTokenizerConfig) -> list[Rule]:
@@ -529,21 +534,19 @@ def _split_ignored(
 def _check_file(expected: dict[str, tuple[int, ...]], tensors: dict[str, Any], source: Path) -> None:
     for key in tensors:
         if key.startswith("visual_encoder."):
-            raise CheckpointError(
+            raise ConfigError(
                 f"{source}: unexpected key {key!r}: the ViT weights are read from eva_vit_g.pth "
                 "(vit_path), not from seed_quantizer.pt"
             )
     try:
         check_state_dict(expected, tensors, source)
-    except CheckpointError as exc:
+    except ConfigError as exc:
         if "unexpected key" in str(exc):
-            raise CheckpointError(
+            raise ConfigError(
                 f"{exc}; if this key is a known training-only part, pass its prefix in ignore_prefixes"
             ) from None
         raise
-    for key, value in tensors.items():
-        if not value.is_floating_point():
-            raise CheckpointError(f"{source}: key {key!r} has dtype {value.dtype}, expected a floating point tensor")
+    check_floating(tensors, source)
 
 
 def check_seed_checkpoints(
@@ -554,7 +557,7 @@ def check_seed_checkpoints(
     ignore_prefixes: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Tensor]]:
     """Every key and shape of the files checked (memory-mapped, nothing copied) -> the tensors the tokenizer uses,
-    per file (``{SEED_FILE: ..., VIT_FILE: ...}``). Raises ``CheckpointError`` as ``load_seed_tokenizer`` does."""
+    per file (``{SEED_FILE: ..., VIT_FILE: ...}``). Raises ``ConfigError`` as ``load_seed_tokenizer`` does."""
     cfg = dataclasses.replace(config or SeedTokenizerConfig(), with_encoder=vit_path is not None)
     expected = checkpoint_shapes(cfg)
     seed_path = Path(seed_quantizer_path)
@@ -586,7 +589,7 @@ def load_seed_tokenizer(
     weight is copied.
 
     Raises:
-        CheckpointError: a file is missing or unreadable, or a key is missing, unknown, wrongly shaped or not
+        ConfigError: a file is missing or unreadable, or a key is missing, unknown, wrongly shaped or not
             floating point (naming the file and the key).
     """
     cfg = dataclasses.replace(config or SeedTokenizerConfig(), with_encoder=vit_path is not None)
@@ -608,7 +611,7 @@ def load_seed_tokenizer(
     model = model.to(device=device, dtype=dtype).eval()
     stray = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if stray:  # a tensor that no file fed: a bug here, never a silent random weight
-        raise CheckpointError(f"{seed_path}: internal error, tensors left unloaded: {stray[:3]}")
+        raise ConfigError(f"{seed_path}: internal error, tensors left unloaded: {stray[:3]}")
     return model
 
 
@@ -667,7 +670,7 @@ class UnclipRenderConfig:
         return (1, self.latent_channels, self.latent_size, self.latent_size)
 
 
-def import_unclip_pipeline() -> type:
+def import_unclip_pipeline() -> Any:
     """diffusers' ``StableUnCLIPImg2ImgPipeline``; a clear ``ImportError`` when diffusers is not installed."""
     try:
         from diffusers import StableUnCLIPImg2ImgPipeline
@@ -714,12 +717,12 @@ class UnclipRenderer:
 
         Raises:
             ImportError: diffusers is not installed (the ``[images]`` extra).
-            CheckpointError: the folder or its ``model_index.json`` is missing.
+            ConfigError: the folder or its ``model_index.json`` is missing.
         """
         pipeline_cls = import_unclip_pipeline()
         folder = Path(folder)
         if not (folder / "model_index.json").is_file():
-            raise CheckpointError(
+            raise ConfigError(
                 f"{folder / 'model_index.json'}: not found (expected a local copy of "
                 "stabilityai/stable-diffusion-2-1-unclip)"
             )
@@ -768,7 +771,7 @@ class UnclipRenderer:
 # ----- the pipeline-facing codec ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SeedImageCodecConfig:
-    """What the pipeline reads from ``image.config`` (as ``ImageCodecConfig``).
+    """The sizes ``SeedImageCodec`` answers the ``ImageCodec`` interface with.
 
     tokens_per_image: codes per image (32). codebook_size: code vocabulary (8192).
     image_size: side of the PNG ``decode_png`` returns (768). input_size: side ``encode`` resizes to (224).
@@ -780,8 +783,8 @@ class SeedImageCodecConfig:
     input_size: int = 224
 
 
-class SeedImageCodec(nn.Module):
-    """SEED tokenizer + unCLIP renderer behind the ``ImageDetokenizer`` interface.
+class SeedImageCodec(nn.Module, ImageCodec):
+    """SEED tokenizer + unCLIP renderer behind the ``ImageCodec`` interface.
 
     ``decode_png(codes, strict=True)``: codes -> embedding -> renderer -> PNG bytes; a wrong count follows
     ``fit_token_count`` (``strict=False`` pads with the last code or truncates). ``encode(pixels)``: uint8
@@ -795,6 +798,22 @@ class SeedImageCodec(nn.Module):
         tok = tokenizer.config
         side = renderer.image_size if renderer is not None else UnclipRenderConfig().image_size
         self.config = SeedImageCodecConfig(tok.num_queries, tok.codebook_size, side, tok.input_size)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.config.tokens_per_image
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
 
     def _codes(self, codes: list[int], strict: bool) -> Tensor:
         cfg = self.config

@@ -1,4 +1,4 @@
-"""AnyGPT's SoundStorm (SpeechTokenizer variant), written so that the published checkpoint loads strictly.
+"""The AnyGPT family's acoustic model: SoundStorm (SpeechTokenizer variant), loading the published checkpoint strictly.
 
 The network is the conformer AnyGPT uses to turn SpeechTokenizer level-1 ("semantic") codes into levels 2..8
 (``fnlp/AnyGPT-speech-modules: soundstorm/speechtokenizer_soundstorm_mls.pt``, built by AnyGPT's
@@ -9,18 +9,13 @@ parameters, no buffers).
 Architecture (AnyGPT sizes: D=1024, 12 layers, 8 heads x 128, Q = n_q - 1 = 7 acoustic levels, K = 1024 codes):
     x[t] = sum_{q<Q} code_embeds[q * (K + 1) + acoustic[q, t]]       (id K of each level is its mask token)
          + semantic_token_emb[semantic[t]]                           (the condition, added after the sum)
-    per layer (pre-norm, residual):
-        x += 0.5 * FF(LN(x))                 FF = Linear(D, 4D) -> Swish -> Linear(4D, D)
-        x += Attn(LN(x))                     bidirectional, rotary (rotate-half, theta 1e4) on q and k, scale 1/sqrt(dh)
-        x += Conv(x)                         LN -> 1x1 conv D->4D -> GLU -> depthwise k31 'same' -> Swish
-                                             -> ChanLayerNorm -> 1x1 conv 2D->D
-        x += 0.5 * FF(LN(x))
-        x  = LN(x)                           (post_norm)
+    x = Conformer(x)                         ``assistant.modules.conformer``: 12 layers of FF/2, rotary attention
+                                             (theta 1e4), conv module (k31, ChanLayerNorm), FF/2, post-norm
     logits[t, q] = LN(heads(x)[t, q]) @ W[q] + b[q]    heads = Linear(D, Q * D) split level-major; W [Q, D, K]
 
 Acoustic prompt (AnyGPT ``generate``): the prompt's level 1 is prepended to the semantic condition and its levels
 2..8 to the acoustic input, unmasked; only the new frames are decoded. ``assistant/decoding/maskgit.py`` does this
-through ``trunk`` / ``forward`` / ``level_logits`` (same interface as ``AcousticDecoder``);
+through ``forward`` / ``level_logits`` (the ``AcousticModel`` interface);
 ``assistant/decoding/soundstorm_decoding.py: anygpt_generate`` is a line-by-line account of AnyGPT's own decoding
 loop, which the AnyGPT family uses.
 
@@ -29,14 +24,7 @@ bit-identical to AnyGPT's code at tiny sizes; the ops are chosen for that (writt
 attention unless ``sdpa``, the embedding sum over a ``[B, T, Q, D]`` tensor). In lower precision the rotary step runs
 in float32 and is cast back (AnyGPT disables autocast there).
 
-State-dict layout (``net.conformer.layers.{i}.`` prefix per layer; numbers are ``nn.Sequential`` slots, the
-parameter-free slots still count):
-    ff1.fn.norm / ff1.fn.fn.net.{0,3}             Scale(0.5, PreNorm(LayerNorm, FF)); FF slots 1 Swish, 2/4 Dropout
-    attn.norm / attn.fn.{to_q, to_kv, to_out}     to_kv rows: first D are k, last D are v; only to_out has a bias
-    conv.net1.{0 LayerNorm, 2 Conv1d D->4D}       slot 1 transpose, 3 GLU
-    conv.ds_conv.conv                             depthwise Conv1d(2D, 2D, 31, groups=2D), padded (15, 15) outside
-    conv.net2.{1 ChanLayerNorm .gamma [1,2D,1], 2 Conv1d 2D->D}   slot 0 Swish, 3 transpose, 4 Dropout
-    ff2.* (as ff1), post_norm
+State-dict layout: ``net.conformer.layers.{i}.`` + a conformer layer's keys (``assistant.modules.conformer``), and
     net.code_embeds [Q*(K+1), D], net.heads.0 Linear(D, Q*D), net.to_logits.0 LayerNorm,
     net.to_logits.2.{weight [Q, D, K], bias [1, 1, Q, K]} (an einops EinMix in the reference), semantic_token_emb.
 The upstream USLM checkpoint names the conv module ``conv.net.{0,2,4,6,7}`` instead; ``load_soundstorm`` renames
@@ -48,12 +36,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_torch_state_dict
+from assistant.models.checkpoint import check_floating, check_state_dict, read_torch_state_dict
+from assistant.models.config_io import ConfigError
+from assistant.models.interfaces import AcousticModel
+from assistant.modules.conformer import ChanLayerNorm, Conformer
 
 
 @dataclass(frozen=True)
@@ -106,11 +97,12 @@ class SoundStormConfig:
         return cls()
 
     @classmethod
-    def tiny(cls, **overrides: int | float) -> SoundStormConfig:
+    def tiny(cls, **overrides: Any) -> SoundStormConfig:
         """A few-thousand-parameter model with the same structure, for tests."""
-        fields = dict(codebook_size=32, semantic_vocab=32, dim=32, depth=2, heads=2, dim_head=16, conv_kernel=5)
-        fields.update(overrides)
-        return cls(**fields)
+        fields: dict[str, Any] = dict(
+            codebook_size=32, semantic_vocab=32, dim=32, depth=2, heads=2, dim_head=16, conv_kernel=5
+        )
+        return cls(**(fields | overrides))
 
     @property
     def n_acoustic(self) -> int:
@@ -123,173 +115,7 @@ class SoundStormConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Building blocks
-
-
-def rotary_angles(length: int, dim_head: int, theta: float, device: torch.device) -> Tensor:
-    """Rotation angles ``[T, dim_head]`` in float32: frequency j pairs channels j and j + dim_head / 2 (rotate-half)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim_head, 2, device=device).float() / dim_head))  # [dh/2]
-    angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]  # [T, dh/2]
-    return torch.cat([angles, angles], dim=-1)  # [T, dh]
-
-
-def apply_rotary(x: Tensor, angles: Tensor) -> Tensor:
-    """x ``[B, H, T, dh]`` rotated by ``angles`` ``[T, dh]``; computed in float32, returned in x's dtype."""
-    xf = x.float()
-    first, second = xf.chunk(2, dim=-1)  # [B, H, T, dh/2] each
-    rotated = torch.cat([-second, first], dim=-1)  # [B, H, T, dh]
-    return (xf * angles.cos() + rotated * angles.sin()).to(x.dtype)
-
-
-class ChanLayerNorm(nn.Module):
-    """Normalises channels-first ``[B, C, T]`` over C per frame: ``(x - mean) / sqrt(max(var, eps)) * gamma``.
-
-    No bias; biased variance; eps is 1e-6 in float32 and 1e-4 in lower precision, and it floors the variance rather
-    than being added to it.
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(1, channels, 1))
-
-    def forward(self, x: Tensor) -> Tensor:  # [B, C, T] -> [B, C, T]
-        eps = 1e-6 if x.dtype == torch.float32 else 1e-4
-        mean = x.mean(dim=1, keepdim=True)  # [B, 1, T]
-        var = x.var(dim=1, unbiased=False, keepdim=True)  # [B, 1, T]
-        return (x - mean) * var.clamp(min=eps).rsqrt() * self.gamma
-
-
-class Swish(nn.Module):
-    """``x * sigmoid(x)``, written out (``F.silu`` differs in the last bit on some inputs)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * x.sigmoid()
-
-
-class _Transpose(nn.Module):
-    """Swaps time and channels (``[B, T, C] <-> [B, C, T]``); holds a parameter-free slot of a Sequential."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.transpose(1, 2)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int) -> None:
-        super().__init__()
-        # slots 2 and 4 are the reference's (zero) dropouts; they keep Linear #2 at index 3
-        self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult), Swish(), nn.Dropout(0.0), nn.Linear(dim * mult, dim), nn.Dropout(0.0)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
-        return self.net(x)
-
-
-class PreNorm(nn.Module):
-    """``fn(LayerNorm(x))``; ``fn`` is registered first so the key order matches the reference."""
-
-    def __init__(self, dim: int, fn: nn.Module) -> None:
-        super().__init__()
-        self.fn = fn
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor, **kwargs: Tensor) -> Tensor:
-        return self.fn(self.norm(x), **kwargs)
-
-
-class Scale(nn.Module):
-    def __init__(self, scale: float, fn: nn.Module) -> None:
-        super().__init__()
-        self.scale = scale
-        self.fn = fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x) * self.scale
-
-
-class Attention(nn.Module):
-    """Bidirectional multi-head self-attention with rotary q/k; no q/k/v bias, biased output projection."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int, sdpa: bool = False) -> None:
-        super().__init__()
-        inner = heads * dim_head
-        self.heads, self.dim_head, self.sdpa = heads, dim_head, sdpa
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim)
-
-    def forward(self, x: Tensor, angles: Tensor) -> Tensor:  # [B, T, D], angles [T, dh] -> [B, T, D]
-        batch, length, _ = x.shape
-        k, v = self.to_kv(x).chunk(2, dim=-1)  # [B, T, H * dh] each
-        q, k, v = (t.view(batch, length, self.heads, self.dim_head).transpose(1, 2) for t in (self.to_q(x), k, v))
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)  # [B, H, T, dh]
-        if self.sdpa:
-            out = F.scaled_dot_product_attention(q, k, v)  # [B, H, T, dh]; the same maths, fused
-        else:  # AnyGPT's path (attn_flash=False): scale after the product, plain softmax; no mask (all frames real)
-            sim = torch.einsum("bhid,bhjd->bhij", q, k) * self.dim_head**-0.5  # [B, H, T, T]
-            out = torch.einsum("bhij,bhjd->bhid", sim.softmax(dim=-1), v)  # [B, H, T, dh]
-        return self.to_out(out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head))  # [B, T, D]
-
-
-class DepthwiseConv(nn.Module):
-    """Depthwise Conv1d with explicit 'same' padding ``(k // 2, k // 2 - (k + 1) % 2)``."""
-
-    def __init__(self, channels: int, kernel: int) -> None:
-        super().__init__()
-        self.padding = (kernel // 2, kernel // 2 - (kernel + 1) % 2)
-        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels)
-
-    def forward(self, x: Tensor) -> Tensor:  # [B, C, T] -> [B, C, T]
-        # AnyGPT zeroes padded frames before and after this conv; every frame here is real, so there is nothing to zero.
-        return self.conv(F.pad(x, self.padding))
-
-
-class ConvModule(nn.Module):
-    """LN -> 1x1 conv (D -> 2 * inner) -> GLU -> depthwise -> Swish -> ChanLayerNorm -> 1x1 conv (inner -> D)."""
-
-    def __init__(self, dim: int, expansion: int, kernel: int) -> None:
-        super().__init__()
-        inner = dim * expansion
-        self.net1 = nn.Sequential(nn.LayerNorm(dim), _Transpose(), nn.Conv1d(dim, 2 * inner, 1), nn.GLU(dim=1))
-        self.ds_conv = DepthwiseConv(inner, kernel)
-        self.net2 = nn.Sequential(
-            Swish(), ChanLayerNorm(inner), nn.Conv1d(inner, dim, 1), _Transpose(), nn.Dropout(0.0)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
-        h = self.net1(x)  # [B, inner, T] (GLU: first half * sigmoid(second half))
-        h = self.ds_conv(h)  # [B, inner, T]
-        return self.net2(h)  # [B, T, D]
-
-
-class ConformerBlock(nn.Module):
-    def __init__(self, cfg: SoundStormConfig) -> None:
-        super().__init__()
-        self.ff1 = Scale(0.5, PreNorm(cfg.dim, FeedForward(cfg.dim, cfg.ff_mult)))
-        self.attn = PreNorm(cfg.dim, Attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.sdpa))
-        self.conv = ConvModule(cfg.dim, cfg.conv_expansion, cfg.conv_kernel)
-        self.ff2 = Scale(0.5, PreNorm(cfg.dim, FeedForward(cfg.dim, cfg.ff_mult)))
-        self.post_norm = nn.LayerNorm(cfg.dim)
-
-    def forward(self, x: Tensor, angles: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
-        x = self.ff1(x) + x
-        x = self.attn(x, angles=angles) + x
-        x = self.conv(x) + x
-        x = self.ff2(x) + x
-        return self.post_norm(x)
-
-
-class Conformer(nn.Module):
-    def __init__(self, cfg: SoundStormConfig) -> None:
-        super().__init__()
-        self.dim_head, self.theta = cfg.dim_head, cfg.rotary_theta
-        self.layers = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.depth))
-
-    def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, D]
-        angles = rotary_angles(x.shape[1], self.dim_head, self.theta, x.device)  # [T, dh], shared by all layers
-        for layer in self.layers:
-            x = layer(x, angles)
-        return x
+# The heads (the rest of the network is ``assistant.modules.conformer``)
 
 
 class _SplitLevels(nn.Module):
@@ -321,7 +147,17 @@ class SoundStormNet(nn.Module):
 
     def __init__(self, cfg: SoundStormConfig) -> None:
         super().__init__()
-        self.conformer = Conformer(cfg)
+        self.conformer = Conformer(
+            cfg.dim,
+            cfg.depth,
+            cfg.heads,
+            cfg.dim_head,
+            ff_mult=cfg.ff_mult,
+            conv_expansion=cfg.conv_expansion,
+            conv_kernel=cfg.conv_kernel,
+            rotary_theta=cfg.rotary_theta,
+            sdpa=cfg.sdpa,
+        )
         self.code_embeds = nn.Embedding(cfg.n_acoustic * (cfg.codebook_size + 1), cfg.dim)  # level q: rows q*(K+1)..
         self.heads = nn.Sequential(nn.Linear(cfg.dim, cfg.dim * cfg.n_acoustic), _SplitLevels(cfg.n_acoustic))
         # slot 1 is the reference's reshape to [B, T, Q, D]; our tensors already have that shape
@@ -334,8 +170,8 @@ class SoundStormNet(nn.Module):
 # The model
 
 
-class SoundStorm(nn.Module):
-    """AnyGPT's SoundStorm with the ``AcousticDecoder`` interface (``trunk`` / ``forward`` / ``level_logits``)."""
+class SoundStorm(nn.Module, AcousticModel):
+    """AnyGPT's SoundStorm behind the ``AcousticModel`` interface."""
 
     def __init__(self, config: SoundStormConfig | None = None) -> None:
         super().__init__()
@@ -375,9 +211,26 @@ class SoundStorm(nn.Module):
                 uniform_(module.weight, module.weight.shape[1])
                 uniform_(module.bias, module.weight.shape[1])
 
+    # ----- AcousticModel ----------------------------------------------------------------------------------------
+    @property
+    def n_q(self) -> int:
+        return self.config.n_q
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def semantic_vocab(self) -> int:
+        return self.config.semantic_vocab
+
     @property
     def mask_id(self) -> int:
         return self.config.mask_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.semantic_token_emb.weight.device
 
     def _check_inputs(self, semantic: Tensor, acoustic: Tensor) -> None:
         cfg = self.config
@@ -412,7 +265,8 @@ class SoundStorm(nn.Module):
         if int(levels.min()) < 0 or int(levels.max()) >= cfg.n_acoustic:
             raise ValueError(f"level must lie in [0, {cfg.n_acoustic}), got {levels.tolist()}")
         x = self.trunk(semantic, acoustic)[:, start:]  # [B, T', D]
-        proj, norm, mix = self.net.heads[0], self.net.to_logits[0], self.net.to_logits[2]
+        proj = cast(nn.Linear, self.net.heads[0])
+        norm, mix = cast(nn.LayerNorm, self.net.to_logits[0]), cast(LevelLinear, self.net.to_logits[2])
         weight = proj.weight.view(cfg.n_acoustic, cfg.dim, cfg.dim)[levels]  # [B, D_out, D_in]
         bias = proj.bias.view(cfg.n_acoustic, cfg.dim)[levels]  # [B, D]
         h = norm(torch.einsum("btd,bed->bte", x, weight) + bias[:, None, :])  # [B, T', D]
@@ -452,13 +306,11 @@ LAYOUTS = ("auto", "anygpt", "uslm")
 
 def detect_layout(keys: list[str] | tuple[str, ...], source: str | Path = "<state dict>") -> str | None:
     """``"anygpt"`` or ``"uslm"`` from the conv-module key names, ``None`` when neither appears; a file that uses both
-    raises ``CheckpointError`` naming one key of each."""
+    raises ``ConfigError`` naming one key of each."""
     anygpt = next((k for k in keys if _ANYGPT_CONV.search(k)), None)
     uslm = next((k for k in keys if _USLM_CONV.search(k)), None)
     if anygpt is not None and uslm is not None:
-        raise CheckpointError(
-            f"{source}: mixes AnyGPT conv-module keys (e.g. {anygpt!r}) with USLM ones (e.g. {uslm!r})"
-        )
+        raise ConfigError(f"{source}: mixes AnyGPT conv-module keys (e.g. {anygpt!r}) with USLM ones (e.g. {uslm!r})")
     return "anygpt" if anygpt is not None else "uslm" if uslm is not None else None
 
 
@@ -489,7 +341,7 @@ def load_soundstorm(
 
     ``layout``: ``"anygpt"`` (``conv.net1 / ds_conv / net2`` keys), ``"uslm"`` (``conv.net.{0,2,4,6,7}``, renamed by
     ``USLM_TO_ANYGPT``) or ``"auto"`` (decided from the keys). Every key, shape and (floating) dtype is checked before
-    anything is copied; any problem raises ``CheckpointError`` naming the file and the key, so nothing half-loads.
+    anything is copied; any problem raises ``ConfigError`` naming the file and the key, so nothing half-loads.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -497,12 +349,11 @@ def load_soundstorm(
     tensors = read_torch_state_dict(path)
     for key, value in tensors.items():
         if not isinstance(value, Tensor):
-            raise CheckpointError(f"{path}: key {key!r} holds a {type(value).__name__}, not a tensor")
-        if not value.is_floating_point():
-            raise CheckpointError(f"{path}: key {key!r} has dtype {value.dtype}, expected a floating-point tensor")
+            raise ConfigError(f"{path}: key {key!r} holds a {type(value).__name__}, not a tensor")
+    check_floating(tensors, path)
     found = detect_layout(list(tensors), path)
     if layout != "auto" and found is not None and found != layout:
-        raise CheckpointError(f"{path}: layout {layout!r} was asked for but the keys are {found!r} ones")
+        raise ConfigError(f"{path}: layout {layout!r} was asked for but the keys are {found!r} ones")
     renamed: dict[str, str] = {}
     if found == "uslm":
         tensors, renamed = rename_uslm_keys(tensors)
@@ -512,11 +363,11 @@ def load_soundstorm(
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     try:
         check_state_dict(expected, tensors, path)
-    except CheckpointError as exc:
+    except ConfigError as exc:
         message = str(exc)
         for new, old in renamed.items():
             if f"{new!r}" in message:
-                raise CheckpointError(f"{message} [USLM key in the file: {old!r}]") from exc
+                raise ConfigError(f"{message} [USLM key in the file: {old!r}]") from exc
         raise
     state = {key: value.to(device=device, dtype=dtype, copy=True) for key, value in tensors.items()}  # off the mmap
     model.load_state_dict(state, strict=True, assign=True)

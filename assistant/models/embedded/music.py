@@ -1,25 +1,13 @@
-"""Small music codec: residual codes [L, T] at 25 Hz <-> 16 kHz waveform, plus AnyGPT's token flattening.
+"""The embedded music codec: residual codes [L, T] at 25 Hz <-> 16 kHz waveform (no neural network).
 
-Codec (no neural network; fitted by k-means on CPU in seconds, see ``training/fit_music_codec.py``):
+Codec (fitted by k-means on CPU in seconds, see ``training/fit_music_codec.py``):
     encode: wave -> STFT (Hann, n_fft 2048 = 7.8 Hz bins, enough to resolve semitones down to ~110 Hz)
             -> log magnitude [T, n_freq] -> residual nearest-codeword search over L levels -> codes [L, T]
     decode: codes -> sum of the chosen codewords (log magnitude) -> exp -> fast Griffin-Lim (momentum, from zero
             phase, deterministic) -> wave, clipped to [-1, 1]
 Frame rate: 25 Hz x 4 levels = 100 tokens/s, half AnyGPT's 50 Hz Encodec (200 tokens/s), so that a ~3 s tune is
-about 300 tokens that a tiny CPU LM can generate.
-
-Flattening (AnyGPT, frame-major): for frame t and level l the token is ``code[l, t] + codebook_size * l``; so the
-level of a token is ``token // codebook_size``. Tokens here are music-local ids in [0, L * K), not LM vocab ids.
-
-Re-alignment in ``realign_tokens`` (the LM may skip or repeat a level):
-- a token whose level is *higher* than the next expected level of the current frame fills the skipped levels of
-  that frame from the previous frame, then takes its place;
-- a token whose level is *not higher* (a repeat, or a level 0 arriving early) closes the current frame (missing
-  levels filled from the previous frame) and starts a new frame; if that token is not level 0, the new frame's
-  lower levels are filled from the previous frame;
-- a trailing incomplete frame is completed the same way;
-- with no previous frame, missing levels are filled with code 0.
-Each filled level counts as one repair. Tokens outside [0, L * K) raise ``ValueError``.
+about 300 tokens that a tiny CPU LM can generate. Tokens are AnyGPT's frame-major flattening of the codes
+(``assistant.modules.music_tokens``), re-aligned by level when the LM skips or repeats one.
 """
 
 from __future__ import annotations
@@ -33,8 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import Checkpointed
-from assistant.models.speech_codec import nearest_code
+from assistant.models.interfaces import MusicCodec
+from assistant.modules.music_tokens import flatten_codes, unflatten_tokens
+from assistant.modules.quantization import residual_quantize
+from assistant.modules.spectral import STFT
 
 
 @dataclass(frozen=True)
@@ -91,68 +81,25 @@ class MusicCodecConfig:
         return self.n_codebooks * self.codebook_size
 
 
-def flatten_codes(codes: Tensor, codebook_size: int) -> list[int]:
-    """codes ``[L, T]`` -> frame-major tokens ``[T * L]`` with token = code + codebook_size * level."""
-    if codes.dim() != 2:
-        raise ValueError(f"codes must be [L, T], got {tuple(codes.shape)}")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
-        raise ValueError(f"codes must lie in [0, {codebook_size})")
-    offsets = torch.arange(codes.shape[0])[:, None] * codebook_size  # [L, 1]
-    return (codes.long() + offsets).T.reshape(-1).tolist()
-
-
-def realign_tokens(tokens: list[int], n_codebooks: int, codebook_size: int) -> tuple[Tensor, int]:
-    """Tokens -> (codes ``[L, T]``, number of repaired slots). See the module docstring for the rules."""
-    frames: list[list[int]] = []
-    current: list[int] = []
-    repairs = 0
-
-    def filler(level: int) -> int:
-        return frames[-1][level] if frames else 0
-
-    def complete(frame: list[int]) -> list[int]:
-        nonlocal repairs
-        repairs += n_codebooks - len(frame)
-        return frame + [filler(level) for level in range(len(frame), n_codebooks)]
-
-    for token in tokens:
-        token = int(token)
-        if not 0 <= token < n_codebooks * codebook_size:
-            raise ValueError(f"music token {token} outside [0, {n_codebooks * codebook_size})")
-        level, code = divmod(token, codebook_size)
-        if level < len(current):  # repeat / early restart: close the frame
-            frames.append(complete(current))
-            current = []
-        while len(current) < level:  # skipped levels
-            current.append(filler(len(current)))
-            repairs += 1
-        current.append(code)
-        if len(current) == n_codebooks:
-            frames.append(current)
-            current = []
-    if current:
-        frames.append(complete(current))
-    if not frames:
-        return torch.zeros(n_codebooks, 0, dtype=torch.long), repairs
-    return torch.tensor(frames, dtype=torch.long).T.contiguous(), repairs  # [L, T]
-
-
-def unflatten_tokens(tokens: list[int], n_codebooks: int, codebook_size: int) -> Tensor:
-    """Tokens -> codes ``[L, T]`` (with re-alignment; see ``realign_tokens``)."""
-    return realign_tokens(tokens, n_codebooks, codebook_size)[0]
-
-
-class MusicDetokenizer(Checkpointed, nn.Module):
+class MusicDetokenizer(nn.Module, MusicCodec):
     """Log-magnitude residual VQ with Griffin-Lim decoding; the only state is ``codebooks [L, K, n_freq]``."""
 
-    KIND: ClassVar[str] = "music_codec"
-    CONFIG_CLASS: ClassVar[type] = MusicCodecConfig
+    codebooks: Tensor  # [L, K, n_freq] (buffer)
 
     def __init__(self, config: MusicCodecConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or MusicCodecConfig()
-        self.register_buffer("window", torch.hann_window(cfg.n_fft, dtype=torch.float32), persistent=False)
+        self.stft = STFT(cfg.n_fft, cfg.hop)
         self.register_buffer("codebooks", self._random_codebooks())  # [L, K, n_freq]
+
+    # ----- MusicCodec -------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
 
     def _random_codebooks(self) -> Tensor:
         """Level 0: decaying harmonic spectra at random pitches (so an unfitted codec still plays tones);
@@ -186,31 +133,14 @@ class MusicDetokenizer(Checkpointed, nn.Module):
             raise ValueError(f"expected a mono wave [S], got shape {tuple(x.shape)}")
         frames = self.num_frames(x.shape[0])
         x = nn.functional.pad(x, (0, frames * cfg.hop - x.shape[0]))  # [T * hop]
-        magnitude = self._stft(x).abs()[:, :frames]  # [n_freq, T]
+        magnitude = self.stft(x).abs()[:, :frames]  # [n_freq, T]
         return torch.log(torch.clamp(magnitude, min=cfg.log_floor)).T.contiguous()  # [T, n_freq]
-
-    def _stft(self, wave: Tensor) -> Tensor:
-        cfg = self.config
-        return torch.stft(
-            wave, cfg.n_fft, cfg.hop, window=self.window, center=True, pad_mode="constant", return_complex=True
-        )  # [n_freq, len // hop + 1]
-
-    def _istft(self, spec: Tensor, length: int) -> Tensor:
-        cfg = self.config
-        return torch.istft(spec, cfg.n_fft, cfg.hop, window=self.window, center=True, length=length)
 
     # ----- quantisation -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def quantise(self, features: Tensor) -> Tensor:
         """log magnitude ``[T, n_freq]`` -> codes ``[L, T]`` (greedy residual nearest codeword)."""
-        cfg = self.config
-        residual = features.float()
-        codes = []
-        for level in range(cfg.n_codebooks):
-            index = nearest_code(self.codebooks[level], residual)  # [T]
-            residual = residual - self.codebooks[level][index]
-            codes.append(index)
-        return torch.stack(codes) if features.shape[0] else torch.zeros(cfg.n_codebooks, 0, dtype=torch.long)
+        return residual_quantize(self.codebooks, features.float())[0]
 
     @torch.no_grad()
     def dequantise(self, codes: Tensor) -> Tensor:
@@ -223,21 +153,8 @@ class MusicDetokenizer(Checkpointed, nn.Module):
     def features_to_wave(self, features: Tensor) -> np.ndarray:
         """log magnitude ``[T, n_freq]`` -> float32 wave ``[T * hop]`` by fast Griffin-Lim from zero phase."""
         cfg = self.config
-        frames = features.shape[0]
-        length = frames * cfg.hop
-        if frames == 0:
-            return np.zeros(0, dtype=np.float32)
         magnitude = torch.exp(features.float()).T  # [n_freq, T]
-        # The STFT of a length T*hop wave has T + 1 centred frames; the last repeats the final magnitude.
-        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)  # [n_freq, T + 1]
-        phase = torch.ones_like(magnitude, dtype=torch.complex64)  # [n_freq, T + 1]
-        previous = torch.zeros_like(phase)
-        for _ in range(cfg.griffin_lim_iters):
-            projected = self._stft(self._istft(magnitude * phase, length))  # [n_freq, T + 1]
-            accelerated = projected + cfg.griffin_lim_momentum * (projected - previous)
-            previous = projected
-            phase = accelerated / torch.clamp(accelerated.abs(), min=1e-12)
-        wave = self._istft(magnitude * phase, length)  # [T * hop]
+        wave = self.stft.griffin_lim(magnitude, cfg.griffin_lim_iters, cfg.griffin_lim_momentum)  # [T * hop]
         return torch.clamp(wave, -1.0, 1.0).numpy().astype(np.float32)
 
     # ----- public API -------------------------------------------------------------------------------------------
@@ -266,41 +183,6 @@ class MusicDetokenizer(Checkpointed, nn.Module):
     def encode(self, wave: np.ndarray | Tensor) -> list[int]:
         """float wave ``[S]`` at ``sample_rate`` -> flattened music-local tokens."""
         return flatten_codes(self.encode_codes(wave), self.config.codebook_size)
-
-    # ----- fitting ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fit_codebooks(self, features: Tensor, iters: int = 12, seed: int = 0) -> Tensor:
-        """Residual k-means on log-magnitude frames ``[N, n_freq]``; replaces the codebooks. Returns the RMS of
-        the residual left after each level ``[L]``.
-
-        Each level starts from ``codebook_size`` distinct random residual vectors and runs ``iters`` Lloyd steps;
-        an empty cluster is re-seeded with the residual vector currently worst served. Needs N >= codebook_size.
-        """
-        cfg = self.config
-        if features.dim() != 2 or features.shape[1] != cfg.n_freq:
-            raise ValueError(f"expected features [N, {cfg.n_freq}], got {tuple(features.shape)}")
-        if features.shape[0] < cfg.codebook_size:
-            raise ValueError(f"need at least {cfg.codebook_size} frames, got {features.shape[0]}")
-        gen = torch.Generator().manual_seed(seed)
-        residual = features.float().clone()  # [N, n_freq]
-        books, errors = [], []
-        for _level in range(cfg.n_codebooks):
-            centroids = residual[torch.randperm(residual.shape[0], generator=gen)[: cfg.codebook_size]].clone()
-            for _ in range(iters):
-                index = nearest_code(centroids, residual)  # [N]
-                sums = torch.zeros_like(centroids).index_add_(0, index, residual)  # [K, n_freq]
-                counts = torch.bincount(index, minlength=cfg.codebook_size).float()  # [K]
-                filled = counts > 0
-                centroids[filled] = sums[filled] / counts[filled, None]
-                empty = int((~filled).sum())
-                if empty:
-                    error = (residual - centroids[index]).pow(2).sum(-1)  # [N]
-                    centroids[~filled] = residual[error.topk(empty).indices]
-            residual = residual - centroids[nearest_code(centroids, residual)]
-            books.append(centroids)
-            errors.append(residual.pow(2).mean().sqrt())
-        self.codebooks.copy_(torch.stack(books))
-        return torch.stack(errors)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{f.name}={getattr(self.config, f.name)}" for f in dataclasses.fields(self.config))

@@ -1,4 +1,4 @@
-"""Small image codec: 32 discrete codes <-> a 64x64 RGB image (the embedded stand-in for SEED's 32 tokens).
+"""The embedded image codec: 32 discrete codes <-> a 64x64 RGB image (the embedded stand-in for SEED's 32 tokens).
 
 A VQ autoencoder with a residual quantiser on a coarse grid. With the defaults the grid is 4x4 cells of 16x16
 pixels and each cell gets ``levels`` = 2 codes: 16 cells x 2 levels = 32 tokens.
@@ -19,15 +19,12 @@ its level (code ``c`` at any position decodes to row ``c``: a misplaced code sti
 (no sampling; ties go to the lowest index). Training (EMA codebooks, k-means initialisation, dead-code restarts,
 straight-through gradients) lives in ``training/fit_image_codec.py``; this module only runs the model.
 
-Token count policy (``fit_token_count``): an empty list always raises ``ValueError``. With ``strict=True`` (the
-default) any other wrong count raises ``ValueError``; with ``strict=False`` a short list is padded by repeating its
-last code and a long list is truncated, a warning is logged and the returned ``adjusted`` flag is True.
+A code list of the wrong length follows the ``ImageCodec`` token-count policy (``interfaces.fit_token_count``).
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -36,9 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import Checkpointed
-
-logger = logging.getLogger(__name__)
+from assistant.models.interfaces import ImageCodec, fit_token_count
 
 
 @dataclass(frozen=True)
@@ -103,23 +98,6 @@ class ImageCodecConfig:
         return [max(32, self.channels >> i) for i in range(self.n_upsample + 1)]
 
 
-def fit_token_count(codes: list[int], expected: int, *, strict: bool = True) -> tuple[list[int], bool]:
-    """Apply the token-count policy (see module docstring). Returns (codes, adjusted)."""
-    if len(codes) == 0:
-        raise ValueError(f"image has no tokens; expected {expected}")
-    if len(codes) == expected:
-        return list(codes), False
-    if strict:
-        raise ValueError(f"image has {len(codes)} tokens, expected exactly {expected}")
-    if len(codes) < expected:
-        fixed = list(codes) + [codes[-1]] * (expected - len(codes))
-        logger.warning("image has %d tokens, expected %d: padded with the last code", len(codes), expected)
-    else:
-        fixed = list(codes[:expected])
-        logger.warning("image has %d tokens, expected %d: truncated", len(codes), expected)
-    return fixed, True
-
-
 class ResBlock(nn.Module):
     """x + Conv3x3(ReLU(Conv3x3(ReLU(x)))): context from the neighbouring cells."""
 
@@ -132,9 +110,10 @@ class ResBlock(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
-class ImageDetokenizer(Checkpointed, nn.Module):
-    KIND: ClassVar[str] = "image_codec"
-    CONFIG_CLASS: ClassVar[type] = ImageCodecConfig
+class ImageDetokenizer(nn.Module, ImageCodec):
+    """VQ autoencoder: ``encode`` pictures to codes, ``decode_png`` codes to pictures (see the module docstring)."""
+
+    codebook: Tensor  # [K, D] (buffer: trained by EMA, not by gradient)
 
     def __init__(self, config: ImageCodecConfig | None = None) -> None:
         super().__init__()
@@ -175,6 +154,23 @@ class ImageDetokenizer(Checkpointed, nn.Module):
                     fan_in = param[0].numel() if not name.startswith("up.") else param.shape[0] * 4
                     normal_(param, (2.0 / fan_in) ** 0.5)
             normal_(self.codebook, 1.0)
+
+    # ----- ImageCodec -------------------------------------------------------------------------------------------
+    @property
+    def tokens_per_image(self) -> int:
+        return self.config.tokens_per_image
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.image_size  # pictures are read at the size they are drawn
 
     # ----- continuous parts (used by training too) -----------------------------------------------------------------
     def encode_latents(self, images: Tensor) -> Tensor:

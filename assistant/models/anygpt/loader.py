@@ -1,5 +1,6 @@
-"""The published AnyGPT checkpoints as one model family: where each file lives, loading them into a ``ModelBundle``,
-and checking a folder without loading it (``anystream check-weights``).
+"""The published AnyGPT checkpoints as one model family: where each file lives, loading them into a ``ModelBundle``
+(``assistant.models.loading.load_models`` calls ``load_anygpt``), and checking a folder without loading it
+(``anystream check-weights``).
 
 A weights root is laid out as the hub repositories are::
 
@@ -24,11 +25,15 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from assistant.models.checkpoint_io import CheckpointError
+from assistant.models.bundle import MODEL_NAMES, ModelBundle, check_parts
+from assistant.models.config_io import ConfigError
+
+if TYPE_CHECKING:
+    from assistant.models.interfaces import CausalLM
 
 LM_DIRS = ("AnyGPT-chat", "AnyGPT-base")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -54,28 +59,6 @@ class AnyGPTLayout:
         return self.root / getattr(self, name)
 
 
-# The code tokens of AnyGPT's vocabulary in its ``added_tokens.json`` order: prefix -> (start, end, number of codes).
-ANYGPT_CODE_TOKENS = {
-    "\U0001f440": ("<soim>", "<eoim>", 8192),
-    "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
-    "\U0001f3b6": ("<somu>", "<eomu>", 8192),
-}
-
-
-def anygpt_added_tokens(
-    first_id: int, codes: dict[str, tuple[str, str, int]] = ANYGPT_CODE_TOKENS, chat: bool = True
-) -> dict[str, int]:
-    """Token string -> id in the order AnyGPT adds them (roles, then per modality its codes, start and end; the chat
-    model appends <-Res-> and <-Ins->), from ``first_id`` on: what a hub ``added_tokens.json`` holds, for stand-ins
-    built without the files (tests, the random-weights benchmark)."""
-    order = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
-    for prefix, (start, end, count) in codes.items():
-        order += [f"<{prefix}{n}>" for n in range(count)] + [start, end]
-    if chat:
-        order += ["<-Res->", "<-Ins->"]
-    return {token: first_id + i for i, token in enumerate(order)}
-
-
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
@@ -91,37 +74,38 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def load_anygpt(
-    layout: AnyGPTLayout,
-    parts: tuple[str, ...] = ("lm", "codec", "acoustic", "image", "music"),
+    root: str | Path,
     *,
+    lm_dir: str = "AnyGPT-chat",
+    parts: tuple[str, ...] = MODEL_NAMES,
     dtype: str | torch.dtype = "float16",
     device: str | torch.device = "cpu",
-):
-    """The parts of the family a replica needs, as a ``ModelBundle`` (``parts`` as in ``load_embedded``)."""
-    from assistant.models.bundle import MODEL_NAMES, ModelBundle
-    from assistant.models.hf_lm import check_vocab_files, generation_settings, load_hf_lm, read_llama_config
+) -> ModelBundle:
+    """The ``parts`` of the family under the weights root ``root`` that a process needs, as a ``ModelBundle``. The
+    vocabulary is read from ``lm_dir`` whether or not the LM is loaded."""
+    from assistant.decoding.soundstorm_decoding import AnyGPTFill
+    from assistant.models.anygpt.lm import generation_settings, load_hf_lm, read_vocab
 
-    unknown = sorted(set(parts) - set(MODEL_NAMES))
-    if unknown:
-        raise ValueError(f"unknown model parts {unknown}; known: {MODEL_NAMES}")
+    check_parts(parts)
+    layout = AnyGPTLayout(Path(root), lm_dir=lm_dir)
     dtype = torch_dtype(dtype)
     lm_folder = layout.path("lm_dir")
     lm = None
     if "lm" in parts:
         lm, vocab = load_hf_lm(lm_folder, dtype=dtype, device=device)
     else:
-        vocab = check_vocab_files(lm_folder, read_llama_config(lm_folder))
+        vocab = read_vocab(lm_folder)
     codec = acoustic = image = music = None
     if "codec" in parts:
-        from assistant.models.speechtokenizer import load_speechtokenizer_dir
+        from assistant.models.anygpt.speech import load_speechtokenizer_dir
 
         codec = load_speechtokenizer_dir(layout.path("speechtokenizer_dir"), device=device)
     if "acoustic" in parts:
-        from assistant.models.soundstorm import load_soundstorm
+        from assistant.models.anygpt.acoustic import load_soundstorm
 
         acoustic = load_soundstorm(layout.path("soundstorm_file"), device=device, dtype=dtype)
     if "image" in parts:
-        from assistant.models.seed_image import load_seed_image_codec
+        from assistant.models.anygpt.image import load_seed_image_codec
 
         vit = layout.path("vit_file")
         unclip = layout.path("unclip_dir")
@@ -133,14 +117,12 @@ def load_anygpt(
             dtype=dtype,
         )
     if "music" in parts:
-        from assistant.models.encodec_music import load_encodec_music
+        from assistant.models.anygpt.music import load_encodec_music
 
         music = load_encodec_music(layout.path("encodec_dir"), device=device)
-    from assistant.decoding.soundstorm_decoding import AnyGPTFill
-
     bundle = ModelBundle(
         vocab,
-        lm,
+        cast("CausalLM | None", lm),  # transformers' LLaMA, conforming structurally (tests/models/test_lm.py)
         generation_settings(lm_folder),
         codec,
         acoustic,
@@ -178,7 +160,7 @@ class PartReport:
 class _Part:
     name: str
     files: tuple[str, ...]  # a folder is given with a trailing "/"; "a|b" means either
-    check: Callable[[AnyGPTLayout], str] | None  # raises CheckpointError; returns a short summary
+    check: Callable[[AnyGPTLayout], str] | None  # raises ConfigError; returns a short summary
     required: bool = True
     use: str = ""
 
@@ -190,7 +172,7 @@ def _exists(root: Path, name: str) -> bool:
 
 
 def _check_lm(folder: Path) -> str:
-    from assistant.models.hf_lm import check_hf_lm
+    from assistant.models.anygpt.lm import check_hf_lm
 
     checked = check_hf_lm(folder)
     vocab = checked.vocab
@@ -202,15 +184,15 @@ def _check_lm(folder: Path) -> str:
 
 
 def _check_speechtokenizer(layout: AnyGPTLayout) -> str:
-    from assistant.models.speechtokenizer import load_speechtokenizer_dir
+    from assistant.models.anygpt.speech import load_speechtokenizer_dir
 
     model = load_speechtokenizer_dir(layout.path("speechtokenizer_dir"), device="meta")
     return f"{model.config.activation} activation, {model.n_q} levels x {model.codebook_size} codes; strict"
 
 
 def _check_soundstorm(layout: AnyGPTLayout) -> str:
-    from assistant.models.checkpoint_io import read_torch_state_dict
-    from assistant.models.soundstorm import detect_layout, load_soundstorm
+    from assistant.models.anygpt.acoustic import detect_layout, load_soundstorm
+    from assistant.models.checkpoint import read_torch_state_dict
 
     path = layout.path("soundstorm_file")
     load_soundstorm(path, device="meta")
@@ -219,14 +201,14 @@ def _check_soundstorm(layout: AnyGPTLayout) -> str:
 
 
 def _check_encodec(layout: AnyGPTLayout) -> str:
-    from assistant.models.encodec_music import load_encodec_music
+    from assistant.models.anygpt.music import load_encodec_music
 
     load_encodec_music(layout.path("encodec_dir"))
     return "4 codebooks x 2048, 32 kHz; strict"
 
 
 def _check_seed(layout: AnyGPTLayout) -> str:
-    from assistant.models.seed_image import check_seed_checkpoints
+    from assistant.models.anygpt.image import check_seed_checkpoints
 
     vit = layout.path("vit_file")
     check_seed_checkpoints(layout.path("seed_file"), vit if vit.is_file() else None)
@@ -243,7 +225,7 @@ def _check_unclip(layout: AnyGPTLayout) -> str:
     folder = layout.path("unclip_dir")
     index = folder / "model_index.json"
     if not index.is_file():
-        raise CheckpointError(f"{index}: not found, so this is not a diffusers pipeline folder")
+        raise ConfigError(f"{index}: not found, so this is not a diffusers pipeline folder")
     try:
         import diffusers  # noqa: F401
     except ImportError:
@@ -305,6 +287,10 @@ def _lm_part(name: str) -> _Part:
     )
 
 
+def _lm_check(folder: Path) -> Callable[[AnyGPTLayout], str]:
+    return lambda _layout: _check_lm(folder)
+
+
 def check_weights(root: str | Path) -> list[PartReport]:
     """What is present under ``root``, what is missing, and whether each present part loads strictly."""
     root = Path(root)
@@ -314,7 +300,7 @@ def check_weights(root: str | Path) -> list[PartReport]:
     reports: list[PartReport] = []
     lm_present = [name for name in LM_DIRS if (root / name).is_dir()]
     for name in lm_present or list(LM_DIRS[:1]):
-        reports.append(_report(root, _lm_part(name), lambda _, folder=root / name: _check_lm(folder)))
+        reports.append(_report(root, _lm_part(name), _lm_check(root / name)))
     if not lm_present:
         reports[-1].detail = f"neither {' nor '.join(LM_DIRS)} is present"
     for part in _parts(layout):
@@ -342,7 +328,7 @@ def _report(root: Path, part: _Part, check: Callable[[AnyGPTLayout], str] | None
         return report
     try:
         report.detail = check(AnyGPTLayout(root))
-    except CheckpointError as exc:
+    except ConfigError as exc:
         report.status, report.detail = "failed", str(exc)
     except (ImportError, OSError, ValueError, RuntimeError) as exc:
         report.status, report.detail = "failed", f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,4 @@
-"""SpeechTokenizer (Zhang et al. 2023) inference network, written to load AnyGPT's checkpoint strictly.
+"""The AnyGPT family's speech codec: SpeechTokenizer (Zhang et al. 2023), written to load AnyGPT's checkpoint strictly.
 
 AnyGPT's speech tokens come from ``fnlp/AnyGPT-speech-modules/speechtokenizer/{config.json,ckpt.dev}``, a
 SpeechTokenizer with Snake activations; the original ``speechtokenizer_hubert_avg`` release uses ELU. This file is
@@ -43,15 +43,18 @@ the codebook.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_json_object, read_torch_state_dict
+from assistant.models.checkpoint import check_floating, check_state_dict, read_torch_state_dict
+from assistant.models.config_io import ConfigError, config_from_dict, read_json_object
+from assistant.models.interfaces import SpeechCodec
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "ckpt.dev"
@@ -150,25 +153,22 @@ class SpeechTokenizerConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str | Path = "<dict>") -> SpeechTokenizerConfig:
         """Config from the hub's ``config.json`` object. Training-only fields (``is_training_only_key``) are
-        ignored; an unknown field, a missing model field or a bad value raises ``CheckpointError`` naming
+        ignored; an unknown field, a missing model field or a bad value raises ``ConfigError`` naming
         ``source`` and the key."""
         if not isinstance(data, dict):
-            raise CheckpointError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         names = [f.name for f in fields(cls)]
         for key in data:
             if key not in names and not is_training_only_key(key):
-                raise CheckpointError(
+                raise ConfigError(
                     f"{source}: unknown config key {key!r} (neither a model field nor a known training-only field)"
                 )
         values: dict[str, Any] = {}
         for name in names:
             if name not in data:
-                raise CheckpointError(f"{source}: missing config key {name!r}")
+                raise ConfigError(f"{source}: missing config key {name!r}")
             values[name] = _checked_field(name, data[name], source)
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            raise CheckpointError(f"{source}: invalid config: {exc}") from exc
+        return config_from_dict(cls, values, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> SpeechTokenizerConfig:
@@ -183,18 +183,18 @@ def _checked_field(name: str, value: Any, source: str | Path) -> Any:
 
     if name == "strides":
         if not isinstance(value, list | tuple) or not all(is_int(v) for v in value):
-            raise CheckpointError(f"{source}: config key 'strides' must be a list of ints, got {value!r}")
+            raise ConfigError(f"{source}: config key 'strides' must be a list of ints, got {value!r}")
         return tuple(value)
     if name == "bidirectional":
         if not isinstance(value, bool):
-            raise CheckpointError(f"{source}: config key 'bidirectional' must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: config key 'bidirectional' must be true or false, got {value!r}")
         return value
     if name == "activation":
         if value not in ACTIVATIONS:
-            raise CheckpointError(f"{source}: config key 'activation' must be one of {ACTIVATIONS}, got {value!r}")
+            raise ConfigError(f"{source}: config key 'activation' must be one of {ACTIVATIONS}, got {value!r}")
         return value
     if not is_int(value):
-        raise CheckpointError(f"{source}: config key {name!r} must be an int, got {value!r}")
+        raise ConfigError(f"{source}: config key {name!r} must be an int, got {value!r}")
     return value
 
 
@@ -210,6 +210,9 @@ class KeyScope(nn.Module):
         super().__init__()
         for name, child in children.items():
             self.add_module(name, child)
+
+    def __getattr__(self, name: str) -> nn.Module:  # it holds modules only: typed so for its callers
+        return super().__getattr__(name)  # type: ignore[return-value]
 
 
 def reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
@@ -427,6 +430,11 @@ class SEANetDecoder(nn.Module):
 class Codebook(nn.Module):
     """One RVQ level. Buffers (not parameters) because upstream trains them by EMA, not by gradient."""
 
+    inited: Tensor  # [1]
+    cluster_size: Tensor  # [K]
+    embed: Tensor  # [K, D]: the codebook
+    embed_avg: Tensor  # [K, D]
+
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
         embed = torch.empty(size, dim)  # [K, D]
@@ -455,7 +463,7 @@ class ResidualVQ(nn.Module):
 
     @property
     def codebooks(self) -> list[Codebook]:
-        return [level._codebook for level in self.vq.layers]
+        return [cast(Codebook, level._codebook) for level in cast(nn.ModuleList, self.vq.layers)]
 
     def encode(self, latent: Tensor, n_q: int) -> Tensor:
         """``latent [B, D, F]`` -> codes ``[n_q, B, F]``: each level codes what the levels before it left."""
@@ -470,15 +478,16 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes ``[k, B, F]`` (the first k levels) -> ``[B, D, F]``, the sum of the chosen codewords."""
-        total = sum(book.lookup(level_codes) for book, level_codes in zip(self.codebooks, codes, strict=False))
+        parts = [book.lookup(level_codes) for book, level_codes in zip(self.codebooks, codes, strict=False)]
+        total = sum(parts, torch.zeros(()))  # [B, F, D]
         return total.transpose(1, 2)  # [B, F, D] -> [B, D, F]
 
 
 # ----- the model -------------------------------------------------------------------------------------------------
 
 
-class SpeechTokenizer(nn.Module):
-    """SpeechTokenizer codec: 16 kHz wave <-> ``[n_q, F]`` codes at 50 Hz. Satisfies ``SpeechCodec``."""
+class SpeechTokenizer(nn.Module, SpeechCodec):
+    """SpeechTokenizer codec: 16 kHz wave <-> ``[n_q, F]`` codes at 50 Hz."""
 
     def __init__(self, config: SpeechTokenizerConfig | None = None) -> None:
         super().__init__()
@@ -512,6 +521,10 @@ class SpeechTokenizer(nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.config.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.quantizer.codebooks[0].embed.device
 
     def num_frames(self, num_samples: int) -> int:
         return math.ceil(num_samples / self.hop)
@@ -567,6 +580,13 @@ class SpeechTokenizer(nn.Module):
         return wave[0, 0] if single else wave
 
     @torch.no_grad()
+    def encode_batch(self, waves: Sequence[Tensor], n_q: int | None = None) -> list[Tensor]:
+        """Several waves ``[T_i]`` -> their codes ``[n_q, ceil(T_i / hop)]``, one after another: the reflect-padded
+        convolutions and the BiLSTM would see a padded batch's padding, so an utterance padded to a longer one would
+        not get its own codes."""
+        return [self.encode(wave, n_q) for wave in waves]
+
+    @torch.no_grad()
     def decode_batch(self, codes: Tensor) -> Tensor:
         """LongTensor ``[B, k, F]`` (rows of equal length, nothing padded) -> float32 waves ``[B, F * hop]``."""
         if codes.dim() != 3:
@@ -593,12 +613,12 @@ def _check_activation(
     found = next((k for k in state if k.endswith(".alpha")), None)
     if cfg.activation == "Snake" and found is None:
         wanted = next(k for k in expected if k.endswith(".alpha"))
-        raise CheckpointError(
+        raise ConfigError(
             f"{ckpt_path}: no Snake 'alpha' key (e.g. missing {wanted!r}), so this looks like an ELU checkpoint, "
             f"but {config_path} says activation 'Snake'"
         )
     if cfg.activation == "ELU" and found is not None:
-        raise CheckpointError(
+        raise ConfigError(
             f"{ckpt_path}: key {found!r} is a Snake 'alpha' parameter, so this looks like a Snake checkpoint, "
             f"but {config_path} says activation 'ELU'"
         )
@@ -614,7 +634,7 @@ def load_speechtokenizer(
     """Build the model from the hub ``config.json`` and load the plain state dict ``ckpt_path`` into it, in eval mode.
 
     Every key, shape and the activation are checked before anything is copied; a mismatch raises
-    ``CheckpointError`` naming the file and the key (and shapes), and no model is returned.
+    ``ConfigError`` naming the file and the key (and shapes), and no model is returned.
     """
     config_path, ckpt_path = Path(config_path), Path(ckpt_path)
     cfg = SpeechTokenizerConfig.from_json(config_path)
@@ -624,9 +644,7 @@ def load_speechtokenizer(
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     _check_activation(expected, state, cfg, config_path, ckpt_path)
     check_state_dict(expected, state, ckpt_path)
-    for key, value in state.items():
-        if not value.is_floating_point():
-            raise CheckpointError(f"{ckpt_path}: key {key!r} has dtype {value.dtype}, expected a float tensor")
+    check_floating(state, ckpt_path)
     if torch.device(device).type == "meta":  # a check only (``anystream check-weights``): nothing to copy
         return model.eval()
     model = model.to_empty(device=device)
@@ -642,7 +660,7 @@ def load_speechtokenizer_dir(
     ``AnyGPT-speech-modules/speechtokenizer/``). The ``AnyGPT-speech-modules`` folder itself also works."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found")
+        raise ConfigError(f"{folder}: checkpoint folder not found")
     if not (folder / CONFIG_FILE).is_file() and (folder / "speechtokenizer" / CONFIG_FILE).is_file():
         folder = folder / "speechtokenizer"
     return load_speechtokenizer(folder / CONFIG_FILE, folder / CHECKPOINT_FILE, device=device, dtype=dtype)

@@ -1,18 +1,17 @@
-"""AnyGPT's music codec: the published ``facebook/encodec_32khz`` checkpoint run by transformers' ``EncodecModel``.
+"""The AnyGPT family's music codec: ``facebook/encodec_32khz`` run by transformers' ``EncodecModel``.
 
-This is the full-size alternative to the embedded ``MusicDetokenizer`` (``assistant/models/music_detokenizer.py``).
-Both satisfy the duck-typed ``MusicCodec`` protocol below, so ``LocalMediaBackend`` (which calls only
-``music.decode(tokens)``) and ``ModelBundle.validate`` (which reads ``music.config.vocab_size``) take either.
+This is the full-size alternative to the embedded ``MusicDetokenizer`` (``assistant/models/embedded/music.py``);
+both are ``MusicCodec``s (``assistant.models.interfaces``), so ``LocalMediaBackend`` takes either.
 
 Codec (EnCodec 32 kHz, mono; numbers from the hub ``config.json``):
     hop = prod(upsampling_ratios) = 8 * 5 * 4 * 4 = 640 samples -> 32000 / 640 = 50 frames per second
     target_bandwidths [2.2] kbps = 4 codebooks * 11 bits (2048 codes) * 50 Hz -> 4 codes per frame
     -> 200 music tokens per second (AnyGPT's rate: 20 s of input music is 4000 tokens).
 
-Tokens: AnyGPT's frame-major flattening, token = code + 2048 * level (``flatten_codes``); decoding re-aligns by level
-(``realign_tokens``; AnyGPT itself takes ``token % 2048`` and drops the tail, which is the same for a well-formed
-stream but shifts every later frame when the LM skips one token). Tokens are music-local ids in [0, 8192), not LM
-ids; the vocabulary maps them.
+Tokens: AnyGPT's frame-major flattening, token = code + 2048 * level (``assistant.modules.music_tokens``); decoding
+re-aligns by level (``realign_tokens``; AnyGPT itself takes ``token % 2048`` and drops the tail, which is the same
+for a well-formed stream but shifts every later frame when the LM skips one token). Tokens are music-local ids in
+[0, 8192), not LM ids; the vocabulary maps them.
 
 Sample rates: the codec runs at 32 kHz, the pipeline at ``assistant.audio.SAMPLE_RATE`` (16 kHz: the engine divides
 a music wave's length by it, and ``MediaBackend.music_wave`` promises 16 kHz). So ``EncodecMusicConfig.sample_rate``
@@ -32,7 +31,7 @@ weight the file lacks):
    ``<conv>.parametrizations.weight.original0`` / ``original1``. A file in either naming is accepted.
 3. Every key and shape is compared with the module's state dict (in checkpoint naming, so errors name the keys as
    they appear in the hub file) before anything is copied: a missing, unknown or wrongly shaped key raises
-   ``CheckpointError`` naming the file and the key, and no model is returned.
+   ``ConfigError`` naming the file and the key, and no model is returned.
 """
 
 from __future__ import annotations
@@ -41,15 +40,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from assistant.audio import SAMPLE_RATE, resample
-from assistant.models.checkpoint_io import CheckpointError, check_state_dict, read_json_object, read_weights
-from assistant.models.music_detokenizer import flatten_codes, realign_tokens
+from assistant.models.checkpoint import check_state_dict, read_weights
+from assistant.models.config_io import ConfigError, read_json_object
+from assistant.models.interfaces import MusicCodec
+from assistant.modules.music_tokens import flatten_codes, realign_tokens
 
 if TYPE_CHECKING:  # transformers is imported when a model is built (it takes seconds to import)
     from transformers import EncodecConfig
@@ -63,35 +64,6 @@ MODULE_TO_CHECKPOINT = {
     ".parametrizations.weight.original1": ".weight_v",  # direction v: the conv weight's shape
 }
 CHECKPOINT_TO_MODULE = {v: k for k, v in MODULE_TO_CHECKPOINT.items()}
-
-
-# ----- interface shared with MusicDetokenizer ---------------------------------------------------------------------
-@runtime_checkable
-class MusicCodecSettings(Protocol):
-    """What the pipeline reads from ``music.config``."""
-
-    @property
-    def vocab_size(self) -> int: ...  # music-local token ids (n_codebooks * codebook_size)
-
-    @property
-    def sample_rate(self) -> int: ...  # rate of the waves decode() returns and encode() reads
-
-
-@runtime_checkable
-class MusicCodec(Protocol):
-    """Music tokens <-> waves; ``MusicDetokenizer`` and ``EncodecMusic`` both satisfy it.
-
-    ``decode(tokens)``: music-local tokens (frame-major, token = code + codebook_size * level) -> float32 mono wave
-    ``[S]`` at ``config.sample_rate``; a token the LM skipped or repeated is repaired by level, never an error; a token
-    outside ``[0, config.vocab_size)`` raises ``ValueError``.
-    ``encode(wave)``: float mono wave ``[S]`` at ``config.sample_rate`` -> music-local tokens.
-    """
-
-    config: MusicCodecSettings
-
-    def decode(self, tokens: list[int]) -> np.ndarray: ...
-
-    def encode(self, wave: np.ndarray) -> list[int]: ...
 
 
 # ----- config -------------------------------------------------------------------------------------------------------
@@ -159,7 +131,7 @@ def _renamed(tensors: dict[str, Tensor], rename: Callable[[str], str], source: s
     for key, value in tensors.items():
         new = rename(key)
         if new in out:  # the file holds one tensor under both namings
-            raise CheckpointError(f"{source}: key {key!r} duplicates another key once renamed to {new!r}")
+            raise ConfigError(f"{source}: key {key!r} duplicates another key once renamed to {new!r}")
         out[new] = value
     return out
 
@@ -176,10 +148,10 @@ def to_module_naming(tensors: dict[str, Tensor], source: str | Path = "state dic
 
 # ----- config.json and weights --------------------------------------------------------------------------------------
 def check_encodec_config(hub: EncodecConfig, settings: EncodecMusicConfig, source: str | Path) -> None:
-    """An ``EncodecConfig`` must describe the codec ``settings`` asks for; else ``CheckpointError`` naming the field."""
+    """An ``EncodecConfig`` must describe the codec ``settings`` asks for; else ``ConfigError`` naming the field."""
 
     def fail(field: str, got, want: str) -> None:
-        raise CheckpointError(f"{source}: key {field!r} is {got!r}, expected {want}")
+        raise ConfigError(f"{source}: key {field!r} is {got!r}, expected {want}")
 
     if hub.use_conv_shortcut:
         fail(
@@ -215,28 +187,28 @@ def read_encodec_config(path: str | Path, settings: EncodecMusicConfig) -> Encod
     path = Path(path)
     data = read_json_object(path)
     if data.get("model_type") != "encodec":
-        raise CheckpointError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'encodec'")
+        raise ConfigError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'encodec'")
     try:
         hub = EncodecConfig(**data)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid Encodec config ({exc})") from exc
+        raise ConfigError(f"{path}: invalid Encodec config ({exc})") from exc
     check_encodec_config(hub, settings, path)
     return hub
 
 
 def find_weights_file(folder: str | Path) -> Path:
-    """The first of ``WEIGHTS_FILES`` present in ``folder``; else ``CheckpointError`` naming both."""
+    """The first of ``WEIGHTS_FILES`` present in ``folder``; else ``ConfigError`` naming both."""
     folder = Path(folder)
     for name in WEIGHTS_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise CheckpointError(f"{folder / WEIGHTS_FILES[0]}: weights file not found (nor {WEIGHTS_FILES[1]})")
+    raise ConfigError(f"{folder / WEIGHTS_FILES[0]}: weights file not found (nor {WEIGHTS_FILES[1]})")
 
 
 def check_encodec_state_dict(model: nn.Module, tensors: dict[str, Tensor], source: str | Path) -> dict[str, Tensor]:
     """File tensors (either naming) checked against ``model`` (an ``EncodecModel``): same keys, shapes, and floating
     point where the module is; returns them in module naming, ready for ``load_state_dict``. Raises
-    ``CheckpointError`` naming ``source`` and the key in checkpoint naming. Copies nothing."""
+    ``ConfigError`` naming ``source`` and the key in checkpoint naming. Copies nothing."""
     module_state = model.state_dict()
     expected = {checkpoint_key(k): tuple(v.shape) for k, v in module_state.items()}
     found = to_checkpoint_naming(tensors, source)
@@ -244,7 +216,7 @@ def check_encodec_state_dict(model: nn.Module, tensors: dict[str, Tensor], sourc
     for key, value in module_state.items():
         stored = found[checkpoint_key(key)]
         if value.is_floating_point() and not stored.is_floating_point():
-            raise CheckpointError(f"{source}: key {checkpoint_key(key)!r} has dtype {stored.dtype}, expected float")
+            raise ConfigError(f"{source}: key {checkpoint_key(key)!r} has dtype {stored.dtype}, expected float")
     return to_module_naming(found, source)
 
 
@@ -259,7 +231,7 @@ def load_encodec_music(
     ``pytorch_model.bin``) -> ``EncodecMusic`` in eval mode on ``device`` in ``dtype``.
 
     Raises:
-        CheckpointError: missing or invalid ``config.json`` (naming the field), no weights file, or a weights file
+        ConfigError: missing or invalid ``config.json`` (naming the field), no weights file, or a weights file
             whose keys or shapes do not match the module exactly (naming the file and the key). Nothing is loaded
             into a module before every key has been checked.
     """
@@ -268,31 +240,40 @@ def load_encodec_music(
     settings = config or EncodecMusicConfig()
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found")
+        raise ConfigError(f"{folder}: checkpoint folder not found")
     hub = read_encodec_config(folder / CONFIG_FILE, settings)
     path = find_weights_file(folder)
     tensors = read_weights(path)
-    model = EncodecModel(hub)  # fp32 on CPU, random init; every tensor is overwritten below
+    model: Any = EncodecModel(hub)  # fp32 on CPU, random init; every tensor is overwritten below
     state = check_encodec_state_dict(model, tensors, path)
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
-    model = model.to(device=device, dtype=dtype).eval()
-    return EncodecMusic(model, settings)
+    return EncodecMusic(model.to(device=device, dtype=dtype).eval(), settings)
 
 
 # ----- the codec ----------------------------------------------------------------------------------------------------
-class EncodecMusic(nn.Module):
+class EncodecMusic(nn.Module, MusicCodec):
     """``EncodecModel`` behind the ``MusicCodec`` interface (tokens <-> waves at ``config.sample_rate``).
 
     Build it with ``load_encodec_music``; the constructor takes an already loaded ``EncodecModel`` (tests, or a
     caller that verified its weights otherwise) and checks its config against ``config``.
     """
 
-    def __init__(self, model: nn.Module, config: EncodecMusicConfig | None = None) -> None:
+    model: Any  # transformers' EncodecModel, whose forward outputs its stubs type too loosely to use
+
+    def __init__(self, model: Any, config: EncodecMusicConfig | None = None) -> None:
         super().__init__()
         self.config = config or EncodecMusicConfig()
         check_encodec_config(model.config, self.config, type(model).__name__)
         self.model = model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
 
     @property
     def device(self) -> torch.device:

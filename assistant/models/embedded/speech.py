@@ -1,49 +1,33 @@
-"""Speech codec interface and the embedded log-mel residual-VQ codec.
+"""The embedded speech codec: log-mel residual VQ with Griffin-Lim decoding (no neural network).
 
-``SpeechCodec`` is what the rest of the system relies on: 16 kHz float waves in, ``[n_q, F]`` integer codes out
-(level 1 = the LM's "semantic" stream, levels 2..n_q = acoustic detail), and back.
+``MelRVQCodec`` is the no-training default (see shared/reference/embedded-default-feasibility.md)::
 
-``MelRVQCodec`` is the no-training default (see shared/reference/embedded-default-feasibility.md):
     wave -> STFT magnitude -> HTK mel (area-normalised) -> log -> residual VQ (n_q codebooks)
     (optionally level 1 quantises the frame minus the utterance's mean log-mel, see ``level1_mean_norm``)
     codes -> sum of codewords -> mel -> linear magnitude (pseudo-inverse + multiplicative NNLS steps)
           -> fast Griffin-Lim (momentum) -> wave
+
 The spectral part is frame-local, so a chunk decoded together with a few left-context frames (then trimmed) sounds
-like the same region of a whole-utterance decode; Griffin-Lim phases are the only non-local part.
+like the same region of a whole-utterance decode; Griffin-Lim phases are the only non-local part. The codebooks are
+seeded random until fitted (``training/fit_speech_codec.py: fit_speech_codebooks``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import Checkpointed
+from assistant.models.interfaces import SpeechCodec
+from assistant.modules.quantization import residual_quantize
+from assistant.modules.spectral import STFT, htk_mel_filterbank
 
 LOG_FLOOR = 1e-5
-
-
-@runtime_checkable
-class SpeechCodec(Protocol):
-    """Any speech codec the pipeline can use (embedded mel-RVQ or a SpeechTokenizer adapter)."""
-
-    sample_rate: int
-    frame_rate: int
-    n_q: int
-    codebook_size: int
-
-    def encode(self, wave: Tensor) -> Tensor:
-        """float32 wave ``[T]`` at ``sample_rate`` -> LongTensor ``[n_q, ceil(T / hop)]``."""
-        ...
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """LongTensor ``[n_q, F]`` -> float32 wave ``[F * hop]``."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -127,65 +111,12 @@ class MelCodecConfig:
         return self.sample_rate / 2.0
 
 
-def hz_to_mel_htk(hz: Tensor) -> Tensor:
-    return 2595.0 * torch.log10(1.0 + hz / 700.0)
-
-
-def mel_to_hz_htk(mel: Tensor) -> Tensor:
-    return 700.0 * (torch.pow(10.0, mel / 2595.0) - 1.0)
-
-
-def htk_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
-    """Triangular HTK-mel filters, area-normalised (each filter scaled by 2 / its bandwidth in Hz).
-
-    Returns ``[n_mels, n_fft // 2 + 1]`` float64.
-    """
-    bin_hz = torch.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1, dtype=torch.float64)  # [n_freq]
-    mel_points = torch.linspace(
-        hz_to_mel_htk(torch.tensor(f_min, dtype=torch.float64)).item(),
-        hz_to_mel_htk(torch.tensor(f_max, dtype=torch.float64)).item(),
-        n_mels + 2,
-        dtype=torch.float64,
-    )
-    edges_hz = mel_to_hz_htk(mel_points)  # [n_mels + 2]
-    lower, center, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]  # [n_mels, 1] each
-    rising = (bin_hz[None, :] - lower) / (center - lower)  # [n_mels, n_freq]
-    falling = (upper - bin_hz[None, :]) / (upper - center)  # [n_mels, n_freq]
-    triangles = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    return triangles * (2.0 / (upper - lower))
-
-
-def nearest_code(book: Tensor, vectors: Tensor, chunk: int = 8192) -> Tensor:
-    """Index of the nearest codeword (squared L2) of ``book [K, D]`` for each of ``vectors [N, D]`` -> ``[N]``;
-    ``chunk`` rows at a time, so an [N, K] distance matrix never has to fit at once."""
-    book_norm = book.pow(2).sum(-1)[None, :]  # [1, K] (|v|^2 dropped: same argmin)
-    out = [(book_norm - 2.0 * block @ book.T).argmin(dim=-1) for block in vectors.split(chunk)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=vectors.device)
-
-
-def residual_nearest(codebooks: Tensor, vectors: Tensor, level1_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Residual VQ: at each level pick the nearest codeword (squared L2) and subtract it.
-
-    codebooks: ``[n_q, K, D]``; vectors: ``[N, D]``. ``level1_vectors [N, D]``, when given, is what level 1 matches
-    instead of ``vectors`` (the normalised frames); the residual after level 1 is still ``vectors - codeword``.
-    Returns (codes ``[n_q, N]`` long, quantised ``[N, D]``).
-    """
-    quantised = torch.zeros_like(vectors)  # [N, D]
-    codes = []
-    for level in range(codebooks.shape[0]):
-        book = codebooks[level]  # [K, D]
-        target = level1_vectors if level == 0 and level1_vectors is not None else vectors - quantised  # [N, D]
-        index = nearest_code(book, target)  # [N]
-        quantised = quantised + book[index]
-        codes.append(index)
-    return torch.stack(codes), quantised
-
-
-class MelRVQCodec(Checkpointed, nn.Module):
+class MelRVQCodec(nn.Module, SpeechCodec):
     """Log-mel residual-VQ codec with Griffin-Lim decoding (no neural network, seeded random codebooks until fit)."""
 
-    KIND: ClassVar[str] = "mel_rvq_codec"
-    CONFIG_CLASS: ClassVar[type] = MelCodecConfig
+    mel_filterbank: Tensor  # [M, n_freq] (derived buffer)
+    mel_pinv: Tensor  # [n_freq, M] (derived buffer)
+    codebooks: Tensor  # [n_q, K, M] (buffer: the codec's only state)
 
     def __init__(self, config: MelCodecConfig | None = None) -> None:
         super().__init__()
@@ -196,7 +127,7 @@ class MelRVQCodec(Checkpointed, nn.Module):
         # Derived, deterministic tensors: not saved (recomputed from the config).
         self.register_buffer("mel_filterbank", filterbank.float(), persistent=False)  # [M, n_freq]
         self.register_buffer("mel_pinv", torch.linalg.pinv(filterbank).float(), persistent=False)  # [n_freq, M]
-        self.register_buffer("window", torch.hann_window(cfg.n_fft, dtype=torch.float32), persistent=False)
+        self.stft = STFT(cfg.n_fft, cfg.hop)
         # The only state: the residual codebooks.
         self.register_buffer("codebooks", self._random_codebooks())  # [n_q, K, M]
 
@@ -220,6 +151,10 @@ class MelRVQCodec(Checkpointed, nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.config.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.codebooks.device
 
     # ----- untrained initialisation -----------------------------------------------------------------------------
     def _random_codebooks(self) -> Tensor:
@@ -248,19 +183,9 @@ class MelRVQCodec(Checkpointed, nn.Module):
         cfg = self.config
         frames = self.num_frames(wave.shape[0])
         padded = torch.nn.functional.pad(wave.float(), (0, frames * cfg.hop - wave.shape[0]))  # [F * hop]
-        magnitude = self._stft(padded).abs()[:, :frames]  # [n_freq, F]
+        magnitude = self.stft(padded).abs()[:, :frames]  # [n_freq, F]
         mel = self.mel_filterbank @ magnitude  # [M, F]
         return torch.log(torch.clamp(mel, min=LOG_FLOOR)).T  # [F, M]
-
-    def _stft(self, wave: Tensor) -> Tensor:
-        cfg = self.config
-        return torch.stft(
-            wave, cfg.n_fft, cfg.hop, window=self.window, center=True, pad_mode="constant", return_complex=True
-        )  # [n_freq, len // hop + 1]
-
-    def _istft(self, spec: Tensor, length: int) -> Tensor:
-        cfg = self.config
-        return torch.istft(spec, cfg.n_fft, cfg.hop, window=self.window, center=True, length=length)
 
     # ----- quantisation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -291,7 +216,7 @@ class MelRVQCodec(Checkpointed, nn.Module):
         """
         log_mel = log_mel.float()
         level1 = self.level1_input(log_mel) if self.config.level1_mean_norm else None
-        codes, _ = residual_nearest(self.codebooks, log_mel, level1)
+        codes, _ = residual_quantize(self.codebooks, log_mel, level1)
         return codes
 
     @torch.no_grad()
@@ -320,7 +245,7 @@ class MelRVQCodec(Checkpointed, nn.Module):
 
     # ----- batches (several utterances in one call) -------------------------------------------------------------
     @torch.no_grad()
-    def encode_batch(self, waves: list[Tensor], n_q: int | None = None) -> list[Tensor]:
+    def encode_batch(self, waves: Sequence[Tensor], n_q: int | None = None) -> list[Tensor]:
         """Several utterances -> their codes ``[n_q, ceil(T_i / hop)]`` each, equal to ``encode(wave)[:n_q]``.
 
         The waves are zero-padded on the right to the longest and analysed by one batched STFT + mel. Padding leaves
@@ -342,13 +267,13 @@ class MelRVQCodec(Checkpointed, nn.Module):
         frames = [self.num_frames(wave.shape[0]) for wave in waves]
         width = max(frames) * cfg.hop
         batch = torch.stack([torch.nn.functional.pad(w.float(), (0, width - w.shape[0])) for w in waves])  # [B, W]
-        magnitude = self._stft(batch).abs()  # [B, n_freq, W // hop + 1]
+        magnitude = self.stft(batch).abs()  # [B, n_freq, W // hop + 1]
         log_mel = torch.log(torch.clamp(self.mel_filterbank @ magnitude, min=LOG_FLOOR)).transpose(1, 2)  # [B, F, M]
         codes = []
         for row, count in zip(log_mel, frames, strict=True):
             utterance = row[:count]  # [F_i, M]
             level1 = self.level1_input(utterance) if cfg.level1_mean_norm else None
-            codes.append(residual_nearest(self.codebooks[:n_q], utterance, level1)[0])  # [n_q, F_i]
+            codes.append(residual_quantize(self.codebooks[:n_q], utterance, level1)[0])  # [n_q, F_i]
         return codes
 
     @torch.no_grad()
@@ -377,108 +302,10 @@ class MelRVQCodec(Checkpointed, nn.Module):
     @torch.no_grad()
     def mel_to_wave(self, log_mel: Tensor) -> Tensor:
         """log-mel ``[..., F, M]`` -> wave ``[..., F * hop]`` by fast Griffin-Lim from zero phase (deterministic)."""
-        cfg = self.config
-        frames = log_mel.shape[-2]
-        length = frames * cfg.hop
-        if frames == 0:
+        if log_mel.shape[-2] == 0:
             return torch.zeros(*log_mel.shape[:-2], 0)
-        magnitude = self.mel_to_magnitude(log_mel)  # [..., n_freq, F]
-        # The STFT of a length F*hop wave has F + 1 centred frames; the last repeats the final magnitude.
-        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # [..., n_freq, F + 1]
-        phase = torch.ones_like(magnitude, dtype=torch.complex64)  # [n_freq, F + 1]
-        previous = torch.zeros_like(phase)
-        alpha = cfg.griffin_lim_momentum
-        for _ in range(cfg.griffin_lim_iters):
-            wave = self._istft(magnitude * phase, length)  # [F * hop]
-            projected = self._stft(wave)  # [n_freq, F + 1]
-            accelerated = projected + alpha * (projected - previous)
-            previous = projected
-            phase = accelerated / torch.clamp(accelerated.abs(), min=1e-12)
-        return self._istft(magnitude * phase, length)  # [F * hop]
-
-    # ----- fitting (optional) -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fit_codebooks(
-        self,
-        frames: Tensor,
-        iters: int = 12,
-        seed: int = 0,
-        chunk: int = 8192,
-        level1_frames: Tensor | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> Tensor:
-        """Residual k-means on log-mel frames ``[N, M]``; replaces the codebooks. Returns per-level residual RMSE.
-
-        ``level1_frames [N, M]`` are the level-1 inputs of the same frames (``level1_input`` of each utterance);
-        required with ``level1_mean_norm``, where level 1 is fitted on them and levels 2..n_q on
-        ``frames - level-1 codeword``. Each level runs ``iters`` Lloyd iterations; a code left empty is re-seeded
-        with a vector drawn with probability proportional to its squared distance from its current codeword.
-        Needs N >= codebook_size. ``progress`` receives one line per level.
-        """
         cfg = self.config
-        if frames.dim() != 2 or frames.shape[1] != cfg.n_mels:
-            raise ValueError(f"expected frames [N, {cfg.n_mels}], got {tuple(frames.shape)}")
-        if frames.shape[0] < cfg.codebook_size:
-            raise ValueError(f"need at least {cfg.codebook_size} frames, got {frames.shape[0]}")
-        if cfg.level1_mean_norm and level1_frames is None:
-            raise ValueError("level1_mean_norm codecs need level1_frames (level1_input of each utterance)")
-        if level1_frames is not None and level1_frames.shape != frames.shape:
-            raise ValueError(f"level1_frames {tuple(level1_frames.shape)} must match frames {tuple(frames.shape)}")
-        gen = torch.Generator().manual_seed(seed)
-        frames = frames.float()
-        quantised = torch.zeros_like(frames)  # [N, M]
-        books, errors = [], []
-        for level in range(cfg.n_q):
-            if level == 0 and level1_frames is not None:
-                target = level1_frames.float()  # [N, M]
-            else:
-                target = frames - quantised  # [N, M]
-            centroids, reseeded = self._kmeans(target, iters, gen, chunk)  # [K, M]
-            assign, _ = self._assign(target, centroids, chunk)  # [N]
-            quantised = quantised + centroids[assign]
-            books.append(centroids)
-            errors.append((frames - quantised).pow(2).mean().sqrt())
-            if progress is not None:
-                used = int(torch.bincount(assign, minlength=cfg.codebook_size).gt(0).sum())
-                progress(
-                    f"level {level + 1}/{cfg.n_q}: residual RMSE {float(errors[-1]):.3f}, "
-                    f"{used}/{cfg.codebook_size} codes used, {reseeded} re-seeds"
-                )
-        self.codebooks.copy_(torch.stack(books))
-        return torch.stack(errors)
-
-    def _kmeans(self, vectors: Tensor, iters: int, gen: torch.Generator, chunk: int) -> tuple[Tensor, int]:
-        """Lloyd iterations on ``vectors [N, M]`` -> (centroids ``[K, M]``, number of re-seeded codes)."""
-        k = self.config.codebook_size
-        centroids = vectors[torch.randperm(vectors.shape[0], generator=gen)[:k]].clone()  # [K, M]
-        reseeded = 0
-        for _ in range(iters):
-            assign, distance = self._assign(vectors, centroids, chunk)  # [N], [N]
-            sums = torch.zeros_like(centroids).index_add_(0, assign, vectors)  # [K, M]
-            counts = torch.bincount(assign, minlength=k).float()  # [K]
-            filled = counts > 0
-            centroids[filled] = sums[filled] / counts[filled, None]
-            empty = int((~filled).sum())
-            if empty:
-                weights = distance.clamp(min=0.0) + 1e-12  # [N]
-                picks = torch.multinomial(weights, empty, replacement=False, generator=gen)  # [empty]
-                centroids[~filled] = vectors[picks]
-                reseeded += empty
-        return centroids, reseeded
-
-    @staticmethod
-    def _assign(vectors: Tensor, centroids: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
-        """Nearest centroid of each vector and its squared distance: ``[N]`` long, ``[N]`` float."""
-        indices, distances = [], []
-        c_norm = centroids.pow(2).sum(-1)[None, :]  # [1, K]
-        for start in range(0, vectors.shape[0], chunk):
-            block = vectors[start : start + chunk]  # [n, M]
-            best, index = (c_norm - 2.0 * block @ centroids.T).min(dim=-1)  # [n], [n]
-            indices.append(index)
-            distances.append(best + block.pow(2).sum(-1))
-        return torch.cat(indices), torch.cat(distances)
-
-    # ----- persistence ------------------------------------------------------------------------------------------
+        return self.stft.griffin_lim(self.mel_to_magnitude(log_mel), cfg.griffin_lim_iters, cfg.griffin_lim_momentum)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{f.name}={getattr(self.config, f.name)}" for f in dataclasses.fields(self.config))

@@ -1,4 +1,4 @@
-"""SoundStorm-style non-autoregressive acoustic decoder (network only).
+"""The embedded acoustic decoder: a small SoundStorm-style conformer, non-autoregressive (network only).
 
 Given the level-1 ("semantic") codes of every frame and a partially masked copy of levels 2..n_q, the conformer
 predicts logits for levels 2..n_q of every frame. The unmasking schedule that calls it lives in
@@ -10,6 +10,13 @@ Per frame t:
 Then ``depth`` conformer blocks (macaron FF/2 -> bidirectional rotary self-attention -> conv module -> FF/2 ->
 LayerNorm), then per-level heads -> logits ``[B, T, n_q - 1, codebook_size]``. No padding mask: a batch holds
 sequences of equal length (the streaming decoder runs one sequence at a time).
+
+Its conformer block is this model's own, not ``assistant.modules.conformer`` (SoundStorm's): the committed weights
+were trained with it, and it computes a different function. Its conv module normalises with GroupNorm(1) over
+channels and time together, before the activation (SoundStorm: a per-frame ChanLayerNorm after it); q, k and v come
+from one fused projection; SiLU is torch's (SoundStorm's Swish is written out) and the pointwise convolutions run as
+linear layers. The two could become one class by retraining this model with SoundStorm's block (same recipe,
+``training/train_acoustic.py``); until then its outputs stay what the committed weights give.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.checkpoint_io import Checkpointed
+from assistant.models.interfaces import AcousticModel
+from assistant.modules.rotary import apply_rotary, rotary_angles
 
 
 @dataclass(frozen=True)
@@ -76,21 +84,6 @@ class AcousticDecoderConfig:
         return self.codebook_size
 
 
-def rotary_tables(length: int, dim_head: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos/sin tables ``[T, dim_head]`` for rotate-half rotary embeddings."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim_head, 2, device=device, dtype=torch.float32) / dim_head))
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, Dh/2]
-    angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x ``[B, H, T, Dh]`` rotated by position."""
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return x * cos + rotated * sin
-
-
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int) -> None:
         super().__init__()
@@ -114,7 +107,8 @@ class RotarySelfAttention(nn.Module):
         batch, length, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).view(batch, length, 3, self.heads, self.dim_head)  # [B, T, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, Dh]
-        cos, sin = rotary_tables(length, self.dim_head, self.rotary_base, x.device)  # [T, Dh]
+        angles = rotary_angles(length, self.dim_head, self.rotary_base, x.device)  # [T, Dh]
+        cos, sin = angles.cos(), angles.sin()
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=False)  # [B, H, T, Dh] (bidirectional)
         out = out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head)  # [B, T, H * Dh]
@@ -158,11 +152,10 @@ class ConformerBlock(nn.Module):
         return self.post_norm(x)
 
 
-class AcousticDecoder(Checkpointed, nn.Module):
+class AcousticDecoder(nn.Module, AcousticModel):
     """Conformer predicting levels 2..n_q from level 1 and partially masked levels 2..n_q."""
 
-    KIND: ClassVar[str] = "acoustic_decoder"
-    CONFIG_CLASS: ClassVar[type] = AcousticDecoderConfig
+    level_offsets: Tensor  # [Q]: the first code_embed row of each level (buffer)
 
     def __init__(self, config: AcousticDecoderConfig | None = None) -> None:
         super().__init__()
@@ -199,9 +192,26 @@ class AcousticDecoder(Checkpointed, nn.Module):
                     std = 0.02 if "embed" in name else fan_in**-0.5
                     normal_(param, std)
 
+    # ----- AcousticModel ----------------------------------------------------------------------------------------
+    @property
+    def n_q(self) -> int:
+        return self.config.n_q
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def semantic_vocab(self) -> int:
+        return self.config.codebook_size  # level 1 comes from the same codec
+
     @property
     def mask_id(self) -> int:
         return self.config.mask_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.head_weight.device
 
     def trunk(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
         """semantic ``[B, T]`` in [0, K); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id) -> ``[B, T, D]``."""

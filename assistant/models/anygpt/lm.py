@@ -1,4 +1,5 @@
-"""The AnyGPT language model from a Hugging Face LLaMA folder (``fnlp/AnyGPT-chat`` or ``-base`` as downloaded).
+"""The AnyGPT family's language model from a Hugging Face LLaMA folder (``fnlp/AnyGPT-chat`` or ``-base`` as
+downloaded), its vocabulary and its generation settings.
 
 A folder holds::
 
@@ -18,7 +19,6 @@ tables are recomputed from the config.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +28,8 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_sampler import GenerationSettings
-from assistant.models.checkpoint_io import (
-    CheckpointError,
-    check_state_dict,
-    read_json_object,
-    read_torch_state_dict,
-    read_weights,
-)
+from assistant.models.checkpoint import check_shapes, check_state_dict, read_torch_state_dict, read_weights
+from assistant.models.config_io import ConfigError, read_json_object
 from assistant.vocab import ADDED_TOKENS_FILE, SENTENCEPIECE_FILE, UnifiedVocab
 
 CONFIG_FILE = "config.json"
@@ -43,6 +38,28 @@ WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 GENERATION_FILE = "anystream_generation.json"  # optional GenerationSettings override (GenerationSettings.to_dict)
 _LEGACY_ROTARY_KEY = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+
+# The code tokens of AnyGPT's vocabulary in its ``added_tokens.json`` order: prefix -> (start, end, number of codes).
+ANYGPT_CODE_TOKENS = {
+    "\U0001f440": ("<soim>", "<eoim>", 8192),
+    "\U0001f5e3\ufe0f": ("<sosp>", "<eosp>", 1024),
+    "\U0001f3b6": ("<somu>", "<eomu>", 8192),
+}
+
+
+def anygpt_added_tokens(
+    first_id: int, codes: dict[str, tuple[str, str, int]] = ANYGPT_CODE_TOKENS, chat: bool = True
+) -> dict[str, int]:
+    """Token string -> id in the order AnyGPT adds them (roles, then per modality its codes, start and end; the chat
+    model appends <-Res-> and <-Ins->), from ``first_id`` on: what a hub ``added_tokens.json`` holds, for stand-ins
+    built without the files (tests, the random-weights benchmark)."""
+    order = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
+    for prefix, (start, end, count) in codes.items():
+        order += [f"<{prefix}{n}>" for n in range(count)] + [start, end]
+    if chat:
+        order += ["<-Res->", "<-Ins->"]
+    return {token: first_id + i for i, token in enumerate(order)}
 
 
 @dataclass(frozen=True)
@@ -59,14 +76,14 @@ def read_llama_config(folder: str | Path) -> LlamaConfig:
     path = Path(folder) / CONFIG_FILE
     data = read_json_object(path)
     if data.get("model_type") != "llama":
-        raise CheckpointError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'llama'")
+        raise ConfigError(f"{path}: key 'model_type' is {data.get('model_type')!r}, expected 'llama'")
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
         if not isinstance(data.get(key), int) or data[key] <= 0:
-            raise CheckpointError(f"{path}: key {key!r} must be a positive integer, got {data.get(key)!r}")
+            raise ConfigError(f"{path}: key {key!r} must be a positive integer, got {data.get(key)!r}")
     try:
         return LlamaConfig(**data)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid LLaMA config ({exc})") from exc
+        raise ConfigError(f"{path}: invalid LLaMA config ({exc})") from exc
 
 
 def find_weight_files(folder: str | Path) -> tuple[Path, ...]:
@@ -76,19 +93,18 @@ def find_weight_files(folder: str | Path) -> tuple[Path, ...]:
         index = folder / name
         if not index.is_file():
             continue
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a weight index with a 'weight_map' ({exc})") from exc
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ConfigError(f"{index}: not a weight index with a 'weight_map' of key -> shard file")
         shards = tuple(folder / shard for shard in sorted(set(weight_map.values())))
         for shard in shards:
             if not shard.is_file():
-                raise CheckpointError(f"{index}: names shard {shard.name}, which is missing")
+                raise ConfigError(f"{index}: names shard {shard.name}, which is missing")
         return shards
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return (folder / name,)
-    raise CheckpointError(f"{folder}: no weights ({', '.join(WEIGHT_INDEXES + WEIGHT_FILES)})")
+    raise ConfigError(f"{folder}: no weights ({', '.join(WEIGHT_INDEXES + WEIGHT_FILES)})")
 
 
 def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -97,7 +113,7 @@ def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             with safe_open(str(path), framework="pt") as f:
                 return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+            raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from exc
     return {key: tuple(value.shape) for key, value in read_torch_state_dict(path).items()}
 
 
@@ -110,7 +126,7 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
 
 def check_hf_lm(folder: str | Path) -> HFLMFolder:
     """Every key and shape of every weight file checked against the config, plus the vocabulary files; reads no
-    tensor data. Raises ``CheckpointError`` naming the file and the key."""
+    tensor data. Raises ``ConfigError`` naming the file and the key."""
     folder = Path(folder)
     config = read_llama_config(folder)
     files = find_weight_files(folder)
@@ -121,29 +137,26 @@ def check_hf_lm(folder: str | Path) -> HFLMFolder:
             if _LEGACY_ROTARY_KEY.match(key):
                 continue
             if key in found:
-                raise CheckpointError(f"{path}: key {key!r} is also in {owner[key].name}")
+                raise ConfigError(f"{path}: key {key!r} is also in {owner[key].name}")
             found[key], owner[key] = shape, path
-    expected = expected_shapes(config)
     source = files[0] if len(files) == 1 else f"{folder} ({len(files)} shards)"
-    for key in expected:
-        if key not in found:
-            raise CheckpointError(f"{source}: missing key {key!r} (expected shape {expected[key]})")
-    for key, shape in found.items():
-        if key not in expected:
-            raise CheckpointError(f"{owner[key]}: unexpected key {key!r} (shape {shape})")
-        if shape != expected[key]:
-            raise CheckpointError(f"{owner[key]}: key {key!r} has shape {shape}, expected {expected[key]}")
+    check_shapes(expected_shapes(config), found, source, owner)
     return HFLMFolder(folder, config, files, check_vocab_files(folder, config))
+
+
+def read_vocab(folder: str | Path) -> UnifiedVocab:
+    """The unified vocabulary of an LLM folder, checked against its config (no weights are read)."""
+    return check_vocab_files(Path(folder), read_llama_config(folder))
 
 
 def check_vocab_files(folder: Path, config: LlamaConfig) -> UnifiedVocab:
     for name in (SENTENCEPIECE_FILE, ADDED_TOKENS_FILE):
         if not (folder / name).is_file():
-            raise CheckpointError(f"{folder / name}: vocabulary file not found")
+            raise ConfigError(f"{folder / name}: vocabulary file not found")
     try:
         vocab = UnifiedVocab.from_dir(folder, vocab_size=config.vocab_size)
     except (ValueError, ImportError, OSError) as exc:
-        raise CheckpointError(f"{folder / ADDED_TOKENS_FILE}: {exc}") from exc
+        raise ConfigError(f"{folder / ADDED_TOKENS_FILE}: {exc}") from exc
     return vocab
 
 
@@ -172,7 +185,7 @@ def load_hf_lm(
     _materialise_rotary(model, device)
     leftover = [name for name, buffer in model.named_buffers() if buffer.is_meta]
     if leftover:
-        raise CheckpointError(f"{checked.path}: no value for buffer {leftover[0]!r} after loading")
+        raise ConfigError(f"{checked.path}: no value for buffer {leftover[0]!r} after loading")
     return model.eval(), checked.vocab
 
 

@@ -1,0 +1,413 @@
+"""One conversation's turns: when a turn starts, stops and ends, and what it sends on the wire.
+
+A :class:`TurnController` sits between an engine session (:class:`EngineSession`: ``engine.Session``) and a reply
+sink (:class:`ReplySink`: the WebRTC session's data channel and audio track, or ``assistant chat``'s files). It is
+the only place that knows about turns:
+
+- a new turn interrupts the one in progress. While the old turn winds down (its engine stream ends, or it is
+  cancelled after ``grace_s``) one start waits; a newer start replaces it and the replaced one reports -1, so a
+  burst of questions costs one turn, the latest;
+- :meth:`TurnController.interrupt` tells the engine to stop and flushes the sink's queued audio. That is the one
+  place audio is flushed: no frame of an interrupted turn reaches the sink after it;
+- a turn sends ``turn_started``, its outputs as wire messages (:func:`to_wire`), and exactly one ``turn_end``, once
+  its last frame has played. An interrupted turn sends ``interrupted`` just before its ``turn_end``;
+- a failure becomes an ``error`` event and ``turn_end`` with reason ``error``: the engine's own words for a
+  ``TurnError``, a generic text naming a logged id for an exception. The conversation goes on;
+- optional metrics hear of the time to first audio (from the moment the turn was asked for to the moment its first
+  frame left the sink) and of every finished turn.
+
+Imports neither torch nor aiortc (the WebRTC session and `assistant chat` both drive it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from assistant import protocol
+from assistant.pipeline.outputs import (
+    AudioFrame,
+    EngineOutput,
+    ImageOutput,
+    MusicOutput,
+    ReplyTextDelta,
+    TranscriptDelta,
+    TurnError,
+    TurnFinished,
+)
+from assistant.protocol import ErrorCode, FinishReason, ServerMessage
+
+if TYPE_CHECKING:
+    from assistant.pipeline.engine import UserTurn
+
+logger = logging.getLogger(__name__)
+
+# A new turn waits this long for the interrupted one to end before cancelling it.
+INTERRUPT_GRACE_S = 2.0
+
+
+class EngineSession(Protocol):
+    """One conversation with the engine (``assistant.pipeline.engine.Session``)."""
+
+    def respond(self, turn: UserTurn) -> AsyncGenerator[EngineOutput, None]:
+        """Runs one turn: its outputs as they become ready, exactly one ``TurnFinished`` last."""
+        ...
+
+    def interrupt(self) -> None:
+        """Stops the turn in flight: ``respond`` soon ends with ``TurnFinished(INTERRUPTED)``."""
+        ...
+
+    async def close(self) -> None:
+        """Ends the conversation (after an interrupt of the turn in flight)."""
+        ...
+
+
+class ReplySink(Protocol):
+    """Where one conversation's replies go: wire messages and a bounded queue of audio frames being played."""
+
+    def send(self, message: ServerMessage) -> None:
+        """Sends one message (never raises)."""
+        ...
+
+    async def play(self, frame: AudioFrame) -> None:
+        """Queues one frame for playback, waiting while the queue is full (backpressure). A frame still waiting for
+        room when :meth:`flush_audio` is called is dropped, not queued."""
+        ...
+
+    def flush_audio(self) -> None:
+        """Drops every queued frame at once (and any frame waiting in :meth:`play`)."""
+        ...
+
+    def begin_reply(self, on_first_played: Callable[[], None] | None) -> None:
+        """A reply's audio starts. ``on_first_played`` is called once its first frame has left (never when that
+        frame is flushed first)."""
+        ...
+
+    def end_reply(self) -> None:
+        """The reply has queued its last frame (the queue running dry is its end, not an underrun)."""
+        ...
+
+    async def wait_played(self) -> None:
+        """Returns once every frame queued so far has left or was flushed; the sink bounds the wait."""
+        ...
+
+
+class TurnMetrics(Protocol):
+    """What the controller reports (:class:`assistant.metrics.ServingMetrics` is one)."""
+
+    def observe_ttfa(self, seconds: float) -> None: ...
+
+    def turn_finished(self, reason: str) -> None: ...
+
+
+# The engine outputs that become a wire message of their own (audio and TurnFinished do not).
+MessageOutput = TranscriptDelta | ReplyTextDelta | ImageOutput | MusicOutput | TurnError
+
+
+def to_wire(output: MessageOutput, turn_id: int) -> ServerMessage:
+    """The wire message for one engine output of turn ``turn_id``.
+
+    Audio frames and ``TurnFinished`` are not messages: frames go to the sink's audio queue, and the turn's end
+    becomes ``turn_end`` only once its audio has played (:class:`TurnController`)."""
+    match output:
+        case TranscriptDelta(text=text):
+            return protocol.Transcript(turn_id=turn_id, delta=text)
+        case ReplyTextDelta(text=text):
+            return protocol.TextDelta(turn_id=turn_id, delta=text)
+        case ImageOutput():
+            return protocol.ImageReady(
+                turn_id=turn_id,
+                index=output.index,
+                width=output.width,
+                height=output.height,
+                png_base64=base64.b64encode(output.png).decode("ascii"),
+            )
+        case MusicOutput():
+            return protocol.MusicReady(turn_id=turn_id, index=output.index, duration_s=float(output.duration_s))
+        case TurnError():
+            # the engine made message and code fit for the caller; its details are logged under error_id
+            return protocol.ErrorEvent(message=output.message, turn_id=turn_id, code=output.code)
+    raise TypeError(f"not an engine output with a wire message: {type(output).__name__}")
+
+
+def new_error_id() -> str:
+    """A short id that names one log line; the caller gets the id, the log keeps the details."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class TurnStats:
+    started: int = 0  # turns that ran
+    replaced: int = 0  # starts that waited behind a turn and were replaced by a newer one
+
+
+@dataclass
+class _Turn:
+    turn_id: int
+    asked_at: float  # clock() when the turn was asked for (the end of the user's turn): TTFA counts from here
+    task: asyncio.Task[None] | None = None
+    interrupted: bool = False
+    done: bool = False
+
+
+@dataclass
+class _Start:
+    """A turn asked for but not started yet; ``result`` gets its turn id, or -1 when it never runs."""
+
+    turn: UserTurn
+    asked_at: float
+    result: asyncio.Future[int]
+
+
+class TurnController:
+    """Runs one conversation's turns on ``engine`` and delivers them to ``sink`` (see the module docstring).
+
+    metrics: None, or what hears of the time to first audio and of finished turns.
+    on_turn_change: called when a turn starts and when it ends (e.g. a session's idle clock); must not raise.
+    grace_s: how long a new turn (or :meth:`close`) waits for an interrupted turn to end before cancelling it.
+    clock: monotonic seconds, for the time to first audio; tests inject their own.
+    label: names the conversation in log lines (a session id).
+    """
+
+    def __init__(
+        self,
+        engine: EngineSession,
+        sink: ReplySink,
+        *,
+        metrics: TurnMetrics | None = None,
+        on_turn_change: Callable[[], None] | None = None,
+        grace_s: float = INTERRUPT_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
+        label: str = "-",
+    ):
+        if grace_s < 0:
+            raise ValueError("grace_s must be >= 0")
+        self._engine = engine
+        self._sink = sink
+        self._metrics = metrics
+        self._on_turn_change = on_turn_change
+        self.grace_s = grace_s
+        self._clock = clock
+        self.label = label
+        self.stats = TurnStats()
+        self._turn: _Turn | None = None  # the turn in progress, or the last one
+        self._waiting: _Start | None = None  # at most one start waits behind the turn in progress
+        self._starter: asyncio.Task[None] | None = None
+        self._next_turn_id = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._shutdown: asyncio.Future[None] | None = None
+
+    @property
+    def reply_in_progress(self) -> bool:
+        return self._turn is not None and not self._turn.done
+
+    @property
+    def idle(self) -> bool:
+        """No turn in progress and none waiting to start."""
+        return not self.reply_in_progress and self._waiting is None
+
+    @property
+    def turn_id(self) -> int | None:
+        """The id of the turn in progress, or of the last one; None before the first."""
+        return self._turn.turn_id if self._turn is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ----- starting turns -----
+
+    def request(self, turn: UserTurn) -> asyncio.Future[int]:
+        """Asks for a turn without waiting; the future gets its id once it runs, or -1 when it never does (a newer
+        start replaced it while it waited, or the controller closed)."""
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            result.set_result(-1)
+            return result
+        replaced, self._waiting = self._waiting, _Start(turn, self._clock(), result)
+        if replaced is not None:
+            self.stats.replaced += 1
+            if not replaced.result.done():
+                replaced.result.set_result(-1)
+        if self._starter is None or self._starter.done():
+            self._starter = self._spawn(self._start_waiting())
+        return result
+
+    async def start(self, turn: UserTurn) -> int:
+        """Starts a turn (interrupting the one in progress) and returns its id; the turn runs in the background.
+        -1 when it never ran (see :meth:`request`)."""
+        return await self.request(turn)
+
+    async def _start_waiting(self) -> None:
+        while self._waiting is not None and not self._closed:
+            previous = self._turn
+            if previous is not None and previous.task is not None and not previous.task.done():
+                # (its task, not its flag: a turn that has ended may still be closing its engine stream)
+                self.interrupt()
+                await self._wind_down(previous)  # a newer start may replace the waiting one meanwhile
+            start, self._waiting = self._waiting, None
+            if start is None or self._closed:
+                return  # close() answered the waiting start
+            turn_id = -1
+            try:
+                turn_id = self._begin(start)
+            finally:
+                if not start.result.done():
+                    start.result.set_result(turn_id)
+
+    async def _wind_down(self, turn: _Turn) -> None:
+        """Waits up to ``grace_s`` for an interrupted turn's task to end, then cancels it."""
+        assert turn.task is not None
+        done, _ = await asyncio.wait({turn.task}, timeout=self.grace_s)
+        if not done:
+            logger.warning(
+                "%s: turn %d ignored its interrupt for %.1f s; cancelled", self.label, turn.turn_id, self.grace_s
+            )
+            turn.task.cancel()
+            await asyncio.wait({turn.task})
+
+    def _begin(self, start: _Start) -> int:
+        self._next_turn_id += 1
+        turn = _Turn(turn_id=self._next_turn_id, asked_at=start.asked_at)
+        self._turn = turn
+        self.stats.started += 1
+        self._changed()
+        turn.task = self._spawn(self._run(turn, start.turn))
+        return turn.turn_id
+
+    # ----- stopping them -----
+
+    def interrupt(self) -> bool:
+        """Stops the turn in progress: the engine is told, the queued audio is dropped at once, and the turn ends
+        with ``interrupted`` and ``turn_end`` (interrupted) when its engine stream ends. False when no turn was in
+        progress (or it was already interrupted)."""
+        turn = self._turn
+        if turn is None or turn.done or turn.interrupted:
+            return False
+        turn.interrupted = True  # from now on no output of this turn reaches the sink
+        try:
+            self._engine.interrupt()
+        except Exception:
+            logger.exception("%s: the engine's interrupt failed", self.label)
+        self._sink.flush_audio()
+        return True
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Waits for the turn in progress (if any) to end."""
+        turn = self._turn
+        if turn is not None and turn.task is not None:
+            await asyncio.wait({turn.task}, timeout=timeout)
+
+    async def close(self) -> None:
+        """Ends the conversation: a waiting start and every later one report -1, the turn in progress is interrupted
+        and cancelled (it still sends ``interrupted`` and ``turn_end``), then the engine session is closed.
+        Idempotent; a second call waits for the first to finish."""
+        self._closed = True
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.result.done():
+            waiting.result.set_result(-1)
+        self.interrupt()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
+            for task in pending:
+                logger.error("%s: a turn task ignored its cancellation: %r", self.label, task)
+        try:
+            await self._engine.close()
+        except Exception:
+            logger.exception("%s: closing the engine session failed", self.label)
+
+    # ----- one turn -----
+
+    async def _run(self, turn: _Turn, user_turn: UserTurn) -> None:
+        tid = turn.turn_id
+        sink = self._sink
+        reason = FinishReason.ERROR
+        sink.send(protocol.TurnStarted(turn_id=tid))
+        outputs: AsyncGenerator[EngineOutput, None] | None = None
+        replying = False
+        try:
+            outputs = self._engine.respond(user_turn)
+            async for output in outputs:
+                match output:
+                    case TurnFinished():
+                        reason = output.reason
+                    case _ if turn.interrupted:
+                        continue  # what the engine had in flight when it was interrupted
+                    case AudioFrame():
+                        if not replying:
+                            replying = True
+                            sink.begin_reply(self._on_first_played(turn))
+                        await sink.play(output)
+                    case _:
+                        sink.send(to_wire(output, tid))
+            sink.end_reply()
+            if not turn.interrupted:
+                await sink.wait_played()  # turn_end means "playback is done"
+        except asyncio.CancelledError:
+            turn.interrupted = True
+            raise
+        except Exception:
+            # The exception's text may name hosts, paths or pids: it stays in the log, the caller gets its id.
+            error_id = new_error_id()
+            logger.exception("%s: turn %d failed (error id %s)", self.label, tid, error_id)
+            sink.send(
+                protocol.ErrorEvent(
+                    message=f"the reply failed because of a server error (error id {error_id})",
+                    turn_id=tid,
+                    code=ErrorCode.INTERNAL.value,
+                )
+            )
+            reason = FinishReason.ERROR
+        finally:
+            turn.done = True
+            sink.end_reply()
+            if outputs is not None:
+                try:
+                    await outputs.aclose()
+                except Exception:
+                    logger.exception("%s: closing the engine stream failed", self.label)
+            if turn.interrupted:
+                reason = FinishReason.INTERRUPTED
+                sink.send(protocol.Interrupted(turn_id=tid))
+            sink.send(protocol.TurnEnd(turn_id=tid, reason=FinishReason(reason).value))
+            if self._metrics is not None:
+                self._metrics.turn_finished(FinishReason(reason).value)
+            self._changed()
+
+    def _on_first_played(self, turn: _Turn) -> Callable[[], None] | None:
+        metrics = self._metrics
+        if metrics is None:
+            return None
+        return lambda: metrics.observe_ttfa(self._clock() - turn.asked_at)
+
+    # ----- tasks -----
+
+    def _changed(self) -> None:
+        if self._on_turn_change is not None:
+            self._on_turn_change()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s: a turn task failed", self.label, exc_info=task.exception())

@@ -1,0 +1,71 @@
+"""What the committed embedded models answer to questions they were not picked for: the first two dialogues of every
+family of ``make eval-mini``'s set (``heldout_dialogues`` in conftest.py; 21 turns, 14 of them spoken by held-out
+voices), run through the in-process engine and judged exactly as ``make eval-mini`` judges them.
+
+The models fall short of their targets (docs/model-card.md), so this test does not ask for right answers one by one:
+- what they reliably do, every turn: the turn completes without an error, the reply is a sentence of the domain's
+  words and is spoken at a plausible length, a requested picture or tune comes out;
+- how often they are right, against the model card's figures for the whole eval-mini set (run 3): at least the
+  card's rate minus two binomial standard deviations for this many turns. The thresholds follow from the card, not
+  from what this subset happens to get right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from e2e_checks import assert_domain_sentence, assert_speech_length
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+# docs/model-card.md, run 3, eval-mini overall: text reply exact; spoken answer judged correct (before the ceiling)
+CARD_TEXT_ACCURACY = 0.349
+CARD_SPEECH_ACCURACY = 0.307
+
+
+def at_least(rate: float, n: int) -> int:
+    """The fewest right answers out of ``n`` that a model right with probability ``rate`` gives, but for chance
+    (two standard deviations below the mean)."""
+    return max(0, math.floor(n * rate - 2 * math.sqrt(n * rate * (1 - rate))))
+
+
+@pytest.fixture(scope="module")
+def records(heldout_dialogues, eval_mini_set):
+    from assistant.models.loading import ModelSpec, load_backends, load_vocab_and_voices
+    from assistant.pipeline.engine import AssistantEngine, EngineConfig
+    from training import domain
+    from training.evaluate import EvalPlan, _evaluate
+    from training.judges.speech import SentenceJudge
+
+    spec = ModelSpec(seed=EvalPlan().seed)  # the committed embedded models, seeded as `make eval-mini` seeds them
+    vocab, voices = load_vocab_and_voices(spec)
+    engine = AssistantEngine(load_backends(spec), vocab, EngineConfig(), voices=voices)
+    judge = SentenceJudge(domain.spoken_sentences(eval_mini_set))  # the grammar `make eval-mini` judges with
+    return asyncio.run(_evaluate(engine, heldout_dialogues, judge))
+
+
+def test_every_turn_gives_a_well_formed_spoken_reply_and_the_media_asked_for(records):
+    assert len(records) == 21
+    for r in records:
+        print(f"{r.family:12} {r.question!r} -> {r.text!r} ({r.speech_seconds:.2f} s; heard {r.speech_heard!r})")
+    for r in records:
+        assert (r.finish, r.error) == ("complete", None), r
+        if r.spoken:
+            assert_domain_sentence(r.transcript, f"transcript of {r.question!r}")
+        assert_domain_sentence(r.text, f"reply to {r.question!r}")
+        assert_speech_length(r.speech_seconds, r.text)
+        if r.image_expected is not None:
+            assert r.image_judged is not None, f"no picture for {r.question!r}"
+        if r.music_expected is not None:
+            assert r.music_judged is not None, f"no tune for {r.question!r}"
+
+
+def test_as_many_right_answers_as_the_model_card_says(records):
+    n = len(records)
+    text_right = sum(r.text_correct for r in records)
+    speech_right = sum(bool(r.speech_correct) for r in records)
+    print(f"text right {text_right}/{n}, speech heard right {speech_right}/{n}")
+    assert text_right >= at_least(CARD_TEXT_ACCURACY, n)
+    assert speech_right >= at_least(CARD_SPEECH_ACCURACY, n)
