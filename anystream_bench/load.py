@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -47,9 +46,9 @@ import numpy as np
 
 from anystream_bench.procstats import ProcessMonitor
 from anystream_bench.timeline import LOUD_RMS, SILENCE_PEAK, UNDERRUN_GAP_S, Thresholds, spread
+from edge_client.config import add_api_key_argument, api_key_or_env
 
 DEFAULT_QUESTION = "what is the capital of france"
-API_KEY_ENV = "ANYSTREAM_API_KEY"  # read when --api-key is not given (command lines are visible to other users)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -319,12 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes.add_argument("--compare", action="store_true", help="WebRTC and in-process, and the overhead ratio")
     modes.add_argument("--engine-only", action="store_true", help="the batched LM engine alone")
     p.add_argument("--server", default="http://127.0.0.1:8000", help="base URL of a running anystream-serve")
-    p.add_argument(
-        "--api-key",
-        default=None,
-        metavar="KEY",
-        help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})",
-    )
+    add_api_key_argument(p)
     p.add_argument(
         "--local-server",
         action="store_true",
@@ -389,7 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--family anygpt-random is for --engine-only")
     if args.turns < 1 or args.spread < 0 or args.ramp < 0 or args.turn_timeout <= 0:
         p.error("--turns must be >= 1, --spread and --ramp >= 0, --turn-timeout > 0")
-    args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    args.api_key = api_key_or_env(args.api_key)
     if args.loopback_only is None:
         args.loopback_only = (urlparse(args.server).hostname or "") in (
             "127.0.0.1",

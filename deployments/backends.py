@@ -29,6 +29,7 @@ from assistant.pipeline.backends import (
     SpeechEncoderBackend,
     UnknownVoiceKeyError,
 )
+from deployments.common import cancel_call
 from deployments.timeouts import CallTimeouts
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,6 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What a replica itself raises when it refuses for load (re-raised by Ray as a RayTaskError "as instance of cause").
 _REFUSED_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailableError, BusyError)
-
-
-def _cancel(call: object) -> None:
-    """Best effort: a DeploymentResponse / -Generator stops the replica's work; a plain awaitable has nothing
-    to stop."""
-    cancel = getattr(call, "cancel", None)
-    if callable(cancel):
-        try:
-            cancel()
-        except Exception:
-            log.debug("cancelling a replica call failed", exc_info=True)
 
 
 def as_unavailable(role: str, exc: BaseException) -> BackendUnavailableError | None:
@@ -110,7 +100,7 @@ async def _answer(role: str, call: Awaitable[T], timeout_s: float, handle: Any =
     except BaseException as exc:
         if not pending.done():
             pending.cancel()
-            _cancel(call)
+            cancel_call(call, "a replica call")
         unavailable = as_unavailable(role, exc) if isinstance(exc, Exception) else None
         if unavailable is None or unavailable is exc:
             raise
@@ -163,7 +153,7 @@ class RayLMBackend(LMBackend):
         finally:
             # Closing this iterator (interrupt, finished turn, error, timeout) cancels the generator in the LM
             # replica, whose cleanup stops generation there.
-            _cancel(remote)
+            cancel_call(remote, "a replica call")
 
 
 class RayAcousticBackend(AcousticBackend):

@@ -1,4 +1,5 @@
-"""What every deployment shares: fast graceful shutdown, the readiness probe and the replica's name in its stats.
+"""What every deployment shares: fast graceful shutdown, the readiness probe, the replica's name in its stats, and
+how a caller cancels a call to one (``cancel_call``).
 
 Model code and model loading live in ``assistant/`` (:mod:`assistant.models.loading`); a deployment loads its
 role's in-process backend with ``load_role`` and forwards calls to it. ``ModelSpec`` travels to replicas as a plain
@@ -7,10 +8,13 @@ dict (it pickles without pydantic).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray.serve import Deployment
+
+log = logging.getLogger(__name__)
 
 # Serve's defaults (2 s wait loop, 20 s timeout) make every shutdown take seconds; replicas here hold no
 # work worth waiting for beyond half a second. A deployment that streams replies sets a longer
@@ -44,3 +48,15 @@ def replica_name() -> str:
         return str(serve.get_replica_context().replica_id.unique_id)
     except Exception:
         return ""
+
+
+def cancel_call(call: object, what: str) -> None:
+    """Best effort, for a call to a deployment that timed out or was given up: a Serve ``DeploymentResponse`` /
+    ``-Generator`` stops the replica's work; a plain awaitable has nothing to stop (a coroutine was already
+    cancelled with the task that awaited it). ``what`` names the call in the debug line of a failed cancel."""
+    cancel = getattr(call, "cancel", None)
+    if callable(cancel):
+        try:
+            cancel()
+        except Exception:
+            log.debug("cancelling %s failed", what, exc_info=True)

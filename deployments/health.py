@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from deployments.common import cancel_call
+
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[Any]]
@@ -95,7 +97,7 @@ class HealthMonitor:
             call = self._probes[name]()
             result = await asyncio.wait_for(call, self._probe_timeout_s)
         except TimeoutError:
-            _cancel(call)
+            cancel_call(call, "a health probe")
             log.debug("health probe of %s: no answer within %g s", name, self._probe_timeout_s)
             return False
         except Exception as exc:
@@ -119,16 +121,6 @@ class HealthMonitor:
                 before,
                 state,
             )
-
-
-def _cancel(call: object) -> None:
-    """A Serve response stops the replica's work on a probe that timed out; a plain coroutine was already cancelled."""
-    cancel = getattr(call, "cancel", None)
-    if callable(cancel):
-        try:
-            cancel()
-        except Exception:
-            log.debug("cancelling a health probe failed", exc_info=True)
 
 
 def _copy(report: dict[str, Any]) -> dict[str, Any]:

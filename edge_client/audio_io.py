@@ -44,6 +44,18 @@ def _open_stream(factory: Callable[..., Any] | None, sounddevice_class: str, dev
     return stream
 
 
+def _close_stream(stream: Any, what: str) -> None:
+    """Stops and closes a stream of ``_open_stream`` (None: nothing to close). A device that fails to close is only
+    logged: closing ends a call, and nothing more can be done about the device then."""
+    if stream is None:
+        return
+    try:
+        stream.stop()
+        stream.close()
+    except Exception:
+        log.debug("closing the %s stream failed", what, exc_info=True)
+
+
 class AudioSource(Protocol):
     live: bool  # True when a real-time clock (the microphone) paces read(); False when the reader must pace
     finite: bool  # True when the source carries one utterance (a file); the client then exits after the answer
@@ -210,12 +222,7 @@ class MicrophoneSource:
     def close(self) -> None:
         self._closed = True
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-                stream.close()
-            except Exception:
-                log.debug("closing the input stream failed", exc_info=True)
+        _close_stream(stream, "input")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,9 +379,4 @@ class SpeakerSink:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-                stream.close()
-            except Exception:
-                log.debug("closing the output stream failed", exc_info=True)
+        _close_stream(stream, "output")

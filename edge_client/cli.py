@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
 from assistant.audio import AudioFormatError
 from assistant.protocol import MAX_IMAGE_BYTES, ProtocolError, validate_voice_name
 from edge_client.client import EXIT_SERVER, EdgeClient
-from edge_client.config import ConfigError, EdgeClientConfig
+from edge_client.config import ConfigError, EdgeClientConfig, add_api_key_argument, api_key_or_env
 
 DEFAULT_FILE_TIMEOUT_S = 120.0
-API_KEY_ENV = "ANYSTREAM_API_KEY"
 
 
 def _voice_name(value: str) -> str:
@@ -59,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_voice_name,
         help="the voice the assistant speaks with (a name from the server's GET /voices)",
     )
-    p.add_argument(
-        "--api-key",
-        default=None,
-        metavar="KEY",
-        help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})",
-    )
+    add_api_key_argument(p)
     p.add_argument(
         "--loopback-only",
         action="store_true",
@@ -105,7 +98,7 @@ def config_from_args(args: argparse.Namespace, image: bytes | None = None) -> Ed
         image=image,
         image_name=args.image,
         voice=args.voice,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=api_key_or_env(args.api_key),
         timeout=args.timeout,
         vad_aggressiveness=args.vad_aggressiveness,
     )

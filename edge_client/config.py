@@ -1,8 +1,11 @@
-"""What one edge-client call is asked to do, as data: built by the command line (or a test), checked here once."""
+"""What one edge-client call is asked to do, as data: built by the command line (or a test), checked here once.
+Also the ``--api-key`` option, which ``anystream-bench`` shares."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 from assistant.protocol import ImageMessage, ProtocolError, validate_voice_name
 
 CLIENT_NAME = "anystream-edge"
+API_KEY_ENV = "ANYSTREAM_API_KEY"  # read when --api-key is not given (command lines are visible to other users)
 
 
 class ConfigError(ValueError):
@@ -100,3 +104,20 @@ class EdgeClientConfig:
     def replace(self, **changes: Any) -> EdgeClientConfig:
         """A copy with ``changes``, checked again."""
         return dataclasses.replace(self, **changes)
+
+
+# ----- the API key of a command that calls a server (this client, ``anystream-bench``) ------------------------------
+def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
+    """``--api-key KEY``; read its value with :func:`api_key_or_env`."""
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"API key or session token for a server with access on (default: ${API_KEY_ENV})",
+    )
+
+
+def api_key_or_env(given: str | None) -> str | None:
+    """``--api-key`` when given, else ``$ANYSTREAM_API_KEY``; None when neither is set (an empty one counts as
+    unset)."""
+    return given or os.environ.get(API_KEY_ENV) or None

@@ -38,6 +38,7 @@ from assistant.decoding.maskgit import UnmaskSchedule, fill_acoustic_levels
 from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES
 from assistant.models.voices import VoiceBank
+from training.optim import adamw, clipped_step, warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -282,20 +283,10 @@ def train_acoustic_decoder(
     valid_sampler = ExampleSampler(valid, cfg_q, mask_id, config, seed=config.seed + 1)
     valid_batches = [valid_sampler.batch(config.batch_size) for _ in range(config.valid_batches)]
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
+    optimizer = adamw(
+        model, lambda name, p: p.dim() >= 2 and "embed" not in name, config.lr, config.weight_decay, (0.9, 0.98)
     )
     expected_steps = 10_000  # re-estimated from the measured step time
-
-    def lr_at(s: int) -> float:
-        if s < config.warmup_steps:
-            return config.lr * (s + 1) / config.warmup_steps
-        progress = min(1.0, (s - config.warmup_steps) / max(1, expected_steps - config.warmup_steps))
-        return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
     def validate() -> dict:
         result = evaluate_batches(model, valid_batches)
@@ -316,13 +307,9 @@ def train_acoustic_decoder(
     eval_s = 0.0  # the last validation pass's duration, kept in reserve at the end of the budget
     while True:
         batch = sampler.batch(config.batch_size)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
         loss, _ = masked_level_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup_steps, expected_steps)
+        clipped_step(optimizer, model, loss, lr, config.grad_clip)
         step += 1
         frames_seen += batch.semantic.numel()
         running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()

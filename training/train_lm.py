@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assistant.models.embedded.lm import LMConfig, build_lm
+from training.optim import adamw, clipped_step, warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,7 @@ def train_lm(
     model = build_lm(lm_config, seed=config.seed)
     _set_attention_dropout(model, config.attention_dropout)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
+    optimizer = adamw(model, lambda name, p: p.dim() >= 2, config.lr, config.weight_decay, (0.9, 0.95))
     budget_s = config.max_minutes * 60.0
     start = time.monotonic()
     step, tokens_seen, epoch = 0, 0, 0
@@ -199,12 +194,6 @@ def train_lm(
     history: list[dict] = []
     stop_reason = "budget"
 
-    def lr_at(s: int) -> float:
-        if s < config.warmup_steps:
-            return config.lr * (s + 1) / config.warmup_steps
-        progress = min(1.0, (s - config.warmup_steps) / max(1, expected_steps - config.warmup_steps))
-        return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
-
     running = 0.0
     done = False
     while not done:
@@ -212,13 +201,9 @@ def train_lm(
         for batch in make_batches(train, config.batch_tokens, rng, lm_config.max_positions):
             ids, attention, labels = collate(train, batch)
             ids = corrupt_user_codes(ids, labels, speech_code_range, config.code_noise, generator)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
             loss, _ = reply_loss(model, ids, attention, labels, config.embed_dropout)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup_steps, expected_steps)
+            clipped_step(optimizer, model, loss, lr, config.grad_clip)
             step += 1
             tokens_seen += int(attention.sum())
             running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()

@@ -19,6 +19,7 @@ fill call and one codec decode.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -188,6 +189,67 @@ def fill_acoustic_levels_batch(
     return torch.cat([semantic[:, None, :], acoustic[:, :, new]], dim=1).cpu()  # [B, n_q, T]
 
 
+class AcousticFill(Protocol):
+    """A decoding strategy over an ``AcousticModel``: semantic ``[t]`` + optional prompt ``[n_q, Tp]`` and context
+    ``[n_q, Tc]`` (fixed frames before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``).
+
+    ``batch`` does the same for B rows of one shape (semantic ``[B, t]``, prompt ``[B, n_q, Tp]`` | None, context
+    ``[B, n_q, Tc]`` | None, one generator per row) -> codes ``[B, n_q, t]``, row b equal to the strategy's call on
+    row b alone: ``ChunkedAcousticDecoder.decode_chunks`` runs a group of equal-shape chunks as one call. A strategy
+    that subclasses this class writes only ``batch``: its call is the batch of one."""
+
+    @abstractmethod
+    def batch(
+        self,
+        model: AcousticModel,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generators: Generators,
+    ) -> Tensor: ...
+
+    def __call__(
+        self,
+        model: AcousticModel,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if semantic.dim() != 1:
+            raise ValueError(f"semantic must be [T], got {tuple(semantic.shape)}")
+        for name, value in (("prompt", prompt), ("context", context)):
+            if value is not None and (value.dim() != 2 or value.shape[0] != model.n_q):
+                raise ValueError(f"{name} must be [n_q={model.n_q}, frames], got {tuple(value.shape)}")
+        one = self.batch(
+            model,
+            semantic[None],
+            None if prompt is None else prompt[None],
+            None if context is None else context[None],
+            [generator],
+        )
+        return one[0]
+
+
+@dataclass(frozen=True)
+class MaskGitFill(AcousticFill):
+    """MaskGIT unmasking (``fill_acoustic_levels_batch``) with ``schedule``: the default strategy."""
+
+    schedule: UnmaskSchedule = UnmaskSchedule()
+
+    def batch(
+        self,
+        model: AcousticModel,
+        semantic: Tensor,
+        prompt: Tensor | None,
+        context: Tensor | None,
+        generators: Generators,
+    ) -> Tensor:
+        return fill_acoustic_levels_batch(
+            model, semantic, prompt=prompt, context=context, schedule=self.schedule, generators=generators
+        )
+
+
 @torch.no_grad()
 def fill_acoustic_levels(
     model: AcousticModel,
@@ -202,80 +264,9 @@ def fill_acoustic_levels(
 
     ``prompt`` ``[n_q, Tp]`` (acoustic prompt) and ``context`` ``[n_q, Tc]`` (previous chunk) are prepended, in that
     order, as fixed frames on every level; only the T new frames are generated and returned. (A batch of one of
-    ``fill_acoustic_levels_batch``.)
+    ``fill_acoustic_levels_batch``: ``MaskGitFill``'s call.)
     """
-    if semantic.dim() != 1:
-        raise ValueError(f"semantic must be [T], got {tuple(semantic.shape)}")
-    n_q = model.n_q
-    for name, value in (("prompt", prompt), ("context", context)):
-        if value is not None and (value.dim() != 2 or value.shape[0] != n_q):
-            raise ValueError(f"{name} must be [n_q={n_q}, frames], got {tuple(value.shape)}")
-    return fill_acoustic_levels_batch(
-        model,
-        semantic[None],
-        prompt=None if prompt is None else prompt[None],
-        context=None if context is None else context[None],
-        schedule=schedule,
-        generators=[generator],
-    )[0]
-
-
-class AcousticFill(Protocol):
-    """A decoding strategy over an ``AcousticModel``: semantic ``[t]`` + optional prompt ``[n_q, Tp]`` and context
-    ``[n_q, Tc]`` (fixed frames before the new ones) -> codes ``[n_q, t]`` on the CPU (row 0 = ``semantic``).
-
-    ``batch`` does the same for B rows of one shape (semantic ``[B, t]``, prompt ``[B, n_q, Tp]`` | None, context
-    ``[B, n_q, Tc]`` | None, one generator per row) -> codes ``[B, n_q, t]``, row b equal to the strategy's call on
-    row b alone: ``ChunkedAcousticDecoder.decode_chunks`` runs a group of equal-shape chunks as one call."""
-
-    def __call__(
-        self,
-        model: AcousticModel,
-        semantic: Tensor,
-        prompt: Tensor | None,
-        context: Tensor | None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor: ...
-
-    def batch(
-        self,
-        model: AcousticModel,
-        semantic: Tensor,
-        prompt: Tensor | None,
-        context: Tensor | None,
-        generators: Generators,
-    ) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class MaskGitFill:
-    """``fill_acoustic_levels`` with ``schedule``: the default strategy."""
-
-    schedule: UnmaskSchedule = UnmaskSchedule()
-
-    def __call__(
-        self,
-        model: AcousticModel,
-        semantic: Tensor,
-        prompt: Tensor | None,
-        context: Tensor | None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        return fill_acoustic_levels(
-            model, semantic, prompt=prompt, context=context, schedule=self.schedule, generator=generator
-        )
-
-    def batch(
-        self,
-        model: AcousticModel,
-        semantic: Tensor,
-        prompt: Tensor | None,
-        context: Tensor | None,
-        generators: Generators,
-    ) -> Tensor:
-        return fill_acoustic_levels_batch(
-            model, semantic, prompt=prompt, context=context, schedule=self.schedule, generators=generators
-        )
+    return MaskGitFill(schedule or UnmaskSchedule())(model, semantic, prompt, context, generator)
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from assistant.decoding.maskgit import UnmaskSchedule
+from assistant.decoding.maskgit import AcousticFill, UnmaskSchedule
 from assistant.models.interfaces import AcousticModel
 
 
@@ -132,30 +132,13 @@ def anygpt_generate(
 
 
 @dataclass(frozen=True)
-class AnyGPTFill:
+class AnyGPTFill(AcousticFill):
     """``AcousticFill`` over ``anygpt_generate``: prompt ``[n_q, Tp]`` and context ``[n_q, Tc]`` (either may be None)
     are joined, in that order, into AnyGPT's acoustic prompt."""
 
     steps: int = 3
     topk_thres: float = 0.7
     greedy: bool = True
-
-    def __call__(
-        self,
-        model: AcousticModel,
-        semantic: Tensor,
-        prompt: Tensor | None,
-        context: Tensor | None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        # semantic [t] -> codes [n_q, t]
-        return self.batch(
-            model,
-            semantic[None],
-            None if prompt is None else prompt[None],
-            None if context is None else context[None],
-            [generator],
-        )[0]
 
     def batch(
         self,

@@ -4,7 +4,8 @@ Every JSON file the models read goes through :func:`read_json_object`: our own m
 (``assistant/assets/embedded/<name>.json``), the generation settings, the voice bank, the vocabulary's
 ``added_tokens.json`` and the hub configs of the AnyGPT family. A config dataclass is built from such an object by
 :func:`config_from_dict`: JSON lists become tuples, a key the dataclass does not have is an error (a field we do not
-know would change the model silently), and so is a value its ``__post_init__`` refuses.
+know would change the model silently), and so is a value its ``__post_init__`` refuses (among them a config of
+another format: :func:`check_format_version`).
 
 Whatever goes wrong (a missing or unreadable file, invalid JSON, an unknown key, a bad value, and, in
 :mod:`assistant.models.checkpoint`, a weights file whose keys or shapes do not match) raises :class:`ConfigError`,
@@ -57,6 +58,13 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], source: str | Path =
         return cls(**fields)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: invalid {cls.__name__}: {exc}") from exc
+
+
+def check_format_version(config: Any) -> None:
+    """For the ``__post_init__`` of a config that is versioned (a ``format_version`` field, and the
+    ``FORMAT_VERSION`` its class reads): ``ValueError`` for a config written in another format."""
+    if config.format_version != config.FORMAT_VERSION:
+        raise ValueError(f"format_version {config.format_version} != supported {config.FORMAT_VERSION}")
 
 
 def read_config(path: str | Path, cls: type[C], **overrides: Any) -> C:

@@ -1,6 +1,7 @@
 """One interface per model role: exactly what the engine, the decoders and the backends read of a model (torch-free).
 
-Roles and their implementations (every one subclasses its interface, so a missing member fails at construction)::
+Roles and their implementations (every one subclasses its interface, so a missing member fails at construction;
+through ``SpeechCodecFromConfig`` and its like, which read the sizes off the implementation's config)::
 
     SpeechCodec     wave <-> [n_q, F] codes     embedded.speech.MelRVQCodec       anygpt.speech.SpeechTokenizer
     AcousticModel   level 1 -> levels 2..n_q    embedded.acoustic.AcousticDecoder anygpt.acoustic.SoundStorm
@@ -20,9 +21,10 @@ left context (the engine sends that many; the chunked decoder trims to it).
 from __future__ import annotations
 
 import logging
+import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, overload, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -182,6 +184,96 @@ class MusicCodec(Protocol):
 
     @abstractmethod
     def encode(self, wave: np.ndarray) -> list[int]: ...
+
+
+# ----- the interface attributes an implementation keeps in its config -----------------------------------------------
+# Every implementation keeps its sizes in a config dataclass (``self.config``) under the interface's names; the
+# ``...FromConfig`` bases read them there, so that an implementation writes only what is its own (``device``, the
+# model itself). Each implementing class declares ``config`` with its own config type.
+T = TypeVar("T")
+
+
+class ConfigAttribute(Generic[T]):
+    """A read-only attribute that is the field (or property) of the same name of the instance's ``config``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Self | T:
+        if instance is None:  # looked up on the class (as abc does when it collects abstract members)
+            return self
+        return getattr(instance.config, self.name)
+
+
+class SpeechCodecFromConfig(SpeechCodec):
+    """A ``SpeechCodec`` whose sizes are its config's."""
+
+    config: Any
+    sample_rate = ConfigAttribute[int]()
+    frame_rate = ConfigAttribute[int]()
+    hop = ConfigAttribute[int]()
+    n_q = ConfigAttribute[int]()
+    codebook_size = ConfigAttribute[int]()
+
+    def num_frames(self, num_samples: int) -> int:
+        """Code frames of a wave of ``num_samples`` samples (frame f centred at sample f * hop)."""
+        return math.ceil(num_samples / self.hop)
+
+
+class AcousticModelFromConfig(AcousticModel):
+    """An ``AcousticModel`` whose sizes are its config's (an ``AcousticLevels``, with ``semantic_vocab``)."""
+
+    config: Any
+    n_q = ConfigAttribute[int]()
+    codebook_size = ConfigAttribute[int]()
+    semantic_vocab = ConfigAttribute[int]()
+    mask_id = ConfigAttribute[int]()
+
+
+class AcousticLevels:
+    """The level layout an acoustic model's config shares with the ``AcousticModel`` interface: ``n_q`` levels of
+    ``codebook_size`` codes, levels 2..n_q predicted, and ``codebook_size`` itself the mask id of each of them."""
+
+    n_q: int
+    codebook_size: int
+
+    def check_levels(self) -> None:
+        """``ValueError`` for a layout with nothing to predict (called by the config's ``__post_init__``)."""
+        if self.n_q < 2:
+            raise ValueError(f"n_q must be >= 2 (level 1 + at least one acoustic level), got {self.n_q}")
+
+    @property
+    def n_acoustic(self) -> int:
+        """Predicted levels (codec levels 2..n_q)."""
+        return self.n_q - 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+
+class ImageCodecFromConfig(ImageCodec):
+    """An ``ImageCodec`` whose sizes are its config's."""
+
+    config: Any
+    tokens_per_image = ConfigAttribute[int]()
+    codebook_size = ConfigAttribute[int]()
+    image_size = ConfigAttribute[int]()
+    input_size = ConfigAttribute[int]()
+
+
+class MusicCodecFromConfig(MusicCodec):
+    """A ``MusicCodec`` whose sizes are its config's."""
+
+    config: Any
+    vocab_size = ConfigAttribute[int]()
+    sample_rate = ConfigAttribute[int]()
 
 
 # ----- the LM runtime -----------------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from assistant import protocol
+from assistant.background import BackgroundTasks
 from assistant.pipeline.outputs import (
     AudioFrame,
     EngineOutput,
@@ -200,7 +201,7 @@ class TurnController:
         self._waiting: _Start | None = None  # at most one start waits behind the turn in progress
         self._starter: asyncio.Task[None] | None = None
         self._next_turn_id = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(label, logger)  # the turns and the starter
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
 
@@ -237,7 +238,7 @@ class TurnController:
             if not replaced.result.done():
                 replaced.result.set_result(-1)
         if self._starter is None or self._starter.done():
-            self._starter = self._spawn(self._start_waiting())
+            self._starter = self._tasks.spawn(self._start_waiting())
         return result
 
     async def start(self, turn: UserTurn) -> int:
@@ -279,7 +280,7 @@ class TurnController:
         self._turn = turn
         self.stats.started += 1
         self._changed()
-        turn.task = self._spawn(self._run(turn, start.turn))
+        turn.task = self._tasks.spawn(self._run(turn, start.turn))
         return turn.turn_id
 
     # ----- stopping them -----
@@ -319,13 +320,7 @@ class TurnController:
         if waiting is not None and not waiting.result.done():
             waiting.result.set_result(-1)
         self.interrupt()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
-            for task in pending:
-                logger.error("%s: a turn task ignored its cancellation: %r", self.label, task)
+        await self._tasks.cancel_all(self.grace_s)
         try:
             await self._engine.close()
         except Exception:
@@ -395,19 +390,6 @@ class TurnController:
             return None
         return lambda: metrics.observe_ttfa(self._clock() - turn.asked_at)
 
-    # ----- tasks -----
-
     def _changed(self) -> None:
         if self._on_turn_change is not None:
             self._on_turn_change()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("%s: a turn task failed", self.label, exc_info=task.exception())

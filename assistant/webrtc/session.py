@@ -46,6 +46,7 @@ from aiortc.sdp import SessionDescription
 
 from assistant import protocol
 from assistant.audio import SAMPLE_RATE
+from assistant.background import BackgroundTasks
 from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadEndpointer
 from assistant.pipeline.outputs import AudioFrame
 from assistant.pipeline.turns import EngineSession, TurnController, new_error_id
@@ -160,7 +161,7 @@ class RtcSession:
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
         self._pending_messages: list[str] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(f"session {self.session_id}", logger)  # the track readers
         self.turns = TurnController(
             engine_session, self, metrics=metrics, on_turn_change=self._turn_changed, label=f"session {self.session_id}"
         )
@@ -344,13 +345,7 @@ class RtcSession:
         close_task = self._close_task
         if close_task is not None and not close_task.done() and close_task is not asyncio.current_task():
             close_task.cancel()  # it only waits for its message to leave, then for this very shutdown
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=_TASK_CANCEL_GRACE_S)
-            for task in pending:
-                logger.error("session %s: a task ignored its cancellation: %r", self.session_id, task)
+        await self._tasks.cancel_all(_TASK_CANCEL_GRACE_S)
         self.track.stop()
         if self._pc is not None:
             try:
@@ -368,15 +363,7 @@ class RtcSession:
         if self._closed:
             coro.close()
             return None
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("session %s: task failed", self.session_id, exc_info=task.exception())
+        return self._tasks.spawn(coro)
 
     # ----- events out (the reply sink) -----
 

@@ -43,12 +43,13 @@ from torch import Tensor, nn
 
 from assistant.models.checkpoint import check_floating, check_state_dict, read_torch_state_dict
 from assistant.models.config_io import ConfigError
-from assistant.models.interfaces import AcousticModel
+from assistant.models.interfaces import AcousticLevels, AcousticModelFromConfig
+from assistant.modules.acoustic_inputs import check_inputs, level_indices
 from assistant.modules.conformer import ChanLayerNorm, Conformer
 
 
 @dataclass(frozen=True)
-class SoundStormConfig:
+class SoundStormConfig(AcousticLevels):
     """Configuration of ``SoundStorm``; the defaults are AnyGPT's (``SoundStormConfig.anygpt()``).
 
     n_q: total RVQ levels of the codec; level 1 is the condition, ``n_q - 1`` levels are predicted.
@@ -78,8 +79,7 @@ class SoundStormConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_q < 2:
-            raise ValueError(f"n_q must be >= 2 (level 1 + at least one acoustic level), got {self.n_q}")
+        self.check_levels()
         for name in ("codebook_size", "semantic_vocab"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
@@ -103,15 +103,6 @@ class SoundStormConfig:
             codebook_size=32, semantic_vocab=32, dim=32, depth=2, heads=2, dim_head=16, conv_kernel=5
         )
         return cls(**(fields | overrides))
-
-    @property
-    def n_acoustic(self) -> int:
-        """Predicted levels (codec levels 2..n_q)."""
-        return self.n_q - 1
-
-    @property
-    def mask_id(self) -> int:
-        return self.codebook_size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,8 +161,10 @@ class SoundStormNet(nn.Module):
 # The model
 
 
-class SoundStorm(nn.Module, AcousticModel):
+class SoundStorm(nn.Module, AcousticModelFromConfig):
     """AnyGPT's SoundStorm behind the ``AcousticModel`` interface."""
+
+    config: SoundStormConfig
 
     def __init__(self, config: SoundStormConfig | None = None) -> None:
         super().__init__()
@@ -211,40 +204,16 @@ class SoundStorm(nn.Module, AcousticModel):
                 uniform_(module.weight, module.weight.shape[1])
                 uniform_(module.bias, module.weight.shape[1])
 
-    # ----- AcousticModel ----------------------------------------------------------------------------------------
-    @property
-    def n_q(self) -> int:
-        return self.config.n_q
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def semantic_vocab(self) -> int:
-        return self.config.semantic_vocab
-
-    @property
-    def mask_id(self) -> int:
-        return self.config.mask_id
-
+    # ----- AcousticModel (the sizes are the config's) -----------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.semantic_token_emb.weight.device
 
-    def _check_inputs(self, semantic: Tensor, acoustic: Tensor) -> None:
-        cfg = self.config
-        if semantic.dim() != 2:
-            raise ValueError(f"semantic must be [B, T], got {tuple(semantic.shape)}")
-        batch, length = semantic.shape
-        if acoustic.shape != (batch, cfg.n_acoustic, length):
-            raise ValueError(f"acoustic must be [B={batch}, {cfg.n_acoustic}, T={length}], got {tuple(acoustic.shape)}")
-
     def trunk(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
         """semantic ``[B, T]`` in [0, semantic_vocab); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id) ->
         conformer output ``[B, T, D]``."""
-        self._check_inputs(semantic, acoustic)
         cfg = self.config
+        check_inputs(semantic, acoustic, cfg.n_acoustic)
         offsets = torch.arange(cfg.n_acoustic, device=acoustic.device) * (cfg.codebook_size + 1)  # [Q]
         ids = acoustic.long().transpose(1, 2) + offsets  # [B, T, Q]
         x = self.net.code_embeds(ids).sum(dim=2)  # [B, T, Q, D] -> [B, T, D] (this layout sums like the reference)
@@ -260,10 +229,7 @@ class SoundStorm(nn.Module, AcousticModel):
         """The logits of one predicted level per sequence (0 = codec level 2), for frames ``start..T``:
         ``[B, T - start, K]``, equal to ``forward(semantic, acoustic)[:, start:, level]`` but computing one head."""
         cfg = self.config
-        batch = semantic.shape[0]
-        levels = torch.as_tensor(level, dtype=torch.long, device=semantic.device).expand(batch)  # [B]
-        if int(levels.min()) < 0 or int(levels.max()) >= cfg.n_acoustic:
-            raise ValueError(f"level must lie in [0, {cfg.n_acoustic}), got {levels.tolist()}")
+        levels = level_indices(level, semantic.shape[0], cfg.n_acoustic, semantic.device)  # [B]
         x = self.trunk(semantic, acoustic)[:, start:]  # [B, T', D]
         proj = cast(nn.Linear, self.net.heads[0])
         norm, mix = cast(nn.LayerNorm, self.net.to_logits[0]), cast(LevelLinear, self.net.to_logits[2])

@@ -101,7 +101,7 @@ from torch.nn import functional as F
 
 from assistant.models.checkpoint import check_floating, check_state_dict, read_torch_state_dict
 from assistant.models.config_io import ConfigError
-from assistant.models.interfaces import ImageCodec, fit_token_count
+from assistant.models.interfaces import ImageCodecFromConfig, fit_token_count
 
 logger = logging.getLogger(__name__)
 
@@ -783,13 +783,15 @@ class SeedImageCodecConfig:
     input_size: int = 224
 
 
-class SeedImageCodec(nn.Module, ImageCodec):
+class SeedImageCodec(nn.Module, ImageCodecFromConfig):
     """SEED tokenizer + unCLIP renderer behind the ``ImageCodec`` interface.
 
     ``decode_png(codes, strict=True)``: codes -> embedding -> renderer -> PNG bytes; a wrong count follows
     ``fit_token_count`` (``strict=False`` pads with the last code or truncates). ``encode(pixels)``: uint8
     ``[H, W, 3]`` -> codes. Only the tokenizer is a submodule: ``.to()`` does not move the diffusers pipeline.
     """
+
+    config: SeedImageCodecConfig  # the interface's sizes
 
     def __init__(self, tokenizer: SeedImageTokenizer, renderer: UnclipRenderer | None = None) -> None:
         super().__init__()
@@ -798,22 +800,6 @@ class SeedImageCodec(nn.Module, ImageCodec):
         tok = tokenizer.config
         side = renderer.image_size if renderer is not None else UnclipRenderConfig().image_size
         self.config = SeedImageCodecConfig(tok.num_queries, tok.codebook_size, side, tok.input_size)
-
-    @property
-    def tokens_per_image(self) -> int:
-        return self.config.tokens_per_image
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.input_size
 
     def _codes(self, codes: list[int], strict: bool) -> Tensor:
         cfg = self.config

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from assistant.audio import SAMPLE_RATE, resample
 from assistant.models.checkpoint import check_state_dict, read_weights
 from assistant.models.config_io import ConfigError, read_json_object
-from assistant.models.interfaces import MusicCodec
+from assistant.models.interfaces import MusicCodecFromConfig
 from assistant.modules.music_tokens import flatten_codes, realign_tokens
 
 if TYPE_CHECKING:  # transformers is imported when a model is built (it takes seconds to import)
@@ -252,13 +252,14 @@ def load_encodec_music(
 
 
 # ----- the codec ----------------------------------------------------------------------------------------------------
-class EncodecMusic(nn.Module, MusicCodec):
+class EncodecMusic(nn.Module, MusicCodecFromConfig):
     """``EncodecModel`` behind the ``MusicCodec`` interface (tokens <-> waves at ``config.sample_rate``).
 
     Build it with ``load_encodec_music``; the constructor takes an already loaded ``EncodecModel`` (tests, or a
     caller that verified its weights otherwise) and checks its config against ``config``.
     """
 
+    config: EncodecMusicConfig
     model: Any  # transformers' EncodecModel, whose forward outputs its stubs type too loosely to use
 
     def __init__(self, model: Any, config: EncodecMusicConfig | None = None) -> None:
@@ -267,14 +268,7 @@ class EncodecMusic(nn.Module, MusicCodec):
         check_encodec_config(model.config, self.config, type(model).__name__)
         self.model = model
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
+    # ----- MusicCodec (the sizes are the config's) --------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

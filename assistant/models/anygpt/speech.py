@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from assistant.models.checkpoint import check_floating, check_state_dict, read_torch_state_dict
 from assistant.models.config_io import ConfigError, config_from_dict, read_json_object
-from assistant.models.interfaces import SpeechCodec
+from assistant.models.interfaces import SpeechCodecFromConfig
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "ckpt.dev"
@@ -486,8 +486,10 @@ class ResidualVQ(nn.Module):
 # ----- the model -------------------------------------------------------------------------------------------------
 
 
-class SpeechTokenizer(nn.Module, SpeechCodec):
+class SpeechTokenizer(nn.Module, SpeechCodecFromConfig):
     """SpeechTokenizer codec: 16 kHz wave <-> ``[n_q, F]`` codes at 50 Hz."""
+
+    config: SpeechTokenizerConfig
 
     def __init__(self, config: SpeechTokenizerConfig | None = None) -> None:
         super().__init__()
@@ -501,33 +503,10 @@ class SpeechTokenizer(nn.Module, SpeechCodec):
         self.quantizer = ResidualVQ(cfg.dimension, cfg.n_q, cfg.codebook_size)
         self.decoder = SEANetDecoder(cfg)
 
-    # ----- interface attributes ---------------------------------------------------------------------------------
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def frame_rate(self) -> int:
-        return self.config.frame_rate
-
-    @property
-    def hop(self) -> int:
-        return self.config.hop
-
-    @property
-    def n_q(self) -> int:
-        return self.config.n_q
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
+    # ----- interface attributes (the sizes are the config's) ----------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.quantizer.codebooks[0].embed.device
-
-    def num_frames(self, num_samples: int) -> int:
-        return math.ceil(num_samples / self.hop)
 
     # ----- codec ------------------------------------------------------------------------------------------------
     @torch.no_grad()

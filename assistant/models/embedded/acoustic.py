@@ -28,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assistant.models.interfaces import AcousticModel
+from assistant.models.config_io import check_format_version
+from assistant.models.interfaces import AcousticLevels, AcousticModelFromConfig
+from assistant.modules.acoustic_inputs import check_inputs, level_indices
 from assistant.modules.rotary import apply_rotary, rotary_angles
 
 
 @dataclass(frozen=True)
-class AcousticDecoderConfig:
+class AcousticDecoderConfig(AcousticLevels):
     """Configuration of ``AcousticDecoder``.
 
     n_q: total RVQ levels of the codec (level 1 is the condition; n_q - 1 levels are predicted).
@@ -60,8 +62,7 @@ class AcousticDecoderConfig:
     format_version: int = 1
 
     def __post_init__(self) -> None:
-        if self.n_q < 2:
-            raise ValueError(f"n_q must be >= 2 (level 1 + at least one acoustic level), got {self.n_q}")
+        self.check_levels()
         if self.codebook_size < 2:
             raise ValueError("codebook_size must be >= 2")
         for name in ("dim", "depth", "heads", "dim_head", "ff_mult", "conv_expansion"):
@@ -71,17 +72,11 @@ class AcousticDecoderConfig:
             raise ValueError(f"dim_head must be even for rotary embeddings, got {self.dim_head}")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
-        if self.format_version != self.FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
+        check_format_version(self)
 
     @property
-    def n_acoustic(self) -> int:
-        """Number of predicted levels (2..n_q)."""
-        return self.n_q - 1
-
-    @property
-    def mask_id(self) -> int:
-        return self.codebook_size
+    def semantic_vocab(self) -> int:
+        return self.codebook_size  # level 1 comes from the same codec
 
 
 class FeedForward(nn.Module):
@@ -152,9 +147,10 @@ class ConformerBlock(nn.Module):
         return self.post_norm(x)
 
 
-class AcousticDecoder(nn.Module, AcousticModel):
+class AcousticDecoder(nn.Module, AcousticModelFromConfig):
     """Conformer predicting levels 2..n_q from level 1 and partially masked levels 2..n_q."""
 
+    config: AcousticDecoderConfig
     level_offsets: Tensor  # [Q]: the first code_embed row of each level (buffer)
 
     def __init__(self, config: AcousticDecoderConfig | None = None) -> None:
@@ -192,33 +188,14 @@ class AcousticDecoder(nn.Module, AcousticModel):
                     std = 0.02 if "embed" in name else fan_in**-0.5
                     normal_(param, std)
 
-    # ----- AcousticModel ----------------------------------------------------------------------------------------
-    @property
-    def n_q(self) -> int:
-        return self.config.n_q
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def semantic_vocab(self) -> int:
-        return self.config.codebook_size  # level 1 comes from the same codec
-
-    @property
-    def mask_id(self) -> int:
-        return self.config.mask_id
-
+    # ----- AcousticModel (the sizes are the config's) -----------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.head_weight.device
 
     def trunk(self, semantic: Tensor, acoustic: Tensor) -> Tensor:
         """semantic ``[B, T]`` in [0, K); acoustic ``[B, n_q - 1, T]`` in [0, K] (K = mask id) -> ``[B, T, D]``."""
-        cfg = self.config
-        batch, length = semantic.shape
-        if acoustic.shape != (batch, cfg.n_acoustic, length):
-            raise ValueError(f"acoustic must be [B={batch}, {cfg.n_acoustic}, T={length}], got {tuple(acoustic.shape)}")
+        check_inputs(semantic, acoustic, self.config.n_acoustic)
         ids = acoustic + self.level_offsets[None, :, None]  # [B, Q, T]
         x = self.code_embed(ids).sum(dim=1)  # [B, T, D]
         x = x + self.semantic_embed(semantic)  # [B, T, D]
@@ -248,10 +225,7 @@ class AcousticDecoder(nn.Module, AcousticModel):
         one level per sequence).
         """
         cfg = self.config
-        batch = semantic.shape[0]
-        levels = torch.as_tensor(level, dtype=torch.long, device=semantic.device).expand(batch)  # [B]
-        if int(levels.min()) < 0 or int(levels.max()) >= cfg.n_acoustic:
-            raise ValueError(f"level must lie in [0, {cfg.n_acoustic}), got {levels.tolist()}")
+        levels = level_indices(level, semantic.shape[0], cfg.n_acoustic, semantic.device)  # [B]
         x = self.trunk(semantic, acoustic)[:, start:]  # [B, T', D]
         weight = self.head_proj.weight.view(cfg.n_acoustic, cfg.dim, cfg.dim)[levels]  # [B, D_out, D_in]
         bias = self.head_proj.bias.view(cfg.n_acoustic, cfg.dim)[levels]  # [B, D]

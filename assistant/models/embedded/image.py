@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.interfaces import ImageCodec, fit_token_count
+from assistant.models.config_io import check_format_version
+from assistant.models.interfaces import ImageCodecFromConfig, fit_token_count
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,11 @@ class ImageCodecConfig:
                 f"image_size / grid / pixel_shuffle must be a power of two, got {self.image_size} / {self.grid} "
                 f"/ {self.pixel_shuffle}"
             )
-        if self.format_version != self.FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
+        check_format_version(self)
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size  # pictures are read at the size they are drawn
 
     @property
     def grid(self) -> int:
@@ -110,9 +114,10 @@ class ResBlock(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
-class ImageDetokenizer(nn.Module, ImageCodec):
+class ImageDetokenizer(nn.Module, ImageCodecFromConfig):
     """VQ autoencoder: ``encode`` pictures to codes, ``decode_png`` codes to pictures (see the module docstring)."""
 
+    config: ImageCodecConfig
     codebook: Tensor  # [K, D] (buffer: trained by EMA, not by gradient)
 
     def __init__(self, config: ImageCodecConfig | None = None) -> None:
@@ -154,23 +159,6 @@ class ImageDetokenizer(nn.Module, ImageCodec):
                     fan_in = param[0].numel() if not name.startswith("up.") else param.shape[0] * 4
                     normal_(param, (2.0 / fan_in) ** 0.5)
             normal_(self.codebook, 1.0)
-
-    # ----- ImageCodec -------------------------------------------------------------------------------------------
-    @property
-    def tokens_per_image(self) -> int:
-        return self.config.tokens_per_image
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.image_size  # pictures are read at the size they are drawn
 
     # ----- continuous parts (used by training too) -----------------------------------------------------------------
     def encode_latents(self, images: Tensor) -> Tensor:

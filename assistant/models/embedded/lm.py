@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from assistant.models.config_io import check_format_version
+
 
 @dataclass(frozen=True)
 class LMConfig:
@@ -62,8 +64,7 @@ class LMConfig:
             raise ValueError(f"num_heads {self.num_heads} not divisible by num_kv_heads {self.num_kv_heads}")
         if self.rope_theta <= 0 or self.rms_eps <= 0:
             raise ValueError("rope_theta and rms_eps must be positive")
-        if self.format_version != self.FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
+        check_format_version(self)
 
     @property
     def head_dim(self) -> int:

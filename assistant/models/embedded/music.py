@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.interfaces import MusicCodec
+from assistant.models.config_io import check_format_version
+from assistant.models.interfaces import MusicCodecFromConfig
 from assistant.modules.music_tokens import flatten_codes, unflatten_tokens
 from assistant.modules.quantization import residual_quantize
 from assistant.modules.spectral import STFT
@@ -64,8 +65,7 @@ class MusicCodecConfig:
             raise ValueError("log_floor must be positive")
         if self.griffin_lim_iters < 0 or not 0.0 <= self.griffin_lim_momentum < 1.0:
             raise ValueError("griffin_lim_iters must be >= 0 and griffin_lim_momentum in [0, 1)")
-        if self.format_version != self.FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
+        check_format_version(self)
 
     @property
     def hop(self) -> int:
@@ -81,9 +81,10 @@ class MusicCodecConfig:
         return self.n_codebooks * self.codebook_size
 
 
-class MusicDetokenizer(nn.Module, MusicCodec):
+class MusicDetokenizer(nn.Module, MusicCodecFromConfig):
     """Log-magnitude residual VQ with Griffin-Lim decoding; the only state is ``codebooks [L, K, n_freq]``."""
 
+    config: MusicCodecConfig
     codebooks: Tensor  # [L, K, n_freq] (buffer)
 
     def __init__(self, config: MusicCodecConfig | None = None) -> None:
@@ -91,15 +92,6 @@ class MusicDetokenizer(nn.Module, MusicCodec):
         self.config = cfg = config or MusicCodecConfig()
         self.stft = STFT(cfg.n_fft, cfg.hop)
         self.register_buffer("codebooks", self._random_codebooks())  # [L, K, n_freq]
-
-    # ----- MusicCodec -------------------------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
 
     def _random_codebooks(self) -> Tensor:
         """Level 0: decaying harmonic spectra at random pitches (so an unfitted codec still plays tones);

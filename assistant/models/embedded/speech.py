@@ -15,7 +15,6 @@ seeded random until fitted (``training/fit_speech_codec.py: fit_speech_codebooks
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -23,7 +22,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from assistant.models.interfaces import SpeechCodec
+from assistant.models.config_io import check_format_version
+from assistant.models.interfaces import SpeechCodecFromConfig
 from assistant.modules.quantization import residual_quantize
 from assistant.modules.spectral import STFT, htk_mel_filterbank
 
@@ -95,8 +95,7 @@ class MelCodecConfig:
             raise ValueError("silence_margin and level1_range must be positive")
         if not 0.0 <= self.griffin_lim_momentum < 1.0:
             raise ValueError("griffin_lim_momentum must be in [0, 1)")
-        if self.format_version != self.FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} != supported {self.FORMAT_VERSION}")
+        check_format_version(self)
 
     @property
     def frame_rate(self) -> int:
@@ -111,9 +110,10 @@ class MelCodecConfig:
         return self.sample_rate / 2.0
 
 
-class MelRVQCodec(nn.Module, SpeechCodec):
+class MelRVQCodec(nn.Module, SpeechCodecFromConfig):
     """Log-mel residual-VQ codec with Griffin-Lim decoding (no neural network, seeded random codebooks until fit)."""
 
+    config: MelCodecConfig
     mel_filterbank: Tensor  # [M, n_freq] (derived buffer)
     mel_pinv: Tensor  # [n_freq, M] (derived buffer)
     codebooks: Tensor  # [n_q, K, M] (buffer: the codec's only state)
@@ -131,27 +131,7 @@ class MelRVQCodec(nn.Module, SpeechCodec):
         # The only state: the residual codebooks.
         self.register_buffer("codebooks", self._random_codebooks())  # [n_q, K, M]
 
-    # ----- interface attributes ---------------------------------------------------------------------------------
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def frame_rate(self) -> int:
-        return self.config.frame_rate
-
-    @property
-    def hop(self) -> int:
-        return self.config.hop
-
-    @property
-    def n_q(self) -> int:
-        return self.config.n_q
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
+    # ----- interface attributes (the sizes are the config's) ----------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.codebooks.device
@@ -173,9 +153,6 @@ class MelRVQCodec(nn.Module, SpeechCodec):
         return torch.stack(books).to(torch.get_default_device())  # [n_q, K, M]
 
     # ----- analysis ---------------------------------------------------------------------------------------------
-    def num_frames(self, num_samples: int) -> int:
-        return math.ceil(num_samples / self.config.hop)
-
     def log_mel(self, wave: Tensor) -> Tensor:
         """float wave ``[T]`` -> log-mel ``[F, n_mels]`` with ``F = ceil(T / hop)`` (frame f centred at f*hop)."""
         if wave.dim() != 1:
