@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from assistant.pipeline.backends import LMBackend
+from assistant.pipeline.backends import LMBackend, LMLimits
 
 PREFIX = "anystream"
 # Seconds from the end of the user's turn to the first answer audio; dense below 2 s where the targets are.
@@ -281,7 +281,7 @@ class _DeploymentStatsCollector:
             _, entry = self._latest[(deployment, self._replica(stats))]
             entry[name] = ("gauge", help_text, value)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         now = time.monotonic()
         families: dict[str, Any] = {}
         with self._lock:
@@ -297,7 +297,7 @@ class _DeploymentStatsCollector:
                 family.add_metric([replica], value)
         yield from families.values()
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         # Nothing to declare: the families appear once a stats dict has arrived (and registering never collects).
         return []
 
@@ -309,7 +309,7 @@ class CountingLMBackend(LMBackend):
         self.inner = inner
         self.metrics = metrics
 
-    async def limits(self):
+    async def limits(self) -> LMLimits | None:
         return await self.inner.limits()  # the engine sizes its prompts by the wrapped LM
 
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:

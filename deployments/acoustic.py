@@ -65,7 +65,7 @@ class AcousticDecoderDeployment(ReadinessProbe):
         stats = self._acoustic.stats()
         return {LOAD_METRIC: float(stats.queue_depth + stats.in_flight)}
 
-    def __del__(self):
+    def __del__(self) -> None:
         close = getattr(getattr(self, "_acoustic", None), "close", None)
         if callable(close):
             close()

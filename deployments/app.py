@@ -28,13 +28,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from assistant.access import AccessConfig
 from assistant.models.loading import ModelSpec
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "embedded.yaml"
@@ -248,7 +251,7 @@ def load_config(yaml_path: str | Path) -> ServeSettings:
     )
 
 
-def build_app(args: AppArgs | dict[str, Any] | None = None):
+def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     """The Serve application: Gateway over SpeechTokenizer, LM, AcousticDecoder and MediaDecoder deployments."""
     from deployments.acoustic import AcousticDecoderDeployment
     from deployments.common import as_deployment

@@ -313,5 +313,5 @@ class Gateway:
             )
         return self._reply(request, 200, {"closed": session_id})
 
-    async def __del__(self):
+    async def __del__(self) -> None:  # Serve awaits it when the replica stops
         await self.sessions.close_all()

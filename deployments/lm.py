@@ -54,7 +54,7 @@ class LMDeployment(ReadinessProbe):
         stats = self.stats()
         return {LOAD_METRIC: float(stats.get("active_slots", 0) + stats.get("waiting", 0))}
 
-    def __del__(self):
+    def __del__(self) -> None:
         close = getattr(getattr(self, "_lm", None), "close", None)
         if callable(close):
             close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from assistant.models.bundle import MODEL_NAMES, check_parts
 from assistant.models.config_io import config_from_dict
@@ -27,8 +27,17 @@ if TYPE_CHECKING:
     from assistant.lm_engine import LMEngineConfig
     from assistant.models.bundle import ModelBundle
     from assistant.models.voices import VoiceBank
-    from assistant.pipeline.backends import Backends
+    from assistant.pipeline.backends import (
+        AcousticBackend,
+        Backends,
+        LMBackend,
+        MediaBackend,
+        SpeechEncoderBackend,
+    )
+    from assistant.pipeline.local import LocalAcousticBackend, LocalMediaBackend, LocalSpeechEncoder
     from assistant.vocab import UnifiedVocab
+
+    RoleBackend = SpeechEncoderBackend | LMBackend | AcousticBackend | MediaBackend
 
 MODEL_FAMILIES = ("embedded", "anygpt")
 LM_ENGINES = ("transformers", "vllm")
@@ -123,7 +132,7 @@ def _check_role(role: str) -> None:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
 
 
-def _vllm_backend(spec: ModelSpec):
+def _vllm_backend(spec: ModelSpec) -> LMBackend:
     from assistant.models.anygpt.lm import generation_settings
     from assistant.pipeline.vllm_lm import VLLMBackend, VLLMEngineOptions, start_vllm_engine
     from assistant.vocab import UnifiedVocab
@@ -135,7 +144,7 @@ def _vllm_backend(spec: ModelSpec):
 
 def _role_backend(
     bundle: ModelBundle, spec: ModelSpec, role: str, lm_batching: LMEngineConfig | None, context_frames: int
-):
+) -> RoleBackend:
     from assistant.pipeline import local
 
     if role == "speech":
@@ -148,13 +157,33 @@ def _role_backend(
     return local.LocalMediaBackend(bundle)
 
 
+@overload
+def load_role(
+    spec: ModelSpec, role: Literal["speech"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+) -> LocalSpeechEncoder: ...
+@overload
+def load_role(
+    spec: ModelSpec, role: Literal["lm"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+) -> LMBackend: ...
+@overload
+def load_role(
+    spec: ModelSpec, role: Literal["acoustic"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+) -> LocalAcousticBackend: ...
+@overload
+def load_role(
+    spec: ModelSpec, role: Literal["media"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+) -> LocalMediaBackend: ...
+@overload
+def load_role(
+    spec: ModelSpec, role: str, *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+) -> RoleBackend: ...
 def load_role(
     spec: ModelSpec,
     role: str,
     *,
     lm_batching: LMEngineConfig | None = None,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
-):
+) -> RoleBackend:
     """The in-process backend of ``role`` ("speech", "lm", "acoustic" or "media") over just the models it needs:
     a ``SpeechEncoderBackend``, ``LMBackend``, ``AcousticBackend`` or ``MediaBackend``. ``lm_batching`` configures
     the batched LM engine of role "lm" (slots, waiting places; None: its defaults; vLLM ignores it);
@@ -170,16 +199,19 @@ def load_backends(
 ) -> Backends:
     """All four backends in this process, over one bundle that holds every model once (the codec the speech
     encoder and the acoustic decoder share is loaded once). The vLLM LM engine loads its own weights."""
+    from assistant.pipeline import local
     from assistant.pipeline.backends import Backends
 
     vllm = spec.lm_engine == "vllm"
     roles = [role for role in ROLES if not (vllm and role == "lm")]
     parts = tuple(dict.fromkeys(part for role in roles for part in ROLE_PARTS[role]))
     bundle = load_models(spec, parts)
-    backends = {role: _role_backend(bundle, spec, role, lm_batching, context_frames) for role in roles}
-    if vllm:
-        backends["lm"] = _vllm_backend(spec)
-    return Backends(**backends)
+    return Backends(
+        speech=local.LocalSpeechEncoder(bundle),
+        lm=_vllm_backend(spec) if vllm else local.LocalLMBackend(bundle, seed=spec.seed, engine_config=lm_batching),
+        acoustic=local.LocalAcousticBackend(bundle, context_frames=context_frames, seed=spec.seed),
+        media=local.LocalMediaBackend(bundle),
+    )
 
 
 def load_vocab_and_voices(spec: ModelSpec) -> tuple[UnifiedVocab, VoiceBank | None]:

@@ -268,7 +268,12 @@ class AcousticBatcher:
             self._answer(loop, group, results, error)
 
     @staticmethod
-    def _answer(loop: asyncio.AbstractEventLoop, group: list[_Pending], results, error: BaseException | None) -> None:
+    def _answer(
+        loop: asyncio.AbstractEventLoop,
+        group: list[_Pending],
+        results: list[tuple[Tensor, Tensor]] | None,
+        error: BaseException | None,
+    ) -> None:
         def deliver() -> None:
             for index, pending in enumerate(group):
                 if pending.future.done():  # the caller was cancelled meanwhile
@@ -276,6 +281,7 @@ class AcousticBatcher:
                 if error is not None:
                     pending.future.set_exception(error)
                 else:
+                    assert results is not None  # without an error the decoder answered every request
                     pending.future.set_result(results[index])
 
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is waiting any more

@@ -34,7 +34,7 @@ class BackendUnavailableError(RuntimeError):
         self.role = role
         self.detail = detail
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[BackendUnavailableError], tuple[str, str]]:
         # raised inside a Ray replica it travels pickled; the default would call __init__ with the message alone
         return type(self), (self.role, self.detail)
 

@@ -174,7 +174,14 @@ class LocalAcousticBackend(AcousticBackend):
         return self.add_voice(prompt)
 
     # ----- decoding
-    async def decode_chunk(self, semantic, context, voice, prompt=None, seed: int | None = None):
+    async def decode_chunk(
+        self,
+        semantic: np.ndarray,
+        context: np.ndarray | None,
+        voice: str | None,
+        prompt: np.ndarray | None = None,
+        seed: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """See ``AcousticBackend.decode_chunk``; ``seed`` (default: drawn from the backend's seed) seeds this chunk's
         generator."""
         if prompt is not None:
@@ -205,7 +212,7 @@ class LocalAcousticBackend(AcousticBackend):
         self.batcher.close()
 
 
-def _long_tensor(a) -> torch.Tensor | None:
+def _long_tensor(a: np.ndarray | None) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(np.array(a, dtype=np.int64))
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
 from assistant.pipeline.backends import LMBackend, LMLimits
 from assistant.vocab import Modality, UnifiedVocab
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
 
 
 class AsyncTokenEngine(Protocol):
@@ -72,7 +75,9 @@ def start_vllm_engine(options: VLLMEngineOptions) -> AsyncTokenEngine:
     return AsyncLLM.from_engine_args(args)
 
 
-def vllm_sampling_params(settings: SamplingSettings, max_tokens: int, stop_ids: frozenset[int], seed: int | None):
+def vllm_sampling_params(
+    settings: SamplingSettings, max_tokens: int, stop_ids: frozenset[int], seed: int | None
+) -> SamplingParams:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -104,7 +109,7 @@ class VLLMBackend(LMBackend):
         vocab: UnifiedVocab,
         settings: GenerationSettings,
         seed: int | None = 0,
-        make_params=vllm_sampling_params,
+        make_params: Callable[[SamplingSettings, int, frozenset[int], int | None], Any] = vllm_sampling_params,
         max_model_len: int | None = None,
     ) -> None:
         """``max_model_len``: positions per request, when known; None reads it from the engine's model config."""

@@ -150,7 +150,7 @@ def to_module_naming(tensors: dict[str, Tensor], source: str | Path = "state dic
 def check_encodec_config(hub: EncodecConfig, settings: EncodecMusicConfig, source: str | Path) -> None:
     """An ``EncodecConfig`` must describe the codec ``settings`` asks for; else ``ConfigError`` naming the field."""
 
-    def fail(field: str, got, want: str) -> None:
+    def fail(field: str, got: object, want: str) -> None:
         raise ConfigError(f"{source}: key {field!r} is {got!r}, expected {want}")
 
     if hub.use_conv_shortcut:
