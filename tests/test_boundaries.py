@@ -25,6 +25,7 @@ TORCH_FREE = (
     "assistant.access",
     "assistant.anystream_cli",
     "assistant.audio",
+    "assistant.background",
     "assistant.cli",
     "assistant.decoding",
     "assistant.dispatch",

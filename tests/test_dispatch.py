@@ -1,6 +1,7 @@
 import typing
 
 import pytest
+from protocol_samples import SERVER_MESSAGES
 
 from assistant import protocol
 from assistant.dispatch import ServerMessageHandler, dispatch
@@ -16,19 +17,7 @@ class Recorder(ServerMessageHandler):
         return object.__getattribute__(self, name)
 
 
-SAMPLES = [
-    protocol.Ready(session_id="s", sample_rate=16000),
-    protocol.SpeechStarted(),
-    protocol.SpeechStopped(duration_s=1.0),
-    protocol.TurnStarted(turn_id=1),
-    protocol.Transcript(turn_id=1, delta="hi"),
-    protocol.TextDelta(turn_id=1, delta="hello"),
-    protocol.ImageReady(turn_id=1, index=0, width=2, height=2, png_base64=""),
-    protocol.MusicReady(turn_id=1, index=0, duration_s=2.0),
-    protocol.Interrupted(turn_id=1),
-    protocol.TurnEnd(turn_id=1),
-    protocol.ErrorEvent(message="x"),
-]
+SAMPLES = SERVER_MESSAGES  # one of every server message type
 
 
 def test_every_server_message_type_has_one_handler_method():

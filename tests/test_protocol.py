@@ -1,46 +1,21 @@
 import base64
 import json
+import typing
 
 import pytest
+from protocol_samples import SERVER_MESSAGES
 
 from assistant import protocol as p
 
 
 def test_server_messages_round_trip():
-    messages = [
-        p.Ready(session_id="s1", sample_rate=16000),
-        p.SpeechStarted(),
-        p.SpeechStopped(duration_s=1.25),
-        p.TurnStarted(turn_id=3),
-        p.Transcript(turn_id=3, delta="what is"),
-        p.TextDelta(turn_id=3, delta="héllo ✓"),
-        p.ImageReady(turn_id=3, index=0, width=64, height=64, png_base64="iVBORw0KGgo="),
-        p.MusicReady(turn_id=3, index=0, duration_s=2.0),
-        p.Interrupted(turn_id=3),
-        p.TurnEnd(turn_id=3, reason=p.FinishReason.INTERRUPTED.value),
-        p.ErrorEvent(message="bad", turn_id=None),
-    ]
-    for message in messages:
+    assert {type(m) for m in SERVER_MESSAGES} == set(typing.get_args(p.ServerMessage))  # one of every type
+    for message in SERVER_MESSAGES:
         assert p.parse_server_message(p.to_json(message)) == message
 
 
 def test_every_server_event_kind_has_a_message_class():
-    kinds = {
-        json.loads(p.to_json(m))["type"]
-        for m in [
-            p.Ready("s", 16000),
-            p.SpeechStarted(),
-            p.SpeechStopped(0.1),
-            p.TurnStarted(1),
-            p.Transcript(1, ""),
-            p.TextDelta(1, ""),
-            p.ImageReady(1, 0, 1, 1, ""),
-            p.MusicReady(1, 0, 0.1),
-            p.Interrupted(1),
-            p.TurnEnd(1),
-            p.ErrorEvent("x"),
-        ]
-    }
+    kinds = {json.loads(p.to_json(m))["type"] for m in SERVER_MESSAGES}
     assert kinds == {e.value for e in p.ServerEvent}
 
 

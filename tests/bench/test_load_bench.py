@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from PIL import Image
+from serve_process import anystream_serve
 
 from anystream_bench.load import main
 
 pytestmark = pytest.mark.slow  # the committed embedded models end to end, in process, over WebRTC and on Ray
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def finite_positive(value) -> bool:
@@ -74,87 +66,41 @@ def test_two_sessions_in_process_and_over_webrtc_without_ray(tmp_path, capsys):
         assert image.format == "PNG" and image.size == (900, 560)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(900)
 def test_two_sessions_against_anystream_serve_on_ray(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    with open(log_path, "w+") as log:
-        server = subprocess.Popen(
+    with anystream_serve(tmp_path / "server.log") as (url, server):
+        out = tmp_path / "bench.json"
+        code = main(
             [
-                sys.executable,
-                "-c",
-                "import sys; from deployments.app import main; sys.exit(main())",
-                "--config",
-                str(ROOT / "deployments" / "configs" / "embedded.yaml"),
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd=ROOT,
+                "--server",
+                url,
+                "--sessions",
+                "2",
+                "--spread",
+                "0.5",
+                "--ray-procs",
+                "--server-pid",
+                str(server.pid),
+                "--json",
+                str(out),
+            ]
         )
-        try:
-            deadline = time.monotonic() + 240
-            while True:
-                assert server.poll() is None, f"server exited with {server.returncode}"
-                assert time.monotonic() < deadline, "server did not come up in time"
-                if "anystream is serving at" in log_path.read_text():
-                    try:
-                        with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                            if json.loads(response.read())["status"] == "ok":
-                                break
-                    except OSError:
-                        pass
-                time.sleep(1)
-            out = tmp_path / "bench.json"
-            code = main(
-                [
-                    "--server",
-                    url,
-                    "--sessions",
-                    "2",
-                    "--spread",
-                    "0.5",
-                    "--ray-procs",
-                    "--server-pid",
-                    str(server.pid),
-                    "--json",
-                    str(out),
-                ]
-            )
-            assert code == 0
-            report = json.loads(out.read_text())
-            (level,) = report["levels"]
-            check_level(level, "webrtc")
-            summary = level["summary"]
-            assert summary["server_metrics"] and finite_positive(summary["server_ttfa_mean_s"])
-            servers = summary["resources"]["server"]
-            assert any("Gateway" in p["name"] for p in servers), [p["name"] for p in servers]
-            # the gateway's /metrics on Ray: its own figures, and each model deployment's stats or a counted failure
-            with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-                text = response.read().decode()
-            print(text)
-            assert "anystream_time_to_first_audio_seconds_count 2.0" in text
-            assert 'anystream_turns_total{reason="complete"} 2.0' in text
-            for deployment, metric in (("lm", "anystream_lm_"), ("acoustic", "anystream_acoustic_")):
-                assert (metric in text) != (f'anystream_stats_errors_total{{deployment="{deployment}"}}' in text)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-            print(log_path.read_text()[-3000:])
+        assert code == 0
+        report = json.loads(out.read_text())
+        (level,) = report["levels"]
+        check_level(level, "webrtc")
+        summary = level["summary"]
+        assert summary["server_metrics"] and finite_positive(summary["server_ttfa_mean_s"])
+        servers = summary["resources"]["server"]
+        assert any("Gateway" in p["name"] for p in servers), [p["name"] for p in servers]
+        # the gateway's /metrics on Ray: its own figures, and each model deployment's stats or a counted failure
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        print(text)
+        assert "anystream_time_to_first_audio_seconds_count 2.0" in text
+        assert 'anystream_turns_total{reason="complete"} 2.0' in text
+        for deployment, metric in (("lm", "anystream_lm_"), ("acoustic", "anystream_acoustic_")):
+            assert (metric in text) != (f'anystream_stats_errors_total{{deployment="{deployment}"}}' in text)
 
 
 @pytest.mark.timeout(300)

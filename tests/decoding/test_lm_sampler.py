@@ -9,12 +9,12 @@ from assistant.decoding.lm_sampler import (
     ReplyGrammar,
     SamplingSettings,
 )
-from assistant.vocab import Modality, TokenKind, UnifiedVocab, write_embedded_vocab_files
+from assistant.vocab import Modality, TokenKind
 
 
 @pytest.fixture
-def vocab(tmp_path):
-    return UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path, image_codes=8, speech_codes=8, music_codes=8))
+def vocab(make_tiny_vocab):
+    return make_tiny_vocab(8)
 
 
 def test_anygpt_defaults_and_json(tmp_path):

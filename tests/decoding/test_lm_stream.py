@@ -3,33 +3,23 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lm_fixtures import make_tiny_lm
 
 import assistant.decoding.lm_stream as lm_stream
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
 from assistant.decoding.lm_stream import TokenStream
-from assistant.models.embedded.lm import LMConfig, build_lm
 from assistant.prompts import ChatPromptBuilder, UserMessage
-from assistant.vocab import Modality, TokenKind, UnifiedVocab, write_embedded_vocab_files
+from assistant.vocab import Modality, TokenKind
 
 
 @pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tok")
-    return UnifiedVocab.from_dir(write_embedded_vocab_files(d, image_codes=16, speech_codes=16, music_codes=16))
+def vocab(make_tiny_vocab):
+    return make_tiny_vocab(16)
 
 
 @pytest.fixture(scope="module")
 def model(vocab):
-    cfg = LMConfig(
-        vocab_size=vocab.size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        max_positions=256,
-    )
-    return build_lm(cfg, seed=0)
+    return make_tiny_lm(vocab.size)
 
 
 def prompt(vocab, force=None):

@@ -8,13 +8,12 @@ import torch
 
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
 from assistant.decoding.reply_sampling import ReplyState, _top_k_top_p, select_tokens
-from assistant.vocab import Modality, UnifiedVocab, write_embedded_vocab_files
+from assistant.vocab import Modality
 
 
 @pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tok")
-    return UnifiedVocab.from_dir(write_embedded_vocab_files(d, image_codes=8, speech_codes=8, music_codes=8))
+def vocab(make_tiny_vocab):
+    return make_tiny_vocab(8)
 
 
 def _state(vocab, seed=0, **text):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from assistant.audio import OUTPUT_FRAME_SAMPLES
 from assistant.metrics import ServingMetrics
 from assistant.pipeline.outputs import AudioFrame, ReplyTextDelta, TurnFinished
 from assistant.protocol import FinishReason
+from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.manager import RtcSessionManager
 from deployments import gateway
 from deployments.health import HealthMonitor
@@ -63,8 +65,40 @@ class ToneEngine:
         return self.sessions[-1]
 
 
+class FakeRequest:
+    """What the handlers read of a Starlette request: a local caller's headers and the body as a stream."""
+
+    headers = {"host": "127.0.0.1:8000", "content-type": "application/json"}
+
+    def __init__(self, body: dict | bytes = b""):
+        self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    async def stream(self):
+        yield self._body
+
+
+def reply_json(reply) -> tuple[int, dict]:
+    """A handler called directly answers a dict (200) or a Response: (status, JSON body)."""
+    if isinstance(reply, dict):
+        return 200, reply
+    return reply.status_code, json.loads(reply.body)
+
+
+class NullSink:
+    """An edge client's speaker that plays nothing."""
+
+    def write(self, pcm):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
 class BareGateway(SimpleNamespace):
-    """The Gateway's handlers bound to a plain object (no Serve replica)."""
+    """The Gateway's handlers bound to a plain object (no Serve replica, no ASGI wrapper)."""
 
     def __getattr__(self, name):
         return getattr(gateway.Gateway.func_or_class, name).__get__(self)
@@ -129,6 +163,19 @@ async def client_offer() -> tuple[RTCPeerConnection, str]:
     pc.createDataChannel("events")
     await pc.setLocalDescription(await pc.createOffer())
     return pc, pc.localDescription.sdp
+
+
+@contextlib.asynccontextmanager
+async def offering(gw: BareGateway) -> AsyncIterator[str]:
+    """A caller's offer SDP (loopback ICE only) for ``gw``; on the way out every session ``gw`` holds is closed, then
+    the caller."""
+    use_loopback_only()
+    pc, sdp = await client_offer()
+    try:
+        yield sdp
+    finally:
+        await gw.sessions.close_all()
+        await pc.close()
 
 
 def rejected(metrics: ServingMetrics) -> dict[str, float]:

@@ -7,8 +7,7 @@ import asyncio
 import time
 
 import pytest
-
-from deployments.app import runtime_env, set_ray_environment
+from local_ray import local_serve
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,25 +48,16 @@ async def _wait_for(predicate, timeout: float, what: str) -> float:
 
 
 def test_lm_replicas_rise_under_load_and_fall_after_without_dropping_a_stream():
-    set_ray_environment()
-    import ray
-    from ray import serve
-
     from assistant.prompts import ChatPromptBuilder, UserMessage
     from assistant.vocab import UnifiedVocab
-    from deployments.lm import LMDeployment
 
     vocab = UnifiedVocab.embedded()
     prompt = ChatPromptBuilder(vocab).build(None, UserMessage(text="play a fast major tune and say hello"))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=200 * 1024 * 1024,
-        runtime_env=runtime_env(),
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 18433})
+    with local_serve(18433):
+        from ray import serve
+
+        from deployments.lm import LMDeployment
+
         deployment = LMDeployment.options(
             autoscaling_config=AUTOSCALING,
             max_ongoing_requests=4,
@@ -107,6 +97,3 @@ def test_lm_replicas_rise_under_load_and_fall_after_without_dropping_a_stream():
         outcomes = asyncio.run(scenario())
         assert outcomes["failed"] == []
         assert outcomes["completed"] >= 5
-    finally:
-        serve.shutdown()
-        ray.shutdown()

@@ -11,7 +11,18 @@ import json
 import logging
 
 import pytest
-from offer_fakes import ALICE_KEY, BOB_KEY, KEYS, ToneEngine, asgi_client, bare_gateway, client_offer, rejected
+from offer_fakes import (
+    ALICE_KEY,
+    BOB_KEY,
+    KEYS,
+    NullSink,
+    ToneEngine,
+    asgi_client,
+    bare_gateway,
+    client_offer,
+    offering,
+    rejected,
+)
 
 from assistant.access import AccessConfig, mint_token
 from assistant.webrtc.ice import use_loopback_only
@@ -39,148 +50,147 @@ def assert_refusal(response, status: int, reason: str) -> dict:
 
 def test_every_route_but_health_needs_a_key_when_access_is_on():
     async def main():
-        use_loopback_only()
         gw = bare_gateway(AccessConfig(api_keys=KEYS))
-        pc, sdp = await client_offer()
-        async with asgi_client(gw) as http:
-            response = await http.post("/offer", content=offer_body(sdp), headers=JSON)
-            assert_refusal(response, 401, "unauthorized")
-            assert response.headers["www-authenticate"].startswith("Bearer")
-            assert_refusal(
-                await http.post("/offer", content=offer_body(sdp), headers=auth("not-a-key-at-all!!")),
-                401,
-                "unauthorized",
-            )
-            assert len(gw.sessions) == 0 and not gw.engine.sessions
+        async with offering(gw) as sdp:
+            async with asgi_client(gw) as http:
+                response = await http.post("/offer", content=offer_body(sdp), headers=JSON)
+                assert_refusal(response, 401, "unauthorized")
+                assert response.headers["www-authenticate"].startswith("Bearer")
+                assert_refusal(
+                    await http.post("/offer", content=offer_body(sdp), headers=auth("not-a-key-at-all!!")),
+                    401,
+                    "unauthorized",
+                )
+                assert len(gw.sessions) == 0 and not gw.engine.sessions
 
-            response = await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY))
-            assert response.status_code == 200 and response.json()["type"] == "answer"
-            session_id = response.json()["session_id"]
-            assert gw.sessions.get(session_id).client_id == "alice"
+                response = await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY))
+                assert response.status_code == 200 and response.json()["type"] == "answer"
+                session_id = response.json()["session_id"]
+                assert gw.sessions.get(session_id).client_id == "alice"
 
-            for method, path in (("GET", "/voices"), ("GET", "/metrics"), ("DELETE", f"/sessions/{session_id}")):
-                assert_refusal(await http.request(method, path), 401, "unauthorized")
-            assert (await http.get("/voices", headers=auth(ALICE_KEY))).json() == {"voices": [], "default": None}
-            metrics = await http.get("/metrics", headers=auth(ALICE_KEY))
-            assert metrics.status_code == 200 and "anystream_sessions_created_total 1.0" in metrics.text
-            # /health is for load balancers: the same answer with or without a key
-            open_health, keyed_health = await http.get("/health"), await http.get("/health", headers=auth(ALICE_KEY))
-            assert open_health.status_code == 200 and open_health.json() == keyed_health.json()
+                for method, path in (("GET", "/voices"), ("GET", "/metrics"), ("DELETE", f"/sessions/{session_id}")):
+                    assert_refusal(await http.request(method, path), 401, "unauthorized")
+                assert (await http.get("/voices", headers=auth(ALICE_KEY))).json() == {"voices": [], "default": None}
+                metrics = await http.get("/metrics", headers=auth(ALICE_KEY))
+                assert metrics.status_code == 200 and "anystream_sessions_created_total 1.0" in metrics.text
+                # /health is for load balancers: the same answer with or without a key
+                open_health, keyed_health = (
+                    await http.get("/health"),
+                    await http.get("/health", headers=auth(ALICE_KEY)),
+                )
+                assert open_health.status_code == 200 and open_health.json() == keyed_health.json()
 
-            # a session is ended only by the client that opened it; another one learns nothing
-            assert_refusal(await http.delete(f"/sessions/{session_id}", headers=auth(BOB_KEY)), 404, "not_found")
-            assert len(gw.sessions) == 1
-            closed = await http.delete(f"/sessions/{session_id}", headers=auth(ALICE_KEY))
-            assert closed.json() == {"closed": session_id} and len(gw.sessions) == 0
-        assert rejected(gw.serving_metrics) == {"unauthorized": 2}
-        await gw.sessions.close_all()
-        await pc.close()
+                # a session is ended only by the client that opened it; another one learns nothing
+                assert_refusal(await http.delete(f"/sessions/{session_id}", headers=auth(BOB_KEY)), 404, "not_found")
+                assert len(gw.sessions) == 1
+                closed = await http.delete(f"/sessions/{session_id}", headers=auth(ALICE_KEY))
+                assert closed.json() == {"closed": session_id} and len(gw.sessions) == 0
+            assert rejected(gw.serving_metrics) == {"unauthorized": 2}
 
     asyncio.run(main())
 
 
 def test_session_tokens_are_credentials_until_they_expire():
     async def main():
-        use_loopback_only()
         gw = bare_gateway(AccessConfig(token_secret=SECRET))
-        pc, sdp = await client_offer()
-        async with asgi_client(gw) as http:
-            token = mint_token(SECRET, "carol", ttl_s=3600)
-            response = await http.post("/offer", content=offer_body(sdp), headers=auth(token))
-            assert response.status_code == 200, response.text
-            assert gw.sessions.get(response.json()["session_id"]).client_id == "carol"
-            expired = mint_token(SECRET, "carol", ttl_s=60, now=1_000_000)
-            body = assert_refusal(
-                await http.post("/offer", content=offer_body(sdp), headers=auth(expired)), 401, "unauthorized"
-            )
-            assert "expired" in body["error"]
-            forged = mint_token("f" * 40, "carol", ttl_s=3600)
-            assert_refusal(
-                await http.post("/offer", content=offer_body(sdp), headers=auth(forged)), 401, "unauthorized"
-            )
-        assert len(gw.sessions) == 1
-        await gw.sessions.close_all()
-        await pc.close()
+        async with offering(gw) as sdp:
+            async with asgi_client(gw) as http:
+                token = mint_token(SECRET, "carol", ttl_s=3600)
+                response = await http.post("/offer", content=offer_body(sdp), headers=auth(token))
+                assert response.status_code == 200, response.text
+                assert gw.sessions.get(response.json()["session_id"]).client_id == "carol"
+                expired = mint_token(SECRET, "carol", ttl_s=60, now=1_000_000)
+                body = assert_refusal(
+                    await http.post("/offer", content=offer_body(sdp), headers=auth(expired)), 401, "unauthorized"
+                )
+                assert "expired" in body["error"]
+                forged = mint_token("f" * 40, "carol", ttl_s=3600)
+                assert_refusal(
+                    await http.post("/offer", content=offer_body(sdp), headers=auth(forged)), 401, "unauthorized"
+                )
+            assert len(gw.sessions) == 1
 
     asyncio.run(main())
 
 
 def test_web_pages_need_an_allowed_origin_and_get_cors_answers():
     async def main():
-        use_loopback_only()
         gw = bare_gateway(AccessConfig(api_keys=KEYS, allowed_origins=("https://app.example.com",)))
-        pc, sdp = await client_offer()
-        async with asgi_client(gw) as http:
-            evil = {"origin": "https://evil.example"}
-            assert_refusal(
-                await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY, **evil)),
-                403,
-                "forbidden_origin",
-            )
-            assert (
-                "access-control-allow-origin"
-                not in (await http.get("/voices", headers=auth(ALICE_KEY, **evil))).headers
-            )
-            preflight = await http.options("/offer", headers={**evil, "access-control-request-method": "POST"})
-            assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
-            assert len(gw.sessions) == 0
+        async with offering(gw) as sdp:
+            async with asgi_client(gw) as http:
+                evil = {"origin": "https://evil.example"}
+                assert_refusal(
+                    await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY, **evil)),
+                    403,
+                    "forbidden_origin",
+                )
+                assert (
+                    "access-control-allow-origin"
+                    not in (await http.get("/voices", headers=auth(ALICE_KEY, **evil))).headers
+                )
+                preflight = await http.options("/offer", headers={**evil, "access-control-request-method": "POST"})
+                assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+                assert len(gw.sessions) == 0
 
-            app = {"origin": "https://app.example.com"}
-            preflight = await http.options(
-                "/offer",
-                headers={
-                    **app,
-                    "access-control-request-method": "POST",
-                    "access-control-request-headers": "authorization",
-                },
-            )
-            assert preflight.status_code == 204
-            assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
-            assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
-            response = await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY, **app))
-            assert response.status_code == 200
-            assert response.headers["access-control-allow-origin"] == "https://app.example.com"
-            # the page may read a refusal too, so it can tell its user what went wrong
-            response = await http.post("/offer", content=offer_body(sdp), headers={**JSON, **app})
-            assert response.status_code == 401 and response.headers["access-control-allow-origin"] == app["origin"]
-        assert rejected(gw.serving_metrics) == {"forbidden_origin": 1, "unauthorized": 1}
-        await gw.sessions.close_all()
-        await pc.close()
+                app = {"origin": "https://app.example.com"}
+                preflight = await http.options(
+                    "/offer",
+                    headers={
+                        **app,
+                        "access-control-request-method": "POST",
+                        "access-control-request-headers": "authorization",
+                    },
+                )
+                assert preflight.status_code == 204
+                assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+                assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+                response = await http.post("/offer", content=offer_body(sdp), headers=auth(ALICE_KEY, **app))
+                assert response.status_code == 200
+                assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+                # the page may read a refusal too, so it can tell its user what went wrong
+                response = await http.post("/offer", content=offer_body(sdp), headers={**JSON, **app})
+                assert response.status_code == 401 and response.headers["access-control-allow-origin"] == app["origin"]
+            assert rejected(gw.serving_metrics) == {"forbidden_origin": 1, "unauthorized": 1}
 
     asyncio.run(main())
 
 
 def test_without_access_only_loopback_callers_with_json_get_a_session():
     async def main():
-        use_loopback_only()
         gw = bare_gateway()
-        pc, sdp = await client_offer()
-        async with asgi_client(gw) as http:
-            # any web page may POST text/plain to a local server without asking: such an offer is refused
-            for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
-                headers = {} if content_type is None else {"content-type": content_type}
+        async with offering(gw) as sdp:
+            async with asgi_client(gw) as http:
+                # any web page may POST text/plain to a local server without asking: such an offer is refused
+                for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+                    headers = {} if content_type is None else {"content-type": content_type}
+                    assert_refusal(
+                        await http.post("/offer", content=offer_body(sdp), headers=headers),
+                        415,
+                        "unsupported_media_type",
+                    )
                 assert_refusal(
-                    await http.post("/offer", content=offer_body(sdp), headers=headers), 415, "unsupported_media_type"
+                    await http.post(
+                        "/offer", content=offer_body(sdp), headers={**JSON, "origin": "https://evil.example"}
+                    ),
+                    403,
+                    "forbidden_origin",
                 )
-            assert_refusal(
-                await http.post("/offer", content=offer_body(sdp), headers={**JSON, "origin": "https://evil.example"}),
-                403,
-                "forbidden_origin",
-            )
-            assert len(gw.sessions) == 0 and not gw.engine.sessions
-            response = await http.post(
-                "/offer", content=offer_body(sdp), headers={**JSON, "origin": "http://localhost:5173"}
-            )
-            assert response.status_code == 200
-            assert gw.sessions.get(response.json()["session_id"]).client_id is None  # no per-client limit
-        # DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends that name as Host
-        async with asgi_client(gw, host="rebound.evil.example:8000") as http:
-            assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=JSON), 403, "forbidden_host")
-            assert_refusal(await http.get("/voices"), 403, "forbidden_host")
-        assert len(gw.sessions) == 1
-        assert rejected(gw.serving_metrics) == {"unsupported_media_type": 3, "forbidden_origin": 1, "forbidden_host": 1}
-        await gw.sessions.close_all()
-        await pc.close()
+                assert len(gw.sessions) == 0 and not gw.engine.sessions
+                response = await http.post(
+                    "/offer", content=offer_body(sdp), headers={**JSON, "origin": "http://localhost:5173"}
+                )
+                assert response.status_code == 200
+                assert gw.sessions.get(response.json()["session_id"]).client_id is None  # no per-client limit
+            # DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends that name as Host
+            async with asgi_client(gw, host="rebound.evil.example:8000") as http:
+                assert_refusal(await http.post("/offer", content=offer_body(sdp), headers=JSON), 403, "forbidden_host")
+                assert_refusal(await http.get("/voices"), 403, "forbidden_host")
+            assert len(gw.sessions) == 1
+            assert rejected(gw.serving_metrics) == {
+                "unsupported_media_type": 3,
+                "forbidden_origin": 1,
+                "forbidden_host": 1,
+            }
 
     asyncio.run(main())
 
@@ -270,17 +280,6 @@ def test_a_server_fault_is_a_500_that_tells_only_an_error_id(caplog):
 
 
 # ----- the Ray-free local gateway, with the edge client and the bench client -----
-
-
-class NullSink:
-    def write(self, pcm):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def test_the_local_gateway_admits_the_edge_client_with_a_key_only():

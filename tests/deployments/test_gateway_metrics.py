@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
-from aiortc import RTCPeerConnection
-from offer_fakes import BareGateway, ToneEngine
+from offer_fakes import BareGateway, FakeRequest, NullSink, ToneEngine, offering, reply_json
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import until
@@ -60,38 +58,12 @@ def bare_gateway(max_sessions: int = 2, stats_sources: dict | None = None, repli
     ), engine
 
 
-class FakeRequest:
-    """What the handlers read of a Starlette request: a local caller's headers and the body as a stream."""
-
-    headers = {"host": "127.0.0.1:8000", "content-type": "application/json"}
-
-    def __init__(self, body: dict | bytes = b""):
-        self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
-
-    async def stream(self):
-        yield self._body
-
-
-def reply_json(reply) -> tuple[int, dict]:
-    if isinstance(reply, dict):
-        return 200, reply
-    return reply.status_code, json.loads(reply.body)
-
-
 def parse(text: str) -> dict[tuple[str, tuple], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-async def client_offer() -> tuple[RTCPeerConnection, str]:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("audio", direction="sendrecv")
-    pc.createDataChannel("events")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 LM_STATS = {
@@ -108,73 +80,70 @@ LM_STATS = {
 
 def test_metrics_endpoint_renders_gateway_and_deployment_figures_and_counts_stats_failures():
     async def main():
-        use_loopback_only()
         lm = SimpleNamespace(stats=Stats(LM_STATS))
         hung_acoustic = SimpleNamespace(stats=Stats({"queued": 1}, hang=True))
         gw, _ = bare_gateway(stats_sources={"lm": lm, "acoustic": hung_acoustic}, replica="gw-0")
-        pc, sdp = await client_offer()
-        status, _ = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
-        assert status == 200
-        gw.serving_metrics.observe_ttfa(0.3)
+        async with offering(gw) as sdp:
+            status, _ = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
+            assert status == 200
+            gw.serving_metrics.observe_ttfa(0.3)
 
-        response = await gw.metrics(FakeRequest())  # answered at all: it did not wait for the stats that never come
-        assert response.media_type.startswith("text/plain")
-        s = parse(response.body.decode())
-        assert s[("anystream_active_sessions", ())] == 1
-        assert s[("anystream_sessions_created_total", ())] == 1
-        assert s[("anystream_time_to_first_audio_seconds_count", ())] == 1
-        assert s[("anystream_reply_queue_frames", ())] == 0
-        assert s[("anystream_lm_active_slots", (("replica", "lm-a"),))] == 3
-        assert s[("anystream_lm_slot_occupancy", (("replica", "lm-a"),))] == pytest.approx(3 / 8)
-        assert s[("anystream_lm_step_seconds", (("replica", "lm-a"),))] == pytest.approx(0.009)
-        assert s[("anystream_stats_errors_total", (("deployment", "acoustic"),))] == 1
-        assert ("anystream_stats_errors_total", (("deployment", "lm"),)) not in s
-        assert not [k for k in s if k[0].startswith("anystream_acoustic_")]
-        assert s[("anystream_gateway_info", (("replica", "gw-0"),))] == 1
-        assert s[("process_cpu_seconds_total", ())] > 0
+            response = await gw.metrics(FakeRequest())  # answered at all: it did not wait for the stats that never come
+            assert response.media_type.startswith("text/plain")
+            s = parse(response.body.decode())
+            assert s[("anystream_active_sessions", ())] == 1
+            assert s[("anystream_sessions_created_total", ())] == 1
+            assert s[("anystream_time_to_first_audio_seconds_count", ())] == 1
+            assert s[("anystream_reply_queue_frames", ())] == 0
+            assert s[("anystream_lm_active_slots", (("replica", "lm-a"),))] == 3
+            assert s[("anystream_lm_slot_occupancy", (("replica", "lm-a"),))] == pytest.approx(3 / 8)
+            assert s[("anystream_lm_step_seconds", (("replica", "lm-a"),))] == pytest.approx(0.009)
+            assert s[("anystream_stats_errors_total", (("deployment", "acoustic"),))] == 1
+            assert ("anystream_stats_errors_total", (("deployment", "lm"),)) not in s
+            assert not [k for k in s if k[0].startswith("anystream_acoustic_")]
+            assert s[("anystream_gateway_info", (("replica", "gw-0"),))] == 1
+            assert s[("process_cpu_seconds_total", ())] > 0
 
-        # a deployment without a stats method, one that raises, and one that answers nonsense: skipped and counted
-        gw._stats_sources = {"lm": SimpleNamespace(), "acoustic": SimpleNamespace(stats=Stats(error=RuntimeError()))}
-        s = parse((await gw.metrics(FakeRequest())).body.decode())
-        assert s[("anystream_stats_errors_total", (("deployment", "lm"),))] == 1
-        assert s[("anystream_stats_errors_total", (("deployment", "acoustic"),))] == 2
-        gw._stats_sources = {"lm": SimpleNamespace(stats=Stats({"tokens": "many"}))}
-        s = parse((await gw.metrics(FakeRequest())).body.decode())
-        assert s[("anystream_stats_errors_total", (("deployment", "lm"),))] == 2
-        await gw.sessions.close_all()
-        await pc.close()
+            # a deployment without a stats method, one that raises, and one that answers nonsense: skipped and counted
+            gw._stats_sources = {
+                "lm": SimpleNamespace(),
+                "acoustic": SimpleNamespace(stats=Stats(error=RuntimeError())),
+            }
+            s = parse((await gw.metrics(FakeRequest())).body.decode())
+            assert s[("anystream_stats_errors_total", (("deployment", "lm"),))] == 1
+            assert s[("anystream_stats_errors_total", (("deployment", "acoustic"),))] == 2
+            gw._stats_sources = {"lm": SimpleNamespace(stats=Stats({"tokens": "many"}))}
+            s = parse((await gw.metrics(FakeRequest())).body.decode())
+            assert s[("anystream_stats_errors_total", (("deployment", "lm"),))] == 2
 
     asyncio.run(main())
 
 
 def test_an_offer_beyond_capacity_is_a_503_busy_and_bad_offers_are_400_bad_request():
     async def main():
-        use_loopback_only()
         gw, engine = bare_gateway(max_sessions=1)
-        pc, sdp = await client_offer()
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
-        assert status == 200 and body["type"] == "answer"
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
-        assert status == 503 and body["reason"] == "busy" and "limit of 1" in body["error"]
-        assert len(gw.sessions) == 1 and len(engine.sessions) == 1  # the refused offer left nothing behind
-        status, body = reply_json(await gw.offer(FakeRequest(b"{not json")))
-        assert status == 400 and body["reason"] == "bad_request" and "JSON" in body["error"]
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "answer"})))
-        assert status == 400 and body["reason"] == "bad_request"
-        s = parse(gw.serving_metrics.render().decode())
-        assert s[("anystream_rejected_sessions_total", (("reason", "busy"),))] == 1
-        assert s[("anystream_rejected_sessions_total", (("reason", "bad_request"),))] == 2
-        # a freed place admits the next offer
-        await gw.sessions.close_all()
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
-        assert status == 200
-        # DELETE still ends a session on the replica that holds it; elsewhere it is a 404
-        status, closed = reply_json(await gw.close_session(body["session_id"], FakeRequest()))
-        assert status == 200 and closed == {"closed": body["session_id"]} and len(gw.sessions) == 0
-        status, body = reply_json(await gw.close_session(body["session_id"], FakeRequest()))
-        assert status == 404 and body["reason"] == "not_found"
-        await gw.sessions.close_all()
-        await pc.close()
+        async with offering(gw) as sdp:
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
+            assert status == 200 and body["type"] == "answer"
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
+            assert status == 503 and body["reason"] == "busy" and "limit of 1" in body["error"]
+            assert len(gw.sessions) == 1 and len(engine.sessions) == 1  # the refused offer left nothing behind
+            status, body = reply_json(await gw.offer(FakeRequest(b"{not json")))
+            assert status == 400 and body["reason"] == "bad_request" and "JSON" in body["error"]
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "answer"})))
+            assert status == 400 and body["reason"] == "bad_request"
+            s = parse(gw.serving_metrics.render().decode())
+            assert s[("anystream_rejected_sessions_total", (("reason", "busy"),))] == 1
+            assert s[("anystream_rejected_sessions_total", (("reason", "bad_request"),))] == 2
+            # a freed place admits the next offer
+            await gw.sessions.close_all()
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
+            assert status == 200
+            # DELETE still ends a session on the replica that holds it; elsewhere it is a 404
+            status, closed = reply_json(await gw.close_session(body["session_id"], FakeRequest()))
+            assert status == 200 and closed == {"closed": body["session_id"]} and len(gw.sessions) == 0
+            status, body = reply_json(await gw.close_session(body["session_id"], FakeRequest()))
+            assert status == 404 and body["reason"] == "not_found"
 
     asyncio.run(main())
 
@@ -212,16 +181,6 @@ class RoundRobinProxy:
 def test_two_gateway_replicas_serve_edge_clients_that_hang_up_with_bye():
     from edge_client.audio_io import SilenceSource
     from edge_client.client import EXIT_OK, EdgeClient, EdgeClientConfig
-
-    class NullSink:
-        def write(self, pcm):
-            pass
-
-        def flush(self):
-            pass
-
-        def close(self):
-            pass
 
     async def main():
         use_loopback_only()

@@ -7,17 +7,14 @@ model and no Serve instance is needed.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from aiortc import RTCPeerConnection
+from offer_fakes import BareGateway, FakeRequest, client_offer, offering, reply_json
 
 from assistant.access import AccessConfig
 from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.manager import RtcSessionManager
-from deployments import gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,80 +59,40 @@ class FakeEngine:
         return self.sessions[-1]
 
 
-class FakeRequest:
-    """What the handlers read of a Starlette request: a local caller's headers and the body as a stream."""
-
-    headers = {"host": "127.0.0.1:8000", "content-type": "application/json"}
-
-    def __init__(self, body: dict | bytes = b""):
-        self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
-
-    async def stream(self):
-        yield self._body
-
-
-class BareGateway(SimpleNamespace):
-    """The Gateway's handlers bound to a plain object (no Serve replica, no ASGI wrapper)."""
-
-    def __getattr__(self, name):
-        handler = getattr(gateway.Gateway.func_or_class, name)
-        return handler.__get__(self)
-
-
 def bare_gateway(voices) -> tuple[BareGateway, FakeEngine]:
     engine = FakeEngine(voices)
     sessions = RtcSessionManager(engine.new_session, max_sessions=2, voices=engine.voices)
     return BareGateway(engine=engine, sessions=sessions, access=AccessConfig(), serving_metrics=None), engine
 
 
-async def client_offer() -> tuple[RTCPeerConnection, str]:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("audio", direction="sendrecv")
-    pc.createDataChannel("events")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
-
-
-def reply_json(reply) -> tuple[int, dict]:
-    if isinstance(reply, dict):
-        return 200, reply
-    return reply.status_code, json.loads(reply.body)
-
-
 def test_unknown_voice_is_a_400_that_lists_the_voices_and_leaves_no_session():
     async def main():
-        use_loopback_only()
         gw, engine = bare_gateway(FakeVoiceBank())
-        pc, sdp = await client_offer()
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "tenor"})))
-        assert status == 400
-        assert "unknown voice 'tenor'" in body["error"] and "alto, bass" in body["error"]
-        assert len(gw.sessions) == 0 and not engine.sessions
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "Bad Name"})))
-        assert status == 400 and "lowercase" in body["error"] and len(gw.sessions) == 0
+        async with offering(gw) as sdp:
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "tenor"})))
+            assert status == 400
+            assert "unknown voice 'tenor'" in body["error"] and "alto, bass" in body["error"]
+            assert len(gw.sessions) == 0 and not engine.sessions
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "Bad Name"})))
+            assert status == 400 and "lowercase" in body["error"] and len(gw.sessions) == 0
 
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "bass"})))
-        assert status == 200 and body["type"] == "answer"
-        session = gw.sessions.get(body["session_id"])
-        assert session is not None and session.voice == "bass" and engine.sessions[0].voice == "bass"
-        await gw.sessions.close_all()
-        await pc.close()
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "bass"})))
+            assert status == 200 and body["type"] == "answer"
+            session = gw.sessions.get(body["session_id"])
+            assert session is not None and session.voice == "bass" and engine.sessions[0].voice == "bass"
 
     asyncio.run(main())
 
 
 def test_a_voice_offered_to_models_without_a_bank_is_a_400():
     async def main():
-        use_loopback_only()
         gw, engine = bare_gateway(None)
-        pc, sdp = await client_offer()
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "alto"})))
-        assert status == 400 and "'alto'" in body["error"] and "no voice bank" in body["error"]
-        assert len(gw.sessions) == 0 and not engine.sessions
-        status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
-        assert status == 200 and gw.sessions.get(body["session_id"]).voice is None
-        await gw.sessions.close_all()
-        await pc.close()
+        async with offering(gw) as sdp:
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer", "voice": "alto"})))
+            assert status == 400 and "'alto'" in body["error"] and "no voice bank" in body["error"]
+            assert len(gw.sessions) == 0 and not engine.sessions
+            status, body = reply_json(await gw.offer(FakeRequest({"sdp": sdp, "type": "offer"})))
+            assert status == 200 and gw.sessions.get(body["session_id"]).voice is None
 
     asyncio.run(main())
 

@@ -11,7 +11,7 @@ import random
 import re
 
 import pytest
-from offer_fakes import ALICE_KEY, KEYS, asgi_client, bare_gateway, client_offer, rejected
+from offer_fakes import ALICE_KEY, KEYS, asgi_client, bare_gateway, offering, rejected
 
 from assistant.access import AccessConfig
 from assistant.webrtc.ice import use_loopback_only
@@ -148,68 +148,63 @@ def assert_refusal(name: str, response) -> None:
 
 def test_hostile_offers_are_4xx_and_leave_nothing_behind():
     async def main():
-        use_loopback_only()
         gw = bare_gateway()
-        pc, sdp = await client_offer()
-        bodies = hostile_bodies(random.Random(SEED), sdp)
-        assert len(bodies) >= 280
-        async with asgi_client(gw) as http:
-            for name, body in bodies:
-                assert_refusal(name, await http.post("/offer", content=body, headers=JSON))
-            assert len(gw.sessions) == 0 and all(s.closed for s in gw.engine.sessions)
-            counts = rejected(gw.serving_metrics)
-            assert sum(counts.values()) == len(bodies) and counts.get("too_large") == 2
-            # the same server still answers a real offer
-            response = await http.post("/offer", content=offer(sdp), headers=JSON)
-            assert response.status_code == 200 and response.json()["type"] == "answer"
-            assert len(gw.sessions) == 1
-        await gw.sessions.close_all()
-        await pc.close()
+        async with offering(gw) as sdp:
+            bodies = hostile_bodies(random.Random(SEED), sdp)
+            assert len(bodies) >= 280
+            async with asgi_client(gw) as http:
+                for name, body in bodies:
+                    assert_refusal(name, await http.post("/offer", content=body, headers=JSON))
+                assert len(gw.sessions) == 0 and all(s.closed for s in gw.engine.sessions)
+                counts = rejected(gw.serving_metrics)
+                assert sum(counts.values()) == len(bodies) and counts.get("too_large") == 2
+                # the same server still answers a real offer
+                response = await http.post("/offer", content=offer(sdp), headers=JSON)
+                assert response.status_code == 200 and response.json()["type"] == "answer"
+                assert len(gw.sessions) == 1
 
     asyncio.run(main())
 
 
 def test_hostile_credentials_and_origins_are_4xx():
     async def main():
-        use_loopback_only()
         rng = random.Random(SEED + 1)
         gw = bare_gateway(
             AccessConfig(api_keys=KEYS, token_secret="s" * 40, allowed_origins=("https://app.example.com",))
         )
-        pc, sdp = await client_offer()
-        values = [bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 30, 200, 5000]))) for _ in range(60)]
-        values += [b"Bearer " + v for v in values[:30]]
-        values += [
-            b"Bearer "
-            + b".".join(
-                bytes(rng.choice(b"AZaz09-_=+/") for _ in range(rng.randint(0, 60))) for _ in range(rng.randint(1, 4))
-            )
-            for _ in range(40)
-        ]
-        values += [
-            b"Bearer " + ALICE_KEY.encode()[:-1],
-            b"Bearer " + ALICE_KEY.encode() + b"\x00",
-            b"Bearer",
-            b"bearer\t" + ALICE_KEY.encode() + b"x",
-            b"Basic " + ALICE_KEY.encode(),
-        ]
-        async with asgi_client(gw) as http:
-            for value in values:
-                response = await http.post("/offer", content=offer(sdp), headers={**JSON, "authorization": value})
-                assert_refusal(repr(value[:40]), response)
-                assert response.status_code == 401, value[:40]
-            for _ in range(40):
-                origin = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 80)))
-                headers = {**JSON, "authorization": f"Bearer {ALICE_KEY}", "origin": origin}
-                response = await http.post("/offer", content=offer(sdp), headers=headers)
-                assert_refusal(repr(origin[:40]), response)
-            assert len(gw.sessions) == 0
-            response = await http.post(
-                "/offer", content=offer(sdp), headers={**JSON, "authorization": f"Bearer {ALICE_KEY}"}
-            )
-            assert response.status_code == 200 and len(gw.sessions) == 1
-        await gw.sessions.close_all()
-        await pc.close()
+        async with offering(gw) as sdp:
+            values = [bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 30, 200, 5000]))) for _ in range(60)]
+            values += [b"Bearer " + v for v in values[:30]]
+            values += [
+                b"Bearer "
+                + b".".join(
+                    bytes(rng.choice(b"AZaz09-_=+/") for _ in range(rng.randint(0, 60)))
+                    for _ in range(rng.randint(1, 4))
+                )
+                for _ in range(40)
+            ]
+            values += [
+                b"Bearer " + ALICE_KEY.encode()[:-1],
+                b"Bearer " + ALICE_KEY.encode() + b"\x00",
+                b"Bearer",
+                b"bearer\t" + ALICE_KEY.encode() + b"x",
+                b"Basic " + ALICE_KEY.encode(),
+            ]
+            async with asgi_client(gw) as http:
+                for value in values:
+                    response = await http.post("/offer", content=offer(sdp), headers={**JSON, "authorization": value})
+                    assert_refusal(repr(value[:40]), response)
+                    assert response.status_code == 401, value[:40]
+                for _ in range(40):
+                    origin = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 80)))
+                    headers = {**JSON, "authorization": f"Bearer {ALICE_KEY}", "origin": origin}
+                    response = await http.post("/offer", content=offer(sdp), headers=headers)
+                    assert_refusal(repr(origin[:40]), response)
+                assert len(gw.sessions) == 0
+                response = await http.post(
+                    "/offer", content=offer(sdp), headers={**JSON, "authorization": f"Bearer {ALICE_KEY}"}
+                )
+                assert response.status_code == 200 and len(gw.sessions) == 1
 
     asyncio.run(main())
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from local_ray import local_serve
 
-from deployments.app import DEFAULT_CONFIG, AppArgs, build_app, load_config, runtime_env, set_ray_environment
+from deployments.app import DEFAULT_CONFIG, AppArgs, build_app, load_config
 
 PORT = 18431
 
@@ -45,24 +46,11 @@ def test_gpu_config_for_the_anygpt_family_parses_and_fits_one_gpu():
 
 @pytest.fixture(scope="module")
 def serve_url():
-    set_ray_environment()
-    import ray
-    from ray import serve
+    with local_serve(PORT):
+        from ray import serve
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=200 * 1024 * 1024,
-        runtime_env=runtime_env(),
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         serve.run(build_app(AppArgs()), name="anystream", route_prefix="/")
         yield f"http://127.0.0.1:{PORT}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.mark.slow

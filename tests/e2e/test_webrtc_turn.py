@@ -9,12 +9,8 @@ plausible length, a picture when one is asked for). How often they are right: te
 """
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -22,65 +18,15 @@ import pytest
 import soundfile
 from e2e_checks import assert_domain_sentence, assert_speech_length, audible_seconds
 from PIL import Image
+from serve_process import anystream_serve
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, server: subprocess.Popen, log, timeout_s: float) -> None:
-    """Until the server printed its URL (every deployment is up) and answers /health."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited early with code {server.returncode}")
-        log.seek(0)
-        if "anystream is serving at" in log.read():
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                assert json.loads(response.read())["status"] == "ok"
-            return
-        time.sleep(1)
-    raise AssertionError("server did not come up in time")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from deployments.app import main; sys.exit(main())",
-            "--config",
-            "deployments/configs/embedded.yaml",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log, timeout_s=180)
+    with anystream_serve(tmp_path_factory.mktemp("server") / "server.log", ready_timeout_s=180) as (url, _):
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.seek(0)
-        tail = log.read()[-3000:]
-        log.close()
-        print(tail)
 
 
 def run_edge_client(server: str, out, *args: str) -> dict:

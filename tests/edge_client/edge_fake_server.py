@@ -253,3 +253,17 @@ async def run_client(server: FakeServer, tmp_path, source, sink=None, **settings
     client = EdgeClient(config, source, sink if sink is not None else DirectorySink(out), stdout=stdout, stderr=stderr)
     code = await client.run()
     return code, client, stdout.getvalue(), stderr.getvalue(), out
+
+
+async def serve_and_call(server: FakeServer, tmp_path, source, sink=None, **settings):
+    """``run_client`` with ``server`` started for the call and stopped after it (whatever happened)."""
+    await server.start()
+    try:
+        return await run_client(server, tmp_path, source, sink, **settings)
+    finally:
+        await server.stop()
+
+
+def call_server(server: FakeServer, tmp_path, source, sink=None, **settings):
+    """``serve_and_call`` on a fresh event loop: (exit code, client, stdout, stderr, output folder)."""
+    return asyncio.run(serve_and_call(server, tmp_path, source, sink, **settings))

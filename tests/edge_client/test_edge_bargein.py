@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from edge_fake_server import FakeServer, noise_file, run_client, tone_hz
+from edge_fake_server import FakeServer, call_server, noise_file, tone_hz
 from waiting import until
 
 from edge_client.audio_io import FileSource
@@ -55,17 +55,11 @@ def test_speaking_over_the_answer_makes_the_server_interrupt_and_the_client_cut_
     # burst 1 -> turn 1 with a long (3 s) 440 Hz tone; burst 2 starts while it plays -> the server's VAD interrupts
     # turn 1 (and, lagging, still sends 0.3 s of its tone); burst 2 gets turn 2 (660 Hz), whose end ends the session.
     sink = RecordingSink()
-
-    async def main():
-        server = FakeServer(tone_frames=[150, 10], frames_after_interrupt=15)
-        await server.start()
-        try:
-            source = FileSource(noise_file(tmp_path, seconds=0.6, gap_s=1.6), lead_silence_s=0.2, tail_silence_s=1.0)
-            return await run_client(server, tmp_path, source, sink=sink, timeout=15, handle_signals=False), server
-        finally:
-            await server.stop()
-
-    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    server = FakeServer(tone_frames=[150, 10], frames_after_interrupt=15)
+    source = FileSource(noise_file(tmp_path, seconds=0.6, gap_s=1.6), lead_silence_s=0.2, tail_silence_s=1.0)
+    code, client, stdout, stderr, out = call_server(
+        server, tmp_path, source, sink=sink, timeout=15, handle_signals=False
+    )
     assert code == EXIT_OK, stderr
     # the server decided the barge-in; the client did not ask for it
     assert server.interrupts == [(1, "speech")]

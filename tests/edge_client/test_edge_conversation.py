@@ -79,6 +79,7 @@ def test_the_interrupted_reply_is_flushed_and_its_late_audio_played_as_silence()
     talk.handle(server(protocol.TurnStarted(turn_id=1)))
     talk.playback.write(LOUD)
     assert not sink.last_is_silent()
+    clock.t += 0.5
     talk.user_started_speaking()  # the client's VAD: the console hears it, the playback does not
     talk.playback.write(LOUD)
     assert sink.flushes == 0 and not sink.last_is_silent() and not sent
@@ -87,11 +88,15 @@ def test_the_interrupted_reply_is_flushed_and_its_late_audio_played_as_silence()
     talk.playback.write(LOUD)  # turn 1's audio, still on its way
     assert sink.last_is_silent() and talk.playback.stale_frames == 1
     talk.handle(server(protocol.TurnEnd(turn_id=1, reason="interrupted")))
+    assert answered == []  # the user spoke after turn 1 started: turn 1 does not answer what was said
     talk.playback.write(LOUD)
     assert sink.last_is_silent()
+    clock.t += 0.5
     talk.handle(server(protocol.TurnStarted(turn_id=2)))  # the newer turn's audio plays
     talk.playback.write(LOUD)
     assert not sink.last_is_silent() and sink.flushes == 1
+    talk.handle(server(protocol.TurnEnd(turn_id=2)))
+    assert answered == ["turn 2 ended (complete)"]  # the turn started after the user spoke answers it
     assert talk.recording.barge_ins == 1
     assert "listening…" in out.getvalue() and "[assistant interrupted]" in out.getvalue()
 
@@ -121,7 +126,7 @@ def test_stale_audio_is_bounded_when_no_turn_follows():
 
 
 def test_ready_sends_the_picture_question_and_turn_end_answers_it(tmp_path):
-    talk, sink, sent, answered, out, clock = conversation(tmp_path, image=tiny_png(), text="what?", voice="alto")
+    talk, _, sent, answered, out, clock = conversation(tmp_path, image=tiny_png(), text="what?", voice="alto")
     talk.channel_open()
     talk.handle(server(protocol.Ready(session_id="s", sample_rate=16000, voice="alto", voices=["alto", "bass"])))
     assert [type(m).__name__ for m in sent] == ["Hello", "ImageMessage"] and sent[1].text == "what?"
@@ -137,6 +142,9 @@ def test_ready_sends_the_picture_question_and_turn_end_answers_it(tmp_path):
     assert (tmp_path / "image_1_0.png").read_bytes() == tiny_png()
     assert talk.recording.reply_text == {1: "A red square."} and talk.recording.transcripts == {1: "what?"}
     assert talk.recording.events[-2]["png_bytes"] == len(tiny_png())
+    # times are on the recording's clock since the call started: the picture went at ready, the answer came 1 s on
+    assert talk.recording.images_sent[0]["t"] == 0.0
+    assert [e["t"] for e in talk.recording.events] == [0.0] + [1.0] * 5
 
 
 def test_a_malformed_message_is_recorded_and_ignored():

@@ -12,7 +12,7 @@ import socket
 import numpy as np
 import pytest
 import soundfile
-from edge_fake_server import REPLY_DELTAS, FakeServer, noise_file, run_client, tiny_png
+from edge_fake_server import REPLY_DELTAS, FakeServer, call_server, noise_file, serve_and_call, tiny_png
 
 from edge_client.audio_io import DirectorySink, FileSource, SilenceSource
 from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient, EdgeClientConfig
@@ -20,16 +20,9 @@ from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient, E
 
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_file_question_gets_text_image_and_audio(tmp_path):
-    async def main():
-        server = FakeServer(tone_frames=25)
-        await server.start()
-        try:
-            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            return await run_client(server, tmp_path, source, timeout=15, handle_signals=False), server
-        finally:
-            await server.stop()
-
-    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    server = FakeServer(tone_frames=25)
+    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    code, _, stdout, stderr, out = call_server(server, tmp_path, source, timeout=15, handle_signals=False)
     assert code == EXIT_OK, stderr
     # the image is saved byte for byte under its turn/index name
     assert (out / "image_1_0.png").read_bytes() == tiny_png()
@@ -61,38 +54,29 @@ def test_file_question_gets_text_image_and_audio(tmp_path):
 
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_the_client_hangs_up_by_saying_bye_and_the_server_closes(tmp_path):
-    async def main():
-        server = FakeServer(tone_frames=5)
-        await server.start()
-        try:
-            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            result = await run_client(server, tmp_path, source, timeout=15, handle_signals=False, bye_timeout=5.0)
-            return result, server
-        finally:
-            await server.stop()
-
-    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    server = FakeServer(tone_frames=5)
+    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    code, client, _, stderr, out = call_server(
+        server, tmp_path, source, timeout=15, handle_signals=False, bye_timeout=5.0
+    )
     assert code == EXIT_OK, stderr
     assert server.client_messages[-1] == {"type": "bye"}
     byes = [e for e in client.local_events if e["event"] == "bye"]
     assert len(byes) == 1 and byes[0]["acknowledged"] is True  # the server closed the channel, well within 5 s
     hangup = next(e for e in client.local_events if e["event"] == "hangup")
+    assert hangup["reason"] == "turn 1 ended (complete)"  # it hung up because its question was answered
     assert byes[0]["t"] - hangup["t"] < 4.0
+    # session.json is written after the bye: it holds the hang-up and the acknowledged bye, in that order
+    recorded = json.loads((out / "session.json").read_text())["local_events"]
+    assert [e for e in recorded if e["event"] in ("hangup", "bye")] == [hangup, byes[0]]
 
 
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_typed_question_with_silence_source(tmp_path):
-    async def main():
-        server = FakeServer(send_turn=False)
-        await server.start()
-        try:
-            return await run_client(
-                server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5, handle_signals=False
-            ), server
-        finally:
-            await server.stop()
-
-    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    server = FakeServer(send_turn=False)
+    code, _, stdout, stderr, out = call_server(
+        server, tmp_path, SilenceSource(), text="what is this?", timeout=1.5, handle_signals=False
+    )
     # the fake server never answers typed text, so the session times out with its own code and message
     assert code == EXIT_TIMEOUT
     assert "timed out after 1.5 s" in stderr
@@ -102,15 +86,8 @@ def test_typed_question_with_silence_source(tmp_path):
 
 
 def test_http_400_exits_2_with_the_servers_message(tmp_path):
-    async def main():
-        server = FakeServer(reject=True)
-        await server.start()
-        try:
-            return await run_client(server, tmp_path, SilenceSource(), timeout=5, handle_signals=False)
-        finally:
-            await server.stop()
-
-    code, client, stdout, stderr, out = asyncio.run(main())
+    server = FakeServer(reject=True)
+    code, _, _, stderr, out = call_server(server, tmp_path, SilenceSource(), timeout=5, handle_signals=False)
     assert code == EXIT_SERVER
     assert "HTTP 400" in stderr and "offer rejected for the test" in stderr
     assert json.loads((out / "session.json").read_text())["exit_code"] == EXIT_SERVER
@@ -131,19 +108,18 @@ def test_unreachable_server_exits_2(tmp_path):
 
 def test_sigint_closes_cleanly_and_exits_0(tmp_path):
     async def main():
-        server = FakeServer(send_turn=False)
-        await server.start()
-        try:
-            loop = asyncio.get_running_loop()
-            loop.call_later(1.0, os.kill, os.getpid(), signal.SIGINT)
-            return await run_client(server, tmp_path, SilenceSource(), timeout=10, handle_signals=True)
-        finally:
-            await server.stop()
+        asyncio.get_running_loop().call_later(1.0, os.kill, os.getpid(), signal.SIGINT)
+        return await serve_and_call(
+            FakeServer(send_turn=False), tmp_path, SilenceSource(), timeout=10, handle_signals=True
+        )
 
-    code, client, stdout, stderr, out = asyncio.run(main())
-    assert code == EXIT_OK
-    assert "SIGINT" in client.exit_reason
+    code, client, _, stderr, out = asyncio.run(main())
+    assert code == EXIT_OK, stderr
+    assert client.exit_reason == "stopped by SIGINT"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed afterwards
+    summary = json.loads((out / "session.json").read_text())  # the summary is still written on a signal
+    assert summary["exit_code"] == EXIT_OK
+    assert [e["reason"] for e in summary["local_events"] if e["event"] == "hangup"] == ["stopped by SIGINT"]
 
 
 def test_picture_with_a_question_and_a_voice(tmp_path):
@@ -153,25 +129,18 @@ def test_picture_with_a_question_and_a_voice(tmp_path):
 
     picture = tiny_png(4, 4)
 
-    async def main():
-        server = FakeServer(tone_frames=10)
-        await server.start()
-        try:
-            return await run_client(
-                server,
-                tmp_path,
-                SilenceSource(),
-                text="what is in this picture?",
-                image=picture,
-                image_name="cat.png",
-                voice="bass",
-                timeout=15,
-                handle_signals=False,
-            ), server
-        finally:
-            await server.stop()
-
-    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    server = FakeServer(tone_frames=10)
+    code, _, stdout, stderr, out = call_server(
+        server,
+        tmp_path,
+        SilenceSource(),
+        text="what is in this picture?",
+        image=picture,
+        image_name="cat.png",
+        voice="bass",
+        timeout=15,
+        handle_signals=False,
+    )
     assert code == EXIT_OK, stderr
     assert server.offers[0]["voice"] == "bass"
     sent = [m for m in server.client_messages if m["type"] == "image"]
@@ -196,16 +165,11 @@ def test_picture_with_a_question_and_a_voice(tmp_path):
 def test_picture_alone_waits_for_the_spoken_question(tmp_path):
     picture = tiny_png()
 
-    async def main():
-        server = FakeServer(tone_frames=10)
-        await server.start()
-        try:
-            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
-            return await run_client(server, tmp_path, source, image=picture, timeout=15, handle_signals=False), server
-        finally:
-            await server.stop()
-
-    (code, client, stdout, stderr, out), server = asyncio.run(main())
+    server = FakeServer(tone_frames=10)
+    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    code, _, stdout, stderr, out = call_server(
+        server, tmp_path, source, image=picture, timeout=15, handle_signals=False
+    )
     assert code == EXIT_OK, stderr
     (image,) = [m for m in server.client_messages if m["type"] == "image"]
     assert "text" not in image or image["text"] is None
@@ -216,14 +180,9 @@ def test_picture_alone_waits_for_the_spoken_question(tmp_path):
 
 
 def test_unknown_voice_exits_2_with_the_servers_list(tmp_path):
-    async def main():
-        server = FakeServer()
-        await server.start()
-        try:
-            return await run_client(server, tmp_path, SilenceSource(), voice="tenor", timeout=5, handle_signals=False)
-        finally:
-            await server.stop()
-
-    code, client, stdout, stderr, out = asyncio.run(main())
+    server = FakeServer()
+    code, _, _, stderr, _ = call_server(
+        server, tmp_path, SilenceSource(), voice="tenor", timeout=5, handle_signals=False
+    )
     assert code == EXIT_SERVER
     assert "HTTP 400" in stderr and "unknown voice 'tenor'" in stderr and "alto, bass" in stderr

@@ -40,15 +40,15 @@ TINY_ENCODEC = {
 }
 
 
-def write_lm(folder: Path) -> None:
-    import sentencepiece as spm
+def train_sentencepiece(folder: Path, sentences: list[str], vocab_size: int) -> Path:
+    """A BPE ``tokenizer.model`` (and ``tokenizer.vocab``) in ``folder`` with LLaMA's special ids (unk 0, bos 1,
+    eos 2, no pad); returns the model's path."""
+    import sentencepiece as spm  # the [anygpt] extra, installed by `make`
 
-    folder.mkdir(parents=True)
-    sentences = [f"{a} {b}" for a in ("hello", "what is", "draw a", "play a") for b in ("red circle", "tune", "two")]
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences * 8),
+        sentence_iterator=iter(sentences),
         model_prefix=str(folder / "tokenizer"),
-        vocab_size=TEXT_VOCAB,
+        vocab_size=vocab_size,
         model_type="bpe",
         bos_id=1,
         eos_id=2,
@@ -56,6 +56,13 @@ def write_lm(folder: Path) -> None:
         pad_id=-1,
         minloglevel=2,
     )
+    return folder / "tokenizer.model"
+
+
+def write_lm(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    sentences = [f"{a} {b}" for a in ("hello", "what is", "draw a", "play a") for b in ("red circle", "tune", "two")]
+    train_sentencepiece(folder, sentences * 8, TEXT_VOCAB)
     (folder / "tokenizer.vocab").unlink()
     added = anygpt_added_tokens(TEXT_VOCAB)
     config = LlamaConfig(

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from anygpt_fixtures import TINY_ENCODEC
 from safetensors.torch import save_file
 from transformers import EncodecConfig, EncodecModel
 
@@ -33,21 +34,8 @@ from assistant.pipeline.local import LocalMediaBackend
 
 MANIFEST = Path(__file__).resolve().parents[1] / "reference" / "encodec_32khz.json"
 K = 2048  # codes per codebook
-TINY_CONFIG = {  # the hub config's rate, hop, codebooks and shortcut; everything else small
-    "model_type": "encodec",
-    "sampling_rate": 32000,
-    "audio_channels": 1,
-    "codebook_size": K,
-    "codebook_dim": 8,
-    "hidden_size": 8,
-    "num_filters": 2,
-    "num_lstm_layers": 1,
-    "upsampling_ratios": [8, 5, 4, 4],
-    "target_bandwidths": [2.2],
-    "use_conv_shortcut": False,
-    "normalize": False,
-    "chunk_length_s": None,
-}
+TINY_CONFIG = TINY_ENCODEC  # the hub config's rate, hop, codebooks and shortcut; everything else small
+assert TINY_CONFIG["codebook_size"] == K
 
 
 @pytest.fixture(scope="module")

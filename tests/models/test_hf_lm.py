@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from anygpt_fixtures import train_sentencepiece
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -33,23 +34,9 @@ CODES = {
 
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory) -> Path:
-    import sentencepiece as spm  # the [anygpt] extra, installed by `make`
-
-    directory = tmp_path_factory.mktemp("spm")
     words = ["what is two plus three", "draw a red circle", "play a tune", "hello how are you", "the sky is blue"]
     sentences = [f"{a} and {b}" for a in words for b in words] * 4
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=str(directory / "tokenizer"),
-        vocab_size=TEXT_VOCAB,
-        model_type="bpe",
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    return directory / "tokenizer.model"
+    return train_sentencepiece(tmp_path_factory.mktemp("spm"), sentences, TEXT_VOCAB)
 
 
 def tiny_config(vocab_size: int) -> LlamaConfig:

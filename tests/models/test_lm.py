@@ -1,5 +1,6 @@
 import pytest
 import torch
+from lm_fixtures import tiny_lm_config
 
 from assistant.lm_engine.model_runner import supports_slot_decoding
 from assistant.models.embedded.lm import LMConfig, build_lm
@@ -7,15 +8,7 @@ from assistant.models.interfaces import CausalLM
 
 
 def tiny(vocab_size=300):
-    return LMConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        max_positions=128,
-    )
+    return tiny_lm_config(vocab_size, max_positions=128)
 
 
 def test_config_validation():

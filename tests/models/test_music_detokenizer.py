@@ -13,15 +13,6 @@ from training.fit_music_codec import fit_music_codebooks
 MUSIC = MusicCodecConfig(n_codebooks=4, codebook_size=16, n_fft=1024, griffin_lim_iters=4)  # hop 640
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster than two on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tone(seconds: float = 1.0, f0: float = 440.0, rate: int = 16000) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.4 * np.sin(2 * np.pi * f0 * t) * np.minimum(t / 0.01, 1.0)).astype(np.float32)

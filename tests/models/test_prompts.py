@@ -8,7 +8,7 @@ from assistant.prompts import (
     UserMessage,
     is_well_formed_segment,
 )
-from assistant.vocab import Modality, UnifiedVocab, write_embedded_vocab_files
+from assistant.vocab import Modality
 
 SYSTEM = (
     "You are an AI assistant named MMGPT who can understand and generate multimodal content, "
@@ -17,8 +17,8 @@ SYSTEM = (
 
 
 @pytest.fixture
-def vocab(tmp_path):
-    return UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path, image_codes=16, speech_codes=16, music_codes=16))
+def vocab(make_tiny_vocab):
+    return make_tiny_vocab(16)
 
 
 def render(vocab, ids):

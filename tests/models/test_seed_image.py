@@ -53,15 +53,6 @@ SMALL = SeedTokenizerConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster than two on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----- SEED-format state dicts (names written out from seed2/seed_qformer/*.py, not from the module) ----------------
 def lavis_vit_state(cfg: SeedTokenizerConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

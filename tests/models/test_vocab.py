@@ -16,6 +16,8 @@ from assistant.vocab import (
 )
 
 
+# The vocabulary files themselves are under test here (their layout, rewritten copies, what survives a round trip), so
+# these tests write their own instead of using the shared ``tiny_vocab``: distinct sizes per modality, a fresh folder.
 @pytest.fixture
 def small_dir(tmp_path):
     return write_embedded_vocab_files(tmp_path / "tok", image_codes=16, speech_codes=8, music_codes=12)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
+from vocab_fixtures import make_tiny_vocab
 
 from assistant.pipeline.backends import (
     AcousticBackend,
@@ -17,14 +17,16 @@ from assistant.pipeline.backends import (
     UnknownVoiceKeyError,
     voice_key,
 )
-from assistant.vocab import Modality, UnifiedVocab, write_embedded_vocab_files
+from assistant.vocab import Modality, UnifiedVocab
 
 N_Q = 4
 HOP = 320
+CODES = 64  # codes per modality of the fakes' vocabulary (FakeSpeech's codes are < 64)
 
 
-def make_vocab(tmp_path: Path) -> UnifiedVocab:
-    return UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path / "tok", 64, 64, 64))
+def make_vocab() -> UnifiedVocab:
+    """The shared tiny vocabulary with ``CODES`` codes per modality (read it, never change it)."""
+    return make_tiny_vocab(CODES)
 
 
 class Script:
@@ -56,7 +58,7 @@ class FakeSpeech(SpeechEncoderBackend):
     async def encode(self, wave):
         self.calls += 1
         frames = max(1, int(np.ceil(len(wave) / HOP)))
-        return np.arange(frames, dtype=np.int64) % 64  # level 1 only: [F]
+        return np.arange(frames, dtype=np.int64) % CODES  # level 1 only: [F]
 
 
 class FakeLM(LMBackend):

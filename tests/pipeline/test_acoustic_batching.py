@@ -57,6 +57,16 @@ async def hold_first_round(batcher: AcousticBatcher, decoder: FakeDecoder, reque
     return task
 
 
+async def queue_behind_a_held_round(
+    batcher: AcousticBatcher, decoder: FakeDecoder, requests: list[ChunkRequest]
+) -> tuple[asyncio.Task, list[asyncio.Task]]:
+    """Holds a round of ``chunk(1)`` in the decoder and queues ``requests`` behind it: (the held one, the queued)."""
+    first = await hold_first_round(batcher, decoder, chunk(1))
+    queued = [asyncio.ensure_future(batcher.decode(r)) for r in requests]
+    await until(lambda: batcher.stats().queue_depth == len(requests))
+    return first, queued
+
+
 async def until(predicate) -> None:
     """Yields to the event loop until ``predicate()`` holds (queued requests need a step to reach the queue)."""
     for _ in range(10_000):
@@ -86,9 +96,7 @@ def test_requests_queued_during_a_round_wait_for_others_up_to_max_batch():
     batcher = AcousticBatcher(decoder, window_s=3600.0, max_batch=3)
 
     async def main():
-        first = await hold_first_round(batcher, decoder, chunk(1))
-        queued = [asyncio.ensure_future(batcher.decode(chunk(tag))) for tag in (2, 3)]
-        await until(lambda: batcher.stats().queue_depth == 2)
+        first, queued = await queue_behind_a_held_round(batcher, decoder, [chunk(2), chunk(3)])
         assert batcher.stats().in_flight == 1
         decoder.gate.set()
         await first
@@ -106,9 +114,7 @@ def test_the_window_bounds_the_wait_of_a_round_that_is_not_full():
     batcher = AcousticBatcher(decoder, window_s=0.02, max_batch=8)
 
     async def main():
-        first = await hold_first_round(batcher, decoder, chunk(1))
-        queued = [asyncio.ensure_future(batcher.decode(chunk(tag))) for tag in (2, 3)]
-        await until(lambda: batcher.stats().queue_depth == 2)
+        first, queued = await queue_behind_a_held_round(batcher, decoder, [chunk(2), chunk(3)])
         decoder.gate.set()
         await asyncio.gather(first, *queued)  # nobody else comes: the round leaves after the window
 
@@ -121,9 +127,7 @@ def test_first_chunks_of_a_turn_go_first():
     batcher = AcousticBatcher(decoder, window_s=0.0, max_batch=2)
 
     async def main():
-        first = await hold_first_round(batcher, decoder, chunk(1))
-        queued = [asyncio.ensure_future(batcher.decode(c)) for c in (chunk(2), chunk(3), chunk(4, first=True))]
-        await until(lambda: batcher.stats().queue_depth == 3)
+        first, queued = await queue_behind_a_held_round(batcher, decoder, [chunk(2), chunk(3), chunk(4, first=True)])
         decoder.gate.set()
         await asyncio.gather(first, *queued)
 
@@ -138,10 +142,8 @@ def test_shape_groups_run_apart_and_an_error_stays_in_its_group():
     batcher = AcousticBatcher(decoder, window_s=0.0, max_batch=8)
 
     async def main():
-        first = await hold_first_round(batcher, decoder, chunk(1))
         requests = [chunk(2, frames=5), chunk(-3, frames=9), chunk(4, frames=5), chunk(5, frames=9)]
-        queued = [asyncio.ensure_future(batcher.decode(r)) for r in requests]
-        await until(lambda: batcher.stats().queue_depth == 4)
+        first, queued = await queue_behind_a_held_round(batcher, decoder, requests)
         decoder.gate.set()
         await first
         return await asyncio.gather(*queued, return_exceptions=True)
@@ -157,10 +159,7 @@ def test_a_cancelled_request_is_dropped_before_it_runs():
     batcher = AcousticBatcher(decoder, window_s=0.0, max_batch=8)
 
     async def main():
-        first = await hold_first_round(batcher, decoder, chunk(1))
-        gone = asyncio.ensure_future(batcher.decode(chunk(2)))
-        kept = asyncio.ensure_future(batcher.decode(chunk(3)))
-        await until(lambda: batcher.stats().queue_depth == 2)
+        first, (gone, kept) = await queue_behind_a_held_round(batcher, decoder, [chunk(2), chunk(3)])
         gone.cancel()
         await until(lambda: batcher.stats().queue_depth == 1)
         decoder.gate.set()

@@ -66,7 +66,7 @@ def test_chat_writes_every_kind_of_output_from_the_turn_controllers_messages(tmp
     import assistant.cli as cli
     from assistant.vocab import Modality
 
-    vocab = make_vocab(tmp_path)
+    vocab = make_vocab()
     s = Script(vocab)
     script = (
         [vocab.ins_id]
@@ -102,7 +102,7 @@ def test_chat_exits_1_when_the_turn_fails(tmp_path, monkeypatch, capsys):
 
     import assistant.cli as cli
 
-    vocab = make_vocab(tmp_path)
+    vocab = make_vocab()
     backends, *_ = make_backends(FakeLM(Script(vocab).text("ok") + [vocab.eos_id], fail_after=0))
     monkeypatch.setattr(cli, "load_vocab_and_voices", lambda spec: (vocab, None))
     monkeypatch.setattr(cli, "load_backends", lambda spec: backends)

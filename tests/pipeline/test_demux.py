@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vocab_fixtures import make_tiny_vocab
 
 from assistant.pipeline.demux import (
     ImageSegment,
@@ -16,7 +17,7 @@ from assistant.pipeline.demux import (
     Stop,
     TextPiece,
 )
-from assistant.vocab import ByteTextTokenizer, Modality, UnifiedVocab, embedded_added_tokens
+from assistant.vocab import Modality
 
 SP, IM, MU = Modality.SPEECH, Modality.IMAGE, Modality.MUSIC
 CODES_PER_MODALITY = 8  # few codes, so that random ids land on codes, starts and ends often
@@ -24,13 +25,8 @@ EXTRA_IDS = 3  # ids past the added tokens that the vocabulary counts but assign
 SETTINGS = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def tiny_vocab() -> UnifiedVocab:
-    text = ByteTextTokenizer()
-    added = embedded_added_tokens(text.vocab_size, CODES_PER_MODALITY, CODES_PER_MODALITY, CODES_PER_MODALITY)
-    return UnifiedVocab(text, added, vocab_size=max(added.values()) + 1 + EXTRA_IDS)
-
-
-VOCAB = tiny_vocab()  # immutable once built; hypothesis tests cannot take function-scoped fixtures
+# read only; module level, as hypothesis tests cannot take function-scoped fixtures
+VOCAB = make_tiny_vocab(CODES_PER_MODALITY, extra_ids=EXTRA_IDS)
 RULES = SegmentRules(image_codes=4, music_codebooks=3)
 
 

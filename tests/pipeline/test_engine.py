@@ -25,8 +25,8 @@ SP, IM, MU = Modality.SPEECH, Modality.IMAGE, Modality.MUSIC
 
 
 @pytest.fixture
-def vocab(tmp_path):
-    return make_vocab(tmp_path)
+def vocab():
+    return make_vocab()
 
 
 def run(coro):
@@ -43,12 +43,13 @@ def speech_turn():
 
 def test_routes_every_modality(vocab):
     s = Script(vocab)
+    speech_codes = list(range(30))
     script = (
         [vocab.ins_id]
         + s.text("what is it")
         + [vocab.res_id]
         + s.text(" héllo")
-        + s.seg(SP, range(30))
+        + s.seg(SP, speech_codes)
         + s.seg(IM, [1, 2, 3])
         + s.text(" and")
         + s.seg(MU, [4, 5, 6, 7])
@@ -69,7 +70,14 @@ def test_routes_every_modality(vocab):
     sp = vocab.range_of(SP)
     assert sp.start_id in lm.prompts[0] and sp.end_id in lm.prompts[0]
     speech_frames = [o for o in outputs if isinstance(o, AudioFrame) and o.source == "speech"]
-    assert len(speech_frames) == 30  # 30 codec frames -> 30 x 20 ms (the fade tail is part of the last)
+    # every speech code the LM produced was decoded once, in order, in the default chunk plan (10, then 25 at most)
+    assert np.concatenate(acoustic.chunks).tolist() == speech_codes
+    first, size = EngineConfig().first_chunk_frames, EngineConfig().chunk_frames
+    rest = range(len(speech_codes) - first, 0, -size)  # frames left after each chunk
+    assert [c.size for c in acoustic.chunks] == [first, *(min(size, n) for n in rest)]
+    assert acoustic.contexts[0] is None and acoustic.voices_used == [None] * len(acoustic.chunks)
+    # one 20 ms frame per codec frame (the fade tail is part of the last)
+    assert len(speech_frames) == len(speech_codes)
     assert all(f.pcm.shape == (OUTPUT_FRAME_SAMPLES,) and f.pcm.dtype == np.int16 for f in speech_frames)
     assert np.abs(speech_frames[0].pcm).max() > 1000
     assert np.abs(speech_frames[-1].pcm[-3:]).max() < 100  # faded out at the end
@@ -140,7 +148,8 @@ def test_first_audio_before_lm_finishes(vocab):
 
 def test_interrupt_mid_speech_then_next_turn(vocab):
     s = Script(vocab)
-    lm = FakeLM(s.seg(SP, [i % 64 for i in range(200)]) + [vocab.eos_id], chunk=1, pause_after=60)
+    codes = [i % 64 for i in range(200)]
+    lm = FakeLM(s.seg(SP, codes) + [vocab.eos_id], chunk=1, pause_after=60)
 
     async def main():
         backends, _, acoustic, _ = make_backends(lm)
@@ -156,9 +165,17 @@ def test_interrupt_mid_speech_then_next_turn(vocab):
         assert len(session.conversation.turns) == 1
         partial = session.conversation.turns[0].assistant.token_ids
         assert 0 < len(partial) < 200 and partial[0] == vocab.range_of(SP).start_id
+        # what was decoded is a prefix of the codes the LM produced before the interrupt: three frames were played,
+        # so at least the first chunk; nothing past the codes kept in the history
+        decoded = np.concatenate(acoustic.chunks).tolist()
+        produced = vocab.ids_to_codes(SP, partial[1:])
+        assert EngineConfig().first_chunk_frames <= len(decoded) <= len(produced)
+        assert decoded == produced[: len(decoded)] == codes[: len(decoded)]
+        chunks_decoded = len(acoustic.chunks)
 
         lm.script, lm.pause_after = s.text("ok") + [vocab.eos_id], None
         second = await collect(session.respond(UserTurn(text="again")))
+        assert len(acoustic.chunks) == chunks_decoded  # the interrupted reply decodes nothing more; "ok" is text
         return outputs, after_interrupt, second, session
 
     outputs, after_interrupt, second, session = run(main())

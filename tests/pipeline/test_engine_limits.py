@@ -23,8 +23,8 @@ SP, MU = Modality.SPEECH, Modality.MUSIC
 
 
 @pytest.fixture
-def vocab(tmp_path):
-    return make_vocab(tmp_path)
+def vocab():
+    return make_vocab()
 
 
 def run(coro):

@@ -9,7 +9,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from deployments.app import AppArgs, build_app, runtime_env, set_ray_environment
+from local_ray import local_serve
+
+from deployments.app import AppArgs, build_app
 
 APP = "anystream"
 
@@ -27,20 +29,10 @@ def health(url: str) -> dict:
 def serving(port: int, args: dict, ready_timeout_s: float = 120.0) -> Iterator[str]:
     """Runs the app built from ``args`` (``AppArgs`` fields) on 127.0.0.1:``port``; yields its URL once ``/health``
     says ok, and shuts Serve and Ray down afterwards."""
-    set_ray_environment()
-    import ray
-    from ray import serve
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=200 * 1024 * 1024,
-        runtime_env=runtime_env(),
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_serve(port):
+        from ray import serve
+
         serve.run(build_app(AppArgs.model_validate(args)), name=APP, route_prefix="/")
         deadline, last = time.monotonic() + ready_timeout_s, {}
         while (last := _health_or_empty(url)).get("status") != "ok":
@@ -48,9 +40,6 @@ def serving(port: int, args: dict, ready_timeout_s: float = 120.0) -> Iterator[s
                 raise AssertionError(f"/health not ok within {ready_timeout_s} s: {last}")
             time.sleep(0.5)
         yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _health_or_empty(url: str) -> dict:

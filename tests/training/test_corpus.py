@@ -12,7 +12,7 @@ from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.pipeline.outputs import ImageOutput, MusicOutput, ReplyTextDelta, TranscriptDelta, TurnFinished
 from assistant.prompts import AssistantMessage, ChatPromptBuilder, Conversation
 from assistant.protocol import FinishReason
-from assistant.vocab import Modality, TokenKind, UnifiedVocab, write_embedded_vocab_files
+from assistant.vocab import Modality, TokenKind
 from training import domain as d
 from training.corpus import TrainingSequence, encode_dialogue, encode_dialogues, reply_ids, user_message
 from training.specs import ImageSpec, MusicSpec, Voice
@@ -43,8 +43,8 @@ class FakeMedia:
 
 
 @pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    return UnifiedVocab.from_dir(write_embedded_vocab_files(tmp_path_factory.mktemp("tok"), N_CODES, N_CODES, N_CODES))
+def vocab(make_tiny_vocab):
+    return make_tiny_vocab(N_CODES)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,6 @@ from training.specs import MusicSpec
 TINY = MusicCodecConfig(codebook_size=32, n_fft=1024, griffin_lim_iters=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster than two on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.slow  # training steps: > 1.5 s
 def test_tiny_fit_reduces_reconstruction_error_and_is_seeded():
     codec, metrics = fit_music_codec(TINY, seed=0, max_frames=1500, iters=3, variants=1)

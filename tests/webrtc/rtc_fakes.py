@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,17 +67,24 @@ class FakeEngineSession:
 
 
 class ScriptedMic(PacedAudioTrack):
-    """48 kHz mono mic, paced in real time: silence, or a loud voiced buzz while ``loud`` is set."""
+    """48 kHz mono mic, paced in real time: silence, or a loud voiced buzz while ``loud`` is set. ``loud_frames``
+    counts the 20 ms frames sent loud: ``loud_frames * 0.02`` s is how long the caller actually spoke."""
 
     def __init__(self):
         super().__init__(48000, 20)
         self.loud = False
+        self.loud_frames = 0
         self._rng = np.random.default_rng(0)
+
+    @property
+    def loud_s(self) -> float:
+        return self.loud_frames * self.frame_samples / self.sample_rate
 
     async def next_pcm(self):
         n = self.frame_samples
         if not self.loud:
             return np.zeros(n, dtype=np.int16)
+        self.loud_frames += 1
         t = (self.pts + np.arange(n)) / 48000
         buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 25))
         wave = 0.3 * buzz + 0.05 * self._rng.standard_normal(n)
@@ -148,16 +157,30 @@ class Client:
         await self.pc.close()
 
 
+# the endpointer of every session ``connect`` opens: quick to start (3 voiced 20 ms frames) and to end (300 ms)
+ENDPOINTER = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300)
+
+
 async def connect(engine, **options) -> tuple[RtcSession, Client]:
     use_loopback_only()
-    config = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300)
-    session = RtcSession(engine, "s1", config, turn_factory=FakeTurn, **options)
+    session = RtcSession(engine, "s1", ENDPOINTER, turn_factory=FakeTurn, **options)
     client = Client()
     answer = await session.accept(await client.offer())
     assert answer.session_id == "s1"
     await client.answer(answer)
     await client.wait_for("ready")
     return session, client
+
+
+@contextlib.asynccontextmanager
+async def connected(engine, **options) -> AsyncIterator[tuple[RtcSession, Client]]:
+    """``connect`` for the length of the block; then the session is closed, and the caller."""
+    session, client = await connect(engine, **options)
+    try:
+        yield session, client
+    finally:
+        await session.close()
+        await client.close()
 
 
 class FakeClock:

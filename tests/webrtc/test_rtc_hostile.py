@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from rtc_fakes import Client, FakeClock, FakeEngineSession, FakeTurn, connect
+from rtc_fakes import Client, FakeClock, FakeEngineSession, FakeTurn, connect, connected
 from waiting import until
 
 from assistant import protocol
@@ -54,22 +54,20 @@ def text_message(text: str) -> str:
 def test_hostile_messages_each_get_an_error_and_the_session_keeps_answering():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        allow_oversized_messages(client)  # 70,000 bytes is over what the server advertises
-        client.send("[" * 5000)
-        client.send('{"type": "\\ud800"}')  # a JSON escape that makes a lone surrogate
-        client.send({"type": "text", "text": 5})
-        client.send("x" * 70_000)
-        client.send({"type": "text", "text": "are you still there?"})
-        end = (await client.wait_for("turn_end"))[0]
-        errors = [m for m in client.messages if m["type"] == "error"]
-        assert [e["code"] for e in errors] == ["bad_message"] * 4
-        assert "deeper" in errors[0]["message"] and "70000 characters" in errors[3]["message"]
-        assert end["reason"] == "complete" and [t.text for t in engine.turns] == ["are you still there?"]
-        assert session.connection_state == "connected" and not session.closed
-        assert session.stats.client_errors == 4
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            allow_oversized_messages(client)  # 70,000 bytes is over what the server advertises
+            client.send("[" * 5000)
+            client.send('{"type": "\\ud800"}')  # a JSON escape that makes a lone surrogate
+            client.send({"type": "text", "text": 5})
+            client.send("x" * 70_000)
+            client.send({"type": "text", "text": "are you still there?"})
+            end = (await client.wait_for("turn_end"))[0]
+            errors = [m for m in client.messages if m["type"] == "error"]
+            assert [e["code"] for e in errors] == ["bad_message"] * 4
+            assert "deeper" in errors[0]["message"] and "70000 characters" in errors[3]["message"]
+            assert end["reason"] == "complete" and [t.text for t in engine.turns] == ["are you still there?"]
+            assert session.connection_state == "connected" and not session.closed
+            assert session.stats.client_errors == 4
 
     asyncio.run(main())
 
@@ -113,16 +111,14 @@ def test_a_question_over_the_text_limit_is_refused_without_a_turn():
 
 def test_send_never_raises():
     async def main():
-        session, client = await connect(FakeEngineSession())
-        session.send(object())  # cannot be encoded
-        session.send(protocol.ErrorEvent(message="lone \ud800 surrogate"))  # encodes, with U+FFFD
-        await client.wait_for("error")
-        session._channel.close()
-        await until(lambda: session._channel.readyState == "closed", what="the channel closed")
-        session.send(protocol.SpeechStarted())  # closed channel: dropped quietly
-        assert session.stats.send_failures == 1
-        await session.close()
-        await client.close()
+        async with connected(FakeEngineSession()) as (session, client):
+            session.send(object())  # cannot be encoded
+            session.send(protocol.ErrorEvent(message="lone \ud800 surrogate"))  # encodes, with U+FFFD
+            await client.wait_for("error")
+            session._channel.close()
+            await until(lambda: session._channel.readyState == "closed", what="the channel closed")
+            session.send(protocol.SpeechStarted())  # closed channel: dropped quietly
+            assert session.stats.send_failures == 1
 
     asyncio.run(main())
 
@@ -133,15 +129,13 @@ def test_send_never_raises():
 
 def test_the_answer_advertises_the_protocol_message_size():
     async def main():
-        session, client = await connect(FakeEngineSession())
-        answer = client.pc.remoteDescription.sdp
-        sizes = [line for line in answer.splitlines() if line.startswith("a=max-message-size:")]
-        assert sizes == [f"a=max-message-size:{protocol.MAX_MESSAGE_BYTES}"]
-        assert client.pc.sctp._remote_max_message_size == protocol.MAX_MESSAGE_BYTES  # the client took it
-        with pytest.raises(ValueError, match="only supports messages up to 65536"):
-            client.send("x" * 70_000)  # a well-behaved client refuses to go over it
-        await session.close()
-        await client.close()
+        async with connected(FakeEngineSession()) as (_, client):
+            answer = client.pc.remoteDescription.sdp
+            sizes = [line for line in answer.splitlines() if line.startswith("a=max-message-size:")]
+            assert sizes == [f"a=max-message-size:{protocol.MAX_MESSAGE_BYTES}"]
+            assert client.pc.sctp._remote_max_message_size == protocol.MAX_MESSAGE_BYTES  # the client took it
+            with pytest.raises(ValueError, match="only supports messages up to 65536"):
+                client.send("x" * 70_000)  # a well-behaved client refuses to go over it
 
     asyncio.run(main())
 
@@ -181,10 +175,8 @@ def test_the_reassembly_guard_sits_on_aiortcs_transport():
         client = Client()
         sctp_guard._check_aiortc_internals(client.pc.sctp)  # raises AiortcInternalsChanged with what moved
         await client.close()
-        session, client = await connect(FakeEngineSession())
-        assert session._pc.sctp._receive_data_chunk.__name__ == "receive_within_bounds"
-        await session.close()
-        await client.close()
+        async with connected(FakeEngineSession()) as (session, _):
+            assert session._pc.sctp._receive_data_chunk.__name__ == "receive_within_bounds"
 
     asyncio.run(main())
     with pytest.raises(sctp_guard.AiortcInternalsChanged, match="_receive_data_chunk"):
@@ -319,27 +311,25 @@ def test_a_flood_over_the_wire_leaves_the_session_working():
         clock = FakeClock()
         engine = FakeEngineSession(n_frames=2)
         limits = SessionLimits()
-        session, client = await connect(engine, now=clock, limits=limits)
-        for i in range(200):
-            client.send({"type": "text", "text": f"flood {i}"})
-        await until(lambda: session.stats.messages_dropped == 196, what="the flood was handled")
-        await until(lambda: session.turns.idle, what="the turns ended")
-        # every admitted question either ran or was replaced while it waited
-        assert session.turns.stats.started + session.turns.stats.replaced == limits.turn_burst
-        assert session.stats.rate_limit_errors == 1
-        assert (await client.wait_for("error"))[0]["code"] == "rate_limited"
+        async with connected(engine, now=clock, limits=limits) as (session, client):
+            for i in range(200):
+                client.send({"type": "text", "text": f"flood {i}"})
+            await until(lambda: session.stats.messages_dropped == 196, what="the flood was handled")
+            await until(lambda: session.turns.idle, what="the turns ended")
+            # every admitted question either ran or was replaced while it waited
+            assert session.turns.stats.started + session.turns.stats.replaced == limits.turn_burst
+            assert session.stats.rate_limit_errors == 1
+            assert (await client.wait_for("error"))[0]["code"] == "rate_limited"
 
-        clock.advance(1.0)
-        client.send({"type": "text", "text": "and now?"})
-        await until(lambda: engine.turns[-1].text == "and now?", what="the later question reached the engine")
-        latest = session.turns.turn_id
-        await until(
-            lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
-            what="the later question was answered",
-        )
-        assert session.connection_state == "connected"
-        await session.close()
-        await client.close()
+            clock.advance(1.0)
+            client.send({"type": "text", "text": "and now?"})
+            await until(lambda: engine.turns[-1].text == "and now?", what="the later question reached the engine")
+            latest = session.turns.turn_id
+            await until(
+                lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
+                what="the later question was answered",
+            )
+            assert session.connection_state == "connected"
 
     asyncio.run(main())
 
@@ -586,22 +576,20 @@ def test_a_text_message_that_is_not_utf8_costs_the_message_not_the_call():
     # aiortc decodes a text message inside its SCTP receive path: invalid UTF-8 there used to end the association
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        channel = client.channel
-        client.pc.sctp._data_channel_send(channel, "x")  # a well-formed text message first: the path works
-        text_ppid = 51  # WebRTC String
-        client.pc.sctp._data_channel_queue.append((channel, text_ppid, b'{"type": "text", "text": "\xff\xfe"}'))
-        await client.pc.sctp._data_channel_flush()
-        errors = await client.wait_for("error", count=2)
-        assert errors[1]["code"] == "bad_message" and "UTF-8" in errors[1]["message"]
-        client.send({"type": "text", "text": "still there?"})
-        await until(
-            lambda: engine.turns and engine.turns[-1].text == "still there?",
-            what="the question after the bad bytes reached the engine",
-        )
-        assert session.connection_state == "connected" and not session.closed
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            channel = client.channel
+            client.pc.sctp._data_channel_send(channel, "x")  # a well-formed text message first: the path works
+            text_ppid = 51  # WebRTC String
+            client.pc.sctp._data_channel_queue.append((channel, text_ppid, b'{"type": "text", "text": "\xff\xfe"}'))
+            await client.pc.sctp._data_channel_flush()
+            errors = await client.wait_for("error", count=2)
+            assert errors[1]["code"] == "bad_message" and "UTF-8" in errors[1]["message"]
+            client.send({"type": "text", "text": "still there?"})
+            await until(
+                lambda: engine.turns and engine.turns[-1].text == "still there?",
+                what="the question after the bad bytes reached the engine",
+            )
+            assert session.connection_state == "connected" and not session.closed
 
     asyncio.run(main())
 
@@ -631,33 +619,31 @@ def test_a_bounded_fuzz_run_over_the_data_channel_leaves_the_session_answering()
         engine = FakeEngineSession(n_frames=2)
         # rates high enough that every message reaches the parser (rate limits have their own tests)
         limits = SessionLimits(messages_per_s=10_000, message_burst=10_000, turns_per_s=10_000, turn_burst=10_000)
-        session, client = await connect(engine, limits=limits)
-        for raw in messages:
-            client.channel.send(raw)  # bytes go as a binary message
-            await asyncio.sleep(0)  # let the SCTP transport take it
-        await until(
-            lambda: session.stats.client_errors == bad,
-            timeout=20,
-            what=f"{bad} bad messages answered with errors (got {session.stats.client_errors})",
-        )
-        errors = await client.wait_for("error", count=bad, timeout=20)
-        assert {e["code"] for e in errors} == {"bad_message"}  # no internal error, no rate limit, nothing else
-        assert all(len(e["message"]) <= protocol.MAX_ERROR_CHARS for e in errors)
-        assert session.connection_state == "connected" and not session.closed
+        async with connected(engine, limits=limits) as (session, client):
+            for raw in messages:
+                client.channel.send(raw)  # bytes go as a binary message
+                await asyncio.sleep(0)  # let the SCTP transport take it
+            await until(
+                lambda: session.stats.client_errors == bad,
+                timeout=20,
+                what=f"{bad} bad messages answered with errors (got {session.stats.client_errors})",
+            )
+            errors = await client.wait_for("error", count=bad, timeout=20)
+            assert {e["code"] for e in errors} == {"bad_message"}  # no internal error, no rate limit, nothing else
+            assert all(len(e["message"]) <= protocol.MAX_ERROR_CHARS for e in errors)
+            assert session.connection_state == "connected" and not session.closed
 
-        # and the session still answers a plain question
-        before = len(engine.turns)
-        client.send({"type": "text", "text": "still there?"})
-        await until(
-            lambda: len(engine.turns) > before and engine.turns[-1].text == "still there?",
-            what="the question after the fuzz reached the engine",
-        )
-        latest = session.turns.turn_id
-        await until(
-            lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
-            what="the question after the fuzz was answered",
-        )
-        await session.close()
-        await client.close()
+            # and the session still answers a plain question
+            before = len(engine.turns)
+            client.send({"type": "text", "text": "still there?"})
+            await until(
+                lambda: len(engine.turns) > before and engine.turns[-1].text == "still there?",
+                what="the question after the fuzz reached the engine",
+            )
+            latest = session.turns.turn_id
+            await until(
+                lambda: any(m["type"] == "turn_end" and m["turn_id"] == latest for m in client.messages),
+                what="the question after the fuzz was answered",
+            )
 
     asyncio.run(main())

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from rtc_fakes import Client, FakeEngineSession, FakeTurn, connect
+from rtc_fakes import ENDPOINTER, Client, FakeEngineSession, FakeTurn, connect, connected
 from waiting import until
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES
@@ -60,16 +60,14 @@ def test_text_message_runs_a_turn_with_audio_and_turn_end():
 def test_malformed_message_gets_error_and_session_keeps_working():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        client.send("{not json")
-        client.send({"type": "dance"})
-        errors = await client.wait_for("error", count=2)
-        assert "JSON" in errors[0]["message"] and "dance" in errors[1]["message"]
-        client.send({"type": "text", "text": "still there?"})
-        await client.wait_for("turn_end")
-        assert session.stats.client_errors == 2
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            client.send("{not json")
+            client.send({"type": "dance"})
+            errors = await client.wait_for("error", count=2)
+            assert "JSON" in errors[0]["message"] and "dance" in errors[1]["message"]
+            client.send({"type": "text", "text": "still there?"})
+            await client.wait_for("turn_end")
+            assert session.stats.client_errors == 2
 
     run(main())
 
@@ -78,20 +76,31 @@ def test_malformed_message_gets_error_and_session_keeps_working():
 def test_speech_burst_is_endpointed_into_a_turn():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        await asyncio.sleep(0.3)
-        client.mic.loud = True
-        await client.wait_for("speech_started", timeout=5)
-        await asyncio.sleep(0.6)
-        client.mic.loud = False
-        stopped = (await client.wait_for("speech_stopped", timeout=5))[0]
-        assert 0.4 < stopped["duration_s"] < 2.0
-        await client.wait_for("turn_end", timeout=5)
-        assert engine.turns and engine.turns[0].audio is not None and engine.turns[0].text is None
-        assert abs(engine.turns[0].audio.size / 16000 - stopped["duration_s"]) < 0.05
-        assert session.stats.inbound_frames > 20
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            await asyncio.sleep(0.3)
+            client.mic.loud = True
+            await client.wait_for("speech_started", timeout=5)
+            await asyncio.sleep(0.6)
+            client.mic.loud = False
+            stopped = (await client.wait_for("speech_stopped", timeout=5))[0]
+            # The turn is the span the mic was loud plus what the endpointer (ENDPOINTER, 20 ms frames) adds to it:
+            # - pre-roll: of the pre_roll_ms kept up to the start decision, start_ms are the voiced frames that made
+            #   it, so up to pre_roll_ms - start_ms = 140 ms of the silence before (less if the VAD was slower);
+            # - trailing: of the end_silence_ms that ended the turn, 100 ms are kept;
+            # - webrtcvad's hangover: it calls frames voiced for up to 7 x 20 ms after a loud run (its longest
+            #   overhang at 20 ms frames, aggressiveness 1);
+            # - the codec: Opus's look-ahead and the 48 -> 16 kHz resampler shift the loud span off the 20 ms grid
+            #   and ring after it, so it touches up to 3 more frames (60 ms).
+            # Observed on loopback: 140 + 100 + 140 + 40 ms over the loud span.
+            pre_roll_silence_s = (ENDPOINTER.pre_roll_ms - ENDPOINTER.start_ms) / 1000
+            kept_tail_s, hangover_s, codec_s = 0.1, 7 * 0.02, 3 * 0.02
+            added = stopped["duration_s"] - client.mic.loud_s
+            assert client.mic.loud_frames > 0
+            assert kept_tail_s - 1e-6 <= added <= pre_roll_silence_s + kept_tail_s + hangover_s + codec_s + 1e-6, added
+            await client.wait_for("turn_end", timeout=5)
+            assert engine.turns and engine.turns[0].audio is not None and engine.turns[0].text is None
+            assert abs(engine.turns[0].audio.size / 16000 - stopped["duration_s"]) < 0.05
+            assert session.stats.inbound_frames > 20
 
     run(main())
 
@@ -99,24 +108,22 @@ def test_speech_burst_is_endpointed_into_a_turn():
 def test_interrupt_clears_the_queue_and_ends_the_turn():
     async def main():
         engine = FakeEngineSession(n_frames=500)  # 10 s of audio: the bounded queue fills up
-        session, client = await connect(engine, max_queued_frames=10)
-        client.send({"type": "text", "text": "talk a lot"})
-        await client.wait_for("text")
-        await until(lambda: session.track.queued_frames == 10, what="backpressure: the engine waits for room")
-        client.send({"type": "interrupt"})
-        end = (await client.wait_for("turn_end", timeout=5))[0]
-        assert end["reason"] == "interrupted"
-        assert "interrupted" in client.types()
-        assert engine.interrupts == 1
-        assert session.track.queued_frames == 0
-        assert session.track.frames_sent < 100
-        # the next turn works normally
-        engine.n_frames = 3
-        client.send({"type": "text", "text": "again"})
-        ends = await client.wait_for("turn_end", count=2)
-        assert ends[1]["reason"] == "complete" and ends[1]["turn_id"] == end["turn_id"] + 1
-        await session.close()
-        await client.close()
+        async with connected(engine, max_queued_frames=10) as (session, client):
+            client.send({"type": "text", "text": "talk a lot"})
+            await client.wait_for("text")
+            await until(lambda: session.track.queued_frames == 10, what="backpressure: the engine waits for room")
+            client.send({"type": "interrupt"})
+            end = (await client.wait_for("turn_end", timeout=5))[0]
+            assert end["reason"] == "interrupted"
+            assert "interrupted" in client.types()
+            assert engine.interrupts == 1
+            assert session.track.queued_frames == 0
+            assert session.track.frames_sent < 100
+            # the next turn works normally
+            engine.n_frames = 3
+            client.send({"type": "text", "text": "again"})
+            ends = await client.wait_for("turn_end", count=2)
+            assert ends[1]["reason"] == "complete" and ends[1]["turn_id"] == end["turn_id"] + 1
 
     run(main())
 
@@ -124,17 +131,15 @@ def test_interrupt_clears_the_queue_and_ends_the_turn():
 def test_new_turn_interrupts_the_previous_one():
     async def main():
         engine = FakeEngineSession(n_frames=500)
-        session, client = await connect(engine, max_queued_frames=10)
-        client.send({"type": "text", "text": "one"})
-        await client.wait_for("text")
-        engine_turns = len(engine.turns)
-        client.send({"type": "text", "text": "two"})
-        first_end = (await client.wait_for("turn_end"))[0]
-        assert first_end["reason"] == "interrupted" and first_end["turn_id"] == 1
-        await client.wait_for("turn_started", count=2)
-        assert len(engine.turns) == engine_turns + 1
-        await session.close()
-        await client.close()
+        async with connected(engine, max_queued_frames=10) as (_, client):
+            client.send({"type": "text", "text": "one"})
+            await client.wait_for("text")
+            engine_turns = len(engine.turns)
+            client.send({"type": "text", "text": "two"})
+            first_end = (await client.wait_for("turn_end"))[0]
+            assert first_end["reason"] == "interrupted" and first_end["turn_id"] == 1
+            await client.wait_for("turn_started", count=2)
+            assert len(engine.turns) == engine_turns + 1
 
     run(main())
 
@@ -195,19 +200,17 @@ def test_images_and_music_become_wire_events():
         import base64
 
         engine = MediaEngineSession()
-        session, client = await connect(engine)
-        client.send({"type": "text", "text": "draw and play"})
-        await client.wait_for("turn_end")
-        image = (await client.wait_for("image"))[0]
-        assert base64.b64decode(image["png_base64"]) == b"\x89PNG\r\n\x1a\nfake"
-        assert (image["width"], image["height"], image["index"], image["turn_id"]) == (64, 64, 0, 1)
-        music = (await client.wait_for("music"))[0]
-        assert music["duration_s"] == pytest.approx(0.1) and music["index"] == 0
-        types = client.types()
-        assert types.index("image") < types.index("music") < types.index("turn_end")
-        assert session.track.frames_sent == 5
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            client.send({"type": "text", "text": "draw and play"})
+            await client.wait_for("turn_end")
+            image = (await client.wait_for("image"))[0]
+            assert base64.b64decode(image["png_base64"]) == b"\x89PNG\r\n\x1a\nfake"
+            assert (image["width"], image["height"], image["index"], image["turn_id"]) == (64, 64, 0, 1)
+            music = (await client.wait_for("music"))[0]
+            assert music["duration_s"] == pytest.approx(0.1) and music["index"] == 0
+            types = client.types()
+            assert types.index("image") < types.index("music") < types.index("turn_end")
+            assert session.track.frames_sent == 5
 
     run(main())
 
@@ -231,15 +234,13 @@ def image_message(data: bytes, text: str | None = None) -> dict:
 def test_picture_with_a_question_starts_a_turn_at_once():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        client.send(image_message(PNG, "what is in this picture?"))
-        end = (await client.wait_for("turn_end"))[0]
-        assert end["reason"] == "complete"
-        turn = engine.turns[0]
-        assert (turn.image, turn.text, turn.audio) == (PNG, "what is in this picture?", None)
-        assert session.pending_image is None and session.stats.images_received == 1
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            client.send(image_message(PNG, "what is in this picture?"))
+            end = (await client.wait_for("turn_end"))[0]
+            assert end["reason"] == "complete"
+            turn = engine.turns[0]
+            assert (turn.image, turn.text, turn.audio) == (PNG, "what is in this picture?", None)
+            assert session.pending_image is None and session.stats.images_received == 1
 
     run(main())
 
@@ -248,25 +249,23 @@ def test_picture_with_a_question_starts_a_turn_at_once():
 def test_picture_without_a_question_goes_with_the_next_spoken_turn_only():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        client.send(image_message(PNG))
-        client.send(image_message(JPEG))  # a newer picture replaces the waiting one
-        await until(lambda: session.stats.images_received == 2, what="both pictures arrived")
-        assert "turn_started" not in client.types() and not engine.turns and session.turns.idle
-        assert session.pending_image == JPEG
-        client.mic.loud = True
-        await client.wait_for("speech_started", timeout=5)
-        await asyncio.sleep(0.5)
-        client.mic.loud = False
-        await client.wait_for("turn_end", timeout=5)
-        spoken = engine.turns[0]
-        assert spoken.audio is not None and spoken.image == JPEG and spoken.text is None
-        assert session.pending_image is None
-        client.send({"type": "text", "text": "and now?"})  # the picture went with one turn only
-        await client.wait_for("turn_end", count=2)
-        assert engine.turns[1].image is None
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            client.send(image_message(PNG))
+            client.send(image_message(JPEG))  # a newer picture replaces the waiting one
+            await until(lambda: session.stats.images_received == 2, what="both pictures arrived")
+            assert "turn_started" not in client.types() and not engine.turns and session.turns.idle
+            assert session.pending_image == JPEG
+            client.mic.loud = True
+            await client.wait_for("speech_started", timeout=5)
+            await asyncio.sleep(0.5)
+            client.mic.loud = False
+            await client.wait_for("turn_end", timeout=5)
+            spoken = engine.turns[0]
+            assert spoken.audio is not None and spoken.image == JPEG and spoken.text is None
+            assert session.pending_image is None
+            client.send({"type": "text", "text": "and now?"})  # the picture went with one turn only
+            await client.wait_for("turn_end", count=2)
+            assert engine.turns[1].image is None
 
     run(main())
 
@@ -274,18 +273,16 @@ def test_picture_without_a_question_goes_with_the_next_spoken_turn_only():
 def test_interrupt_drops_the_pending_picture_and_a_typed_turn_takes_it_otherwise():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        client.send(image_message(PNG))
-        client.send({"type": "interrupt"})
-        client.send({"type": "text", "text": "hello"})
-        await client.wait_for("turn_end")
-        assert engine.turns[0].image is None and session.pending_image is None
-        client.send(image_message(JPEG))
-        client.send({"type": "text", "text": "what about this one?"})
-        await client.wait_for("turn_end", count=2)
-        assert (engine.turns[1].image, engine.turns[1].text) == (JPEG, "what about this one?")
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            client.send(image_message(PNG))
+            client.send({"type": "interrupt"})
+            client.send({"type": "text", "text": "hello"})
+            await client.wait_for("turn_end")
+            assert engine.turns[0].image is None and session.pending_image is None
+            client.send(image_message(JPEG))
+            client.send({"type": "text", "text": "what about this one?"})
+            await client.wait_for("turn_end", count=2)
+            assert (engine.turns[1].image, engine.turns[1].text) == (JPEG, "what about this one?")
 
     run(main())
 
@@ -294,26 +291,24 @@ def test_interrupt_drops_the_pending_picture_and_a_typed_turn_takes_it_otherwise
 def test_speech_during_a_reply_barges_in_keeps_the_picture_and_starts_the_next_turn():
     async def main():
         engine = FakeEngineSession(n_frames=500)  # a 10 s reply
-        session, client = await connect(engine, max_queued_frames=10)
-        client.send({"type": "text", "text": "tell me a long story"})
-        await client.wait_for("text")
-        assert session.reply_in_progress
-        client.send(image_message(PNG))  # a picture for the next question
-        await until(lambda: session.pending_image == PNG, what="the picture waits")
-        client.mic.loud = True  # the user talks over the assistant
-        await client.wait_for("speech_started", timeout=5)
-        interrupted = await client.wait_for("interrupted", timeout=5)
-        assert interrupted[0]["turn_id"] == 1
-        assert engine.interrupts == 1  # the server's VAD decided; nothing else interrupted
-        assert session.track.queued_frames == 0
-        assert session.pending_image == PNG  # a barge-in keeps the waiting picture
-        await asyncio.sleep(0.5)  # the caller keeps talking for half a second
-        client.mic.loud = False
-        await client.wait_for("speech_stopped", timeout=5)
-        await client.wait_for("turn_started", count=2, timeout=5)
-        assert len(engine.turns) == 2 and engine.turns[1].audio is not None and engine.turns[1].image == PNG
-        await session.close()
-        await client.close()
+        async with connected(engine, max_queued_frames=10) as (session, client):
+            client.send({"type": "text", "text": "tell me a long story"})
+            await client.wait_for("text")
+            assert session.reply_in_progress
+            client.send(image_message(PNG))  # a picture for the next question
+            await until(lambda: session.pending_image == PNG, what="the picture waits")
+            client.mic.loud = True  # the user talks over the assistant
+            await client.wait_for("speech_started", timeout=5)
+            interrupted = await client.wait_for("interrupted", timeout=5)
+            assert interrupted[0]["turn_id"] == 1
+            assert engine.interrupts == 1  # the server's VAD decided; nothing else interrupted
+            assert session.track.queued_frames == 0
+            assert session.pending_image == PNG  # a barge-in keeps the waiting picture
+            await asyncio.sleep(0.5)  # the caller keeps talking for half a second
+            client.mic.loud = False
+            await client.wait_for("speech_stopped", timeout=5)
+            await client.wait_for("turn_started", count=2, timeout=5)
+            assert len(engine.turns) == 2 and engine.turns[1].audio is not None and engine.turns[1].image == PNG
 
     run(main())
 
@@ -321,20 +316,18 @@ def test_speech_during_a_reply_barges_in_keeps_the_picture_and_starts_the_next_t
 def test_bad_pictures_get_errors_and_the_session_keeps_working():
     async def main():
         engine = FakeEngineSession(n_frames=2)
-        session, client = await connect(engine)
-        client.send({"type": "image", "png_base64": "%%% not base64"})
-        client.send(image_message(b"GIF89a" + b"\x00" * 10, "what is it?"))
-        client.send(image_message(PNG + b"\x00" * 47_000))  # over MAX_IMAGE_BYTES, under the message size
-        errors = await client.wait_for("error", count=3)
-        assert "base64" in errors[0]["message"]
-        assert "PNG nor JPEG" in errors[1]["message"]
-        assert "exceeds the limit" in errors[2]["message"]
-        assert session.pending_image is None and not engine.turns
-        client.send(image_message(PNG, "this one is fine"))
-        await client.wait_for("turn_end")
-        assert engine.turns[0].image == PNG and session.stats.client_errors == 3
-        await session.close()
-        await client.close()
+        async with connected(engine) as (session, client):
+            client.send({"type": "image", "png_base64": "%%% not base64"})
+            client.send(image_message(b"GIF89a" + b"\x00" * 10, "what is it?"))
+            client.send(image_message(PNG + b"\x00" * 47_000))  # over MAX_IMAGE_BYTES, under the message size
+            errors = await client.wait_for("error", count=3)
+            assert "base64" in errors[0]["message"]
+            assert "PNG nor JPEG" in errors[1]["message"]
+            assert "exceeds the limit" in errors[2]["message"]
+            assert session.pending_image is None and not engine.turns
+            client.send(image_message(PNG, "this one is fine"))
+            await client.wait_for("turn_end")
+            assert engine.turns[0].image == PNG and session.stats.client_errors == 3
 
     run(main())
 
@@ -346,10 +339,8 @@ def test_ready_names_the_voice_and_the_voices():
         assert ready["voice"] == "alto" and ready["voices"] == ["alto", "bass"]
         await session.close()
         await client.close()
-        session, client = await connect(FakeEngineSession())  # no voice bank: the fields are null
-        assert client.messages[0]["voice"] is None and client.messages[0]["voices"] is None
-        await session.close()
-        await client.close()
+        async with connected(FakeEngineSession()) as (_, client):  # no voice bank: the fields are null
+            assert client.messages[0]["voice"] is None and client.messages[0]["voices"] is None
 
     run(main())
 
