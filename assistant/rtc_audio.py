@@ -211,6 +211,8 @@ class PacedAudioTrack(MediaStreamTrack):
         return self._pts
 
     async def next_pcm(self) -> np.ndarray | None:
+        """The next frame's samples (int16, one frame long), or None when the source has ended. Every subclass
+        implements it."""
         raise NotImplementedError
 
     async def recv(self) -> av.AudioFrame:
