@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import abstractmethod
 from fractions import Fraction
 from typing import Protocol
 
@@ -210,10 +211,10 @@ class PacedAudioTrack(MediaStreamTrack):
         """The timestamp the next frame will carry."""
         return self._pts
 
+    @abstractmethod
     async def next_pcm(self) -> np.ndarray | None:
         """The next frame's samples (int16, one frame long), or None when the source has ended. Every subclass
         implements it."""
-        raise NotImplementedError
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":

@@ -213,5 +213,10 @@ def test_an_unpaced_track_never_waits_and_wrong_sizes_are_refused():
 
     with pytest.raises(ValueError, match="320 samples"):
         asyncio.run(Short(1, FakeClock()).recv())
+
+    class Ended(PacedAudioTrack):
+        async def next_pcm(self):
+            return None
+
     with pytest.raises(ValueError):
-        PacedAudioTrack(44100, 15)
+        Ended(44100, 15)

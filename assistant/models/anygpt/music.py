@@ -260,7 +260,7 @@ class EncodecMusic(nn.Module, MusicCodecFromConfig):
     """
 
     config: EncodecMusicConfig
-    model: Any  # transformers' EncodecModel, whose forward outputs its stubs type too loosely to use
+    model: Any  # transformers' EncodecModel; its annotations type the forward outputs too loosely to read them
 
     def __init__(self, model: Any, config: EncodecMusicConfig | None = None) -> None:
         super().__init__()
