@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from assistant.audio import SAMPLE_RATE, resample
+from training import espeak
 from training.specs import Voice
 
 ESPEAK = "espeak-ng"
@@ -139,6 +140,22 @@ def synthesize_many(requests: Sequence[tuple[str, Voice, int | None]], workers: 
         raise ValueError("workers must be >= 1")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda request: synthesize(*request), requests))
+
+
+def synthesize_aligned(text: str, voice: Voice, speed: int | None = None) -> espeak.AlignedSpeech:
+    """``synthesize`` together with the phonemes the wave is made of and when each starts (``training.espeak``)."""
+    wave = synthesize(text, voice, speed)
+    return espeak.AlignedSpeech(wave, espeak.phoneme_timings(text, voice, voice.speed if speed is None else int(speed)))
+
+
+def synthesize_many_aligned(requests: Sequence[tuple[str, Voice, int | None]]) -> list[espeak.AlignedSpeech]:
+    """``synthesize_aligned`` over (text, voice, speed) requests, in order; the waves on ``synthesize_many``'s
+    threads."""
+    waves = synthesize_many(requests)
+    return [
+        espeak.AlignedSpeech(wave, espeak.phoneme_timings(text, voice, voice.speed if speed is None else int(speed)))
+        for wave, (text, voice, speed) in zip(waves, requests, strict=True)
+    ]
 
 
 def _parse_wav(data: bytes) -> tuple[int, np.ndarray]:
