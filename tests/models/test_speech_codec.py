@@ -198,3 +198,57 @@ def test_mean_norm_save_load_keeps_setting_and_codes(tmp_path):
     assert torch.equal(loaded.encode(wave), codec.encode(wave))
     with pytest.raises(ValueError):
         MelCodecConfig(level1_mean_norm=True, silence_margin=0.0)
+
+
+# ----- the content level 1 ------------------------------------------------------------------------------------------
+
+CONTENT = MelCodecConfig(n_q=3, codebook_size=64, griffin_lim_iters=2, level1_mean_norm=True, content_classes=12,
+                         content_channels=16, content_layers=2, content_kernel=3)  # fmt: skip
+
+
+def test_content_config_validation():
+    with pytest.raises(ValueError, match="level1_mean_norm"):
+        MelCodecConfig(content_classes=10)
+    with pytest.raises(ValueError, match="content_classes"):
+        MelCodecConfig(codebook_size=8, level1_mean_norm=True, content_classes=9)
+    with pytest.raises(ValueError, match="odd content_kernel"):
+        MelCodecConfig(level1_mean_norm=True, content_classes=8, content_kernel=4)
+    assert MelRVQCodec(TINY).content_encoder is None
+
+
+def test_level1_is_the_encoder_class_and_deeper_levels_quantise_the_rest():
+    codec = MelRVQCodec(CONTENT).eval()
+    wave = _voiced(0.7)
+    codes = codec.encode(wave)
+    log_mel = codec.log_mel(wave)
+    classes = codec.content_encoder(codec.level1_input(log_mel)[None])[0].argmax(-1)
+    assert torch.equal(codes[0], classes) and int(codes[0].max()) < CONTENT.content_classes
+    residual = log_mel - codec.codebooks[0][codes[0]]
+    assert torch.equal(codes[1], torch.cdist(residual, codec.codebooks[1]).argmin(dim=1))
+    assert codec.encode(torch.zeros(0)).shape == (3, 0)
+
+
+def test_content_encoder_scores_a_padded_batch_as_each_utterance_alone():
+    codec = MelRVQCodec(CONTENT).eval()
+    encoder = codec.content_encoder
+    assert encoder is not None
+    short, long = torch.randn(7, 80), torch.randn(12, 80)
+    batch = torch.zeros(2, 12, 80)
+    batch[0, :7], batch[1] = short, long
+    with torch.no_grad():
+        together = encoder(batch, torch.tensor([7, 12]))
+        assert torch.allclose(together[0, :7], encoder(short[None])[0], atol=1e-5)
+        assert torch.allclose(together[1], encoder(long[None])[0], atol=1e-5)
+    waves = [_voiced(0.5, seed=1), _voiced(0.9, seed=2)]
+    assert all(torch.equal(a, codec.encode(w)) for a, w in zip(codec.encode_batch(waves), waves, strict=True))
+
+
+def test_content_codec_round_trips_through_a_checkpoint(tmp_path):
+    codec = MelRVQCodec(CONTENT)
+    with torch.no_grad():
+        codec.codebooks.normal_()
+    save_checkpoint(tmp_path, "codec", CONTENT, codec)
+    loaded = load_checkpoint(tmp_path, "codec", MelCodecConfig, MelRVQCodec)
+    assert any(key.startswith("content_encoder.") for key in loaded.state_dict())
+    wave = _voiced(0.5)
+    assert torch.equal(loaded.encode(wave), codec.encode(wave))

@@ -1,11 +1,17 @@
-"""The embedded speech codec: log-mel residual VQ with Griffin-Lim decoding (no neural network).
+"""The embedded speech codec: log-mel residual VQ with Griffin-Lim decoding, and a content level 1.
 
-``MelRVQCodec`` is the no-training default (see shared/reference/embedded-default-feasibility.md)::
+``MelRVQCodec`` (see shared/reference/embedded-default-feasibility.md)::
 
     wave -> STFT magnitude -> HTK mel (area-normalised) -> log -> residual VQ (n_q codebooks)
     (optionally level 1 quantises the frame minus the utterance's mean log-mel, see ``level1_mean_norm``)
     codes -> sum of codewords -> mel -> linear magnitude (pseudo-inverse + multiplicative NNLS steps)
           -> fast Griffin-Lim (momentum) -> wave
+
+With ``content_classes`` > 0, level 1 is not a nearest codeword but what is said: ``ContentEncoder``, a small
+convolutional network trained on phoneme-aligned speech (``training/fit_speech_codec.py``), names the phoneme class of
+every frame, so one sentence gives nearly the same level-1 sequence in any voice (AnyGPT's SpeechTokenizer gets the
+same from distilling HuBERT into its level 1). The level-1 codeword of a class is the mean log-mel of its frames;
+levels 2..n_q quantise what is left (the voice, the loudness, the exact sound).
 
 The spectral part is frame-local, so a chunk decoded together with a few left-context frames (then trimmed) sounds
 like the same region of a whole-utterance decode; Griffin-Lim phases are the only non-local part. The codebooks are
@@ -51,7 +57,12 @@ class MelCodecConfig:
         the utterance's 95th-percentile frame loudness; silent frames are left out of the mean.
     level1_range: before the mean is subtracted, level-1 input bins are floored at that 95th-percentile loudness
         minus this many nats, so digital silence and quiet bins look the same at any input gain.
-    seed: seed of the random (untrained) codebooks.
+    content_classes: 0 = level 1 is a nearest codeword like the other levels; > 0 = level 1 is the class (silence and
+        phonemes, < ``codebook_size``) that ``ContentEncoder`` gives the frame (needs ``level1_mean_norm``: the encoder
+        reads the normalised frames).
+    content_channels / content_layers / content_kernel: the encoder's width, residual convolution blocks and kernel
+        size in frames (it sees 1 + layers * (kernel - 1) frames around each frame).
+    seed: seed of the random (untrained) codebooks and encoder.
     format_version: checkpoint format version (must equal ``FORMAT_VERSION``).
     """
 
@@ -71,6 +82,10 @@ class MelCodecConfig:
     level1_mean_norm: bool = False
     silence_margin: float = 4.0
     level1_range: float = 5.5
+    content_classes: int = 0
+    content_channels: int = 128
+    content_layers: int = 6
+    content_kernel: int = 5
     seed: int = 0
     format_version: int = 1
 
@@ -95,6 +110,19 @@ class MelCodecConfig:
             raise ValueError("silence_margin and level1_range must be positive")
         if not 0.0 <= self.griffin_lim_momentum < 1.0:
             raise ValueError("griffin_lim_momentum must be in [0, 1)")
+        if not 0 <= self.content_classes <= self.codebook_size:
+            raise ValueError(f"content_classes must be in [0, codebook_size={self.codebook_size}]")
+        if self.content_classes and not self.level1_mean_norm:
+            raise ValueError(
+                "a content level 1 (content_classes > 0) needs level1_mean_norm: it reads normalised frames"
+            )
+        if (
+            self.content_channels < 1
+            or self.content_layers < 0
+            or self.content_kernel < 1
+            or self.content_kernel % 2 == 0
+        ):
+            raise ValueError("content_channels >= 1, content_layers >= 0 and an odd content_kernel are required")
         check_format_version(self)
 
     @property
@@ -108,6 +136,37 @@ class MelCodecConfig:
     @property
     def nyquist_hz(self) -> float:
         return self.sample_rate / 2.0
+
+
+class ContentEncoder(nn.Module):
+    """Normalised log-mel frames -> a phoneme-class score per frame: residual 1-D convolutions, no recurrence, so a
+    frame depends on a fixed window of ``1 + layers * (kernel - 1)`` frames around it.
+
+    Padded frames (past an utterance's ``length``) are zeroed before every convolution, so an utterance scores the
+    same alone and padded in a batch. ``dropout`` is set by the trainer (0 in use).
+    """
+
+    def __init__(self, n_mels: int, channels: int, layers: int, kernel: int, classes: int) -> None:
+        super().__init__()
+        self.dropout = 0.0
+        self.input = nn.Linear(n_mels, channels)
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(layers))
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=kernel // 2) for _ in range(layers))
+        self.output = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, classes))
+
+    def forward(self, frames: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``frames [B, F, M]`` (``lengths [B]``: valid frames of each row, default all) -> logits ``[B, F, C]``."""
+        h = self.input(frames)  # [B, F, D]
+        valid = None
+        if lengths is not None:
+            valid = (torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths[:, None])[..., None]
+        for norm, conv in zip(self.norms, self.convs, strict=True):
+            x = norm(h)  # [B, F, D]
+            if valid is not None:
+                x = x * valid  # padded frames read as zeros, as the convolution's own padding does
+            x = torch.nn.functional.gelu(conv(x.transpose(1, 2))).transpose(1, 2)  # [B, F, D]
+            h = h + torch.nn.functional.dropout(x, self.dropout, self.training)
+        return self.output(h)  # [B, F, C]
 
 
 class MelRVQCodec(nn.Module, SpeechCodecFromConfig):
@@ -128,8 +187,15 @@ class MelRVQCodec(nn.Module, SpeechCodecFromConfig):
         self.register_buffer("mel_filterbank", filterbank.float(), persistent=False)  # [M, n_freq]
         self.register_buffer("mel_pinv", torch.linalg.pinv(filterbank).float(), persistent=False)  # [n_freq, M]
         self.stft = STFT(cfg.n_fft, cfg.hop)
-        # The only state: the residual codebooks.
+        # The state: the residual codebooks, and the content encoder when level 1 is content.
         self.register_buffer("codebooks", self._random_codebooks())  # [n_q, K, M]
+        self.content_encoder: ContentEncoder | None = None
+        if cfg.content_classes:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                self.content_encoder = ContentEncoder(
+                    cfg.n_mels, cfg.content_channels, cfg.content_layers, cfg.content_kernel, cfg.content_classes
+                )
 
     # ----- interface attributes (the sizes are the config's) ----------------------------------------------------
     @property
@@ -185,16 +251,30 @@ class MelRVQCodec(nn.Module, SpeechCodecFromConfig):
         return floored - mean[None, :]  # [F, M]
 
     @torch.no_grad()
-    def quantise(self, log_mel: Tensor) -> Tensor:
-        """log-mel ``[F, M]`` of one whole utterance -> codes ``[n_q, F]``.
+    def content_classes(self, level1_input: Tensor) -> Tensor:
+        """``level1_input`` of one utterance ``[F, M]`` -> the content encoder's class of every frame ``[F]``."""
+        if self.content_encoder is None:
+            raise ValueError("this codec has no content level 1 (content_classes is 0)")
+        if level1_input.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.long, device=level1_input.device)
+        return self.content_encoder(level1_input[None].float())[0].argmax(dim=-1)  # [F]
+
+    @torch.no_grad()
+    def quantise(self, log_mel: Tensor, n_q: int | None = None) -> Tensor:
+        """log-mel ``[F, M]`` of one whole utterance -> codes ``[n_q, F]`` (``n_q``: the first levels only).
 
         With ``level1_mean_norm`` the codes of a frame depend on the utterance's mean, so a chunk encoded alone can
         differ from the same frames encoded as part of the whole utterance.
         """
         log_mel = log_mel.float()
+        n_q = self.config.n_q if n_q is None else n_q
         level1 = self.level1_input(log_mel) if self.config.level1_mean_norm else None
-        codes, _ = residual_quantize(self.codebooks, log_mel, level1)
-        return codes
+        if self.content_encoder is None:
+            return residual_quantize(self.codebooks[:n_q], log_mel, level1)[0]
+        assert level1 is not None  # the config requires level1_mean_norm with a content level 1
+        content = self.content_classes(level1)  # [F]
+        rest = residual_quantize(self.codebooks[1:n_q], log_mel - self.codebooks[0][content])[0]  # [n_q - 1, F]
+        return torch.cat([content[None], rest])  # [n_q, F]
 
     @torch.no_grad()
     def dequantise(self, codes: Tensor) -> Tensor:
@@ -228,9 +308,10 @@ class MelRVQCodec(nn.Module, SpeechCodecFromConfig):
         The waves are zero-padded on the right to the longest and analysed by one batched STFT + mel. Padding leaves
         every utterance's frames unchanged: frames are analysed independently, and the zeros a frame near the end
         sees are the zeros ``log_mel`` pads (to whole hops) and the STFT's constant centre padding adds anyway. The
-        frames past an utterance's end are dropped before quantisation, which (level-1 mean normalisation included)
-        runs per utterance on its own frames. ``n_q`` (default all) keeps the first levels only: residual VQ picks
-        level q from levels < q, so those codes are the same, and the deeper levels are not computed.
+        frames past an utterance's end are dropped before quantisation, which (level-1 mean normalisation and the
+        content encoder included) runs per utterance on its own frames. ``n_q`` (default all) keeps the first levels
+        only: residual VQ picks level q from levels < q, so those codes are the same, and the deeper levels are not
+        computed.
         """
         cfg = self.config
         n_q = cfg.n_q if n_q is None else n_q
@@ -246,12 +327,7 @@ class MelRVQCodec(nn.Module, SpeechCodecFromConfig):
         batch = torch.stack([torch.nn.functional.pad(w.float(), (0, width - w.shape[0])) for w in waves])  # [B, W]
         magnitude = self.stft(batch).abs()  # [B, n_freq, W // hop + 1]
         log_mel = torch.log(torch.clamp(self.mel_filterbank @ magnitude, min=LOG_FLOOR)).transpose(1, 2)  # [B, F, M]
-        codes = []
-        for row, count in zip(log_mel, frames, strict=True):
-            utterance = row[:count]  # [F_i, M]
-            level1 = self.level1_input(utterance) if cfg.level1_mean_norm else None
-            codes.append(residual_quantize(self.codebooks[:n_q], utterance, level1)[0])  # [n_q, F_i]
-        return codes
+        return [self.quantise(row[:count], n_q) for row, count in zip(log_mel, frames, strict=True)]  # [n_q, F_i]
 
     @torch.no_grad()
     def decode_batch(self, codes: Tensor) -> Tensor:
