@@ -57,11 +57,11 @@ def anygpt_random_bundle(device: str, dtype: str, layers: int | None, speech_tok
 
     from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
-    from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
     from assistant.models.anygpt.lm import anygpt_added_tokens
     from assistant.models.anygpt.loader import torch_dtype
     from assistant.models.anygpt.speech import SpeechTokenizer
     from assistant.models.bundle import ModelBundle
+    from assistant.models.soundstorm import SoundStorm, SoundStormConfig
     from assistant.vocab import UnifiedVocab
 
     reference = Path(__file__).resolve().parents[1] / "tests" / "reference" / "anygpt_llm.json"

@@ -1,5 +1,8 @@
 """MaskGIT training of the acoustic decoder with voice prompts (SoundStorm recipe), its evaluation, and the voice bank.
 
+The model is ``assistant.models.anygpt.acoustic.SoundStorm`` (the class both families use; the embedded family's
+sizes are ``assistant/assets/embedded/acoustic.json``); the evaluation reads any ``AcousticModel``.
+
 Training mirrors ``assistant.decoding.maskgit.fill_acoustic_levels`` exactly. One sequence is
 
     frames:     [ prompt (Tp) | context (Tc) | target (T) ]
@@ -18,6 +21,10 @@ Training mirrors ``assistant.decoding.maskgit.fill_acoustic_levels`` exactly. On
 
 All sequences of a batch share (Tp, Tc, T) (the decoder has no padding mask); the lengths are drawn per batch.
 Codes come in as arrays: nothing here depends on how they were made.
+
+The budget is a number of optimiser steps (``max_steps``, the span of the cosine schedule) and early stopping on the
+validation loss (``patience`` validation passes without improvement); the best validation weights are kept. Never
+wall-clock time, so a run means the same on any machine.
 """
 
 from __future__ import annotations
@@ -27,18 +34,19 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from assistant.decoding.maskgit import UnmaskSchedule, fill_acoustic_levels
-from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
-from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES
+from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES, AcousticModel
+from assistant.models.soundstorm import LevelLinear, SoundStorm, SoundStormConfig
 from assistant.models.voices import VoiceBank
-from training.optim import adamw, clipped_step, warmup_cosine_lr
+from training.device import mixed_precision, training_device
+from training.optim import EarlyStopping, adamw, clipped_step, warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +58,10 @@ Utterance = tuple[np.ndarray, str]  # (codes [n_q, T], voice name)
 class AcousticTrainingConfig:
     """Optimisation and example sampling of ``train_acoustic_decoder``.
 
-    max_minutes: wall-clock budget of the whole call (validation included).
+    max_steps: optimiser steps at most; the cosine decay spans them.
+    patience: validation passes in a row without a lower validation loss before training stops early (0: never).
     batch_size: sequences per optimiser step. lr / min_lr / warmup_steps: AdamW, linear warm-up then cosine decay
-    over the steps the budget is expected to allow (estimated from the measured step time).
+    to ``min_lr`` at ``max_steps``.
     weight_decay, grad_clip: the usual.
     target_frames: (min, max) frames of the target crop (the engine decodes chunks of 10 then 25 frames; longer
     crops give more loss positions per prompt frame computed).
@@ -61,11 +70,15 @@ class AcousticTrainingConfig:
     level2_probability: share of sequences trained on level 2 (the rest is uniform over levels 3..n_q); level 2
     is the hardest level and the one sampled over several passes.
     valid_fraction: share of each voice's utterances held out when no validation set is given.
-    valid_batches: fixed batches in the validation pass. eval_every: optimiser steps between validation passes.
+    valid_batches: fixed batches in the validation pass. eval_every: optimiser steps between validation passes
+    (and one after the last step).
     seed: data order, crops, masks and initialisation.
+    device: where training runs (``cpu``, ``cuda``, ``cuda:N``); forward passes in bfloat16 autocast on CUDA. The
+    returned model is on the CPU in float32 either way.
     """
 
-    max_minutes: float = 9.0
+    max_steps: int = 8000
+    patience: int = 5
     batch_size: int = 16
     lr: float = 3e-3
     min_lr: float = 1e-4
@@ -82,10 +95,13 @@ class AcousticTrainingConfig:
     valid_batches: int = 8
     eval_every: int = 200
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.max_minutes <= 0 or self.lr <= 0 or self.batch_size < 1 or self.eval_every < 1:
-            raise ValueError("max_minutes, lr, batch_size and eval_every must be positive")
+        if self.max_steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("max_steps, lr, batch_size and eval_every must be positive")
+        if self.patience < 0 or self.warmup_steps < 0:
+            raise ValueError("patience and warmup_steps must be >= 0")
         for name in ("target_frames", "prompt_frames", "context_frames"):
             low, high = getattr(self, name)
             if not 1 <= low <= high:
@@ -134,6 +150,16 @@ class AcousticBatch:
     targets: Tensor
     num_prefix: int
     num_context: int
+
+    def to(self, device: torch.device) -> AcousticBatch:
+        """The same batch with its tensors on ``device``."""
+        return replace(
+            self,
+            semantic=self.semantic.to(device),
+            acoustic=self.acoustic.to(device),
+            levels=self.levels.to(device),
+            targets=self.targets.to(device),
+        )
 
 
 class ExampleSampler:
@@ -210,24 +236,29 @@ class ExampleSampler:
         )
 
 
-def masked_level_loss(model: AcousticDecoder, batch: AcousticBatch) -> tuple[Tensor, Tensor]:
+def masked_level_loss(model: SoundStorm, batch: AcousticBatch) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy over the masked positions of each sequence's level; also returns the logits
-    ``[B, T, K]``."""
+    ``[B, T, K]`` (float32, whatever precision the forward pass ran in). ``batch`` on the model's device."""
     logits = model.level_logits(batch.semantic, batch.acoustic, batch.levels, start=batch.num_prefix)  # [B, T, K]
+    logits = logits.float()
     loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
     return loss, logits
 
 
 @torch.no_grad()
-def evaluate_batches(model: AcousticDecoder, batches: Sequence[AcousticBatch]) -> dict:
-    """Teacher-forced validation: mean masked loss and per codec level token accuracy on the masked positions."""
+def evaluate_batches(model: SoundStorm, batches: Sequence[AcousticBatch]) -> dict:
+    """Teacher-forced validation: mean masked loss and per codec level token accuracy on the masked positions.
+
+    Runs on the model's device (in bfloat16 autocast on CUDA); the batches may be anywhere."""
     was_training = model.training
     model.eval()
     n_q = model.config.n_q
     total_loss, total_tokens = 0.0, 0
     correct, counted = np.zeros(n_q + 1), np.zeros(n_q + 1)
     for batch in batches:
-        loss, logits = masked_level_loss(model, batch)
+        batch = batch.to(model.device)
+        with mixed_precision(model.device):
+            loss, logits = masked_level_loss(model, batch)
         scored = batch.targets != IGNORE  # [B, T]
         tokens = int(scored.sum())
         total_loss += float(loss) * tokens
@@ -258,97 +289,103 @@ def split_by_voice(
     return train, valid
 
 
+def decayed_parameters(model: nn.Module) -> set[str]:
+    """The parameters weight decay applies to: the weights of the linear maps, convolutions and per-level heads (not
+    the embeddings, norms or biases)."""
+    kinds = (nn.Linear, nn.Conv1d, LevelLinear)
+    return {f"{prefix}.weight" for prefix, module in model.named_modules() if isinstance(module, kinds)}
+
+
 def train_acoustic_decoder(
     utterances: Sequence[Utterance],
-    model_config: AcousticDecoderConfig,
+    model_config: SoundStormConfig,
     config: AcousticTrainingConfig = AcousticTrainingConfig(),
     valid: Sequence[Utterance] | None = None,
-) -> tuple[AcousticDecoder, dict]:
-    """Train from scratch on ``(codes [n_q, T], voice)`` pairs within ``config.max_minutes``.
+) -> tuple[SoundStorm, dict]:
+    """Train a ``SoundStorm(model_config)`` from its seeded init on ``(codes [n_q, T], voice)`` pairs, for at most
+    ``config.max_steps`` steps, stopping early after ``config.patience`` validation passes without improvement.
 
     Without ``valid``, a per-voice share of ``utterances`` is held out. Returns the model with the best validation
-    loss (eval mode) and a metrics dict (per-level validation accuracy, loss history, steps, timing).
+    loss (eval mode, on the CPU, float32) and a metrics dict: steps, best_step, best_valid_loss, valid_accuracy (per
+    codec level, at the best step), seconds, frames_per_s, parameters, history (one record per validation pass),
+    stopped_early, and the sizes of the two sets and the training config.
     """
     start = time.monotonic()
-    budget_s = config.max_minutes * 60.0
+    device = training_device(config.device)
     if valid is None:
         train, valid = split_by_voice(utterances, config.valid_fraction, config.seed)
     else:
         train = list(utterances)
     if not train or not valid:
         raise ValueError("train and valid sets must not be empty")
-    model = AcousticDecoder(model_config).train()
+    model = SoundStorm(model_config).to(device).train()
     cfg_q, mask_id = model_config.n_q, model_config.mask_id
     sampler = ExampleSampler(train, cfg_q, mask_id, config, seed=config.seed)
     valid_sampler = ExampleSampler(valid, cfg_q, mask_id, config, seed=config.seed + 1)
-    valid_batches = [valid_sampler.batch(config.batch_size) for _ in range(config.valid_batches)]
+    valid_batches = [valid_sampler.batch(config.batch_size).to(device) for _ in range(config.valid_batches)]
 
-    optimizer = adamw(
-        model, lambda name, p: p.dim() >= 2 and "embed" not in name, config.lr, config.weight_decay, (0.9, 0.98)
-    )
-    expected_steps = 10_000  # re-estimated from the measured step time
-
-    def validate() -> dict:
+    decayed = decayed_parameters(model)
+    optimizer = adamw(model, lambda name, _: name in decayed, config.lr, config.weight_decay, (0.9, 0.98))
+    stopper = EarlyStopping(config.patience)
+    history: list[dict] = []
+    best_state: dict[str, Tensor] | None = None
+    best_accuracy: dict = {}
+    running = torch.zeros((), device=device)  # smoothed training loss, kept on the device (no sync per step)
+    step, frames_seen, stopped_early = 0, 0, False
+    while step < config.max_steps:
+        batch = sampler.batch(config.batch_size).to(device)
+        with mixed_precision(device):
+            loss, _ = masked_level_loss(model, batch)
+        lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
+        clipped_step(optimizer, model, loss, lr, config.grad_clip)
+        step += 1
+        frames_seen += batch.semantic.numel()
+        running = loss.detach() if step == 1 else running.lerp(loss.detach(), 0.02)
+        if step % config.eval_every and step < config.max_steps:
+            continue
         result = evaluate_batches(model, valid_batches)
         record = {
             "step": step,
-            "minutes": round((time.monotonic() - start) / 60, 2),
-            "train_loss": round(running, 4),
+            "seconds": round(time.monotonic() - start, 1),
+            "lr": round(lr, 6),
+            "train_loss": round(float(running), 4),
             "valid_loss": round(result["loss"], 4),
             "valid_accuracy": result["accuracy"],
         }
         history.append(record)
         log.info("acoustic: %s", record)
-        return result
-
-    step, running, frames_seen = 0, 0.0, 0
-    history: list[dict] = []
-    best_loss, best_state, best_step, best_accuracy = math.inf, None, 0, {}
-    eval_s = 0.0  # the last validation pass's duration, kept in reserve at the end of the budget
-    while True:
-        batch = sampler.batch(config.batch_size)
-        loss, _ = masked_level_loss(model, batch)
-        lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup_steps, expected_steps)
-        clipped_step(optimizer, model, loss, lr, config.grad_clip)
-        step += 1
-        frames_seen += batch.semantic.numel()
-        running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()
-        elapsed = time.monotonic() - start
-        if step == 20:
-            expected_steps = max(config.warmup_steps + 1, int((budget_s - elapsed) / (elapsed / step) * 0.9) + step)
-            log.info("acoustic: %.3f s/step, planning the schedule for about %d steps", elapsed / step, expected_steps)
-        last = elapsed + 2 * eval_s + elapsed / step >= budget_s
-        if step % config.eval_every == 0 or last:
-            eval_start = time.monotonic()
-            result = validate()
-            eval_s = time.monotonic() - eval_start
-            if result["loss"] < best_loss:
-                best_loss, best_step, best_accuracy = result["loss"], step, result["accuracy"]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if last:
+        if stopper.update(step, result["loss"]):
+            best_state = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+            best_accuracy = result["accuracy"]
+        if stopper.should_stop:
+            stopped_early = True
+            log.info("acoustic: no better validation loss in %d passes; stopping at step %d", config.patience, step)
             break
+    model = model.to("cpu", torch.float32)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    minutes = (time.monotonic() - start) / 60
+    seconds = time.monotonic() - start
     return model, {
         "steps": step,
-        "best_step": best_step,
-        "best_valid_loss": round(best_loss, 4),
+        "best_step": stopper.best_step,
+        "best_valid_loss": round(stopper.best, 4),
         "valid_accuracy": best_accuracy,
-        "minutes": round(minutes, 2),
-        "frames_per_s": round(frames_seen / max(1e-9, minutes * 60), 1),
-        "train_utterances": len(train),
-        "valid_utterances": len(valid),
+        "seconds": round(seconds, 1),
+        "frames_per_s": round(frames_seen / max(1e-9, seconds), 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
+        "stopped_early": stopped_early,
+        "train_utterances": len(train),
+        "valid_utterances": len(valid),
+        "device": str(device),
         "config": asdict(config),
     }
 
 
 # ----- inference as the engine runs it, and the measurements ------------------------------------------------------
 def fill_like_engine(
-    model: AcousticDecoder,
+    model: AcousticModel,
     semantic: np.ndarray,
     prompt: np.ndarray | None = None,
     *,
@@ -379,7 +416,7 @@ def fill_like_engine(
         context = codes[:, -context_frames:] if context_frames > 0 else None
         position += size
     if not chunks:
-        return np.zeros((model.config.n_q, 0), dtype=np.int64)
+        return np.zeros((model.n_q, 0), dtype=np.int64)
     return torch.cat(chunks, dim=1).numpy().astype(np.int64)
 
 
@@ -389,7 +426,7 @@ def mean_codeword_baseline(codebooks: np.ndarray, semantic: np.ndarray) -> np.nd
 
 
 def evaluate_acoustic_decoder(
-    model: AcousticDecoder,
+    model: AcousticModel,
     utterances: Sequence[Utterance],
     bank: VoiceBank,
     codebooks: np.ndarray,
@@ -411,7 +448,7 @@ def evaluate_acoustic_decoder(
       same classifier on the original codes (``voice_selection_original``, its ceiling).
     """
     start = time.monotonic()
-    n_q = model.config.n_q
+    n_q = model.n_q
     levels = np.arange(n_q)[:, None]
 
     def mel(codes: np.ndarray) -> np.ndarray:
@@ -471,7 +508,7 @@ def evaluate_acoustic_decoder(
 
 
 def time_fill(
-    model: AcousticDecoder,
+    model: AcousticModel,
     prompt_frames: int,
     schedule: UnmaskSchedule | None = None,
     seconds: float = 4.0,
@@ -480,10 +517,10 @@ def time_fill(
 ) -> float:
     """Wall-clock seconds of engine-style filling per second of audio (random codes; one warm-up second first)."""
     generator = np.random.default_rng(seed)
-    cfg = model.config
-    prompt = generator.integers(0, cfg.codebook_size, (cfg.n_q, prompt_frames)) if prompt_frames else None
-    fill_like_engine(model, generator.integers(0, cfg.codebook_size, frame_rate), prompt, schedule=schedule)
-    semantic = generator.integers(0, cfg.codebook_size, int(seconds * frame_rate))
+    codes = model.codebook_size
+    prompt = generator.integers(0, codes, (model.n_q, prompt_frames)) if prompt_frames else None
+    fill_like_engine(model, generator.integers(0, codes, frame_rate), prompt, schedule=schedule)
+    semantic = generator.integers(0, codes, int(seconds * frame_rate))
     began = time.perf_counter()
     fill_like_engine(model, semantic, prompt, schedule=schedule)
     return (time.perf_counter() - began) / seconds

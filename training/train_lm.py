@@ -6,9 +6,13 @@ training here is built around regularisation and model selection:
 - embedding and attention dropout; weight decay;
 - input-code noise: a fraction of the *user's* speech codes are replaced by random speech codes, so the model
   cannot rely on the exact codes of the training voices;
-- early stopping on the reply loss of a validation set whose questions are spoken by voices the model never
-  trains on; the best state is kept;
-- a wall-clock budget, because ``make train-mini`` has one.
+- early stopping (``training.optim.EarlyStopping``) on the reply loss of a validation set whose questions are spoken
+  by voices the model never trains on; the best state is kept.
+
+The budget is counted in optimiser steps (``max_steps``) and, optionally, epochs (``max_epochs``), whichever comes
+first, so a seed means the same run on any machine; wall-clock time is measured and reported, never used to decide
+anything. ``device`` picks the CPU (default) or a CUDA device, where forward passes run under bfloat16 autocast
+(``training.device``); the returned model is on the CPU in float32 either way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assistant.models.embedded.lm import LMConfig, build_lm
-from training.optim import adamw, clipped_step, warmup_cosine_lr
+from training.device import mixed_precision, training_device
+from training.optim import EarlyStopping, adamw, clipped_step, warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +42,25 @@ IGNORE = -100
 class LMTrainingConfig:
     """Optimisation and regularisation of ``train_lm``.
 
-    max_minutes: wall-clock budget of the loop (evaluation included).
-    lr / min_lr / warmup_steps: AdamW learning rate, linear warm-up then cosine decay to ``min_lr`` over the
-    steps the budget is expected to allow (re-estimated as training runs).
+    max_steps: optimiser steps at most. Default 6000: run 3 (``docs/model-card.md``) stopped on its old 55-minute
+    budget after 2,096 steps (in its second epoch) with the validation loss still falling, so the cap is about three
+    times that and early stopping, not the cap, is meant to end a run (about 2.5 h at 1.5 s a step on 2 CPU cores).
+    max_epochs: passes over the training sequences at most (None: no limit), counted from the batches consumed
+    (fractions allowed); training stops at whichever of the two limits comes first.
+    lr / min_lr / warmup_steps: AdamW learning rate, linear warm-up then cosine decay to ``min_lr`` over the planned
+    step count (the smaller of ``max_steps`` and ``max_epochs`` in steps).
     weight_decay, grad_clip: the usual.
     batch_tokens: padded tokens per batch (batch size x longest sequence in it).
     embed_dropout / attention_dropout: dropout on the input embeddings and on attention weights (training only).
     code_noise: probability of replacing each user speech code by a random speech code (training only).
-    eval_every: optimiser steps between validation passes. patience: validation passes without improvement
-    before stopping (0 = never stop early).
-    seed: data order, noise and initialisation.
+    eval_every: optimiser steps between validation passes (one more at the last step). patience: validation passes
+    in a row without an improvement of more than ``min_delta`` before stopping (0 = never stop early).
+    seed: data order, noise, dropout and initialisation (same seed and device: same weights).
+    device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (``training.device.training_device``); bfloat16 autocast on CUDA.
     """
 
-    max_minutes: float = 55.0
+    max_steps: int = 6000
+    max_epochs: float | None = None
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -61,11 +72,17 @@ class LMTrainingConfig:
     code_noise: float = 0.05
     eval_every: int = 200
     patience: int = 4
+    min_delta: float = 1e-4
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.max_minutes <= 0 or self.lr <= 0 or self.batch_tokens <= 0 or self.eval_every <= 0:
-            raise ValueError("max_minutes, lr, batch_tokens and eval_every must be positive")
+        if self.max_steps <= 0 or self.lr <= 0 or self.batch_tokens <= 0 or self.eval_every <= 0:
+            raise ValueError("max_steps, lr, batch_tokens and eval_every must be positive")
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise ValueError("max_epochs must be positive (or None)")
+        if self.warmup_steps < 0 or self.patience < 0 or self.min_delta < 0:
+            raise ValueError("warmup_steps, patience and min_delta must be >= 0")
         for name in ("embed_dropout", "attention_dropout", "code_noise"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
@@ -136,7 +153,8 @@ def reply_loss(
     model: nn.Module, ids: Tensor, attention: Tensor, labels: Tensor, embed_dropout: float = 0.0
 ) -> tuple[Tensor, int]:
     """Mean cross-entropy over reply tokens, and their count. The output layer runs only where a reply token is
-    predicted (about half the positions): with a 3k-token vocabulary that is a tenth of the step's compute."""
+    predicted (about half the positions): with a 3k-token vocabulary that is a tenth of the step's compute.
+    ``attention`` is only checked (right padding), never used, so it may stay on the CPU when the rest is not."""
     if bool((attention[:, 1:] > attention[:, :-1]).any()):
         raise ValueError("reply_loss needs right-padded batches (a real token after padding)")
     embeds = model.get_input_embeddings()(ids)  # [B, L, D]
@@ -152,12 +170,15 @@ def reply_loss(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, sequences: Sequence[MaskedSequence], batch_tokens: int) -> float:
-    """Token-weighted reply loss (nats) over ``sequences``."""
+    """Token-weighted reply loss (nats) over ``sequences``, on the model's device (under ``mixed_precision``)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for batch in make_batches(sequences, batch_tokens, random.Random(0)):
-        loss, count = reply_loss(model, *collate(sequences, batch))
+        ids, attention, labels = collate(sequences, batch)
+        with mixed_precision(device):
+            loss, count = reply_loss(model, ids.to(device), attention, labels.to(device))
         total += float(loss) * count
         tokens += count
     model.train(was_training)
@@ -170,6 +191,15 @@ def _set_attention_dropout(model: nn.Module, probability: float) -> None:
             module.attention_dropout = probability
 
 
+def planned_steps(config: LMTrainingConfig, batches_per_epoch: int) -> int:
+    """The step count the run is planned for (and the cosine schedule spans): ``max_steps``, or fewer when
+    ``max_epochs`` of ``batches_per_epoch`` batches come first."""
+    if config.max_epochs is None:
+        return config.max_steps
+    epoch_steps = max(1, math.ceil(config.max_epochs * batches_per_epoch - 1e-9))
+    return min(config.max_steps, epoch_steps)
+
+
 def train_lm(
     lm_config: LMConfig,
     train: Sequence[MaskedSequence],
@@ -177,74 +207,110 @@ def train_lm(
     speech_code_range: tuple[int, int],
     config: LMTrainingConfig = LMTrainingConfig(),
 ) -> tuple[nn.Module, dict]:
-    """Train from scratch; returns the model with the best validation loss (eval mode) and a metrics dict."""
+    """Train from scratch on ``config.device``; returns the model with the best validation loss (eval mode, on the
+    CPU, float32) and a metrics dict:
+
+    steps, planned_steps, epochs (float: batches consumed / batches per epoch), batches_per_epoch, best_step,
+    best_valid_loss, stopped_early, seconds, tokens_per_s (padded tokens), device, train_sequences,
+    valid_sequences, history (per validation pass: step, epoch, train_loss (moving average of the batch losses),
+    valid_loss, seconds since the start) and config.
+    """
     if not train or not valid:
         raise ValueError("train and valid sets must not be empty")
+    device = training_device(config.device)
+    # The number of batches an epoch has depends only on the sequence lengths (make_batches groups length-sorted
+    # sequences greedily; only the order is random), so it is known up front; this also checks every length.
+    batches_per_epoch = len(make_batches(train, config.batch_tokens, random.Random(0), lm_config.max_positions))
+    total_steps = planned_steps(config, batches_per_epoch)
+    log.info(
+        "lm: %d steps planned (%.2f epochs of %d batches) on %s",
+        total_steps,
+        total_steps / batches_per_epoch,
+        batches_per_epoch,
+        device,
+    )
+    # Dropout draws from torch's global generators: seed them for the run and give the caller's state back after.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        model, metrics = _train(
+            lm_config, train, valid, speech_code_range, config, device, total_steps, batches_per_epoch
+        )
+    return model, metrics
+
+
+def _train(
+    lm_config: LMConfig,
+    train: Sequence[MaskedSequence],
+    valid: Sequence[MaskedSequence],
+    speech_code_range: tuple[int, int],
+    config: LMTrainingConfig,
+    device: torch.device,
+    total_steps: int,
+    batches_per_epoch: int,
+) -> tuple[nn.Module, dict]:
     rng = random.Random(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    model = build_lm(lm_config, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # code noise, drawn on the CPU: same on any device
+    model: nn.Module = build_lm(lm_config, seed=config.seed)
+    model.to(device)
     _set_attention_dropout(model, config.attention_dropout)
     model.train()
     optimizer = adamw(model, lambda name, p: p.dim() >= 2, config.lr, config.weight_decay, (0.9, 0.95))
-    budget_s = config.max_minutes * 60.0
-    start = time.monotonic()
-    step, tokens_seen, epoch = 0, 0, 0
-    expected_steps = 10_000  # re-estimated from the measured step time
-    best_loss, best_state, best_step, bad_evals = math.inf, None, 0, 0
+    stopper = EarlyStopping(config.patience, config.min_delta)
+    best_state: dict[str, Tensor] | None = None
     history: list[dict] = []
-    stop_reason = "budget"
+    start = time.monotonic()
+    step, tokens_seen = 0, 0
+    running: Tensor | None = None  # moving average of the training loss, on the device (no sync per step)
+    stopped_early = False
 
-    running = 0.0
-    done = False
-    while not done:
-        epoch += 1
+    while step < total_steps and not stopped_early:
         for batch in make_batches(train, config.batch_tokens, rng, lm_config.max_positions):
             ids, attention, labels = collate(train, batch)
             ids = corrupt_user_codes(ids, labels, speech_code_range, config.code_noise, generator)
-            loss, _ = reply_loss(model, ids, attention, labels, config.embed_dropout)
-            lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup_steps, expected_steps)
+            tokens_seen += int(attention.sum())
+            # attention stays on the CPU: reply_loss only checks the padding with it, which costs no device sync
+            with mixed_precision(device):
+                loss, _ = reply_loss(model, ids.to(device), attention, labels.to(device), config.embed_dropout)
+            lr = warmup_cosine_lr(step, config.lr, config.min_lr, config.warmup_steps, total_steps)
             clipped_step(optimizer, model, loss, lr, config.grad_clip)
             step += 1
-            tokens_seen += int(attention.sum())
-            running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
-            elapsed = time.monotonic() - start
-            if step == 50:
-                expected_steps = max(config.warmup_steps + 1, int(budget_s / (elapsed / step) * 0.95))
-                log.info("lm: %.2f s/step, planning the schedule for about %d steps", elapsed / step, expected_steps)
-            if step % config.eval_every == 0 or elapsed >= budget_s:
+            value = loss.detach().float()
+            running = value if running is None else 0.98 * running + 0.02 * value
+            if step % config.eval_every == 0 or step == total_steps:
                 valid_loss = evaluate(model, valid, config.batch_tokens)
                 record = {
                     "step": step,
-                    "epoch": epoch,
-                    "minutes": round(elapsed / 60, 2),
-                    "train_loss": round(running, 4),
+                    "epoch": round(step / batches_per_epoch, 3),
+                    "train_loss": round(float(running), 4),
                     "valid_loss": round(valid_loss, 4),
-                    "tokens_per_s": round(tokens_seen / elapsed, 1),
+                    "seconds": round(time.monotonic() - start, 1),
                 }
                 history.append(record)
                 log.info("lm: %s", record)
-                if valid_loss < best_loss - 1e-4:
-                    best_loss, best_step, bad_evals = valid_loss, step, 0
+                if stopper.update(step, valid_loss):
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad_evals += 1
-                    if config.patience and bad_evals >= config.patience:
-                        stop_reason, done = "early_stop", True
-                        break
-            if elapsed >= budget_s:
-                done = True
+                if stopper.should_stop:
+                    stopped_early = True
+                    break
+            if step >= total_steps:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to(device="cpu", dtype=torch.float32)
     _set_attention_dropout(model, 0.0)
     model.eval()
+    seconds = time.monotonic() - start
     metrics = {
         "steps": step,
-        "epochs": epoch,
-        "best_step": best_step,
-        "best_valid_loss": round(best_loss, 4),
-        "stop_reason": stop_reason,
-        "minutes": round((time.monotonic() - start) / 60, 2),
+        "planned_steps": total_steps,
+        "epochs": round(step / batches_per_epoch, 3),
+        "batches_per_epoch": batches_per_epoch,
+        "best_step": stopper.best_step,
+        "best_valid_loss": round(stopper.best, 4),
+        "stopped_early": stopped_early,
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(tokens_seen / max(seconds, 1e-9), 1),
+        "device": str(device),
         "train_sequences": len(train),
         "valid_sequences": len(valid),
         "history": history,

@@ -4,7 +4,7 @@ Roles and their implementations (every one subclasses its interface, so a missin
 through ``SpeechCodecFromConfig`` and its like, which read the sizes off the implementation's config)::
 
     SpeechCodec     wave <-> [n_q, F] codes     embedded.speech.MelRVQCodec       anygpt.speech.SpeechTokenizer
-    AcousticModel   level 1 -> levels 2..n_q    embedded.acoustic.AcousticDecoder anygpt.acoustic.SoundStorm
+    AcousticModel   level 1 -> levels 2..n_q    anygpt.acoustic.SoundStorm (both families; embedded: a small size)
     ImageCodec      picture <-> codes           embedded.image.ImageDetokenizer   anygpt.image.SeedImageCodec
     MusicCodec      wave <-> music tokens       embedded.music.MusicDetokenizer   anygpt.music.EncodecMusic
     CausalLM        the LM's forward pass       transformers' LlamaForCausalLM (both families; checked in tests)

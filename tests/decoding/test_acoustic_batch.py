@@ -1,4 +1,4 @@
-"""Batched acoustic decoding equals per-session decoding: the embedded decoder (AcousticDecoder + MaskGitFill, the
+"""Batched acoustic decoding equals per-session decoding: the embedded decoder (the small SoundStorm + MaskGitFill, the
 embedded assets) and AnyGPT's SoundStorm loop (AnyGPTFill, a tiny random SoundStorm), through
 ``ChunkedAcousticDecoder.decode_chunks``."""
 
@@ -15,10 +15,9 @@ from assistant.decoding.maskgit import (
     fill_acoustic_levels_batch,
 )
 from assistant.decoding.soundstorm_decoding import AnyGPTFill, anygpt_generate
-from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
-from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
 from assistant.models.loading import ModelSpec, load_models
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 
 TINY_K = 32
 
@@ -100,7 +99,7 @@ def test_batched_chunks_equal_per_session_decoding(which, request):
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(other, batched[0], strict=True))
 
 
-def _counting(model: AcousticDecoder) -> AcousticDecoder:
+def _counting(model: SoundStorm) -> SoundStorm:
     """``model`` recording the batch size of every pass through its conformer in ``model.batch_sizes``."""
     model.batch_sizes = []
     inner = model.trunk
@@ -125,9 +124,7 @@ class _CountingCodec(MelRVQCodec):
 
 @pytest.mark.slow  # > 1.5 s
 def test_equal_shapes_share_one_fill_call_and_one_codec_decode_other_shapes_run_apart():
-    inner = AcousticDecoder(
-        AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16, conv_kernel=5)
-    ).eval()
+    inner = SoundStorm(SoundStormConfig.tiny(n_q=4, codebook_size=TINY_K, depth=1, sdpa=True)).eval()
     model = _counting(inner)
     codec = _CountingCodec(MelCodecConfig(n_q=4, codebook_size=TINY_K, griffin_lim_iters=4))
     schedule = UnmaskSchedule(level2_steps=2)
@@ -152,9 +149,7 @@ def test_equal_shapes_share_one_fill_call_and_one_codec_decode_other_shapes_run_
 
 
 def test_fill_batch_rows_equal_single_fills_and_check_their_generators():
-    model = AcousticDecoder(
-        AcousticDecoderConfig(n_q=4, codebook_size=TINY_K, dim=32, depth=1, heads=2, dim_head=16, conv_kernel=5)
-    ).eval()
+    model = SoundStorm(SoundStormConfig.tiny(n_q=4, codebook_size=TINY_K, depth=1, sdpa=True)).eval()
     gen = torch.Generator().manual_seed(3)
     semantic = torch.randint(0, TINY_K, (3, 11), generator=gen)
     prompt = torch.randint(0, TINY_K, (3, 4, 5), generator=gen)

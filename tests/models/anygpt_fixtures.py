@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 from transformers import EncodecConfig, EncodecModel, LlamaConfig, LlamaForCausalLM
 
 from assistant.decoding.lm_sampler import GenerationSettings, SamplingSettings
-from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
 from assistant.models.anygpt.image import SEED_FILE, SeedTokenizerConfig, checkpoint_shapes
 from assistant.models.anygpt.lm import anygpt_added_tokens
 from assistant.models.anygpt.music import to_checkpoint_naming
 from assistant.models.anygpt.speech import SpeechTokenizer, SpeechTokenizerConfig
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 
 TEXT_VOCAB = 64
 SMALL_SPEECHTOKENIZER = SpeechTokenizerConfig(n_filters=4, dimension=32, semantic_dimension=16, lstm_layers=1)

@@ -38,8 +38,8 @@ def test_full_size_parts_fit_and_stream_in_half_precision():
     from assistant.decoding.maskgit import ChunkedAcousticDecoder
     from assistant.decoding.soundstorm_decoding import AnyGPTFill
     from assistant.lm_engine.model_runner import SlotModelRunner
-    from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
     from assistant.models.anygpt.speech import SpeechTokenizer
+    from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 
     figures: dict[str, float] = {}
     device = torch.device("cuda")

@@ -17,18 +17,15 @@ from assistant.models.checkpoint import (
     weights_path,
 )
 from assistant.models.config_io import ConfigError, config_from_dict, read_config, read_json_object
-from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
 from assistant.models.embedded.lm import LMConfig, build_lm
 from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
 from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 
 TINY = {
     "codec": (MelCodecConfig(n_q=4, codebook_size=64, griffin_lim_iters=2), MelRVQCodec),
-    "acoustic": (
-        AcousticDecoderConfig(n_q=4, codebook_size=32, dim=32, depth=2, heads=2, dim_head=16, conv_kernel=5),
-        AcousticDecoder,
-    ),
+    "acoustic": (SoundStormConfig.tiny(n_q=4, sdpa=True), SoundStorm),
     "image": (ImageCodecConfig(codebook_size=64, image_size=32, code_dim=8, channels=32), ImageDetokenizer),
     "music": (MusicCodecConfig(codebook_size=16, griffin_lim_iters=2), MusicDetokenizer),
     "lm": (
@@ -77,7 +74,7 @@ def test_a_config_that_disagrees_with_its_weights_names_the_key(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("head_bias"), "missing key 'head_bias'"),
+        (lambda s: s.pop("net.to_logits.2.bias"), r"missing key 'net\.to_logits\.2\.bias'"),
         (lambda s: s.__setitem__("extra.weight", torch.zeros(1)), "unexpected key 'extra.weight'"),
     ],
 )
@@ -88,7 +85,7 @@ def test_a_weights_file_with_a_wrong_key_does_not_load(tmp_path, edit, message):
     edit(weights)
     save_file(weights, str(weights_path(tmp_path, "acoustic")))
     with pytest.raises(ConfigError, match=rf"acoustic\.safetensors: {message}"):
-        load_checkpoint(tmp_path, "acoustic", AcousticDecoderConfig, AcousticDecoder)
+        load_checkpoint(tmp_path, "acoustic", SoundStormConfig, SoundStorm)
 
 
 def test_the_lm_config_reads_the_committed_layout_and_validates(tmp_path):

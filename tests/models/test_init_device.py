@@ -8,13 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.models.anygpt.acoustic import SoundStorm, SoundStormConfig
 from assistant.models.config_io import read_config
 from assistant.models.embedded import EMBEDDED_DIR
-from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
 from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
 from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -52,13 +51,13 @@ def test_a_meta_build_skips_the_init_and_keeps_the_layout():
 
 
 @pytest.mark.parametrize(
-    "name, config_cls, model_cls",
+    "name, config_cls, model_cls, init",
     [
-        ("acoustic", AcousticDecoderConfig, AcousticDecoder),
-        ("image", ImageCodecConfig, ImageDetokenizer),
+        ("acoustic", SoundStormConfig, SoundStorm, "reset_parameters"),
+        ("image", ImageCodecConfig, ImageDetokenizer, "_init_weights"),
     ],
 )
-def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_cls, model_cls):
+def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_cls, model_cls, init):
     config = read_config(EMBEDDED_DIR / f"{name}.json", config_cls)
     model = model_cls(config)
     reference = _state(model)
@@ -66,7 +65,7 @@ def test_embedded_weight_inits_do_not_depend_on_the_default_device(name, config_
         for param in model.parameters():
             param.zero_()
     with torch.device("meta"):
-        model._init_weights()
+        getattr(model, init)()
     _assert_same(reference, _state(model))
     changed = model_cls(dataclasses.replace(config, seed=config.seed + 1))
     assert any(not torch.equal(reference[k], v) for k, v in _state(changed).items())

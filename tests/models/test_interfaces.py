@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from assistant.models import interfaces
-from assistant.models.anygpt.acoustic import SoundStorm
 from assistant.models.anygpt.image import SeedImageCodec
 from assistant.models.anygpt.music import EncodecMusic
 from assistant.models.anygpt.speech import SpeechTokenizer
-from assistant.models.embedded.acoustic import AcousticDecoder
 from assistant.models.embedded.image import ImageDetokenizer
 from assistant.models.embedded.music import MusicDetokenizer
 from assistant.models.embedded.speech import MelRVQCodec
+from assistant.models.soundstorm import SoundStorm
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
     "interface, implementations",
     [
         (interfaces.SpeechCodec, (MelRVQCodec, SpeechTokenizer)),
-        (interfaces.AcousticModel, (AcousticDecoder, SoundStorm)),
+        (interfaces.AcousticModel, (SoundStorm,)),  # both families: one class
         (interfaces.ImageCodec, (ImageDetokenizer, SeedImageCodec)),
         (interfaces.MusicCodec, (MusicDetokenizer, EncodecMusic)),
     ],

@@ -16,9 +16,10 @@ from torch import nn
 
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, fill_acoustic_levels
 from assistant.decoding.soundstorm_decoding import AnyGPTFill, anygpt_generate, anygpt_schedule
-from assistant.models.anygpt.acoustic import USLM_TO_ANYGPT, SoundStorm, SoundStormConfig, load_soundstorm
+from assistant.models.anygpt.acoustic import USLM_TO_ANYGPT, load_soundstorm
 from assistant.models.config_io import ConfigError
 from assistant.models.interfaces import AcousticModel, SpeechCodec
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 from assistant.modules.conformer import ChanLayerNorm
 from assistant.modules.rotary import rotary_angles
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from assistant.decoding.maskgit import UnmaskSchedule, fill_acoustic_levels
-from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 from training.train_acoustic import (
     IGNORE,
     AcousticTrainingConfig,
@@ -20,13 +20,13 @@ from training.train_acoustic import (
 )
 
 K = 16
-TINY = AcousticDecoderConfig(n_q=4, codebook_size=K, dim=32, depth=1, heads=2, dim_head=16, ff_mult=2, conv_kernel=5)
+TINY = SoundStormConfig.tiny(n_q=4, codebook_size=K, semantic_vocab=K, depth=1, ff_mult=2, sdpa=True)
 
 
-class RecordingDecoder(AcousticDecoder):
+class RecordingDecoder(SoundStorm):
     """Records what every model call sees."""
 
-    def __init__(self, config: AcousticDecoderConfig) -> None:
+    def __init__(self, config: SoundStormConfig) -> None:
         super().__init__(config)
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -127,14 +127,15 @@ def _synthetic_corpus(n: int = 24, frames: int = 30, seed: int = 0) -> list[tupl
 
 
 @pytest.mark.slow  # training steps: > 1.5 s
-def test_tiny_training_reduces_loss_and_respects_the_budget():
+def test_tiny_training_reduces_loss_within_its_step_budget():
     torch.manual_seed(0)
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # the first optimiser imports torch._dynamo (seconds)
     corpus = _synthetic_corpus()
     train, valid = split_by_voice(corpus, 0.2, seed=0)
     assert {v for _, v in valid} == {"v0", "v1", "v2"} and len(train) + len(valid) == len(corpus)
     config = AcousticTrainingConfig(
-        max_minutes=0.08,
+        max_steps=75,
+        patience=0,  # never stop early: the whole budget
         batch_size=8,
         lr=1e-2,
         warmup_steps=5,
@@ -150,14 +151,63 @@ def test_tiny_training_reduces_loss_and_respects_the_budget():
         model, metrics = train_acoustic_decoder(train, TINY, config, valid=valid)
     finally:
         torch.set_num_threads(threads)
-    assert metrics["minutes"] <= config.max_minutes + 0.03
     history = metrics["history"]
-    assert metrics["steps"] >= 10 and len(history) >= 2
+    assert metrics["steps"] == 75 and not metrics["stopped_early"]
+    assert [record["step"] for record in history] == [10, 20, 30, 40, 50, 60, 70, 75]  # and one after the last step
+    assert config.min_lr <= history[-1]["lr"] < 1.1 * config.min_lr  # the cosine spans max_steps
     assert metrics["best_valid_loss"] < history[0]["valid_loss"]
     assert not model.training and set(metrics["valid_accuracy"]) <= {2, 3, 4}
-    fresh = evaluate_batches(AcousticDecoder(TINY).eval(), [ExampleSampler(valid, 4, K, config, 3).batch(8)])
+    fresh = evaluate_batches(SoundStorm(TINY).eval(), [ExampleSampler(valid, 4, K, config, 3).batch(8)])
     trained = evaluate_batches(model, [ExampleSampler(valid, 4, K, config, 3).batch(8)])
     assert trained["loss"] < fresh["loss"] - 0.1
+
+
+def test_training_stops_early_and_keeps_the_best_validation_weights():
+    """Random codes: nothing to learn past the first steps, and a high learning rate makes it worse, so the validation
+    loss stops improving and training stops ``patience`` passes after its best one, with that pass's weights."""
+    rng = np.random.default_rng(0)
+    corpus = [(rng.integers(0, K, (4, 24)), f"v{i % 2}") for i in range(8)]
+    train, valid = corpus[:6], corpus[6:]
+    config = AcousticTrainingConfig(
+        max_steps=20,
+        patience=2,
+        batch_size=4,
+        lr=0.1,
+        warmup_steps=2,
+        target_frames=(8, 12),
+        prompt_frames=(4, 6),
+        context_frames=(2, 4),
+        eval_every=2,
+        valid_batches=1,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, metrics = train_acoustic_decoder(train, TINY, config, valid=valid)
+    finally:
+        torch.set_num_threads(threads)
+    history = metrics["history"]
+    assert metrics["stopped_early"] and metrics["steps"] < config.max_steps
+    assert metrics["steps"] - metrics["best_step"] == config.patience * config.eval_every
+    losses = [record["valid_loss"] for record in history]
+    assert metrics["best_valid_loss"] == min(losses) < min(losses[-config.patience :])
+    assert history[losses.index(min(losses))]["step"] == metrics["best_step"]
+    assert {"seconds", "frames_per_s", "parameters", "valid_accuracy"} <= set(metrics)
+    assert metrics["parameters"] == sum(p.numel() for p in SoundStorm(TINY).parameters())
+    # the returned weights are the best pass's: the same validation batches give its loss again
+    assert not model.training and model.device.type == "cpu"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    batches = [ExampleSampler(valid, 4, K, config, seed=config.seed + 1).batch(config.batch_size)]
+    assert evaluate_batches(model, batches)["loss"] == pytest.approx(metrics["best_valid_loss"], abs=1e-4)
+
+
+def test_training_config_validates_the_step_budget_and_the_device():
+    with pytest.raises(ValueError, match="max_steps"):
+        AcousticTrainingConfig(max_steps=0)
+    with pytest.raises(ValueError, match="patience"):
+        AcousticTrainingConfig(patience=-1)
+    with pytest.raises(ValueError, match="device"):
+        train_acoustic_decoder(_synthetic_corpus(n=6), TINY, AcousticTrainingConfig(device="tpu"))
 
 
 def test_fill_like_engine_passes_the_previous_chunk_as_context():
@@ -219,7 +269,7 @@ def test_evaluation_reports_accuracy_mel_distance_and_voice_confusion():
     baseline = mean_codeword_baseline(codebooks, np.array([1, 2]))
     assert np.allclose(baseline[0], codebooks[0, 1] + codebooks[1:].mean(axis=1).sum(axis=0))
     report = evaluate_acoustic_decoder(
-        AcousticDecoder(TINY).eval(),
+        SoundStorm(TINY).eval(),
         corpus,
         bank,
         codebooks,

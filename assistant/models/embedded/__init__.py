@@ -2,7 +2,8 @@
 package in ``assistant/assets/embedded/`` (torch-free to import; the models are in the modules below).
 
     speech.py    MelRVQCodec          log-mel residual VQ + Griffin-Lim (no network)
-    acoustic.py  AcousticDecoder      a small conformer filling levels 2..n_q
+    (acoustic)   SoundStorm           the shared class (``models/soundstorm.py``) at a small size (``acoustic.json``),
+                                      filling levels 2..n_q
     image.py     ImageDetokenizer     VQ autoencoder, 32 codes <-> 64 x 64 pictures
     music.py     MusicDetokenizer     log-magnitude residual VQ + Griffin-Lim
     lm.py        LMConfig, build_lm   a tiny LLaMA over the unified vocabulary

@@ -6,7 +6,7 @@ the engine reads::
     tokenizer/          UnifiedVocab files (added_tokens.json, text_tokenizer.json)
     lm.json             LMConfig                lm.safetensors        (optional)
     codec.json          MelCodecConfig          codec.safetensors     (optional)
-    acoustic.json       AcousticDecoderConfig   acoustic.safetensors  (optional)
+    acoustic.json       SoundStormConfig        acoustic.safetensors  (optional; AnyGPT's SoundStorm class, small)
     image.json          ImageCodecConfig        image.safetensors     (optional)
     music.json          MusicCodecConfig        music.safetensors     (optional)
     generation.json     GenerationSettings
@@ -31,11 +31,11 @@ from assistant.models.bundle import MODEL_NAMES, ModelBundle, check_parts
 from assistant.models.checkpoint import config_path, load_weights, weights_path
 from assistant.models.config_io import read_config
 from assistant.models.embedded import EMBEDDED_DIR
-from assistant.models.embedded.acoustic import AcousticDecoder, AcousticDecoderConfig
 from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
 from assistant.models.embedded.lm import LMConfig, build_lm
 from assistant.models.embedded.music import MusicCodecConfig, MusicDetokenizer
 from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
+from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 from assistant.models.voices import VoiceBank
 from assistant.vocab import UnifiedVocab
 
@@ -53,7 +53,7 @@ def _offset_seed(model_cls: type[nn.Module]) -> Callable[[Any, int], nn.Module]:
 PARTS: dict[str, tuple[type, Callable[[Any, int], nn.Module]]] = {
     "lm": (LMConfig, build_lm),
     "codec": (MelCodecConfig, _offset_seed(MelRVQCodec)),
-    "acoustic": (AcousticDecoderConfig, _offset_seed(AcousticDecoder)),
+    "acoustic": (SoundStormConfig, _offset_seed(SoundStorm)),
     "image": (ImageCodecConfig, _offset_seed(ImageDetokenizer)),
     "music": (MusicCodecConfig, _offset_seed(MusicDetokenizer)),
 }
