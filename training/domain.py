@@ -6,20 +6,23 @@ dictionary (checked by ``tests/training/test_domain.py``).
 
 Families (``Dialogue.family``):
 
-- ``arithmetic``: plus, minus, times on small numbers, several phrasings; answer "six plus three is nine".
+- ``arithmetic``: plus, minus, times on small numbers in nine phrasings each ("what does six plus three make", "take
+  three away from six", "multiply six by three"); answer "six plus three is nine" whatever the phrasing.
   Operands and results stay in zero..twenty and are never negative.
-- ``facts``: a fixed table of ~40 facts (colours, capitals, animal sounds, counts, opposites).
-- ``small_talk``: greetings and small talk.
-- ``say``: "say ..." / "repeat after me ..." / "please say ..."; the reply is the phrase. Phrases come from a
-  compositional pool of a few thousand distinct sentences (``say_phrases()``).
-- ``draw``: "draw a red circle" -> "here is a red circle" + the canonical image (``ImageSpec`` with jitter 0).
-  Unspecified size and background take ``specs.DEFAULT_SIZE`` / ``specs.DEFAULT_BACKGROUND``.
+- ``facts``: a fixed table of ~40 facts (colours, capitals, animal sounds, counts, opposites), two to four
+  paraphrases of each question ("what does a cow say", "tell me what sound a cow makes").
+- ``small_talk``: greetings and small talk, again with paraphrases sharing one reply.
+- ``say``: "say ..." / "repeat after me ..." / "can you say ..." and a few more; the reply is the phrase. Phrases
+  come from a compositional pool of a few thousand distinct sentences (``say_phrases()``).
+- ``draw``: "draw a red circle" (or "show me a picture of ...", "i would like ...") -> "here is a red circle" + the
+  canonical image (``ImageSpec`` with jitter 0). Unspecified size and background take ``specs.DEFAULT_SIZE`` /
+  ``specs.DEFAULT_BACKGROUND``.
 - ``play``: "play a fast minor tune" -> "here is a fast minor tune" + the canonical clip (``MusicSpec`` variant 0).
   Unspecified tempo and mode take ``DEFAULT_TEMPO`` / ``DEFAULT_MODE`` (this module), register and timbre the
   defaults in ``specs``. The reply always names tempo and mode, and register and timbre when the user named them.
 - ``image_in``: the user turn carries a picture (``ImageSpec`` with jitter > 0) and a question about it; "play music
   for this picture" answers with ``picture_music(spec)`` (a fixed mapping documented there).
-- ``multi_output``: one request for a picture and a tune: "draw a blue star and play a slow tune" ->
+- ``multi_output``: one request for a picture and a tune: "can you draw a blue star and play a slow tune" ->
   "here is a blue star and a slow major tune" + image + music.
 - ``follow_up``: two or three turns; later turns refer to the previous one ("and what is that times two",
   "now make it green", "now make it faster", "say that again", "and what colour is the background").
@@ -237,20 +240,41 @@ def picture_music(spec: ImageSpec) -> MusicSpec:
 # Tables (question templates, answers, phrase pools)
 # --------------------------------------------------------------------------------------------------------------------
 
+# Question templates per operator, drawn uniformly; each asks "{a} op {b}" ("take {b} away from {a}" is a minus b) and
+# is answered by ``arithmetic_answer``. No "what's": a sentence is letters only, without apostrophes.
 OPERATORS: dict[str, tuple[str, ...]] = {
     "plus": (
         "what is {a} plus {b}",
         "how much is {a} plus {b}",
         "what does {a} plus {b} make",
+        "can you tell me what {a} plus {b} is",
+        "{a} plus {b}",
+        "add {a} and {b}",
         "please add {a} and {b}",
         "can you add {a} and {b}",
+        "what do you get when you add {a} and {b}",
     ),
-    "minus": ("what is {a} minus {b}", "how much is {a} minus {b}", "take {b} away from {a}", "subtract {b} from {a}"),
+    "minus": (
+        "what is {a} minus {b}",
+        "how much is {a} minus {b}",
+        "what does {a} minus {b} make",
+        "can you tell me what {a} minus {b} is",
+        "{a} minus {b}",
+        "take {b} away from {a}",
+        "subtract {b} from {a}",
+        "please subtract {b} from {a}",
+        "what do you get when you take {b} away from {a}",
+    ),
     "times": (
         "what is {a} times {b}",
         "how much is {a} times {b}",
+        "what does {a} times {b} make",
+        "can you tell me what {a} times {b} is",
+        "{a} times {b}",
         "multiply {a} by {b}",
+        "please multiply {a} by {b}",
         "what is {a} multiplied by {b}",
+        "what do you get when you multiply {a} by {b}",
     ),
 }
 
@@ -285,71 +309,175 @@ def arithmetic_problems() -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+_CAPITALS = (
+    ("france", "paris"),
+    ("japan", "tokyo"),
+    ("italy", "rome"),
+    ("germany", "berlin"),
+    ("spain", "madrid"),
+    ("england", "london"),
+    ("egypt", "cairo"),
+    ("canada", "ottawa"),
+    ("russia", "moscow"),
+    ("china", "beijing"),
+    ("greece", "athens"),
+)
+_ANIMAL_SOUNDS = (
+    ("a dog", "woof"),
+    ("a cat", "meow"),
+    ("a cow", "moo"),
+    ("a duck", "quack"),
+    ("a sheep", "baa"),
+    ("an owl", "hoot"),
+    ("a lion", "roar"),
+    ("a snake", "hiss"),
+    ("a frog", "ribbit"),
+)
+_OPPOSITES = (("hot", "cold"), ("up", "down"), ("big", "small"), ("day", "night"))
+
+# (paraphrases of one question, its answer); a question is asked in any of its phrasings, drawn uniformly.
 FACTS_TABLE: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("what colour is the sky", "what colour is the sky on a sunny day"), "the sky is blue"),
-    (("what colour is the grass", "what colour is grass"), "the grass is green"),
-    (("what colour is snow", "what colour is the snow"), "snow is white"),
-    (("what colour is the sun",), "the sun is yellow"),
-    (("what colour is a banana", "what colour are bananas"), "a banana is yellow"),
-    (("what colour is a tomato",), "a tomato is red"),
-    (("what colour is milk",), "milk is white"),
-    (("what colour is coal",), "coal is black"),
-    (("what is the capital of france", "which city is the capital of france"), "the capital of france is paris"),
-    (("what is the capital of japan", "which city is the capital of japan"), "the capital of japan is tokyo"),
-    (("what is the capital of italy", "which city is the capital of italy"), "the capital of italy is rome"),
-    (("what is the capital of germany", "which city is the capital of germany"), "the capital of germany is berlin"),
-    (("what is the capital of spain", "which city is the capital of spain"), "the capital of spain is madrid"),
-    (("what is the capital of england", "which city is the capital of england"), "the capital of england is london"),
-    (("what is the capital of egypt", "which city is the capital of egypt"), "the capital of egypt is cairo"),
-    (("what is the capital of canada", "which city is the capital of canada"), "the capital of canada is ottawa"),
-    (("what is the capital of russia", "which city is the capital of russia"), "the capital of russia is moscow"),
-    (("what is the capital of china", "which city is the capital of china"), "the capital of china is beijing"),
-    (("what is the capital of greece", "which city is the capital of greece"), "the capital of greece is athens"),
-    (("what does a dog say", "what sound does a dog make"), "a dog says woof"),
-    (("what does a cat say", "what sound does a cat make"), "a cat says meow"),
-    (("what does a cow say", "what sound does a cow make"), "a cow says moo"),
-    (("what does a duck say", "what sound does a duck make"), "a duck says quack"),
-    (("what does a sheep say", "what sound does a sheep make"), "a sheep says baa"),
-    (("what does an owl say", "what sound does an owl make"), "an owl says hoot"),
-    (("what does a lion say", "what sound does a lion make"), "a lion says roar"),
-    (("what does a snake say", "what sound does a snake make"), "a snake says hiss"),
-    (("what does a frog say", "what sound does a frog make"), "a frog says ribbit"),
-    (("how many days are in a week", "how many days does a week have"), "there are seven days in a week"),
-    (("how many months are in a year", "how many months does a year have"), "there are twelve months in a year"),
-    (("how many legs does a spider have",), "a spider has eight legs"),
-    (("how many legs does a dog have",), "a dog has four legs"),
-    (("how many legs does a bird have",), "a bird has two legs"),
-    (("how many wheels does a bike have", "how many wheels does a bicycle have"), "a bike has two wheels"),
-    (("how many wheels does a car have",), "a car has four wheels"),
-    (("what is the opposite of hot",), "the opposite of hot is cold"),
-    (("what is the opposite of up",), "the opposite of up is down"),
-    (("what is the opposite of big",), "the opposite of big is small"),
-    (("what is the opposite of day",), "the opposite of day is night"),
-    (("which animal gives us milk",), "the cow gives us milk"),
-    (("where do fish live",), "fish live in water"),
-    (("what do bees make",), "bees make honey"),
+    (
+        (
+            "what colour is the sky",
+            "what colour is the sky on a sunny day",
+            "what is the colour of the sky",
+            "tell me the colour of the sky",
+        ),
+        "the sky is blue",
+    ),
+    (
+        (
+            "what colour is the grass",
+            "what colour is grass",
+            "what is the colour of grass",
+            "tell me the colour of grass",
+        ),
+        "the grass is green",
+    ),
+    (("what colour is snow", "what colour is the snow", "what is the colour of snow"), "snow is white"),
+    (
+        ("what colour is the sun", "what is the colour of the sun", "tell me the colour of the sun"),
+        "the sun is yellow",
+    ),
+    (
+        ("what colour is a banana", "what colour are bananas", "what is the colour of a banana"),
+        "a banana is yellow",
+    ),
+    (("what colour is a tomato", "what is the colour of a tomato"), "a tomato is red"),
+    (("what colour is milk", "what is the colour of milk", "tell me the colour of milk"), "milk is white"),
+    (("what colour is coal", "what is the colour of coal"), "coal is black"),
+    *(
+        (
+            (
+                f"what is the capital of {country}",
+                f"which city is the capital of {country}",
+                f"tell me the capital of {country}",
+                f"what is the capital city of {country}",
+            ),
+            f"the capital of {country} is {city}",
+        )
+        for country, city in _CAPITALS
+    ),
+    *(
+        (
+            (f"what does {animal} say", f"what sound does {animal} make", f"tell me what sound {animal} makes"),
+            f"{animal} says {sound}",
+        )
+        for animal, sound in _ANIMAL_SOUNDS
+    ),
+    (
+        (
+            "how many days are in a week",
+            "how many days does a week have",
+            "how many days are there in a week",
+            "tell me how many days are in a week",
+        ),
+        "there are seven days in a week",
+    ),
+    (
+        (
+            "how many months are in a year",
+            "how many months does a year have",
+            "how many months are there in a year",
+            "tell me how many months are in a year",
+        ),
+        "there are twelve months in a year",
+    ),
+    (
+        ("how many legs does a spider have", "how many legs has a spider", "tell me how many legs a spider has"),
+        "a spider has eight legs",
+    ),
+    (
+        ("how many legs does a dog have", "how many legs has a dog", "tell me how many legs a dog has"),
+        "a dog has four legs",
+    ),
+    (
+        ("how many legs does a bird have", "how many legs has a bird", "tell me how many legs a bird has"),
+        "a bird has two legs",
+    ),
+    (
+        (
+            "how many wheels does a bike have",
+            "how many wheels does a bicycle have",
+            "how many wheels has a bike",
+            "tell me how many wheels a bike has",
+        ),
+        "a bike has two wheels",
+    ),
+    (
+        ("how many wheels does a car have", "how many wheels has a car", "tell me how many wheels a car has"),
+        "a car has four wheels",
+    ),
+    *(
+        (
+            (
+                f"what is the opposite of {word}",
+                f"tell me the opposite of {word}",
+                f"can you tell me the opposite of {word}",
+            ),
+            f"the opposite of {word} is {opposite}",
+        )
+        for word, opposite in _OPPOSITES
+    ),
+    (
+        ("which animal gives us milk", "what animal gives us milk", "tell me which animal gives us milk"),
+        "the cow gives us milk",
+    ),
+    (("where do fish live", "where does a fish live", "tell me where fish live"), "fish live in water"),
+    (("what do bees make", "what does a bee make", "tell me what bees make"), "bees make honey"),
 )
 
 SMALL_TALK_TABLE: tuple[tuple[tuple[str, ...], str], ...] = (
     (("hello", "hi", "hello there", "hi there"), "hello how can i help you"),
-    (("good morning",), "good morning how can i help you"),
-    (("good evening",), "good evening how can i help you"),
-    (("good night",), "good night sleep well"),
+    (("good morning", "good morning to you"), "good morning how can i help you"),
+    (("good evening", "good evening to you"), "good evening how can i help you"),
+    (("good night", "i am going to bed"), "good night sleep well"),
     (("how are you", "how are you today", "how is it going"), "i am fine thank you"),
-    (("what is your name", "who are you"), "i am your voice assistant"),
+    (("what is your name", "who are you", "tell me your name"), "i am your voice assistant"),
     (("thank you", "thanks", "thank you very much", "thanks a lot"), "you are welcome"),
-    (("goodbye", "bye", "see you later"), "goodbye have a nice day"),
-    (("what can you do", "how can you help me"), "i can talk and draw pictures and play music"),
-    (("are you a robot", "are you a person"), "i am a computer program"),
-    (("do you like music",), "yes i love music"),
-    (("i am happy", "i feel good"), "that is great to hear"),
-    (("i am sad", "i feel bad"), "i am sorry to hear that"),
+    (("goodbye", "bye", "see you later", "bye bye"), "goodbye have a nice day"),
+    (
+        ("what can you do", "how can you help me", "what can you help me with"),
+        "i can talk and draw pictures and play music",
+    ),
+    (("are you a robot", "are you a person", "are you a computer"), "i am a computer program"),
+    (("do you like music", "do you love music"), "yes i love music"),
+    (("i am happy", "i feel good", "i am very happy", "i feel great"), "that is great to hear"),
+    (("i am sad", "i feel bad", "i am very sad", "i feel sad"), "i am sorry to hear that"),
     (("where do you live", "where are you from"), "i live in this computer"),
-    (("how old are you",), "i am very young"),
-    (("can you hear me", "are you there"), "yes i can hear you"),
+    (("how old are you", "tell me how old you are"), "i am very young"),
+    (("can you hear me", "are you there", "do you hear me", "hello are you there"), "yes i can hear you"),
 )
 
-SAY_PREFIXES: tuple[str, ...] = ("say", "please say", "repeat after me")
+SAY_PREFIXES: tuple[str, ...] = (
+    "say",
+    "please say",
+    "repeat after me",
+    "can you say",
+    "could you say",
+    "please repeat",
+)
 
 _SAY_ADJECTIVES = ("little", "big", "happy", "old", "young", "brown", "lazy", "tiny")
 _SAY_ANIMALS = ("dog", "cat", "bird", "horse", "cow", "fish", "duck", "mouse", "sheep", "frog", "rabbit", "bear")
@@ -428,18 +556,55 @@ def say_phrases() -> tuple[str, ...]:
     return tuple(out)
 
 
-DRAW_PREFIXES: tuple[str, ...] = ("draw", "please draw", "can you draw", "show me", "make a picture of")
-PLAY_PREFIXES: tuple[str, ...] = ("play", "please play", "can you play", "play me", "i want to hear")
+DRAW_PREFIXES: tuple[str, ...] = (
+    "draw",
+    "please draw",
+    "can you draw",
+    "show me",
+    "make a picture of",
+    "draw me",
+    "please draw me",
+    "could you draw",
+    "show me a picture of",
+    "i would like",
+)
+PLAY_PREFIXES: tuple[str, ...] = (
+    "play",
+    "please play",
+    "can you play",
+    "play me",
+    "i want to hear",
+    "could you play",
+    "please play me",
+)
+# A two-part request ("draw ... and play ...") is asked plainly or behind one of these.
+MULTI_OUTPUT_PREFIXES: tuple[str, ...] = ("", "please", "can you", "could you")
 SAY_AGAIN_QUESTIONS: tuple[str, ...] = ("say that again", "please say that again", "repeat that", "can you repeat that")
 
 # Questions about a user's picture, by kind.
 PICTURE_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "describe": ("what is in this picture", "what do you see", "describe this picture", "what is this"),
-    "colour": ("what colour is the shape", "what colour is it"),
-    "shape": ("what shape is this", "what shape do you see"),
-    "background": ("what colour is the background",),
-    "size": ("is the shape big or small",),
-    "music": ("play music for this picture", "play a tune for this picture"),
+    "describe": (
+        "what is in this picture",
+        "what do you see",
+        "describe this picture",
+        "what is this",
+        "what is in the picture",
+        "tell me what you see",
+    ),
+    "colour": ("what colour is the shape", "what colour is it", "what colour is this shape", "which colour is it"),
+    "shape": ("what shape is this", "what shape do you see", "what shape is it", "which shape is this"),
+    "background": (
+        "what colour is the background",
+        "which colour is the background",
+        "tell me the colour of the background",
+    ),
+    "size": ("is the shape big or small", "is it big or small", "is this shape big or small"),
+    "music": (
+        "play music for this picture",
+        "play a tune for this picture",
+        "make music for this picture",
+        "play a song for this picture",
+    ),
 }
 
 
@@ -609,6 +774,7 @@ def _multi_output(rng: random.Random) -> _Exchange:
         words, text = f"{draw_words} and {play_words}", f"here is {drawing.phrase()} and {tune.reply_phrase()}"
     else:
         words, text = f"{play_words} and {draw_words}", f"here is {tune.reply_phrase()} and {drawing.phrase()}"
+    words = f"{rng.choice(MULTI_OUTPUT_PREFIXES)} {words}".lstrip(" ")
     return _Exchange(words, text, image_out=drawing.spec, music_out=tune.spec)
 
 
@@ -872,8 +1038,9 @@ def _all_sentences() -> tuple[str, ...]:
     for spec in {replace(s, background=DEFAULT_BACKGROUND, size=DEFAULT_SIZE) for s in _all_images()}:
         drawing = image_phrase(spec)
         for request_words, reply_words in simple_tunes:
-            out.add(f"draw {drawing} and play {request_words}")
-            out.add(f"play {request_words} and draw {drawing}")
+            for prefix in MULTI_OUTPUT_PREFIXES:
+                out.add(f"{prefix} draw {drawing} and play {request_words}".lstrip(" "))
+                out.add(f"{prefix} play {request_words} and draw {drawing}".lstrip(" "))
             out.add(f"here is {drawing} and {reply_words}")
             out.add(f"here is {reply_words} and {drawing}")
     for kind, questions in PICTURE_QUESTIONS.items():

@@ -58,7 +58,7 @@ def test_every_domain_word_is_in_the_pocketsphinx_dictionary():
 
 def test_all_spoken_sentences_are_plain_words_and_fit_a_grammar():
     sentences = d.all_spoken_sentences()
-    assert 5000 < len(sentences) <= 20000
+    assert 5000 < len(sentences) <= 40000
     assert len(set(sentences)) == len(sentences)
     for s in sentences:
         assert s == s.strip() and "  " not in s and all(w.isalpha() and w.islower() for w in s.split(" "))
@@ -249,8 +249,151 @@ def test_multi_output_replies_with_picture_and_tune(dialogues):
         assert reply.image is not None and reply.music is not None
         assert f"{reply.image.colour} {reply.image.shape}" in reply.text
         assert f"{reply.music.tempo} {reply.music.mode} tune" in reply.text
-        orders.add(user.words.split(" ")[0])
+        orders.add(next(w for w in user.words.split(" ") if w in ("draw", "play")))
     assert orders == {"draw", "play"}
+
+
+# Phrasings ----------------------------------------------------------------------------------------------------------
+
+MAX_WORDS = 14  # the longest sentence before the paraphrases ("i want to hear a fast minor tune with ...")
+
+
+def family_dialogues(family, n=400, seed=11):
+    return d.generate_dialogues(n, seed=seed, voices=(), spoken_fraction=0.0, families=(family,))
+
+
+def split_prefix(words, prefixes):
+    """('please draw me', 'a red circle'): the longest of ``prefixes`` that ``words`` starts with ('' counts)."""
+    prefix = max((p for p in prefixes if not p or words.startswith(p + " ")), key=len)
+    return prefix, words.removeprefix(prefix).lstrip(" ")
+
+
+OPERATOR_WORDS = {
+    "plus": "plus",
+    "add": "plus",
+    "minus": "minus",
+    "take": "minus",
+    "subtract": "minus",
+    "times": "times",
+    "multiply": "times",
+    "multiplied": "times",
+}
+
+
+def parse_question(words):
+    """An arithmetic question read on its own: (op, a, b) from its operator word and the order of its numbers."""
+    tokens = words.split(" ")
+    (op,) = {OPERATOR_WORDS[w] for w in tokens if w in OPERATOR_WORDS}
+    numbers = [NUMBER[w] for w in tokens if w in NUMBER]
+    assert len(numbers) == 2, words
+    if "from" in tokens:  # "take b away from a", "subtract b from a"
+        numbers.reverse()
+    return op, *numbers
+
+
+def phrasing(family, user, reply):
+    """What is left of a question once the content its reply depends on is taken out."""
+    words = user.words
+    if family == d.ARITHMETIC:
+        return " ".join("N" if w in NUMBER else w for w in words.split(" "))
+    if family in (d.FACTS, d.SMALL_TALK):
+        table = d.FACTS_TABLE if family == d.FACTS else d.SMALL_TALK_TABLE
+        return next(questions.index(words) for questions, _ in table if words in questions)
+    if family == d.SAY:
+        return words.removesuffix(" " + reply.text)
+    if family == d.DRAW:
+        return split_prefix(words, d.DRAW_PREFIXES)[0]
+    if family == d.PLAY:
+        return split_prefix(words, d.PLAY_PREFIXES)[0]
+    if family == d.MULTI_OUTPUT:
+        tokens = words.split(" ")
+        return " ".join(tokens[: next(k for k, w in enumerate(tokens) if w in ("draw", "play")) + 1])
+    return words  # image_in (the reply depends on the picture) and follow_up: the whole question
+
+
+def test_every_family_asks_in_several_phrasings():
+    for family in d.FAMILIES:
+        found = family_dialogues(family)
+        forms = {phrasing(family, *x.turns[-1]) for x in found}
+        assert len(forms) > 1, family
+    arithmetic = {phrasing(d.ARITHMETIC, *x.turns[0]) for x in family_dialogues(d.ARITHMETIC)}
+    assert arithmetic == {
+        " ".join("N" if w.startswith("{") else w for w in template.split(" "))
+        for templates in d.OPERATORS.values()
+        for template in templates
+    }  # every template is drawn
+    assert {phrasing(d.DRAW, *x.turns[0]) for x in family_dialogues(d.DRAW)} == set(d.DRAW_PREFIXES)
+    assert {phrasing(d.PLAY, *x.turns[0]) for x in family_dialogues(d.PLAY)} == set(d.PLAY_PREFIXES)
+    assert {phrasing(d.SAY, *x.turns[0]) for x in family_dialogues(d.SAY)} == set(d.SAY_PREFIXES)
+    assert {phrasing(d.FACTS, *x.turns[0]) for x in family_dialogues(d.FACTS)} == {0, 1, 2, 3}
+    multi = {phrasing(d.MULTI_OUTPUT, *x.turns[0]) for x in family_dialogues(d.MULTI_OUTPUT)}
+    assert multi == {f"{p} {w}".lstrip(" ") for p in d.MULTI_OUTPUT_PREFIXES for w in ("draw", "play")}
+    assert all(len(qs) >= 2 for table in (d.FACTS_TABLE, d.SMALL_TALK_TABLE) for qs, _ in table)
+    assert all(len(qs) >= 2 for qs in d.PICTURE_QUESTIONS.values())
+
+
+def test_every_user_sentence_is_plain_words_and_short():
+    for family in d.FAMILIES:
+        for dialogue in family_dialogues(family, n=300):
+            for user, _ in dialogue.turns:
+                d._check_sentence(user.words)
+                assert len(user.words.split(" ")) <= MAX_WORDS, user.words
+    for sentence in d.all_spoken_sentences():
+        d._check_sentence(sentence)
+        assert len(sentence.split(" ")) <= MAX_WORDS, sentence
+    with pytest.raises(ValueError):
+        d._check_sentence("what's six plus three")
+
+
+def test_every_arithmetic_phrasing_is_answered_by_the_sum_it_asks():
+    for op, a, b in d.arithmetic_problems():
+        for template in d.OPERATORS[op]:
+            words = template.format(a=d.NUMBER_WORDS[a], b=d.NUMBER_WORDS[b])
+            assert parse_question(words) == (op, a, b), words
+    for dialogue in family_dialogues(d.ARITHMETIC):
+        ((user, reply),) = dialogue.turns
+        assert reply.text == d.arithmetic_answer(*parse_question(user.words))
+    assert parse_question("take three away from seven") == ("minus", 7, 3)
+    assert d.arithmetic_answer(*parse_question("what do you get when you take three away from seven")) == (
+        "seven minus three is four"
+    )
+
+
+def test_questions_are_not_ambiguous():
+    tables = [qs for qs, _ in d.FACTS_TABLE] + [qs for qs, _ in d.SMALL_TALK_TABLE] + list(d.PICTURE_QUESTIONS.values())
+    questions = [q for qs in tables for q in qs]
+    assert len(set(questions)) == len(questions)  # no question in two rows (or twice in one)
+    # single-turn requests without a picture: a question always gets the same reply, whatever its family
+    replies = {}
+    for family in (d.ARITHMETIC, d.FACTS, d.SMALL_TALK, d.SAY, d.DRAW, d.PLAY, d.MULTI_OUTPUT):
+        for dialogue in family_dialogues(family, n=500, seed=3):
+            ((user, reply),) = dialogue.turns
+            assert replies.setdefault(user.words, reply) == reply, user.words
+
+
+def test_a_paraphrased_request_gets_the_reply_of_the_plain_one():
+    """draw / play / say / multi_output: the reply depends on what follows the request form, never on the form."""
+    forms = {
+        d.DRAW: d.DRAW_PREFIXES,
+        d.PLAY: d.PLAY_PREFIXES,
+        d.SAY: d.SAY_PREFIXES,
+        d.MULTI_OUTPUT: d.MULTI_OUTPUT_PREFIXES,
+    }
+    plain = {d.DRAW: "draw", d.PLAY: "play", d.SAY: "say", d.MULTI_OUTPUT: ""}
+    for family, prefixes in forms.items():
+        replies, asked_as = {}, collections.defaultdict(set)
+        for dialogue in family_dialogues(family, n=1500, seed=5):
+            ((user, reply),) = dialogue.turns
+            form, content = split_prefix(user.words, prefixes)
+            assert replies.setdefault(content, reply) == reply, user.words
+            asked_as[content].add(form)
+        # the same request asked plainly and in another form: one reply
+        assert any(plain[family] in f and len(f) > 1 for f in asked_as.values()), family
+    paraphrases = {q: a for table in (d.FACTS_TABLE, d.SMALL_TALK_TABLE) for qs, a in table for q in qs}
+    cow = ("what does a cow say", "what sound does a cow make", "tell me what sound a cow makes")
+    assert {paraphrases[q] for q in cow} == {"a cow says moo"}
+    assert paraphrases["tell me the capital of japan"] == paraphrases["what is the capital of japan"]
+    assert paraphrases["tell me how old you are"] == paraphrases["how old are you"] == "i am very young"
 
 
 def test_follow_ups_refer_to_the_previous_turn(dialogues):
