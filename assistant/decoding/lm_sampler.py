@@ -53,17 +53,22 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """SamplingSettings per modality; ``max_total_new_tokens`` (None: derived) bounds a whole reply."""
+    """SamplingSettings per modality; ``max_total_new_tokens`` (None: derived) bounds a whole reply;
+    ``max_transcript_tokens`` (None: unbounded, as AnyGPT) bounds the text ids of an ``<-Ins->`` transcript, after
+    which ``<-Res->`` is the only choice: a transcript that loops cannot eat the reply's text budget."""
 
     text: SamplingSettings = SamplingSettings()
     speech: SamplingSettings = SamplingSettings()
     image: SamplingSettings = SamplingSettings()
     music: SamplingSettings = SamplingSettings()
     max_total_new_tokens: int | None = None
+    max_transcript_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_total_new_tokens is not None and self.max_total_new_tokens <= 0:
             raise ValueError(f"max_total_new_tokens must be > 0, got {self.max_total_new_tokens}")
+        if self.max_transcript_tokens is not None and self.max_transcript_tokens <= 0:
+            raise ValueError(f"max_transcript_tokens must be > 0, got {self.max_transcript_tokens}")
 
     def for_modality(self, modality: Modality) -> SamplingSettings:
         return getattr(self, modality.value)
@@ -98,6 +103,8 @@ class GenerationSettings:
         for m in (Modality.TEXT, *CODE_MODALITIES):
             out[m.value] = asdict(self.for_modality(m))
         out["max_total_new_tokens"] = self.max_total_new_tokens
+        if self.max_transcript_tokens is not None:
+            out["max_transcript_tokens"] = self.max_transcript_tokens
         return out
 
     def to_json(self, path: str | Path) -> None:
@@ -106,17 +113,24 @@ class GenerationSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path = "<dict>") -> GenerationSettings:
         """The ``to_dict`` layout: ``format_version``, one ``SamplingSettings`` object per modality (missing: the
-        defaults) and ``max_total_new_tokens``; anything else raises ``ConfigError`` naming ``source``."""
+        defaults), ``max_total_new_tokens`` and ``max_transcript_tokens``; anything else raises ``ConfigError`` naming
+        ``source``."""
         if data.get("format_version") != SETTINGS_FORMAT_VERSION:
             raise ConfigError(f"{source}: unsupported format_version {data.get('format_version')!r}")
         sections = {m.value: m for m in (Modality.TEXT, *CODE_MODALITIES)}
-        extra = sorted(set(data) - {"format_version", "max_total_new_tokens", *sections})
+        extra = sorted(set(data) - {"format_version", "max_total_new_tokens", "max_transcript_tokens", *sections})
         if extra:
             raise ConfigError(f"{source}: unknown key {extra[0]!r}")
         kwargs: dict[str, Any] = {
             name: config_from_dict(SamplingSettings, data.get(name, {}), f"{source} [{name}]") for name in sections
         }
-        return config_from_dict(cls, kwargs, source, max_total_new_tokens=data.get("max_total_new_tokens"))
+        return config_from_dict(
+            cls,
+            kwargs,
+            source,
+            max_total_new_tokens=data.get("max_total_new_tokens"),
+            max_transcript_tokens=data.get("max_transcript_tokens"),
+        )
 
     @classmethod
     def from_json(cls, path: str | Path) -> GenerationSettings:
@@ -134,7 +148,8 @@ class ReplyGrammar:
       ``settings.for_modality(X).min_new_tokens``; only ``<eoX>`` once it holds ``max_new_tokens`` codes;
     - outside segments: text ids, start markers, ``<-Ins->``/``<-Res->`` and stop ids (raw codes, end markers,
       ``[Human]``/``[MMGPT]``/``<eoh>`` and the BOS id are banned); only ``<eos>`` once the text budget
-      (``settings.text.max_new_tokens`` text ids) is used up;
+      (``settings.text.max_new_tokens`` text ids) is used up; only ``<-Res->`` once a transcript (after
+      ``<-Ins->``) holds ``settings.max_transcript_tokens`` text ids;
     - after ``<eos>``: only ``</s>``; after any other stop id: nothing more (``finished``).
     """
 
@@ -170,6 +185,7 @@ class ReplyGrammar:
             return mask.to(device)
 
         self._eos_only = only(vocab.eos_id)
+        self._res_only = only(vocab.res_id) if vocab.res_id is not None else None
         self._text_eos_only = only(vocab.text_eos_id)
         self._nothing = torch.zeros(size, dtype=torch.bool, device=device)
         self.reset()
@@ -178,6 +194,7 @@ class ReplyGrammar:
         self.segment: Modality | None = None
         self.segment_codes = 0
         self.text_tokens = 0
+        self.transcript_tokens: int | None = None  # text ids since <-Ins-> (None: not in a transcript)
         self.after_eos = False
         self.finished = False
 
@@ -206,6 +223,14 @@ class ReplyGrammar:
             return self._inside[self.segment]
         if self.text_tokens >= self.settings.text.max_new_tokens:
             return self._eos_only
+        limit = self.settings.max_transcript_tokens
+        if (
+            limit is not None
+            and self._res_only is not None
+            and self.transcript_tokens is not None
+            and self.transcript_tokens >= limit
+        ):
+            return self._res_only
         return self._outside
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
@@ -234,3 +259,9 @@ class ReplyGrammar:
             self.segment_codes += 1
         elif info.kind is TokenKind.TEXT:
             self.text_tokens += 1
+            if self.transcript_tokens is not None:
+                self.transcript_tokens += 1
+        if token_id == self.vocab.ins_id:
+            self.transcript_tokens = 0
+        elif token_id == self.vocab.res_id:
+            self.transcript_tokens = None

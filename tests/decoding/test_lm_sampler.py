@@ -90,6 +90,33 @@ def test_grammar_text_budget_forces_eos(vocab):
     assert allowed(g, vocab) == {vocab.eos_id}
 
 
+def test_a_transcript_at_its_bound_must_hand_over_to_the_reply(vocab):
+    settings = GenerationSettings(max_transcript_tokens=3)
+    assert GenerationSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="max_transcript_tokens"):
+        GenerationSettings(max_transcript_tokens=0)
+    g = ReplyGrammar(vocab, settings)
+    a, b = vocab.encode_text("a")[0], vocab.encode_text("b")[0]
+    for token in (a, b):  # text before <-Ins-> is not a transcript
+        g.advance(token)
+    g.advance(vocab.ins_id)
+    for token in (a, b, a):
+        assert vocab.res_id in allowed(g, vocab) and a in allowed(g, vocab)
+        g.advance(token)
+    assert allowed(g, vocab) == {vocab.res_id}  # a looping transcript cannot go on
+    with pytest.raises(GrammarViolation):
+        g.advance(b)
+    g.advance(vocab.res_id)
+    for _ in range(5):  # the reply itself is bounded only by the text budget
+        assert a in allowed(g, vocab)
+        g.advance(a)
+    unbounded = ReplyGrammar(vocab, GenerationSettings())
+    unbounded.advance(vocab.ins_id)
+    for _ in range(20):
+        unbounded.advance(a)
+    assert b in allowed(unbounded, vocab)
+
+
 def test_grammar_apply_masks_logits(vocab):
     g = ReplyGrammar(vocab, GenerationSettings())
     g.begin_segment(Modality.IMAGE)
