@@ -42,8 +42,11 @@ test-resilience: $(STAMP)
 setup: $(STAMP)
 
 # Synthesize the instruction set and train the embedded models into assistant/assets/embedded/ (<= 90 min, 2 cores).
+# One BLAS thread for numpy: the augmentation's vector maths runs on two threads already, and OpenBLAS's own threads
+# made a dot product 200x slower on a busy 2-core machine. DEVICE=cuda trains the neural stages on a GPU.
+DEVICE ?= cpu
 train-mini: $(STAMP)
-	$(PY) -m training train
+	OPENBLAS_NUM_THREADS=1 $(PY) -m training train --device $(DEVICE)
 
 # Judge them on held-out voices: prints a table, writes eval/results.json.
 eval-mini: $(STAMP)

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--work-dir", type=Path, default=Path("build/train"), help="stage cache")
     train.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing the cache")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--lm-minutes", type=float, default=None, help="LM training budget")
+    train.add_argument("--lm-steps", type=int, default=None, help="LM step budget (it may stop earlier)")
+    train.add_argument("--device", default="cpu", help="where the neural stages train: cpu (default), cuda, cuda:N")
     train.add_argument("--dialogues", type=int, default=None, help="training dialogues")
     evaluate = sub.add_parser("eval", help="judge the trained models on held-out voices")
     evaluate.add_argument("--assets", type=Path, default=EMBEDDED_DIR)
@@ -33,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from training.pipeline import TrainPlan, run_training
 
-        overrides = {"seed": args.seed}
-        if args.lm_minutes is not None:
-            overrides["lm_minutes"] = args.lm_minutes
+        overrides = {"seed": args.seed, "device": args.device}
+        if args.lm_steps is not None:
+            overrides["lm_steps"] = args.lm_steps
         if args.dialogues is not None:
             overrides["train_dialogues"] = args.dialogues
         summary = run_training(TrainPlan(**overrides), args.assets, args.work_dir, fresh=args.fresh)
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     changes = {k: v for k, v in (("per_family", args.per_family), ("seed", args.seed)) if v is not None}
     result = run_eval(dataclasses.replace(plan, **changes), args.assets, args.out)
     print(format_table(result["summary"]))
+    if result["speech_codec"] is not None:
+        print("speech codec:", json.dumps(result["speech_codec"]))
     print("targets met:", json.dumps(result["targets_met"]))
     print(f"wrote {args.out / 'results.json'}")
     return 0

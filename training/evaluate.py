@@ -39,6 +39,7 @@ from assistant.pipeline.outputs import (
     TurnFinished,
 )
 from training import domain, images, voices
+from training.codec_eval import codec_report
 from training.judges.image import judge_image
 from training.judges.music import judge_music
 from training.judges.speech import SentenceJudge, word_error_rate
@@ -52,14 +53,20 @@ TARGETS = {
     "image_accuracy": 0.90,
     "music_accuracy": 0.85,
     "rtf_max": 0.5,
+    "level1_same_sentence_max": 0.4,
+    "level1_different_sentences_min": 0.8,
 }
 
 
 @dataclass(frozen=True)
 class EvalPlan:
+    """seed / per_family: the held-out dialogue set. codec: also measure the speech codec's level-1 voice invariance
+    and round trip (``training.codec_eval``, about a minute)."""
+
     seed: int = 2026
     per_family: int = 16
     threads: int = 2
+    codec: bool = True
 
 
 @dataclass
@@ -205,7 +212,7 @@ def summarise(records: list[TurnRecord]) -> dict:
     return {"overall": block(records), "families": {name: block(rows) for name, rows in sorted(by_family.items())}}
 
 
-def targets_met(overall: dict) -> dict[str, bool | None]:
+def targets_met(overall: dict, codec: dict | None = None) -> dict[str, bool | None]:
     def at_least(value, target):
         return None if value is None else value >= target
 
@@ -219,6 +226,12 @@ def targets_met(overall: dict) -> dict[str, bool | None]:
         "image_accuracy": at_least(overall["image_accuracy"], TARGETS["image_accuracy"]),
         "music_accuracy": at_least(overall["music_accuracy"], TARGETS["music_accuracy"]),
         "rtf": at_most(overall["rtf"], TARGETS["rtf_max"]),
+        "level1_same_sentence": None
+        if codec is None
+        else at_most(codec["all_voices"]["same_sentence"], TARGETS["level1_same_sentence_max"]),
+        "level1_different_sentences": None
+        if codec is None
+        else at_least(codec["all_voices"]["different_sentences"], TARGETS["level1_different_sentences_min"]),
     }
 
 
@@ -292,12 +305,14 @@ def run_eval(plan: EvalPlan, assets_dir: Path = EMBEDDED_DIR, out_dir: Path = Pa
     judge = SentenceJudge(domain.spoken_sentences(dialogues))
     records = asyncio.run(_evaluate(engine, dialogues, judge))
     summary = summarise(records)
+    codec = codec_report(bundle.codec) if plan.codec and bundle.codec is not None else None
     result = {
         "plan": asdict(plan),
         "voices": [v.name for v in voices.HELDOUT_VOICES],
         "summary": summary,
+        "speech_codec": codec,
         "targets": TARGETS,
-        "targets_met": targets_met(summary["overall"]),
+        "targets_met": targets_met(summary["overall"], codec),
         "turns": [asdict(r) for r in records],
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 First the text vocabulary is written (``training.vocabulary``), then the stages; each leaves its result under
 ``work_dir`` and is reused while its inputs and every earlier stage are unchanged (unless ``fresh``):
     dialogues   seeded dialogues: training voices, validation voices (early stopping), held-out voices (eval only)
-    speech      espeak-ng renders every utterance; the speech codec is fitted; every utterance is encoded
+    speech      espeak-ng renders every utterance (with its phoneme timings where the codec trains on it); the speech
+                codec's content encoder and codebooks are fitted; every question is augmented and encoded
     music       music VQ fitted; tokens of every tune the dialogues ask for
     acoustic    acoustic decoder trained on training-voice utterances; the voice prompt bank
     image       image VQ trained; codes of every picture the dialogues show or ask for
@@ -20,7 +21,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,18 +34,18 @@ from assistant.models.bundle import MODEL_NAMES
 from assistant.models.checkpoint import config_path, save_weights
 from assistant.models.config_io import read_config, read_json_object
 from assistant.models.embedded import EMBEDDED_DIR
-from assistant.models.embedded.acoustic import AcousticDecoderConfig
 from assistant.models.embedded.image import ImageCodecConfig
 from assistant.models.embedded.lm import LMConfig
 from assistant.models.embedded.music import MusicCodecConfig
 from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
 from assistant.models.loading import ModelSpec, load_models
+from assistant.models.soundstorm import SoundStormConfig
 from assistant.vocab import Modality
-from training import domain, images, music, voices
+from training import augment, domain, images, music, voices
 from training.corpus import encode_dialogue
 from training.fit_image_codec import ImageFitSettings, fit_image_codec
 from training.fit_music_codec import fit_music_codec
-from training.fit_speech_codec import fit_speech_codec
+from training.fit_speech_codec import ContentFitSettings, fit_content_codec
 from training.specs import ImageSpec, MusicSpec, Voice
 from training.train_acoustic import AcousticTrainingConfig, build_voice_bank, train_acoustic_decoder
 from training.train_lm import LMTrainingConfig, train_lm
@@ -56,13 +58,19 @@ SpeechKey = tuple[str, str, int, int]  # (words, voice name, pitch, speed)
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """What ``train-mini`` does. Minutes are wall-clock budgets of the stages that have one.
+    """What ``train-mini`` does. Every neural stage is budgeted in optimiser steps and stops early when its
+    validation loss stops improving, so a run means the same on any machine; wall time is only reported.
 
     train_dialogues / valid_dialogues: dialogue counts (validation dialogues use ``valid_voices`` training voices
     that the LM never trains on; held-out voices are left to the evaluation).
-    codec_fit_utterances / codec_max_frames: utterances and frames for the k-means speech codec.
     pitch_jitter: spoken training and validation questions are read within this many espeak pitch steps of their
     voice's pitch (``domain.generate_dialogues``); the evaluation's held-out voices keep their own pitch.
+    codec_fit_utterances / codec_steps / codec_residual_frames: utterances (each with one augmented copy) the
+    content encoder trains on, its step budget, and the frames of the residual k-means.
+    augment: spoken questions reach the LM (and the content encoder) through ``training.augment`` (noise, reverb,
+    gain, an Opus round trip), as they reach the server through WebRTC; replies stay clean.
+    image_steps: the image codec's steps (None: the fitter's default). acoustic_steps / lm_steps / lm_epochs: step
+    budgets (and an optional epoch cap for the LM). device: where the neural stages train (cpu, cuda, cuda:N).
     """
 
     seed: int = 0
@@ -70,15 +78,18 @@ class TrainPlan:
     valid_dialogues: int = 400
     valid_voices: int = 3
     pitch_jitter: int = 10
-    codec_fit_utterances: int = 3_000
-    codec_max_frames: int = 120_000
-    image_minutes: float = 6.0
+    codec_fit_utterances: int = 4_000
+    codec_steps: int = 800
+    codec_residual_frames: int = 120_000
+    augment: bool = True
     image_steps: int | None = None  # None: the fitter's default
-    acoustic_minutes: float = 10.0
+    acoustic_steps: int = 6_000
     acoustic_utterances: int = 6_000
     voice_prompt_frames: int = 90
     music_max_frames: int = 30_000
-    lm_minutes: float = 55.0
+    lm_steps: int = 1_800
+    lm_epochs: float | None = None
+    device: str = "cpu"
     threads: int = 2
 
 
@@ -95,7 +106,9 @@ class _Stages:
     """Runs stages in order and reuses a stage's saved result while its key is the one it was saved under.
 
     A stage's key is what it depends on (plan fields, configs) chained with the previous stage's key, so changing
-    the LM budget retrains only the LM while changing the dialogues recomputes everything after them.
+    the LM budget retrains only the LM while changing the dialogues recomputes everything after them. The device a
+    stage trains on is not part of its key: a cache made on the CPU is reused by a GPU run, which then trains only
+    what changed (e.g. the LM with a bigger ``--lm-steps``).
     """
 
     def __init__(self, work_dir: Path, fresh: bool) -> None:
@@ -143,18 +156,39 @@ def _speech_requests(dialogue_sets: list[list[domain.Dialogue]]) -> tuple[set[Sp
     return questions, replies
 
 
+# Questions reach the LM as they reach the server: through a room, a microphone and Opus. Lighter than the module's
+# default mix (Opus at complexity 5, on 40% of them) so the augmentation of ~25k questions costs minutes, not ten.
+QUESTION_AUGMENT = augment.AugmentConfig(clean_probability=0.3, opus_probability=0.4, opus_complexity=5)
+
+
 def _encode_all(
-    codec: MelRVQCodec, requests: list[tuple[str, Voice, int | None]], batch: int = 256
-) -> list[np.ndarray]:
-    """Synthesize and encode in batches (bounded memory): int16 codes ``[n_q, F]`` per request."""
+    codec: MelRVQCodec,
+    requests: Sequence[tuple[str, Voice, int | None]],
+    augment_seed: int | None = None,
+    keep_clean: Collection[int] = (),
+    batch: int = 256,
+) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+    """Synthesize (``augment_seed``: then augment, request i with its own generator seeded (seed, i), so a request's
+    audio does not depend on the batching) and encode in batches (bounded memory): int16 codes ``[n_q, F]`` of every
+    request, and of the clean audio of the requests whose indices are in ``keep_clean`` (synthesized once for both)."""
     out: list[np.ndarray] = []
-    for start in range(0, len(requests), batch):
-        waves = voices.synthesize_many(requests[start : start + batch])
+    clean: dict[int, np.ndarray] = {}
+    keep = set(keep_clean)
+
+    def encode(wave: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            for wave in waves:
-                out.append(codec.encode(torch.from_numpy(wave)).numpy().astype(np.int16))
-        log.info("speech: encoded %d / %d utterances", min(start + batch, len(requests)), len(requests))
-    return out
+            return codec.encode(torch.from_numpy(wave)).numpy().astype(np.int16)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(requests), batch):
+            waves = voices.synthesize_many(requests[start : start + batch])
+            clean.update({start + i: encode(wave) for i, wave in enumerate(waves) if start + i in keep})
+            if augment_seed is not None:
+                seeds = [np.random.default_rng([augment_seed, start + i]) for i in range(len(waves))]
+                waves = list(pool.map(_question_augment, waves, seeds))
+            out.extend(encode(wave) for wave in waves)
+            log.info("speech: encoded %d / %d utterances", min(start + batch, len(requests)), len(requests))
+    return out, clean
 
 
 class _CachedMedia:
@@ -177,6 +211,10 @@ class _CachedMedia:
 
     def music_tokens(self, spec: MusicSpec) -> list[int]:
         return self.music[spec]
+
+
+def _question_augment(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return augment.augment(wave, rng, QUESTION_AUGMENT)
 
 
 def run_training(
@@ -210,24 +248,60 @@ def run_training(
         questions, replies = _speech_requests([dialogues["train"], dialogues["valid"]])
         question_list = sorted(questions)
         reply_list = sorted(replies)
-        requests = [(w, replace(voices.voice_by_name(v), pitch=p), s) for w, v, p, s in question_list]
-        requests += [(text, voices.ASSISTANT_VOICE, None) for text in reply_list]
+        question_requests = [(w, replace(voices.voice_by_name(v), pitch=p), s) for w, v, p, s in question_list]
+        reply_requests = [(text, voices.ASSISTANT_VOICE, None) for text in reply_list]
         rng = random.Random(plan.seed)
-        # The codec is fitted on training-voice speech only (validation voices stay unseen by every model).
-        fit_pool = [r for r in requests if r[1] not in valid_voices]
+        # The codec trains on training-voice speech only; the validation voices only decide when its encoder stops.
+        valid_names = {v.name for v in valid_voices}
+        fit_pool = [r for r in question_requests + reply_requests if r[1].name not in valid_names]
         fit_requests = rng.sample(fit_pool, min(plan.codec_fit_utterances, len(fit_pool)))
+        check_pool = [r for r in question_requests if r[1].name in valid_names]
+        check_requests = rng.sample(check_pool, min(max(8, plan.codec_fit_utterances // 20), len(check_pool)))
         config = read_config(config_path(assets_dir, "codec"), MelCodecConfig)
-        codec = fit_speech_codec(
-            voices.synthesize_many(fit_requests), config, seed=plan.seed, max_frames=plan.codec_max_frames
+        settings = ContentFitSettings(
+            max_steps=plan.codec_steps,
+            residual_frames=plan.codec_residual_frames,
+            augmented_copies=1 if plan.augment else 0,
+            device=plan.device,
         )
-        codes = _encode_all(codec, requests)
+        codec, codec_metrics = fit_content_codec(
+            voices.synthesize_many_aligned(fit_requests),
+            voices.synthesize_many_aligned(check_requests),
+            config,
+            seed=plan.seed,
+            settings=settings,
+            augment=_question_augment if plan.augment else None,
+        )
+        # The acoustic decoder learns to render voices from clean speech: a sample of training-voice questions,
+        # encoded clean from the same synthesis as their augmented copies.
+        acoustic_pool = [r for r in question_requests if r[1].name not in valid_names]
+        acoustic_requests = rng.sample(acoustic_pool, min(plan.acoustic_utterances, len(acoustic_pool)))
+        index = {request: i for i, request in enumerate(question_requests)}
+        acoustic_indices = [index[r] for r in acoustic_requests]
+        question_codes, clean = _encode_all(
+            codec, question_requests, plan.seed if plan.augment else None, keep_clean=acoustic_indices
+        )
+        reply_codes, _ = _encode_all(codec, reply_requests)
         return {
             "codec_state": codec.state_dict(),
-            "questions": dict(zip(question_list, codes[: len(question_list)], strict=True)),
-            "replies": dict(zip(reply_list, codes[len(question_list) :], strict=True)),
+            "codec_metrics": codec_metrics,
+            "questions": dict(zip(question_list, question_codes, strict=True)),
+            "replies": dict(zip(reply_list, reply_codes, strict=True)),
+            "clean_questions": [(clean[i], question_requests[i][1].name) for i in acoustic_indices],
         }
 
-    speech = stages.cached("speech", [plan.codec_fit_utterances, plan.codec_max_frames, configs["codec"]], make_speech)
+    speech = stages.cached(
+        "speech",
+        [
+            plan.codec_fit_utterances,
+            plan.codec_steps,
+            plan.codec_residual_frames,
+            plan.augment,
+            plan.acoustic_utterances,
+            configs["codec"],
+        ],
+        make_speech,
+    )
 
     def make_music() -> dict:
         config = read_config(config_path(assets_dir, "music"), MusicCodecConfig)
@@ -240,15 +314,12 @@ def run_training(
     tunes = stages.cached("music", [plan.music_max_frames, configs["music"]], make_music)
 
     def make_acoustic() -> dict:
-        valid_names = {v.name for v in valid_voices}
-        utterances = [
-            (codes, name) for (_, name, _, _), codes in speech["questions"].items() if name not in valid_names
-        ]
+        utterances = list(speech["clean_questions"])
         utterances += [(codes, voices.ASSISTANT_VOICE.name) for codes in speech["replies"].values()]
         random.Random(plan.seed).shuffle(utterances)
         utterances = utterances[: plan.acoustic_utterances]
-        config = read_config(config_path(assets_dir, "acoustic"), AcousticDecoderConfig)
-        settings = AcousticTrainingConfig(max_minutes=plan.acoustic_minutes, seed=plan.seed)
+        config = read_config(config_path(assets_dir, "acoustic"), SoundStormConfig)
+        settings = AcousticTrainingConfig(max_steps=plan.acoustic_steps, seed=plan.seed, device=plan.device)
         model, metrics = train_acoustic_decoder([(c.astype(np.int64), n) for c, n in utterances], config, settings)
         by_voice: dict[str, list[np.ndarray]] = {}
         for codes, name in utterances:
@@ -264,7 +335,7 @@ def run_training(
 
     acoustic = stages.cached(
         "acoustic",
-        [plan.acoustic_minutes, plan.acoustic_utterances, plan.voice_prompt_frames, configs["acoustic"]],
+        [plan.acoustic_steps, plan.acoustic_utterances, plan.voice_prompt_frames, configs["acoustic"]],
         make_acoustic,
     )
 
@@ -282,12 +353,12 @@ def run_training(
             if plan.image_steps is None
             else ImageFitSettings(steps=plan.image_steps, warmup_steps=plan.image_steps // 10)
         )
-        model, metrics = fit_image_codec(config, seed=plan.seed, max_minutes=plan.image_minutes, settings=settings)
+        model, metrics = fit_image_codec(config, seed=plan.seed, settings=settings, device=plan.device)
         with torch.inference_mode():
             codes = {spec: list(model.encode(images.render(spec))) for spec in pictures()}
         return {"state": model.state_dict(), "codes": codes, "metrics": metrics}
 
-    image = stages.cached("image", [plan.image_minutes, plan.image_steps, configs["image"]], make_images)
+    image = stages.cached("image", [plan.image_steps, configs["image"]], make_images)
 
     def make_corpus() -> dict:
         media = _CachedMedia(speech, image["codes"], tunes["tokens"])
@@ -312,13 +383,15 @@ def run_training(
     def make_lm() -> dict:
         lm_config = read_config(config_path(assets_dir, "lm"), LMConfig)
         speech_range = vocab.range_of(Modality.SPEECH)
-        settings = LMTrainingConfig(max_minutes=plan.lm_minutes, seed=plan.seed)
         model, metrics = train_lm(
-            lm_config, corpus["train"], corpus["valid"], (speech_range.first_id, speech_range.n_codes), settings
+            lm_config, corpus["train"], corpus["valid"], (speech_range.first_id, speech_range.n_codes), lm_settings
         )
         return {"state": model.state_dict(), "metrics": metrics}
 
-    lm = stages.cached("lm", [plan.lm_minutes, configs["lm"], dataclasses.asdict(LMTrainingConfig())], make_lm)
+    lm_settings = LMTrainingConfig(
+        max_steps=plan.lm_steps, max_epochs=plan.lm_epochs, seed=plan.seed, device=plan.device
+    )
+    lm = stages.cached("lm", [configs["lm"], {**dataclasses.asdict(lm_settings), "device": None}], make_lm)
 
     # Export: the weights next to the configs (our checkpoint format, ``assistant.models.checkpoint``), then a strict
     # reload of everything just written through the loader every caller uses.
@@ -346,6 +419,7 @@ def run_training(
         "sequences": {split: len(corpus[split]) for split in ("train", "valid")},
         "sequences_dropped_too_long": corpus["dropped_too_long"],
         "metrics": {
+            "speech_codec": speech["codec_metrics"],
             "image": image["metrics"],
             "music": tunes["metrics"],
             "acoustic": acoustic["metrics"],

@@ -37,6 +37,10 @@ def test_summary_rates_and_ratio_to_the_ceiling():
     assert summary["families"]["draw"]["transcript_wer"] is None
     met = targets_met(overall)
     assert met["text_accuracy"] is False and met["music_accuracy"] is True and met["rtf"] is True
+    assert met["level1_same_sentence"] is None  # no codec report
+    codec = {"all_voices": {"same_sentence": 0.3, "different_sentences": 0.75}}
+    met = targets_met(overall, codec)
+    assert met["level1_same_sentence"] is True and met["level1_different_sentences"] is False
     table = format_table(summary)
     assert table.splitlines()[0].split()[0] == "family" and table.splitlines()[-1].startswith("ALL")
 

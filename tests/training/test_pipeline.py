@@ -20,12 +20,12 @@ TINY = TrainPlan(
     valid_dialogues=16,
     valid_voices=2,
     codec_fit_utterances=120,
-    codec_max_frames=4000,
-    image_minutes=0.2,
+    codec_steps=20,
+    codec_residual_frames=4000,
     image_steps=20,
-    acoustic_minutes=0.1,
+    acoustic_steps=10,
     acoustic_utterances=120,
-    lm_minutes=0.1,
+    lm_steps=10,
     music_max_frames=2000,
     threads=1,
 )
@@ -67,13 +67,13 @@ def test_second_run_reuses_every_stage(trained):
 
 def test_a_change_of_the_lm_budget_retrains_only_the_lm(trained):
     assets, work, _ = trained
-    again = run_training(dataclasses.replace(TINY, lm_minutes=0.05), assets, work)
+    again = run_training(dataclasses.replace(TINY, lm_steps=5), assets, work)
     assert set(again["stage_minutes"]) == {"lm"}
 
 
 def test_evaluation_judges_every_family(trained, tmp_path):
     assets, _, _ = trained
-    result = run_eval(EvalPlan(per_family=1, threads=1), assets, tmp_path)
+    result = run_eval(EvalPlan(per_family=1, threads=1, codec=False), assets, tmp_path)
     families = result["summary"]["families"]
     assert {"arithmetic", "draw", "play", "image_in", "multi_output", "follow_up"} <= set(families)
     assert result["summary"]["overall"]["errors"] == 0
