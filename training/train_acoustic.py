@@ -1,6 +1,6 @@
 """MaskGIT training of the acoustic decoder with voice prompts (SoundStorm recipe), its evaluation, and the voice bank.
 
-The model is ``assistant.models.anygpt.acoustic.SoundStorm`` (the class both families use; the embedded family's
+The model is ``assistant.models.soundstorm.SoundStorm`` (the class both families use; the embedded family's
 sizes are ``assistant/assets/embedded/acoustic.json``); the evaluation reads any ``AcousticModel``.
 
 Training mirrors ``assistant.decoding.maskgit.fill_acoustic_levels`` exactly. One sequence is
