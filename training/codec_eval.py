@@ -17,6 +17,7 @@ import torch
 
 from assistant.models.interfaces import SpeechCodec
 from training import voices
+from training.judges.speech import SentenceJudge, edit_distance
 from training.specs import Voice
 
 
@@ -29,13 +30,7 @@ def normalised_edit_distance(a: Sequence[int], b: Sequence[int]) -> float:
     """Levenshtein distance divided by the longer length (0 = equal, 1 = nothing in common); 0 for two empties."""
     if not a and not b:
         return 0.0
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        current = [i] + [0] * len(b)
-        for j, y in enumerate(b, start=1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y))
-        previous = current
-    return previous[-1] / max(len(a), len(b))
+    return edit_distance(a, b) / max(len(a), len(b))
 
 
 @dataclass(frozen=True)
@@ -93,8 +88,6 @@ class RoundTrip:
 def round_trip_intelligibility(codec: SpeechCodec, sentences: Sequence[str], readers: Sequence[Voice]) -> RoundTrip:
     """Every sentence in every voice, judged by the pocketsphinx sentence judge (grammar: ``sentences``) before and
     after ``codec.decode(codec.encode(wave))``."""
-    from training.judges.speech import SentenceJudge
-
     judge = SentenceJudge(sentences)
     original, decoded = [], []
     for sentence in sentences:

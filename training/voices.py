@@ -144,18 +144,18 @@ def synthesize_many(requests: Sequence[tuple[str, Voice, int | None]], workers: 
 
 def synthesize_aligned(text: str, voice: Voice, speed: int | None = None) -> espeak.AlignedSpeech:
     """``synthesize`` together with the phonemes the wave is made of and when each starts (``training.espeak``)."""
-    wave = synthesize(text, voice, speed)
-    return espeak.AlignedSpeech(wave, espeak.phoneme_timings(text, voice, voice.speed if speed is None else int(speed)))
+    return _with_timings(synthesize(text, voice, speed), text, voice, speed)
 
 
 def synthesize_many_aligned(requests: Sequence[tuple[str, Voice, int | None]]) -> list[espeak.AlignedSpeech]:
     """``synthesize_aligned`` over (text, voice, speed) requests, in order; the waves on ``synthesize_many``'s
     threads."""
     waves = synthesize_many(requests)
-    return [
-        espeak.AlignedSpeech(wave, espeak.phoneme_timings(text, voice, voice.speed if speed is None else int(speed)))
-        for wave, (text, voice, speed) in zip(waves, requests, strict=True)
-    ]
+    return [_with_timings(wave, *request) for wave, request in zip(waves, requests, strict=True)]
+
+
+def _with_timings(wave: np.ndarray, text: str, voice: Voice, speed: int | None) -> espeak.AlignedSpeech:
+    return espeak.AlignedSpeech(wave, espeak.phoneme_timings(text, voice, voice.speed if speed is None else int(speed)))
 
 
 def _parse_wav(data: bytes) -> tuple[int, np.ndarray]:

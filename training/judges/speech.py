@@ -11,7 +11,7 @@ This module shares no code with the models (it must not import ``assistant.model
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -25,6 +25,21 @@ def normalise_sentence(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
 
+def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions that turn ``a`` into ``b``."""
+    previous = list(range(len(b) + 1))  # distances from a[:0]
+    for i, x in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, y in enumerate(b, start=1):
+            current[j] = min(
+                previous[j] + 1,  # deletion
+                current[j - 1] + 1,  # insertion
+                previous[j - 1] + (x != y),  # substitution / match
+            )
+        previous = current
+    return previous[-1]
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Word-level Levenshtein distance / number of reference words (both normalised first).
 
@@ -34,17 +49,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     hyp = normalise_sentence(hypothesis).split()
     if not ref:
         return 0.0 if not hyp else 1.0
-    previous = list(range(len(hyp) + 1))  # distances from ref[:0]
-    for i, ref_word in enumerate(ref, start=1):
-        current = [i] + [0] * len(hyp)
-        for j, hyp_word in enumerate(hyp, start=1):
-            current[j] = min(
-                previous[j] + 1,  # deletion
-                current[j - 1] + 1,  # insertion
-                previous[j - 1] + (ref_word != hyp_word),  # substitution / match
-            )
-        previous = current
-    return previous[-1] / len(ref)
+    return edit_distance(ref, hyp) / len(ref)
 
 
 def to_judge_pcm(wave: np.ndarray) -> bytes:
