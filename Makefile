@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := espeak-ng sox libsndfile1 libportaudio2
+APT_PACKAGES := espeak-ng sox libsndfile1 libportaudio2 chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test test-fast test-slow lint test-resilience setup train-mini eval-mini system-packages clean

@@ -6,7 +6,8 @@ It is built from the edge client's parts (:class:`edge_client.tracks.CaptureTrac
 
 The end of the user's speech is the moment the capture track hands out the frame holding the question's last sample
 (aiortc sends it on at once); answer frames are stamped when the remote-audio reader gets them (after aiortc's
-jitter buffer, i.e. when a real client would play them). See :mod:`anystream_bench.timeline` for the figures.
+jitter buffer, shortened to one frame as the edge client's: :mod:`assistant.webrtc.jitter`).
+See :mod:`anystream_bench.timeline` for the figures.
 This module imports neither torch nor ray.
 """
 
@@ -24,8 +25,9 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from anystream_bench.timeline import AnswerTimeline, Thresholds
-from assistant import protocol
+from assistant import fragments, protocol
 from assistant.audio import WEBRTC_SAMPLE_RATE, FrameSplitter, resample
+from assistant.webrtc.jitter import shorten_audio_jitter_buffers
 from edge_client.audio_io import CAPTURE_RATE, FRAME_SAMPLES
 from edge_client.tracks import CaptureTrack, RemoteAudioConsumer
 
@@ -139,6 +141,8 @@ class BenchClient:
         self.result = ClientResult(client=index, start_offset_s=start_offset_s)
         self._events: list[tuple[float, dict[str, Any]]] = []
         self._new_event = asyncio.Event()
+        # a server message larger than one data-channel message (a picture) comes as fragments
+        self._reassembler = fragments.Reassembler(protocol.MAX_DOWNLOAD_MESSAGE_BYTES, max_count=1024)
         self._heard = AnswerTimeline(t0=0.0)  # every frame of the server's track since the last turn was measured
         self._channel_closed = asyncio.Event()
 
@@ -146,8 +150,11 @@ class BenchClient:
 
     def _on_message(self, raw: str | bytes) -> None:
         try:
-            message = json.loads(raw)
-        except ValueError:
+            whole = self._reassembler.push(raw)
+            if whole is None:
+                return
+            message = json.loads(whole)
+        except ValueError:  # ProtocolError (a broken fragment) included
             return
         if isinstance(message, dict):
             self._events.append((time.monotonic(), message))
@@ -189,6 +196,7 @@ class BenchClient:
             channel.on("close", self._channel_closed.set)
             track = _QuestionTrack(self.source)
             pc.addTrack(track)
+            shorten_audio_jitter_buffers(pc)  # as the edge client: its playback buffer absorbs the jitter
 
             @pc.on("track")
             def on_track(remote: Any) -> None:
@@ -293,6 +301,8 @@ class BenchClient:
         else:
             record["ttfa_after_endpoint_s"] = None
         record["errors"] = [m.get("message") for _, m in self._events[events_before:] if m.get("type") == "error"]
+        # a question heard as two (the VAD ended the turn inside it) shows as more than one speech_stopped
+        record["speech_stops"] = sum(m.get("type") == "speech_stopped" for _, m in self._events[events_before:])
         self.result.turns.append(record)
         return True
 

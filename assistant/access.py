@@ -5,7 +5,8 @@ Access is **off** by default: then only this machine may call (``anystream-serve
 ``http_options.host`` without access), and the rules below guard against web pages in a local browser:
 
 - an ``Origin`` header (sent by browsers) must be a loopback page (``http://127.0.0.1:*``, ``http://localhost:*``,
-  ``http://[::1]:*``) or one of ``allowed_origins`` (exact match): 403 ``forbidden_origin``;
+  ``http://[::1]:*``), one of ``allowed_origins`` (exact match), or the server's own page (the Origin's host[:port]
+  is the request's Host: the page the gateway serves at ``/`` calling back): 403 ``forbidden_origin``;
 - the ``Host`` header must name a loopback host: 403 ``forbidden_host`` (DNS rebinding: a page whose own name has
   been pointed at 127.0.0.1 sends its own name as Host);
 - ``POST /offer`` must say ``Content-Type: application/json``: 415 ``unsupported_media_type``. Any web page may send
@@ -13,9 +14,10 @@ Access is **off** by default: then only this machine may call (``anystream-serve
   server's consent first (a preflight), which the server gives only to allowed origins.
 
 Access is **on** when API keys or a token secret are configured (or the environment variables that hold them are
-named). Then every request but ``/health`` needs ``Authorization: Bearer <credential>``, where the credential is
-an API key or a signed session token (:func:`mint_token`): 401 ``unauthorized`` otherwise. The Origin rule stays;
-the Host rule is dropped (the server is then meant to be reached by any of its names).
+named). Then every request but ``/health`` and the page (``/``, ``/static/*``: it holds no secret, and
+:func:`check_browser` applies the Origin and Host rules alone) needs ``Authorization: Bearer <credential>``, where the
+credential is an API key or a signed session token (:func:`mint_token`): 401 ``unauthorized`` otherwise. The Origin
+rule stays; the Host rule is dropped (the server is then meant to be reached by any of its names).
 
 A request's **client id** is the name its API key is listed under, or the ``sub`` of its token. Per-client limits
 (``max_sessions_per_client``) apply to that id; with access off there is no client id (``None``), only the
@@ -52,6 +54,8 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ANY_ORIGIN = "*"
 _CONFIG_ORIGIN = re.compile(r"https?://([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 _LOOPBACK_ORIGIN = re.compile(r"http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?")
+_ORIGIN_PARTS = re.compile(r"(https?)://([^/\s]+)")  # scheme, host[:port]
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 # What a browser may send cross-origin after a preflight, and how long it may remember the answer.
 CORS_METHODS = "GET, POST, DELETE"
@@ -330,21 +334,39 @@ def _host_is_loopback(host: str) -> bool:
         return False
 
 
+def _same_origin(origin: str, host: str | None) -> bool:
+    """True when ``origin`` is the page of the server the request is addressed to (its host[:port] is the request's
+    Host, default ports aside): the gateway's own page (``GET /``) calling back. Browsers send an Origin with every
+    POST, even to the page's own server."""
+    match = _ORIGIN_PARTS.fullmatch(origin.strip().lower())
+    if host is None or match is None:
+        return False
+    scheme, authority = match.groups()
+    default_port = _DEFAULT_PORTS[scheme]
+    return authority.removesuffix(default_port) == host.strip().lower().removesuffix(default_port)
+
+
 def _check_browser(config: AccessConfig, values: dict[str, list[str]]) -> None:
     origin = _single(values, "origin")
-    if origin is not None and not origin_allowed(config, origin):
+    host = _single(values, "host")
+    if origin is not None and not (origin_allowed(config, origin) or _same_origin(origin, host)):
         raise AccessDenied(
             403,
             "forbidden_origin",
             f"web pages from {origin[:100]!r} may not call this server (access.allowed_origins)",
         )
-    host = _single(values, "host")
     if not config.enabled and host is not None and not _host_is_loopback(host):
         raise AccessDenied(
             403,
             "forbidden_host",
             "this server answers only requests addressed to a loopback host unless access is configured",
         )
+
+
+def check_browser(config: AccessConfig, headers: Mapping[str, str]) -> None:
+    """The Origin and Host rules alone (no credential): for what any caller of this server may fetch, such as the
+    page at ``/``, which holds no secret. Raises :class:`AccessDenied` like :func:`authorize`."""
+    _check_browser(config, _header_values(headers))
 
 
 def authorize(config: AccessConfig, headers: Mapping[str, str], now: float | None = None) -> str | None:

@@ -47,6 +47,24 @@ def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: floa
     return resample(data.mean(axis=1), rate, sample_rate)
 
 
+def decode_wav_bytes(data: bytes, max_seconds: float = MAX_INPUT_SECONDS) -> tuple[np.ndarray, int]:
+    """A sound file held in memory (a tune a user sent) as float32 mono (channels averaged) at its own rate, and that
+    rate. Raises ``AudioFormatError`` for bytes soundfile cannot read, no samples, or more than ``max_seconds``."""
+    import io
+
+    import soundfile
+
+    try:
+        wave, rate = soundfile.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as exc:
+        raise AudioFormatError(f"cannot read the sound file: {exc}") from None
+    if wave.shape[0] == 0:
+        raise AudioFormatError("the sound file holds no samples")
+    if wave.shape[0] / rate > max_seconds:
+        raise AudioFormatError(f"the sound file is {wave.shape[0] / rate:.1f} s long; the limit is {max_seconds:g} s")
+    return np.ascontiguousarray(wave.mean(axis=1), dtype=np.float32), int(rate)
+
+
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     import soundfile
 

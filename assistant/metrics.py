@@ -90,6 +90,13 @@ class ServingMetrics:
             registry=r,
         )
         self.turns = Counter(f"{PREFIX}_turns", "Turns that ended, by finish reason.", ["reason"], registry=r)
+        self.speculative_turns = Counter(
+            f"{PREFIX}_speculative_turns",
+            "Answers started at the user's pause, by outcome: committed (the pause was the end of the turn) or "
+            "discarded (the user went on; the work was thrown away unheard).",
+            ["outcome"],
+            registry=r,
+        )
         self.sessions_created = Counter(
             f"{PREFIX}_sessions_created", "Sessions accepted (offers answered).", registry=r
         )
@@ -155,6 +162,9 @@ class ServingMetrics:
 
     def turn_finished(self, reason: str) -> None:
         self.turns.labels(reason=str(reason)).inc()
+
+    def speculation_decided(self, committed: bool) -> None:
+        self.speculative_turns.labels(outcome="committed" if committed else "discarded").inc()
 
     def session_created(self) -> None:
         self.sessions_created.inc()

@@ -7,7 +7,13 @@ browser mirrors the same names). Messages travel as JSON text on the WebRTC data
 Every message has a ``type``. Parsers validate size, UTF-8, JSON (and its nesting depth), Unicode (no lone
 surrogates), type and field types, and raise :class:`ProtocolError` and nothing else, with a message fit to send back
 to the peer: UTF-8-encodable, at most ``MAX_ERROR_CHARS`` long, quoting the peer's data only through
-:func:`printable_excerpt`. :func:`to_json` never raises, whatever text the model produced.
+:func:`printable_excerpt`, and with the :class:`ErrorCode` to send it under (``too_large`` for a size limit,
+``bad_message`` for the rest). :func:`to_json` never raises, whatever text the model produced.
+
+A message larger than the data channel carries in one piece (a picture, a tune) travels as fragments
+(:mod:`assistant.fragments`); the parsers see the reassembled text. One data-channel message may be
+``MAX_MESSAGE_BYTES``; a reassembled one from the client up to ``MAX_UPLOAD_MESSAGE_BYTES`` (pictures and tunes
+only), one from the server up to ``MAX_DOWNLOAD_MESSAGE_BYTES``.
 """
 
 from __future__ import annotations
@@ -18,20 +24,33 @@ import dataclasses
 import json
 import math
 import re
+import struct
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROTOCOL_VERSION = 1
 DATA_CHANNEL_LABEL = "events"
-# aiortc advertises 256 KiB; 64 KiB is what a peer may assume when the remote does not say. Client
-# messages are small (a typed question), so the tighter bound also caps what one peer can make us parse.
+# aiortc advertises 256 KiB; 64 KiB is what a peer may assume when the remote does not say. It bounds one
+# data-channel message, the unit the server rate-limits and parses before anything else.
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 4000
-# A picture from the client must fit one message: its base64 (4/3 of the bytes) plus the JSON envelope and a short
-# question stay under MAX_MESSAGE_BYTES. Larger pictures are the client's to shrink (the model sees 256x256 anyway).
-MAX_IMAGE_BYTES = 45 * 1024
+# A picture from the client (AnyGPT draws and reads 768-pixel pictures: a PNG of one is ~1 MB). Larger than one
+# message, it arrives in fragments (assistant.fragments).
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+# A tune from the client: a WAV file (any rate, mono or stereo) of at most this many bytes and seconds.
+MAX_MUSIC_BYTES = 4 * 1024 * 1024
+MAX_MUSIC_SECONDS = 30.0
+# The most a client message reassembled from fragments may be (only a picture or a tune may exceed
+# MAX_MESSAGE_BYTES): the base64 of the largest picture or tune (4/3 of its bytes) plus the envelope and the longest
+# question (MAX_TEXT_CHARS of up to 4 UTF-8 bytes each) fits, so any upload the limits above allow can be sent.
+MAX_UPLOAD_MESSAGE_BYTES = 6 * 1024 * 1024
+# The most a server message reassembled from fragments may be on a client (a picture the server drew).
+MAX_DOWNLOAD_MESSAGE_BYTES = 32 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 MAX_VOICE_CHARS = 32
@@ -81,10 +100,16 @@ def _is_valid_unicode(text: str) -> bool:
 
 
 class ProtocolError(ValueError):
-    """A message that does not follow this protocol; the text is safe to send back to the peer."""
+    """A message that does not follow this protocol; the text is safe to send back to the peer, ``code`` (an
+    :class:`ErrorCode` value) is the code to send it under: ``too_large`` when a size limit refused it."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(_sendable(message))
+        self.code: str = code if code is not None else ErrorCode.BAD_MESSAGE.value
+
+
+def _too_large(message: str) -> ProtocolError:
+    return ProtocolError(message, ErrorCode.TOO_LARGE.value)
 
 
 class ServerEvent(StrEnum):
@@ -105,6 +130,7 @@ class ClientEvent(StrEnum):
     HELLO = "hello"
     TEXT = "text"
     IMAGE = "image"  # a picture from the user, with an optional typed question
+    MUSIC = "music"  # a tune from the user (a WAV file), with an optional typed question
     INTERRUPT = "interrupt"
     BYE = "bye"  # the caller hangs up: the server ends the session and closes the peer connection
 
@@ -127,6 +153,10 @@ class Ready:
     protocol_version: int = PROTOCOL_VERSION
     voice: str | None = None  # the voice of the spoken replies; None when the server has no voice bank
     voices: list[str] | None = None  # the voices an offer may ask for; None when the server has no voice bank
+    # Secret, single-use: an offer carrying it as "resume" after the connection dropped (without bye) continues this
+    # conversation on the replica that holds it (for a while); None when the server does not park conversations.
+    resume_token: str | None = None
+    resumed: bool = False  # this session continues a parked conversation (its history and voice)
     type: str = field(default=ServerEvent.READY.value, init=False)
 
 
@@ -247,20 +277,65 @@ class ImageMessage:
 
     @classmethod
     def from_bytes(cls, data: bytes, text: str | None = None) -> ImageMessage:
-        """Builds the message for a picture, raising :class:`ProtocolError` when the server would refuse it."""
+        """Builds the message for a picture, raising :class:`ProtocolError` when the server would refuse it. A
+        message over ``MAX_MESSAGE_BYTES`` is the fragment layer's to carry (:mod:`assistant.fragments`)."""
         message = cls(png_base64=base64.b64encode(data).decode("ascii"), text=text)
         _refuse_nul(message)
         _check_image_message(message)
-        size = len(to_json(message).encode("utf-8"))
-        if size > MAX_MESSAGE_BYTES:
-            raise ProtocolError(
-                f"picture and question make a message of {size} bytes, over the limit of "
-                f"{MAX_MESSAGE_BYTES} bytes; shorten the question"
-            )
         return message
 
     def image_bytes(self) -> bytes:
         return base64.b64decode(self.png_base64, validate=True)
+
+
+@dataclass(frozen=True)
+class MusicMessage:
+    """A tune (a WAV file, base64: any rate, mono or stereo, at most ``MAX_MUSIC_SECONDS`` and ``MAX_MUSIC_BYTES``)
+    and an optional typed question about it.
+
+    The same rules as :class:`ImageMessage`: with ``text`` it starts a turn at once; without it the server keeps the
+    tune for the user's next turn (a newer tune replaces it, an ``interrupt`` message drops it, a barge-in keeps it).
+    """
+
+    wav_base64: str
+    text: str | None = None
+    type: str = field(default=ClientEvent.MUSIC.value, init=False)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, text: str | None = None) -> MusicMessage:
+        """Builds the message for a WAV file, raising :class:`ProtocolError` when the server would refuse it."""
+        message = cls(wav_base64=base64.b64encode(data).decode("ascii"), text=text)
+        _refuse_nul(message)
+        _check_music_message(message)
+        return message
+
+    def wav_bytes(self) -> bytes:
+        return base64.b64decode(self.wav_base64, validate=True)
+
+    def wave(self) -> tuple[np.ndarray, int]:
+        """The tune as a float32 mono wave (channels averaged) and its sample rate; needs soundfile. Raises
+        :class:`ProtocolError` when the file cannot be decoded."""
+        from assistant.audio import AudioFormatError, decode_wav_bytes  # numpy and soundfile, only when asked
+
+        try:
+            return decode_wav_bytes(self.wav_bytes(), max_seconds=MAX_MUSIC_SECONDS)
+        except (AudioFormatError, binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"the tune cannot be decoded: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """What a WAV file's header says about its samples (read by :func:`wav_info` without decoding them)."""
+
+    format_tag: int  # 1 PCM, 3 IEEE float, 6 A-law, 7 mu-law (WAVE_FORMAT_EXTENSIBLE: its sub-format)
+    channels: int
+    sample_rate: int
+    bits_per_sample: int
+    frames: int  # samples per channel in the data chunk (what is present of it)
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
 
 
 @dataclass(frozen=True)
@@ -290,7 +365,7 @@ ServerMessage = (
     | TurnEnd
     | ErrorEvent
 )
-ClientMessage = Hello | TextMessage | ImageMessage | InterruptMessage | ByeMessage
+ClientMessage = Hello | TextMessage | ImageMessage | MusicMessage | InterruptMessage | ByeMessage
 
 
 def to_json(message: ServerMessage | ClientMessage) -> str:
@@ -328,6 +403,7 @@ _CLIENT_CLASSES: dict[str, type] = {
     ClientEvent.HELLO.value: Hello,
     ClientEvent.TEXT.value: TextMessage,
     ClientEvent.IMAGE.value: ImageMessage,
+    ClientEvent.MUSIC.value: MusicMessage,
     ClientEvent.INTERRUPT.value: InterruptMessage,
     ClientEvent.BYE.value: ByeMessage,
 }
@@ -340,6 +416,8 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
         "protocol_version": (int,),
         "voice": (str, type(None)),
         "voices": (list, type(None)),
+        "resume_token": (str, type(None)),
+        "resumed": (bool,),
     },
     SpeechStarted: {},
     SpeechStopped: {"duration_s": (int, float)},
@@ -354,16 +432,20 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     Hello: {"client": (str,), "protocol_version": (int,)},
     TextMessage: {"text": (str,)},
     ImageMessage: {"png_base64": (str,), "text": (str, type(None))},
+    MusicMessage: {"wav_base64": (str,), "text": (str, type(None))},
     InterruptMessage: {},
     ByeMessage: {},
 }
 _OPTIONAL_FIELDS: dict[type, set[str]] = {
-    Ready: {"protocol_version", "voice", "voices"},
+    Ready: {"protocol_version", "voice", "voices", "resume_token", "resumed"},
     ErrorEvent: {"turn_id", "code"},
     TurnEnd: {"reason"},
     Hello: {"client", "protocol_version"},
     ImageMessage: {"text"},
+    MusicMessage: {"text"},
 }
+# The client messages that may be larger than MAX_MESSAGE_BYTES (reassembled from fragments).
+_LARGE_CLIENT_CLASSES = (ImageMessage, MusicMessage)
 
 
 def _text_of(raw: str | bytes, max_bytes: int, what: str) -> str:
@@ -371,7 +453,7 @@ def _text_of(raw: str | bytes, max_bytes: int, what: str) -> str:
     if isinstance(raw, (bytes, bytearray, memoryview)):
         data = bytes(raw)
         if len(data) > max_bytes:
-            raise ProtocolError(f"{what} of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+            raise _too_large(f"{what} of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
         try:
             # Explicitly UTF-8: json.loads(bytes) would also guess UTF-16 and UTF-32.
             return data.decode("utf-8")
@@ -380,10 +462,10 @@ def _text_of(raw: str | bytes, max_bytes: int, what: str) -> str:
     if not isinstance(raw, str):
         raise ProtocolError(f"{what} must be text or bytes")
     if len(raw) > max_bytes:  # every character takes at least one byte: too large, without encoding all of it
-        raise ProtocolError(f"{what} of {len(raw)} characters exceeds the limit of {max_bytes} bytes")
+        raise _too_large(f"{what} of {len(raw)} characters exceeds the limit of {max_bytes} bytes")
     size = len(raw.encode("utf-8", "surrogatepass"))  # surrogatepass: a lone surrogate counts, it does not raise
     if size > max_bytes:
-        raise ProtocolError(f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes")
+        raise _too_large(f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes")
     if not _is_valid_unicode(raw):
         raise ProtocolError(f"{what} is not valid Unicode (it holds a lone surrogate)")
     return raw
@@ -444,19 +526,31 @@ def _build(cls: type, obj: dict[str, Any]) -> Any:
             raise ProtocolError(f"'{kind}' message is missing field '{name}'")
         value = obj[name]
         # bool is an int subclass; a boolean where a number belongs is a client bug worth reporting.
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = " or ".join(t.__name__ for t in types)
             raise ProtocolError(f"field '{name}' of '{kind}' must be {want}")
         kwargs[name] = value
     return cls(**kwargs)
 
 
-def parse_client_message(raw: str | bytes) -> ClientMessage:
-    """One message from the client; raises :class:`ProtocolError` and nothing else."""
-    obj = _decode(raw, MAX_MESSAGE_BYTES)
+def parse_client_message(raw: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessage:
+    """One message from the client; raises :class:`ProtocolError` and nothing else.
+
+    max_bytes: the most the message may be: ``MAX_MESSAGE_BYTES`` for one data-channel message, up to
+    ``MAX_UPLOAD_MESSAGE_BYTES`` for one reassembled from fragments. Only a picture or a tune may be larger than
+    ``MAX_MESSAGE_BYTES``: any other message over it is refused (``too_large``) whatever ``max_bytes`` allows."""
+    obj = _decode(raw, max_bytes)
     cls = _CLIENT_CLASSES.get(obj["type"])
     if cls is None:
         raise ProtocolError(f"unknown message type {printable_excerpt(obj['type'])}")
+    if max_bytes > MAX_MESSAGE_BYTES and cls not in _LARGE_CLIENT_CLASSES:
+        size = len(bytes(raw)) if isinstance(raw, (bytes, bytearray, memoryview)) else len(raw.encode("utf-8"))
+        if size > MAX_MESSAGE_BYTES:
+            kind = {f.name: f.default for f in dataclasses.fields(cls)}["type"]
+            raise _too_large(
+                f"a '{kind}' message of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes (only pictures "
+                "and tunes may be larger)"
+            )
     message = _build(cls, obj)
     _refuse_nul(message)
     if isinstance(message, TextMessage):
@@ -468,6 +562,10 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         if message.text is not None and not message.text.strip():
             message = ImageMessage(png_base64=message.png_base64)  # a blank question is no question
         _check_image_message(message)
+    elif isinstance(message, MusicMessage):
+        if message.text is not None and not message.text.strip():
+            message = MusicMessage(wav_base64=message.wav_base64)
+        _check_music_message(message)
     return message
 
 
@@ -498,13 +596,83 @@ def _check_image_message(message: ImageMessage) -> None:
     if not data:
         raise ProtocolError("image message carries no picture")
     if len(data) > MAX_IMAGE_BYTES:
-        raise ProtocolError(f"picture of {len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES} bytes")
+        raise _too_large(f"picture of {len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES} bytes")
     if image_kind(data) is None:
         raise ProtocolError("picture is neither PNG nor JPEG (checked by its first bytes)")
 
 
-def parse_server_message(raw: str | bytes, max_bytes: int = 4 * 1024 * 1024) -> ServerMessage:
-    # Server messages carry PNGs, so the client accepts more than the server does.
+def _check_music_message(message: MusicMessage) -> None:
+    if message.text is not None and len(message.text) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"the tune's question is longer than {MAX_TEXT_CHARS} characters")
+    try:
+        data = message.wav_bytes()
+    except (binascii.Error, ValueError):
+        raise ProtocolError("field 'wav_base64' of 'music' is not valid base64") from None
+    if not data:
+        raise ProtocolError("music message carries no tune")
+    if len(data) > MAX_MUSIC_BYTES:
+        raise _too_large(f"tune of {len(data)} bytes exceeds the limit of {MAX_MUSIC_BYTES} bytes")
+    info = wav_info(data)
+    if info.duration_s > MAX_MUSIC_SECONDS:
+        raise _too_large(f"tune of {info.duration_s:.1f} s exceeds the limit of {MAX_MUSIC_SECONDS:g} s")
+
+
+# The WAV encodings soundfile decodes that a tune may use, by format tag, and their sample sizes in bits.
+_WAV_ENCODINGS = {1: ("PCM", (8, 16, 24, 32)), 3: ("float", (32, 64)), 6: ("A-law", (8,)), 7: ("mu-law", (8,))}
+_WAV_EXTENSIBLE = 0xFFFE
+MIN_WAV_RATE = 4000
+MAX_WAV_RATE = 192_000
+
+
+def wav_info(data: bytes) -> WavInfo:
+    """Reads the header of a WAV file (RIFF/WAVE: its ``fmt `` and ``data`` chunks) without decoding a sample; raises
+    :class:`ProtocolError` unless it is a mono or stereo PCM, float, A-law or mu-law file with samples."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ProtocolError("tune is not a WAV file (it does not start with a RIFF/WAVE header)")
+    layout: tuple[int, int, int, int, int] | None = None  # format tag, channels, rate, block align, bits
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        body = pos + 8
+        if chunk == b"fmt ":
+            if size < 16 or body + 16 > len(data):
+                raise ProtocolError("tune's WAV 'fmt ' chunk is cut short")
+            tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", data, body)
+            if tag == _WAV_EXTENSIBLE:  # the real encoding is the first two bytes of the sub-format GUID
+                if size < 40 or body + 26 > len(data):
+                    raise ProtocolError("tune's WAV 'fmt ' chunk is cut short")
+                tag = struct.unpack_from("<H", data, body + 24)[0]
+            layout = (tag, channels, rate, block_align, bits)
+        elif chunk == b"data":
+            if layout is None:
+                raise ProtocolError("tune's WAV file has its samples before its 'fmt ' chunk")
+            present = min(size, len(data) - body)  # a streamed file may declare more (or 0xFFFFFFFF)
+            return _checked_wav(*layout, data_bytes=present)
+        pos = body + size + (size & 1)  # chunks are padded to an even length
+    raise ProtocolError("tune's WAV file has no 'data' chunk" if layout else "tune's WAV file has no 'fmt ' chunk")
+
+
+def _checked_wav(tag: int, channels: int, rate: int, block_align: int, bits: int, *, data_bytes: int) -> WavInfo:
+    encoding = _WAV_ENCODINGS.get(tag)
+    if encoding is None:
+        raise ProtocolError(f"tune's WAV encoding (format {tag}) is not PCM, float, A-law or mu-law")
+    name, sizes = encoding
+    if bits not in sizes:
+        raise ProtocolError(f"tune's {name} samples of {bits} bits are not supported")
+    if channels not in (1, 2):
+        raise ProtocolError(f"tune must be mono or stereo, not {channels} channels")
+    if not MIN_WAV_RATE <= rate <= MAX_WAV_RATE:
+        raise ProtocolError(f"tune's sample rate of {rate} Hz is outside {MIN_WAV_RATE}..{MAX_WAV_RATE} Hz")
+    if block_align != channels * bits // 8:
+        raise ProtocolError(f"tune's WAV header is inconsistent (block align {block_align} for {channels}x{bits} bits)")
+    frames = data_bytes // block_align
+    if frames == 0:
+        raise ProtocolError("tune holds no samples")
+    return WavInfo(format_tag=tag, channels=channels, sample_rate=rate, bits_per_sample=bits, frames=frames)
+
+
+def parse_server_message(raw: str | bytes, max_bytes: int = MAX_DOWNLOAD_MESSAGE_BYTES) -> ServerMessage:
+    # Server messages carry PNGs (reassembled from fragments), so the client accepts more than the server does.
     obj = _decode(raw, max_bytes)
     cls = _SERVER_CLASSES.get(obj["type"])
     if cls is None:
@@ -539,11 +707,14 @@ _OFFER_MEDIA = ("audio", "application")  # the one audio section and the data ch
 @dataclass(frozen=True)
 class OfferRequest:
     """The body of ``POST /offer``: ``{"sdp", "type": "offer"}`` and optionally ``"voice"``, the name of the voice
-    the assistant should speak with (see ``GET /voices``; left out = the server's default)."""
+    the assistant should speak with (see ``GET /voices``; left out = the server's default), and ``"resume"``, the
+    ``resume_token`` of an earlier session's ``ready``: the replica that still holds that conversation continues it
+    (then the voice is the conversation's own); an unknown, expired or used token gets a fresh conversation."""
 
     sdp: str
     type: str = "offer"
     voice: str | None = None
+    resume: str | None = None
 
     MAX_SDP_BYTES = 64 * 1024
 
@@ -551,6 +722,8 @@ class OfferRequest:
         body = {"sdp": self.sdp, "type": self.type}
         if self.voice is not None:
             body["voice"] = self.voice
+        if self.resume is not None:
+            body["resume"] = self.resume
         return body
 
     @classmethod
@@ -560,6 +733,9 @@ class OfferRequest:
         voice = obj.get("voice")
         if voice is not None:
             validate_voice_name(voice)
+        resume = obj.get("resume")
+        if resume is not None and not (isinstance(resume, str) and _RESUME_TOKEN.fullmatch(resume)):
+            raise ProtocolError("field 'resume' must be a resume token from 'ready' (16 to 128 of A-Z a-z 0-9 _ -)")
         sdp, kind = obj.get("sdp"), obj.get("type")
         if kind != "offer":
             raise ProtocolError("field 'type' must be 'offer'")
@@ -579,7 +755,11 @@ class OfferRequest:
             raise ProtocolError("sdp does not start with 'v=0'")
         _check_offer_media(sdp)
         _check_offer_security(sdp)
-        return cls(sdp=sdp, voice=voice)
+        return cls(sdp=sdp, voice=voice, resume=resume)
+
+
+# What a resume token looks like (the server makes them with secrets.token_urlsafe(32): 43 such characters).
+_RESUME_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 # An offer without these can never connect: aiortc would accept it and fail later in the background, holding a

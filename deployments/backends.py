@@ -203,6 +203,11 @@ class RayMediaBackend(MediaBackend):
             await _answer("media", self._handle.image_codes.remote(bytes(png)), self._timeouts.media_s, self._handle)
         )
 
+    async def music_codes(self, wav: bytes) -> list[int]:
+        return list(
+            await _answer("media", self._handle.music_codes.remote(bytes(wav)), self._timeouts.media_s, self._handle)
+        )
+
 
 def ray_backends(
     speech: DeploymentHandle,

@@ -1,5 +1,6 @@
 """The HTTP ingress: WebRTC signalling (``POST /offer``), the voice list (``GET /voices``), health and Prometheus
-metrics (``GET /metrics``), hosting every peer connection.
+metrics (``GET /metrics``), the browser page (``GET /`` and ``GET /static/{name}``, :mod:`assistant.web`), hosting
+every peer connection.
 
 ``POST /offer`` takes ``{"sdp", "type": "offer", "voice"?}`` (:class:`assistant.protocol.OfferRequest`) as
 ``application/json``. Errors are JSON ``{"error": <text>, "reason": <word>}`` and leave no session behind:
@@ -15,7 +16,9 @@ metrics (``GET /metrics``), hosting every peer connection.
 - 500 ``error``: a server fault (the text carries only an id to find it in the replica's log).
 
 Who may call is :mod:`assistant.access` (the ``access`` argument, the config's ``access:`` section): ``/offer``,
-``/voices``, ``/metrics`` and ``DELETE /sessions/{id}`` follow it; ``/health`` stays open for load balancers.
+``/voices``, ``/metrics`` and ``DELETE /sessions/{id}`` follow it; ``/health`` stays open for load balancers; the
+page needs no credential (it holds no secret) but follows the Origin and Host rules
+(:func:`assistant.access.check_browser`).
 
 Each session's peer connection and engine session live in this replica's event loop; the engine reaches the
 model deployments through DeploymentHandles (:mod:`deployments.backends`). Everything after the offer travels on the
@@ -48,6 +51,7 @@ from assistant.access import (
     AccessConfig,
     AccessDenied,
     authorize,
+    check_browser,
     cors_headers,
     declared_length,
     preflight,
@@ -59,6 +63,7 @@ from assistant.metrics import CountingLMBackend, ServingMetrics
 from assistant.models.loading import ModelSpec, load_vocab_and_voices
 from assistant.pipeline.engine import AssistantEngine, EngineConfig, UserTurn
 from assistant.protocol import ProtocolError, parse_offer_body
+from assistant.web import INDEX, PAGE_HEADERS, UnknownAsset, read_asset
 from assistant.webrtc.limits import SessionLimits
 from assistant.webrtc.manager import ClientLimitError, RtcSessionManager, SessionLimitError
 from deployments.backends import ray_backends
@@ -260,6 +265,28 @@ class Gateway:
             return Response(status_code=204, headers=preflight(self.access, request.headers))
         except AccessDenied as exc:
             return self._reply(request, exc.status, exc.body(), exc.headers)
+
+    @api.get("/")
+    async def page(self, request: Request) -> Response:
+        """The browser page (:mod:`assistant.web`): served without a credential, since it holds no secret (what it
+        calls needs one when access is on), but under the same Origin and Host rules as every other route."""
+        return self._asset(request, INDEX)
+
+    @api.get("/static/{name}")
+    async def static_asset(self, name: str, request: Request) -> Response:
+        """The page's scripts and style sheet, by name (no paths: unknown names are 404)."""
+        return self._asset(request, name)
+
+    def _asset(self, request: Request, name: str) -> Response:
+        try:
+            check_browser(self.access, request.headers)
+        except AccessDenied as exc:
+            return self._reply(request, exc.status, exc.body(), exc.headers)
+        try:
+            body, content_type = read_asset(name)
+        except UnknownAsset:
+            return self._reply(request, 404, {"error": f"no file {name[:100]!r} here", "reason": "not_found"})
+        return Response(body, media_type=content_type, headers=PAGE_HEADERS)
 
     @api.get("/health")
     async def health(self) -> Any:

@@ -1,4 +1,4 @@
-"""Ray Serve shim: image and music detokenizers."""
+"""Ray Serve shim: image and music detokenizers, and the encoders of the pictures and tunes users send."""
 
 from __future__ import annotations
 
@@ -22,3 +22,6 @@ class MediaDecoderDeployment(ReadinessProbe):
 
     async def image_codes(self, png: bytes) -> list[int]:
         return await self._media.image_codes(bytes(png))
+
+    async def music_codes(self, wav: bytes) -> list[int]:
+        return await self._media.music_codes(bytes(wav))

@@ -3,26 +3,32 @@
 Everything here speaks 20 ms frames at 48 kHz mono (WebRTC's Opus rate):
 - a source's ``read()`` returns ``np.float32[960]`` or ``None`` when it has nothing more to send;
 - a sink's ``write()`` takes ``np.int16[n]`` at 48 kHz mono; ``flush()`` drops whatever is still queued for
-  playback (the server said ``interrupted``).
+  playback (the server said ``interrupted``). The received audio reaches the speaker through a jitter buffer
+  (:mod:`edge_client.jitter`): :class:`SpeakerSink` has one that its sound card pulls, and :class:`PacedSink` gives
+  any other sink (a file, a test's list) one pulled by a clock. Both take the frame's slot: ``write(pcm, seq)``.
 
 Sources and sinks are swappable so tests and headless runs use files; ``sounddevice`` (and so PortAudio) is
-imported only when a microphone or speaker stream is actually opened.
+imported only when a microphone or speaker stream is actually opened, or the devices are listed
+(:func:`query_audio_devices`, :func:`find_device`; the device query is injectable for tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from assistant.audio import WEBRTC_SAMPLE_RATE, FrameSplitter, read_wav
+from assistant.rtc_audio import REAL_TIME, Clock
+from edge_client.jitter import JitterBuffer, PacedOutput
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,147 @@ class AudioSink(Protocol):
     def close(self) -> None: ...
 
 
+class JitteredSink(Protocol):
+    """A sink that plays through a :class:`~edge_client.jitter.JitterBuffer`: each frame comes with its 20 ms slot
+    (None: the slot after the last one)."""
+
+    jitter: JitterBuffer
+
+    def write(self, pcm: np.ndarray, seq: int | None = None) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def takes_seq(sink: object) -> bool:
+    """Whether ``sink.write`` takes the frame's slot (``seq=``): a jittered sink does, a plain one does not."""
+    try:
+        return "seq" in inspect.signature(sink.write).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):  # no write, or a callable without a signature
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# devices
+
+
+class DeviceError(RuntimeError):
+    """An audio device that cannot be listed or chosen; ``str()`` is the one line the user reads."""
+
+
+@dataclass(frozen=True)
+class AudioDevice:
+    index: int
+    name: str
+    host_api: str
+    input_channels: int
+    output_channels: int
+    default_rate: float
+    default_input: bool = False
+    default_output: bool = False
+
+    def channels(self, kind: Literal["input", "output"]) -> int:
+        return self.input_channels if kind == "input" else self.output_channels
+
+
+# (devices, host APIs, (default input index, default output index)), as sounddevice reports them
+DeviceQuery = Callable[[], tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], tuple[int, int]]]
+
+
+def _sounddevice_query() -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], tuple[int, int]]:
+    try:
+        import sounddevice
+    except OSError as exc:  # the module loads, PortAudio does not
+        raise DeviceError(
+            f"PortAudio is not installed ({exc}); on Debian/Raspberry Pi OS: apt install libportaudio2"
+        ) from None
+    except ImportError:
+        raise DeviceError('sounddevice is not installed: pip install "anystream[edge]"') from None
+    default_in, default_out = sounddevice.default.device
+    return list(sounddevice.query_devices()), list(sounddevice.query_hostapis()), (default_in, default_out)
+
+
+def query_audio_devices(query: DeviceQuery | None = None) -> list[AudioDevice]:
+    """Every audio device PortAudio sees (``query`` replaces sounddevice in tests). Raises DeviceError."""
+    try:
+        devices, host_apis, (default_in, default_out) = (query or _sounddevice_query)()
+    except DeviceError:
+        raise
+    except Exception as exc:  # PortAudio itself failed (no ALSA configuration, a broken driver)
+        raise DeviceError(f"cannot list the audio devices: {type(exc).__name__}: {exc}") from exc
+    found = []
+    for position, device in enumerate(devices):
+        index = int(device.get("index", position))
+        api = int(device.get("hostapi", -1))
+        found.append(
+            AudioDevice(
+                index=index,
+                name=str(device.get("name", f"device {index}")),
+                host_api=str(host_apis[api].get("name", "?")) if 0 <= api < len(host_apis) else "?",
+                input_channels=int(device.get("max_input_channels", 0)),
+                output_channels=int(device.get("max_output_channels", 0)),
+                default_rate=float(device.get("default_samplerate", 0.0)),
+                default_input=index == default_in,
+                default_output=index == default_out,
+            )
+        )
+    return found
+
+
+def describe_devices(devices: Sequence[AudioDevice]) -> str:
+    """The ``--list-devices`` text: inputs, then outputs, each with its index (what ``--input-device`` takes)."""
+    if not devices:
+        return "no audio devices found (PortAudio sees none: is a sound card or USB microphone attached?)\n"
+    lines = []
+    for kind in ("input", "output"):
+        usable = [d for d in devices if d.channels(kind) > 0]
+        lines.append(f"{kind} devices:")
+        if not usable:
+            lines.append("  (none)")
+        for d in usable:
+            default = d.default_input if kind == "input" else d.default_output
+            mark = "*" if default else " "
+            lines.append(
+                f"{mark} {d.index:3d}  {d.name}  [{d.host_api}, {d.channels(kind)} ch, {d.default_rate:g} Hz]"
+                + ("  (default)" if default else "")
+            )
+    return "\n".join(lines) + "\n"
+
+
+def find_device(spec: str, kind: Literal["input", "output"], devices: Sequence[AudioDevice]) -> int:
+    """The index of the ``kind`` device ``spec`` names: an index, or a part of its name (case does not matter;
+    a name matched in full wins over names that only contain it). Raises DeviceError: none, or several."""
+    usable = [d for d in devices if d.channels(kind) > 0]
+    spec = spec.strip()
+    if spec.isdigit():
+        index = int(spec)
+        if any(d.index == index for d in usable):
+            return index
+        if any(d.index == index for d in devices):
+            raise DeviceError(f"audio device {index} has no {kind} channels; {_choices(kind, usable)}")
+        raise DeviceError(f"there is no audio device {index}; {_choices(kind, usable)}")
+    wanted = spec.casefold()
+    if not wanted:
+        raise DeviceError(f"an {kind} device needs an index or a part of its name; {_choices(kind, usable)}")
+    matches = [d for d in usable if wanted in d.name.casefold()]
+    exact = [d for d in matches if d.name.casefold() == wanted]
+    if len(exact) == 1:
+        return exact[0].index
+    if len(matches) == 1:
+        return matches[0].index
+    if not matches:
+        raise DeviceError(f"no {kind} device has {spec!r} in its name; {_choices(kind, usable)}")
+    names = "; ".join(f"{d.index}: {d.name}" for d in matches)
+    raise DeviceError(f"{spec!r} names several {kind} devices ({names}); give its index or more of its name")
+
+
+def _choices(kind: str, usable: Sequence[AudioDevice]) -> str:
+    if not usable:
+        return f"this machine has no {kind} devices (--list-devices)"
+    return f"{kind} devices: " + "; ".join(f"{d.index}: {d.name}" for d in usable)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # sources
 
@@ -111,6 +258,10 @@ class FileSource:
         """True once every frame of the file itself has been read (silence follows)."""
         return self.frames_read >= self._speech_frames
 
+    def rewind(self) -> None:
+        """Speaks the file again from its start (the question is asked again on a new connection)."""
+        self.frames_read = 0
+
     async def read(self) -> np.ndarray | None:
         if self._closed:
             return None
@@ -126,6 +277,32 @@ class FileSource:
 
     def close(self) -> None:
         self._closed = True
+
+
+class TappedSource:
+    """A source whose every frame is also shown to ``tap`` (``--save`` keeps the question's audio); everything else
+    (``live``, ``finite``, ``file_done``, ``rewind``, ``start``) is the wrapped source's."""
+
+    def __init__(self, source: AudioSource, tap: Callable[[np.ndarray], None]):
+        self.source = source
+        self.tap = tap
+        self.live = source.live
+        self.finite = source.finite
+
+    async def read(self) -> np.ndarray | None:
+        frame = await self.source.read()
+        if frame is not None:
+            try:
+                self.tap(frame)
+            except Exception:
+                log.exception("the capture tap failed")
+        return frame
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __getattr__(self, name: str) -> Any:  # file_done, rewind, start, ... of the wrapped source
+        return getattr(self.source, name)
 
 
 class SilenceSource:
@@ -196,6 +373,9 @@ class MicrophoneSource:
         if status:
             self.status_flags += 1
         block = np.array(indata[:, 0] if indata.ndim == 2 else indata, dtype=np.float32, copy=True)
+        # a broken driver (or ALSA's null device, which hands out uninitialised memory) can give NaN, inf or huge
+        # values: one such sample would poison every filter after it (resampler, VAD, echo canceller)
+        np.clip(np.nan_to_num(block, copy=False, nan=0.0), -1.0, 1.0, out=block)
         loop = self._loop
         if loop is not None and not self._closed:
             try:
@@ -290,38 +470,26 @@ class DirectorySink:
 
 
 class SpeakerSink:
-    """Plays the assistant's audio on the default output device through a ``sounddevice.OutputStream``.
-
-    ``write()`` (event loop) puts 20 ms frames into a bounded queue that starts pre-filled with
-    ``prefill_frames`` of silence (a small cushion against network jitter); the PortAudio callback pulls
-    from it and plays silence on underrun. When the queue is full the oldest frame is dropped
-    (``dropped_frames``). ``flush()`` drops everything queued, so an interruption is heard at once.
-    ``stream_factory`` replaces ``sounddevice.OutputStream`` in tests.
+    """Plays the assistant's audio on an output device (default: the system's) through a
+    ``sounddevice.OutputStream``, paced by the sound card: its callback pulls one frame after another from the sink's
+    :class:`~edge_client.jitter.JitterBuffer` (``jitter``), which plays silence until it is primed, conceals lost
+    frames, drops the oldest audio when it holds too much and, on ``flush()`` (interrupted), drops everything at once.
+    ``write(pcm, seq)`` (event loop) only pushes into it. ``stream_factory`` replaces ``sounddevice.OutputStream`` in
+    tests.
     """
 
     def __init__(
         self,
         device: int | str | None = None,
-        max_queue_frames: int = 50,
-        prefill_frames: int = 3,
+        jitter: JitterBuffer | None = None,
         stream_factory: Callable[..., Any] | None = None,
     ):
-        if max_queue_frames < 1 or not 0 <= prefill_frames <= max_queue_frames:
-            raise ValueError("need max_queue_frames >= 1 and 0 <= prefill_frames <= max_queue_frames")
         self.device = device
-        self.prefill_frames = prefill_frames
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_queue_frames)
-        self._lock = threading.Lock()  # makes drop-oldest + put atomic against flush()
+        self.jitter = jitter if jitter is not None else JitterBuffer()
+        self._lock = threading.Lock()  # the remainder of a frame, against flush()
         self._pending = np.zeros(0, dtype=np.int16)  # part of a frame the callback has not played yet
         self._stream_factory = stream_factory
         self._stream: Any = None
-        self.dropped_frames = 0
-        self.underruns = 0
-        self._prefill()
-
-    def _prefill(self) -> None:
-        for _ in range(self.prefill_frames):
-            self._queue.put_nowait(np.zeros(FRAME_SAMPLES, dtype=np.int16))
 
     def start(self) -> None:
         if self._stream is not None:
@@ -332,51 +500,74 @@ class SpeakerSink:
 
     @property
     def queued_frames(self) -> int:
-        return self._queue.qsize()
+        """Frames buffered ahead of what the device plays now (how far ahead a frame written now will be heard)."""
+        return self.jitter.depth_frames
 
-    def write(self, pcm: np.ndarray) -> None:
+    @property
+    def underruns(self) -> int:
+        return self.jitter.underruns
+
+    @property
+    def dropped_frames(self) -> int:
+        return self.jitter.dropped_frames
+
+    def write(self, pcm: np.ndarray, seq: int | None = None) -> None:
         if self._stream is None:
             self.start()
-        frame = np.asarray(pcm, dtype=np.int16).reshape(-1).copy()
-        with self._lock:
-            if self._queue.full():
-                try:
-                    self._queue.get_nowait()
-                    self.dropped_frames += 1
-                except queue.Empty:
-                    pass
-            self._queue.put_nowait(frame)
+        self.jitter.push(pcm, seq)
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        # PortAudio thread: fill `frames` samples from the pending remainder and the queue.
+        # PortAudio thread: fill `frames` samples from the remainder, then from the jitter buffer.
         out = outdata.reshape(-1) if outdata.ndim == 2 else outdata
         filled = 0
         with self._lock:
             while filled < frames:
                 if self._pending.size == 0:
-                    try:
-                        self._pending = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                    self._pending = self.jitter.pull()
                 n = min(frames - filled, self._pending.size)
                 out[filled : filled + n] = self._pending[:n]
                 self._pending = self._pending[n:]
                 filled += n
-        if filled < frames:
-            out[filled:] = 0
-            self.underruns += 1
 
     def flush(self) -> None:
         """Drops everything not yet played (called when the server says ``interrupted``)."""
         with self._lock:
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
             self._pending = np.zeros(0, dtype=np.int16)
-            self._prefill()
+        self.jitter.flush()
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
         _close_stream(stream, "output")
+
+
+class PacedSink:
+    """A jitter buffer in front of a sink without a clock of its own (``DirectorySink``, a test's list): every 20 ms
+    of ``clock`` one frame is pulled from ``jitter`` and written to ``sink`` (silence too, so a file keeps the
+    call's timeline as a speaker would have played it). :meth:`start` (in the event loop) starts the pacing;
+    ``flush()`` drops what is buffered and tells ``sink``."""
+
+    def __init__(self, sink: AudioSink, jitter: JitterBuffer | None = None, clock: Clock = REAL_TIME):
+        self.sink = sink
+        self.jitter = jitter if jitter is not None else JitterBuffer()
+        self._output = PacedOutput(self.jitter, sink.write, clock)
+
+    def start(self) -> None:
+        start = getattr(self.sink, "start", None)
+        if start is not None:
+            start()
+        self._output.start()
+
+    @property
+    def queued_frames(self) -> int:
+        return self.jitter.depth_frames
+
+    def write(self, pcm: np.ndarray, seq: int | None = None) -> None:
+        self.jitter.push(pcm, seq)
+
+    def flush(self) -> None:
+        self.jitter.flush()
+        self.sink.flush()
+
+    def close(self) -> None:
+        self._output.cancel()
+        self.sink.close()

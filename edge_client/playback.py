@@ -11,13 +11,23 @@ audio track carries no turn ids, so the cut follows the events:
   ``interrupted``): the older reply's queued audio is dropped.
 
 Stale frames are written as silence rather than dropped, so a recording (``answer.wav``) keeps the call's timeline.
+
+In the edge client the sink behind it plays through a jitter buffer (:mod:`edge_client.jitter`: the speaker's, or a
+:class:`~edge_client.audio_io.PacedSink`'s), so ``flush`` drops what that buffer holds; ``write(pcm, seq)`` passes the
+frame's slot on to a sink whose ``write`` takes ``seq`` (any other sink gets the frame alone). ``on_frame``
+listeners see each frame as it goes to the sink (stale ones as the silence they became): the per-turn recording.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 
-from edge_client.audio_io import CAPTURE_RATE, AudioSink
+from edge_client.audio_io import CAPTURE_RATE, AudioSink, takes_seq
+
+log = logging.getLogger(__name__)
 
 
 class Playback:
@@ -32,6 +42,8 @@ class Playback:
         self._open_turns: set[int] = set()  # started, not ended
         self._stale_turn: int | None = None  # audio is stale until a turn newer than this starts
         self._stale_samples = 0
+        self._sink_takes_seq = takes_seq(sink)
+        self.on_frame: list[Callable[[np.ndarray], None]] = []
 
     @property
     def muted(self) -> bool:
@@ -39,14 +51,22 @@ class Playback:
 
     # ----- the sink side
 
-    def write(self, pcm: np.ndarray) -> None:
+    def write(self, pcm: np.ndarray, seq: int | None = None) -> None:
         if self._stale_turn is not None:
             self.stale_frames += 1
             self._stale_samples += np.asarray(pcm).size
             pcm = np.zeros_like(pcm)
             if self._stale_samples >= self.max_stale_samples:
                 self._stale_turn = None
-        self.sink.write(pcm)
+        if self._sink_takes_seq:
+            self.sink.write(pcm, seq=seq)  # type: ignore[call-arg]  # checked once in __init__
+        else:
+            self.sink.write(pcm)
+        for listener in self.on_frame:
+            try:
+                listener(pcm)
+            except Exception:
+                log.exception("an on_frame listener failed")
 
     def flush(self) -> None:
         self.flushes += 1
@@ -56,6 +76,14 @@ class Playback:
         self.sink.close()
 
     # ----- the server's turns
+
+    def reset(self) -> None:
+        """A new connection: the old connection's turns are over (none of them will end now) and whatever still
+        plays of it is dropped. (Turn ids keep growing across connections: the conversation numbers them.)"""
+        self._open_turns.clear()
+        self._stale_turn = None
+        self._stale_samples = 0
+        self.flush()
 
     def turn_started(self, turn_id: int) -> None:
         newer = self._latest_turn is None or turn_id > self._latest_turn

@@ -23,7 +23,17 @@ REFUSAL_HINTS = {
 
 
 class SignallingError(RuntimeError):
-    """The call could not be set up; ``str()`` says why, for the user."""
+    """The call could not be set up; ``str()`` says why, for the user. ``status``: the server's HTTP status when it
+    refused the offer (None: it was not reached, or its answer was unusable)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def permanent(self) -> bool:
+        """Trying again cannot help: the server refused this offer for what it is (bad request, no access)."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 429
 
 
 async def negotiate(
@@ -33,10 +43,12 @@ async def negotiate(
     voice: str | None = None,
     api_key: str | None = None,
     timeout: float = 15.0,
+    resume: str | None = None,
 ) -> str | None:
-    """Offers ``pc``'s media to the server and applies its answer; returns the session id (None if it gave none)."""
+    """Offers ``pc``'s media to the server and applies its answer; returns the session id (None if it gave none).
+    ``resume``: the resume token of the conversation to continue (from the last ``ready``)."""
     await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers ICE candidates here
-    offer = OfferRequest(sdp=pc.localDescription.sdp, type=pc.localDescription.type, voice=voice)
+    offer = OfferRequest(sdp=pc.localDescription.sdp, type=pc.localDescription.type, voice=voice, resume=resume)
     answer = await post_offer(f"{server_url}/offer", offer, api_key=api_key, timeout=timeout)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
@@ -57,7 +69,7 @@ async def post_offer(url: str, offer: OfferRequest, *, api_key: str | None, time
         raise SignallingError(f"cannot reach the server at {url}: {exc or type(exc).__name__}") from exc
     if status != 200:
         hint = REFUSAL_HINTS.get(status, "")
-        raise SignallingError(f"the server rejected the offer (HTTP {status}): {error_detail(text)}{hint}")
+        raise SignallingError(f"the server rejected the offer (HTTP {status}): {error_detail(text)}{hint}", status)
     try:
         answer = json.loads(text)
     except ValueError:

@@ -1,10 +1,12 @@
 """The WebRTC media side of the edge client: the capture track we send and the consumer of the track we get.
 
 ``CaptureTrack`` is the shared :class:`assistant.rtc_audio.PacedAudioTrack` fed by an audio source (20 ms 48 kHz mono
-s16 frames) and, on the way, runs client-side endpointing (webrtcvad at 16 kHz) so the client knows when the user
-starts and stops speaking: the "listening…" feedback and the records only; the server's VAD decides turns and
-barge-in. ``RemoteAudioConsumer`` always reads the server's track (an unread aiortc track backs up its decoder queue)
-and writes it to the sink as 48 kHz mono int16 (through :func:`assistant.rtc_audio.frame_to_mono`).
+s16 frames). On the way each frame goes through the echo canceller when there is one (:mod:`edge_client.echo`: the
+assistant's own voice from the speaker is taken out before anything listens to the frame or sends it), then through
+client-side endpointing (webrtcvad at 16 kHz) so the client knows when the user starts and stops speaking: the
+"listening…" feedback and the records only; the server's VAD decides turns and barge-in. ``RemoteAudioConsumer``
+always reads the server's track (an unread aiortc track backs up its decoder queue) and writes it to the sink as
+48 kHz mono int16 (through :func:`assistant.rtc_audio.frame_to_mono`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from assistant.audio import float_to_pcm16, resample
 from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadEndpointer
 from assistant.rtc_audio import REAL_TIME, Clock, PacedAudioTrack, frame_to_mono
-from edge_client.audio_io import CAPTURE_RATE, FRAME_MS, FRAME_SAMPLES, AudioSink, AudioSource
+from edge_client.audio_io import CAPTURE_RATE, FRAME_MS, FRAME_SAMPLES, AudioSink, AudioSource, takes_seq
+from edge_client.echo import EchoCanceller
+from edge_client.jitter import frame_seq
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,8 @@ class CaptureTrack(PacedAudioTrack):
     Frames carry ``pts = n * 960`` with ``time_base = 1/48000``. A source that is not ``live`` (a file) is paced here
     by those timestamps on ``clock``, so it goes out in real time; a live source (the microphone) is already paced by
     its device clock. ``on_speech_start()`` / ``on_speech_end(duration_s)`` are called (in the event loop) when the
-    client-side VAD decides the user started / stopped speaking.
+    client-side VAD decides the user started / stopped speaking. ``echo``: the canceller each frame goes through first
+    (None: frames go out as captured).
     """
 
     def __init__(
@@ -47,9 +52,11 @@ class CaptureTrack(PacedAudioTrack):
         on_speech_end: Callable[[float], None] | None = None,
         endpointer_config: EndpointerConfig | None = None,
         clock: Clock = REAL_TIME,
+        echo: EchoCanceller | None = None,
     ):
         super().__init__(CAPTURE_RATE, FRAME_MS, clock=clock, paced=not source.live)
         self.source = source
+        self.echo = echo
         config = endpointer_config or EndpointerConfig(
             sample_rate=VAD_RATE, frame_ms=VAD_FRAME_MS, aggressiveness=vad_aggressiveness
         )
@@ -68,6 +75,8 @@ class CaptureTrack(PacedAudioTrack):
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)
         if wave.size != FRAME_SAMPLES:
             raise ValueError(f"audio sources must yield {FRAME_SAMPLES}-sample frames, got {wave.size}")
+        if self.echo is not None:
+            wave = self.echo.process(wave)
         self._run_vad(wave)
         return wave
 
@@ -87,8 +96,10 @@ class CaptureTrack(PacedAudioTrack):
 class RemoteAudioConsumer:
     """Reads the server's audio track until it ends and writes every frame to the sink.
 
-    ``on_audio(pcm)`` (optional) sees each mono frame too (statistics, tests); ``onsets`` holds the ``clock()`` times
-    at which received audio became audible.
+    A sink whose ``write`` takes ``seq`` (a jittered one) gets each frame's 20 ms slot, from its RTP timestamp, so its
+    jitter buffer can order frames and see the lost ones. ``on_audio(pcm)`` (optional) sees each mono frame too
+    (statistics, tests); ``onsets`` holds the ``clock()`` times at which received audio arrived audible;
+    ``last_frame_at`` the time the last frame arrived (the client's watch for a dead connection).
     """
 
     # A frame louder than about -40 dBFS after 200 ms of quiet is the start of a sound worth timing.
@@ -112,6 +123,8 @@ class RemoteAudioConsumer:
         self.onsets: list[float] = []  # clock() of each silent -> audible change (start of a reply)
         self._quiet_frames = self.ONSET_QUIET_FRAMES
         self._task: asyncio.Task[None] | None = None
+        self._sink_takes_seq = takes_seq(sink)
+        self.last_frame_at: float | None = None  # clock() when the last frame arrived
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
@@ -126,6 +139,7 @@ class RemoteAudioConsumer:
                 log.debug("remote audio track ended")
                 return
             pcm = frame_to_mono(cast(av.AudioFrame, frame), CAPTURE_RATE, np.int16)
+            self.last_frame_at = self.clock()
             self.frames += 1
             self.samples += pcm.size
             frame_peak = int(np.abs(pcm.astype(np.int32)).max()) if pcm.size else 0
@@ -137,7 +151,10 @@ class RemoteAudioConsumer:
             else:
                 self._quiet_frames += 1
             try:
-                self.sink.write(pcm)
+                if self._sink_takes_seq:
+                    self.sink.write(pcm, seq=frame_seq(frame.pts, frame.time_base))  # type: ignore[call-arg]
+                else:
+                    self.sink.write(pcm)
             except Exception:
                 log.exception("audio sink write failed")
             if self.on_audio is not None:

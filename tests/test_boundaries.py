@@ -30,6 +30,7 @@ TORCH_FREE = (
     "assistant.decoding",
     "assistant.dispatch",
     "assistant.endpointing",
+    "assistant.fragments",
     "assistant.image_io",
     "assistant.metrics",
     "assistant.models",

@@ -94,9 +94,10 @@ def test_image_message_parses_with_and_without_a_question():
     assert alone.image_bytes() == JPEG and alone.text is None
     assert p.parse_client_message(_image_json(JPEG, text=None)).text is None
     assert p.parse_client_message(_image_json(PNG, text="  ")).text is None  # a blank question is no question
-    # the largest allowed picture still fits one message, with a question
-    biggest = p.ImageMessage.from_bytes(PNG + b"\x00" * (p.MAX_IMAGE_BYTES - len(PNG)), text="q" * 500)
-    assert p.parse_client_message(p.to_json(biggest)).image_bytes() == biggest.image_bytes()
+    # the largest allowed picture, with the longest question, is one upload (reassembled from fragments)
+    biggest = p.ImageMessage.from_bytes(PNG + b"\x00" * (p.MAX_IMAGE_BYTES - len(PNG)), text="é" * p.MAX_TEXT_CHARS)
+    parsed = p.parse_client_message(p.to_json(biggest), p.MAX_UPLOAD_MESSAGE_BYTES)
+    assert parsed.image_bytes() == biggest.image_bytes() and parsed.text == biggest.text
 
 
 def test_image_message_round_trips_through_from_bytes():
@@ -116,8 +117,7 @@ def test_image_message_round_trips_through_from_bytes():
         ('{"type": "image", "png_base64": ""}', "no picture"),
         (_image_json(b"GIF89a" + b"\x00" * 20), "neither PNG nor JPEG"),
         (_image_json(b"\x89PNX\r\n\x1a\n"), "neither PNG nor JPEG"),
-        (_image_json(PNG + b"\x00" * p.MAX_IMAGE_BYTES), "exceeds the limit of"),  # fits 64 KiB, too many bytes
-        (_image_json(PNG + b"\x00" * (p.MAX_MESSAGE_BYTES)), "exceeds the limit of 65536"),  # the message itself
+        (_image_json(PNG + b"\x00" * (p.MAX_MESSAGE_BYTES)), "exceeds the limit of 65536"),  # one message's limit
         (_image_json(PNG, text="a" * (p.MAX_TEXT_CHARS + 1)), "longer than"),
     ],
 )
@@ -134,9 +134,116 @@ def test_image_from_bytes_refuses_what_the_server_would():
     ]:
         with pytest.raises(p.ProtocolError, match=fragment):
             p.ImageMessage.from_bytes(data)
-    near_limit = PNG + b"\x00" * (p.MAX_IMAGE_BYTES - len(PNG))
-    with pytest.raises(p.ProtocolError, match="shorten the question"):  # picture fits, picture + question do not
-        p.ImageMessage.from_bytes(near_limit, text="é" * p.MAX_TEXT_CHARS)
+    # a picture over one message's size is the fragment layer's to carry, not refused
+    assert len(p.to_json(p.ImageMessage.from_bytes(PNG + b"\x00" * 100_000))) > p.MAX_MESSAGE_BYTES
+
+
+def test_a_reassembled_upload_may_be_large_only_for_a_picture_or_a_tune():
+    over_the_limit = PNG + b"\x00" * (p.MAX_IMAGE_BYTES + 1 - len(PNG))
+    with pytest.raises(p.ProtocolError, match=f"exceeds the limit of {p.MAX_IMAGE_BYTES} bytes") as caught:
+        p.parse_client_message(_image_json(over_the_limit), p.MAX_UPLOAD_MESSAGE_BYTES)
+    assert caught.value.code == "too_large"
+    huge_text = json.dumps({"type": "text", "text": "a" * 100_000})
+    with pytest.raises(p.ProtocolError, match="only pictures and tunes may be larger") as caught:
+        p.parse_client_message(huge_text, p.MAX_UPLOAD_MESSAGE_BYTES)
+    assert caught.value.code == "too_large"
+    with pytest.raises(p.ProtocolError, match="exceeds the limit of 65536 bytes") as caught:  # one message: as before
+        p.parse_client_message(huge_text)
+    assert caught.value.code == "too_large"
+    with pytest.raises(p.ProtocolError, match=f"exceeds the limit of {p.MAX_UPLOAD_MESSAGE_BYTES}") as caught:
+        p.parse_client_message(_image_json(PNG, text="a" * p.MAX_UPLOAD_MESSAGE_BYTES), p.MAX_UPLOAD_MESSAGE_BYTES)
+    assert caught.value.code == "too_large"
+    with pytest.raises(p.ProtocolError, match="not valid JSON") as caught:
+        p.parse_client_message("{oops")
+    assert caught.value.code == "bad_message"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tunes from the client
+
+
+def wav(seconds: float = 0.5, rate: int = 16000, channels: int = 1, subtype: str = "PCM_16") -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile
+
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.stack([tone] * channels, axis=1), rate, subtype=subtype, format="WAV")
+    return buffer.getvalue()
+
+
+def _music_json(data: bytes, **extra) -> str:
+    return json.dumps({"type": "music", "wav_base64": base64.b64encode(data).decode("ascii"), **extra})
+
+
+def test_music_message_parses_with_and_without_a_question():
+    tune = wav()
+    with_question = p.parse_client_message(_music_json(tune, text="what mood is this?"))
+    assert isinstance(with_question, p.MusicMessage)
+    assert with_question.wav_bytes() == tune and with_question.text == "what mood is this?"
+    assert p.parse_client_message(_music_json(tune)).text is None
+    assert p.parse_client_message(_music_json(tune, text=" ")).text is None  # a blank question is no question
+    message = p.MusicMessage.from_bytes(tune, text="hi")
+    assert json.loads(p.to_json(message))["type"] == "music" and p.parse_client_message(p.to_json(message)) == message
+
+
+@pytest.mark.parametrize(
+    "seconds, rate, channels, subtype", [(0.5, 16000, 1, "PCM_16"), (1.0, 44100, 2, "FLOAT"), (0.2, 8000, 1, "PCM_U8")]
+)
+def test_a_tune_in_any_usual_wav_layout_is_read(seconds, rate, channels, subtype):
+    data = wav(seconds, rate, channels, subtype)
+    info = p.wav_info(data)
+    assert (info.sample_rate, info.channels) == (rate, channels)
+    assert info.duration_s == pytest.approx(seconds, abs=1e-3)
+    wave, wave_rate = p.MusicMessage.from_bytes(data).wave()
+    assert wave_rate == rate and wave.dtype.name == "float32" and wave.ndim == 1 and wave.size == info.frames
+    assert 0.4 < float(abs(wave).max()) < 0.6  # the tone, channels averaged
+
+
+@pytest.mark.parametrize(
+    "data, fragment, code",
+    [
+        (b"", "no tune", "bad_message"),
+        (b"ID3 an mp3", "not a WAV file", "bad_message"),
+        (wav()[:30], "cut short", "bad_message"),
+        (wav()[:36], "no 'data' chunk", "bad_message"),
+        (wav().replace(b"data", b"datx"), "no 'data' chunk", "bad_message"),
+        (wav(channels=3), "mono or stereo, not 3 channels", "bad_message"),
+        (wav(rate=2000), "outside 4000..192000 Hz", "bad_message"),
+        (wav(seconds=0.0), "no samples", "bad_message"),
+        (wav(seconds=31, rate=4000, subtype="PCM_U8"), "tune of 31.0 s exceeds the limit of 30 s", "too_large"),
+        (b"RIFF\x00\x00\x00\x00WAVE" + b"\x00" * p.MAX_MUSIC_BYTES, "exceeds the limit of 4194304", "too_large"),
+    ],
+)
+def test_music_errors_are_clear(data, fragment, code):
+    with pytest.raises(p.ProtocolError, match=fragment) as caught:
+        p.parse_client_message(_music_json(data), p.MAX_UPLOAD_MESSAGE_BYTES)
+    assert caught.value.code == code
+    with pytest.raises(p.ProtocolError, match=fragment):
+        p.MusicMessage.from_bytes(data)
+
+
+def test_music_field_errors_are_clear():
+    for raw, fragment in [
+        ('{"type": "music"}', "missing field 'wav_base64'"),
+        ('{"type": "music", "wav_base64": "%%"}', "not valid base64"),
+        (_music_json(wav(), text="a" * (p.MAX_TEXT_CHARS + 1)), "longer than"),
+    ]:
+        with pytest.raises(p.ProtocolError, match=fragment):
+            p.parse_client_message(raw)
+
+
+def test_a_tune_whose_samples_cannot_be_decoded_says_so():
+    broken = bytearray(wav())
+    broken[20:22] = (2).to_bytes(2, "little")  # format 2 (MS ADPCM) in the header: refused before decoding
+    with pytest.raises(p.ProtocolError, match="format 2"):
+        p.MusicMessage.from_bytes(bytes(broken))
+    undecodable = p.MusicMessage(wav_base64=base64.b64encode(b"RIFF0000WAVEjunk").decode("ascii"))
+    with pytest.raises(p.ProtocolError, match="cannot be decoded"):
+        undecodable.wave()
 
 
 def test_ready_carries_the_voice_and_older_ready_messages_still_parse():

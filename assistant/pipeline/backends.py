@@ -130,6 +130,12 @@ class MediaBackend(ABC):
         """An image file (PNG or JPEG bytes) sent by a user -> its image codes. Raises ``ValueError`` for bytes that
         are not a readable image."""
 
+    @abstractmethod
+    async def music_codes(self, wav: bytes) -> list[int]:
+        """A tune sent by a user (a WAV file's bytes: any rate, mono or stereo) -> its music tokens, as the LM reads
+        them (the music codec's ``encode`` of the tune resampled to the codec's rate). Raises ``ValueError`` for bytes
+        that are not a readable tune."""
+
 
 @dataclass(frozen=True)
 class Backends:

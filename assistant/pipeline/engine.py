@@ -34,6 +34,12 @@ Limits (a turn never fails later turns):
   turn ends with ``TurnFinished(MAX_TOKENS)`` after the audio up to the limit.
 - A turn that ends in ERROR is not remembered: one failure (or an oversized message) cannot poison the history.
 
+Speculative turns: ``respond(turn, tentative=True)`` runs a turn before the caller is sure it is one (the user has
+paused, not yet finished). It runs exactly like any other turn, but the history only takes it once ``commit`` says
+so; ``discard`` stops it and it leaves no trace (the LM stream is closed, so the LM frees its KV state, and the
+history is as if it never ran). The caller holds back its outputs until it decides; the bounded output queue lets
+the turn run ahead by ``output_queue_size`` outputs meanwhile (the first speech chunk fits).
+
 Errors reach the caller as a ``TurnError`` with a fixed, caller-safe text per failure class (a service unavailable,
 a message too long, anything else); the exception itself is logged under the ``error_id`` the caller sees.
 
@@ -163,16 +169,18 @@ class EngineConfig:
 
 @dataclass(frozen=True, eq=False)
 class UserTurn:
-    """One user turn: audio (float32 mono 16 kHz), text, a picture (PNG/JPEG bytes), or several of them."""
+    """One user turn: audio (float32 mono 16 kHz), text, a picture (PNG/JPEG bytes), a tune (a WAV file's bytes: any
+    rate, mono or stereo; ``MediaBackend.music_codes`` decodes it), or several of them."""
 
     audio: np.ndarray | None = None
     text: str | None = None
     image: bytes | None = None
+    music: bytes | None = None
 
     def __post_init__(self) -> None:
         has_audio = self.audio is not None and np.asarray(self.audio).size > 0
-        if not has_audio and not (self.text and self.text.strip()) and not self.image:
-            raise ValueError("UserTurn needs non-empty audio, text or an image")
+        if not has_audio and not (self.text and self.text.strip()) and not self.image and not self.music:
+            raise ValueError("UserTurn needs non-empty audio, text, an image or a tune")
 
 
 # Jobs of the audio worker (ordered).
@@ -298,15 +306,20 @@ class Session:
         self._interrupted = False  # the turn in flight was interrupted: its queued outputs are dropped
         self._closed = False
         self._reply_frames_left: int | None = None  # audio frames the turn in flight may still play (None: no limit)
+        self._keep: Literal["yes", "tentative", "no"] = "yes"  # may the turn in flight enter the history?
+        self._held: tuple[UserMessage, AssistantMessage] | None = None  # a tentative turn done before its commit
 
     # ------------------------------------------------------------------ public
-    async def respond(self, turn: UserTurn) -> AsyncGenerator[EngineOutput, None]:
-        """Runs one turn; yields outputs as they become ready and always ends with exactly one ``TurnFinished``."""
+    async def respond(self, turn: UserTurn, *, tentative: bool = False) -> AsyncGenerator[EngineOutput, None]:
+        """Runs one turn; yields outputs as they become ready and always ends with exactly one ``TurnFinished``.
+        A ``tentative`` turn enters the history only once :meth:`commit` is called (see the module docstring)."""
         if self._closed:
             raise RuntimeError("session is closed")
         if self._producer is not None:
             raise RuntimeError("a turn is already in progress in this session")
         self._interrupted = False
+        self._keep = "tentative" if tentative else "yes"
+        self._held = None
         self._out = asyncio.Queue(maxsize=self.config.output_queue_size)
         self._jobs = asyncio.Queue(maxsize=self.config.chunk_queue_size)
         producer = self._producer = asyncio.create_task(self._produce(turn))
@@ -341,6 +354,23 @@ class Session:
         else:
             self._clear_buffers()
             self._out.put_nowait(TurnFinished(FinishReason.INTERRUPTED))
+
+    def commit(self) -> None:
+        """The tentative turn (in flight, or done and held) is a real one: the history takes it like any other.
+        Like :meth:`discard`, it concerns the turn whose stream has started (its first output was asked for)."""
+        if self._keep == "tentative":
+            self._keep = "yes"
+        held, self._held = self._held, None
+        if held is not None:
+            self._remember(*held)
+
+    def discard(self) -> None:
+        """Throws the tentative turn away: it is stopped like an interrupted one and never enters the history."""
+        if self._keep != "tentative":
+            return
+        self._keep = "no"
+        self._held = None
+        self.interrupt()
 
     async def close(self) -> None:
         self.interrupt()
@@ -392,10 +422,14 @@ class Session:
 
         # A failed turn is forgotten, even with a partial reply: remembering it could make every later prompt fail
         # the same way (e.g. a reply cut by an error that left the history too long for the model).
-        if user is not None and reason is not FinishReason.ERROR:
+        if user is not None and reason is not FinishReason.ERROR and self._keep != "no":
             prefix = [self.vocab.range_of(forced).start_id] if forced is not None else []
             try:
-                self._remember(user, AssistantMessage.from_generated(self.vocab, generated, prefix=prefix))
+                reply = AssistantMessage.from_generated(self.vocab, generated, prefix=prefix)
+                if self._keep == "tentative":
+                    self._held = (user, reply)  # commit() remembers it, discard() or the next turn forgets it
+                else:
+                    self._remember(user, reply)
             except Exception:
                 log.exception("could not keep the turn in the history")
 
@@ -424,8 +458,12 @@ class Session:
         if turn.image:
             with _calling("media"):
                 image_codes = list(await self.engine.backends.media.image_codes(turn.image))
+        music_codes = None
+        if turn.music:
+            with _calling("media"):
+                music_codes = [int(t) for t in await self.engine.backends.media.music_codes(turn.music)]
         text = turn.text if turn.text and turn.text.strip() else None
-        message = UserMessage(text=text, speech_codes=speech_codes, image_codes=image_codes)
+        message = UserMessage(text=text, speech_codes=speech_codes, image_codes=image_codes, music_codes=music_codes)
         return message, self.config.forced_for(speech_codes is not None)
 
     async def _build_prompt(self, user: UserMessage, forced: Modality | None) -> list[int]:

@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, Iterable
 import numpy as np
 import torch
 
+from assistant.audio import decode_wav_bytes, resample
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule
 from assistant.image_io import read_image
 from assistant.lm_engine import BusyError, LMEngine, LMEngineConfig
@@ -40,6 +41,7 @@ from assistant.pipeline.backends import (
     UnknownVoiceKeyError,
     voice_key,
 )
+from assistant.protocol import MAX_MUSIC_SECONDS
 from assistant.vocab import Modality
 
 
@@ -217,8 +219,8 @@ def _long_tensor(a: np.ndarray | None) -> torch.Tensor | None:
 
 
 class LocalMediaBackend(MediaBackend):
-    """Pictures and music of replies, and pictures users send. A bundle without one of the codecs (a benchmark that
-    only speaks) serves the other."""
+    """Pictures and music of replies, and pictures and tunes users send. A bundle without one of the codecs (a
+    benchmark that only speaks) serves the other."""
 
     def __init__(self, bundle: ModelBundle):
         self.image: ImageCodec | None = bundle.image
@@ -236,11 +238,22 @@ class LocalMediaBackend(MediaBackend):
             png = image.decode_png(list(codes), strict=False)
         return png, image.image_size, image.image_size
 
-    def _music(self, tokens: list[int]) -> np.ndarray:
+    def _music_codec(self) -> MusicCodec:
         if self.music is None:
             raise RuntimeError("this media backend was loaded without a music codec")
+        return self.music
+
+    def _music(self, tokens: list[int]) -> np.ndarray:
+        music = self._music_codec()
         with torch.inference_mode():
-            return np.asarray(self.music.decode(list(tokens)), dtype=np.float32)
+            return np.asarray(music.decode(list(tokens)), dtype=np.float32)
+
+    def _music_codes(self, data: bytes) -> list[int]:
+        music = self._music_codec()
+        wave, rate = decode_wav_bytes(data, max_seconds=MAX_MUSIC_SECONDS)  # AudioFormatError is a ValueError
+        wave = resample(wave, rate, music.sample_rate)  # the rate encode reads (AnyGPT resamples on to 32 kHz)
+        with torch.inference_mode():
+            return [int(t) for t in music.encode(wave)]
 
     def _image_codes(self, data: bytes) -> list[int]:
         image = self._image_codec()
@@ -256,6 +269,9 @@ class LocalMediaBackend(MediaBackend):
 
     async def music_wave(self, tokens: list[int]) -> np.ndarray:
         return await asyncio.to_thread(self._music, tokens)
+
+    async def music_codes(self, wav: bytes) -> list[int]:
+        return await asyncio.to_thread(self._music_codes, bytes(wav))
 
 
 def local_backends(bundle: ModelBundle, seed: int | None = 0, context_frames: int = DEFAULT_CONTEXT_FRAMES) -> Backends:

@@ -14,7 +14,13 @@ the only place that knows about turns:
 - a failure becomes an ``error`` event and ``turn_end`` with reason ``error``: the engine's own words for a
   ``TurnError``, a generic text naming a logged id for an exception. The conversation goes on;
 - optional metrics hear of the time to first audio (from the moment the turn was asked for to the moment its first
-  frame left the sink) and of every finished turn.
+  frame left the sink) and of every finished turn;
+- a turn may start before it is certain (:meth:`TurnController.speculate`: the user paused, and may go on). It runs
+  in the engine at once, but nothing of it reaches the sink: no ``turn_started``, no text, no frame. :meth:`commit`
+  (the pause was the end of the user's turn) gives it its turn id and releases what it has made so far, so its
+  first audio can leave the moment the turn is certain; :meth:`discard` (the user went on) throws it away without a
+  word on the wire, and the engine forgets it. At most one turn is speculative; anything that would interrupt it
+  discards it instead.
 
 Imports neither torch nor aiortc (the WebRTC session and `assistant chat` both drive it).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 import uuid
@@ -57,7 +64,16 @@ class EngineSession(Protocol):
     """One conversation with the engine (``assistant.pipeline.engine.Session``)."""
 
     def respond(self, turn: UserTurn) -> AsyncGenerator[EngineOutput, None]:
-        """Runs one turn: its outputs as they become ready, exactly one ``TurnFinished`` last."""
+        """Runs one turn: its outputs as they become ready, exactly one ``TurnFinished`` last. Called with
+        ``tentative=True`` (a keyword) for a speculative turn, which enters the history only on :meth:`commit`."""
+        ...
+
+    def commit(self) -> None:
+        """The tentative turn is a real one (it enters the history)."""
+        ...
+
+    def discard(self) -> None:
+        """Stops the tentative turn; it never enters the history."""
         ...
 
     def interrupt(self) -> None:
@@ -106,6 +122,8 @@ class TurnMetrics(Protocol):
 
     def turn_finished(self, reason: str) -> None: ...
 
+    def speculation_decided(self, committed: bool) -> None: ...
+
 
 # The engine outputs that become a wire message of their own (audio and TurnFinished do not).
 MessageOutput = TranscriptDelta | ReplyTextDelta | ImageOutput | MusicOutput | TurnError
@@ -144,17 +162,25 @@ def new_error_id() -> str:
 
 @dataclass
 class TurnStats:
-    started: int = 0  # turns that ran
+    started: int = 0  # turns that ran (committed speculative ones included)
     replaced: int = 0  # starts that waited behind a turn and were replaced by a newer one
+    speculated: int = 0  # speculative turns begun
+    committed: int = 0  # of which the user's turn really ended there
+    discarded: int = 0  # of which the user went on (or something else came first)
 
 
 @dataclass
 class _Turn:
-    turn_id: int
+    turn_id: int  # 0 while speculative: an id is given on commit, so a discarded turn uses none
     asked_at: float  # clock() when the turn was asked for (the end of the user's turn): TTFA counts from here
     task: asyncio.Task[None] | None = None
     interrupted: bool = False
     done: bool = False
+    decision: asyncio.Future[bool] | None = None  # speculative turns: True on commit, False on discard
+
+    @property
+    def undecided(self) -> bool:
+        return self.decision is not None and not self.decision.done()
 
 
 @dataclass
@@ -164,6 +190,7 @@ class _Start:
     turn: UserTurn
     asked_at: float
     result: asyncio.Future[int]
+    tentative: bool = False
 
 
 class TurnController:
@@ -228,11 +255,62 @@ class TurnController:
     def request(self, turn: UserTurn) -> asyncio.Future[int]:
         """Asks for a turn without waiting; the future gets its id once it runs, or -1 when it never does (a newer
         start replaced it while it waited, or the controller closed)."""
+        return self._ask(turn, tentative=False)
+
+    def speculate(self, turn: UserTurn) -> None:
+        """Starts ``turn`` before it is certain (see the module docstring); a speculative turn still undecided is
+        discarded first. :meth:`commit` or :meth:`discard` decides it."""
+        self.discard()
+        self.stats.speculated += 1
+        self._ask(turn, tentative=True)
+
+    def commit(self) -> bool:
+        """The speculative turn is the user's turn: it gets its id, sends ``turn_started`` and everything it has made
+        so far, and goes on as any turn. False when there is no speculative turn to commit (it was discarded,
+        replaced, or never asked for): the caller then asks for the turn the usual way."""
+        waiting = self._waiting
+        if waiting is not None and waiting.tentative:
+            # It is still waiting for the previous turn to wind down, so it has not run: it starts as a plain turn.
+            waiting.tentative = False
+            waiting.asked_at = self._clock()
+            self.stats.committed += 1
+            return True
+        turn = self._turn
+        if turn is None or not turn.undecided:
+            return False
+        assert turn.decision is not None
+        self._next_turn_id += 1
+        turn.turn_id = self._next_turn_id
+        turn.asked_at = self._clock()  # TTFA counts from the end of the user's turn, as for any turn
+        self.stats.committed += 1
+        turn.decision.set_result(True)  # the turn's task tells the engine (its stream has started by then)
+        return True
+
+    def discard(self) -> bool:
+        """Throws the speculative turn away without a word on the wire; the engine forgets it. False when there was
+        none."""
+        waiting = self._waiting
+        if waiting is not None and waiting.tentative:
+            self._waiting = None
+            if not waiting.result.done():
+                waiting.result.set_result(-1)
+            self.stats.discarded += 1
+            return True
+        turn = self._turn
+        if turn is None or not turn.undecided:
+            return False
+        assert turn.decision is not None
+        turn.interrupted = True
+        turn.decision.set_result(False)  # the turn's task tells the engine and closes the stream, silently
+        self.stats.discarded += 1
+        return True
+
+    def _ask(self, turn: UserTurn, *, tentative: bool) -> asyncio.Future[int]:
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._closed:
             result.set_result(-1)
             return result
-        replaced, self._waiting = self._waiting, _Start(turn, self._clock(), result)
+        replaced, self._waiting = self._waiting, _Start(turn, self._clock(), result, tentative)
         if replaced is not None:
             self.stats.replaced += 1
             if not replaced.result.done():
@@ -275,8 +353,11 @@ class TurnController:
             await asyncio.wait({turn.task})
 
     def _begin(self, start: _Start) -> int:
-        self._next_turn_id += 1
-        turn = _Turn(turn_id=self._next_turn_id, asked_at=start.asked_at)
+        if start.tentative:
+            turn = _Turn(turn_id=0, asked_at=start.asked_at, decision=asyncio.get_running_loop().create_future())
+        else:
+            self._next_turn_id += 1
+            turn = _Turn(turn_id=self._next_turn_id, asked_at=start.asked_at)
         self._turn = turn
         self.stats.started += 1
         self._changed()
@@ -288,7 +369,9 @@ class TurnController:
     def interrupt(self) -> bool:
         """Stops the turn in progress: the engine is told, the queued audio is dropped at once, and the turn ends
         with ``interrupted`` and ``turn_end`` (interrupted) when its engine stream ends. False when no turn was in
-        progress (or it was already interrupted)."""
+        progress (or it was already interrupted). A speculative turn is discarded instead: nothing of it was heard."""
+        if self.discard():
+            return False
         turn = self._turn
         if turn is None or turn.done or turn.interrupted:
             return False
@@ -329,15 +412,59 @@ class TurnController:
     # ----- one turn -----
 
     async def _run(self, turn: _Turn, user_turn: UserTurn) -> None:
+        if turn.decision is None:
+            await self._deliver(turn, lambda: self._engine.respond(user_turn), first=None)
+            return
+        # Speculative: the engine starts now (pulling its first output starts it) and runs ahead into its own bounded
+        # output queue while the decision is awaited; nothing reaches the sink before the commit.
+        first: asyncio.Future[EngineOutput] | None = None
+        try:
+            outputs = self._engine.respond(user_turn, tentative=True)  # type: ignore[call-arg]
+            first = asyncio.ensure_future(anext(outputs))
+            await asyncio.sleep(0)  # the stream's body starts: from now on commit/discard concern this turn
+        except Exception as exc:  # reported as any turn's failure, if the turn is committed
+            outputs = _failing(exc)
+        try:
+            committed = await turn.decision
+        except asyncio.CancelledError:
+            committed = False
+        try:
+            self._engine.commit() if committed else self._engine.discard()
+        except Exception:
+            logger.exception("%s: telling the engine of the speculative turn's fate failed", self.label)
+        if self._metrics is not None:
+            self._metrics.speculation_decided(committed)
+        if committed:
+            await self._deliver(turn, lambda: outputs, first=first)
+            return
+        if first is not None:
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await first
+        try:
+            await outputs.aclose()
+        except Exception:
+            logger.exception("%s: closing a discarded turn's engine stream failed", self.label)
+        turn.done = True
+        self._changed()
+
+    async def _deliver(
+        self,
+        turn: _Turn,
+        respond: Callable[[], AsyncGenerator[EngineOutput, None]],
+        first: asyncio.Future[EngineOutput] | None,
+    ) -> None:
+        """Sends one turn's outputs to the sink (``first``: the output already pulled from a committed speculative
+        turn, then the rest of ``respond()``), then ``interrupted`` if it was, and ``turn_end``."""
         tid = turn.turn_id
         sink = self._sink
         reason = FinishReason.ERROR
         sink.send(protocol.TurnStarted(turn_id=tid))
-        outputs: AsyncGenerator[EngineOutput, None] | None = None
         replying = False
+        outputs: AsyncGenerator[EngineOutput, None] | None = None
         try:
-            outputs = self._engine.respond(user_turn)
-            async for output in outputs:
+            outputs = respond()
+            async for output in _prepend(first, outputs):
                 match output:
                     case TurnFinished():
                         reason = output.reason
@@ -371,6 +498,8 @@ class TurnController:
         finally:
             turn.done = True
             sink.end_reply()
+            if first is not None and not first.done():
+                first.cancel()
             if outputs is not None:
                 try:
                     await outputs.aclose()
@@ -393,3 +522,22 @@ class TurnController:
     def _changed(self) -> None:
         if self._on_turn_change is not None:
             self._on_turn_change()
+
+
+async def _failing(exc: Exception) -> AsyncGenerator[EngineOutput, None]:
+    """A stream that fails with ``exc`` (a speculative turn whose engine call raised at once)."""
+    raise exc
+    yield  # (makes this an async generator)
+
+
+async def _prepend(
+    first: asyncio.Future[EngineOutput] | None, rest: AsyncGenerator[EngineOutput, None]
+) -> AsyncGenerator[EngineOutput, None]:
+    """``first``'s result (when given and the stream had one), then the rest of the stream."""
+    if first is not None:
+        try:
+            yield await first
+        except StopAsyncIteration:
+            return
+    async for output in rest:
+        yield output

@@ -55,6 +55,9 @@ def advertise_max_message_size(sdp: str, max_bytes: int) -> str:
     return text if text.endswith("\r\n") else text + "\r\n"
 
 
+_CHUNK_FIELDS = ("user_data", "stream_id", "stream_seq", "flags")
+
+
 def _check_aiortc_internals(transport: Any) -> None:
     from aiortc import rtcsctptransport
 
@@ -71,8 +74,10 @@ def _check_aiortc_internals(transport: Any) -> None:
         problems.append("aiortc.rtcsctptransport.InboundStream().reassembly is no longer a list")
     chunk_class = getattr(rtcsctptransport, "DataChunk", None)
     chunk = chunk_class() if chunk_class is not None else None
-    if chunk is None or not hasattr(chunk, "user_data") or not hasattr(chunk, "stream_id"):
-        problems.append("aiortc.rtcsctptransport.DataChunk lost 'user_data' or 'stream_id'")
+    if chunk is None or not all(hasattr(chunk, name) for name in _CHUNK_FIELDS):
+        problems.append(f"aiortc.rtcsctptransport.DataChunk lost one of {', '.join(_CHUNK_FIELDS)}")
+    if not isinstance(getattr(rtcsctptransport, "SCTP_DATA_UNORDERED", None), int):
+        problems.append("aiortc.rtcsctptransport.SCTP_DATA_UNORDERED is gone")
     if problems:
         raise AiortcInternalsChanged("the SCTP reassembly guard needs updating: " + "; ".join(problems))
 
@@ -90,14 +95,26 @@ def guard_sctp_reassembly(
     on every DATA chunk is dropped unread (the peer is being disconnected). Raises :class:`AiortcInternalsChanged`
     when aiortc no longer looks the way this relies on.
 
+    The bounds: ``max_stream_bytes`` for one message (the chunks of one stream that share its stream sequence
+    number; unordered chunks, which have none, count together), ``max_stream_chunks`` for one stream and
+    ``max_total_bytes`` for all streams together. A stream may hold several whole messages besides the one being
+    reassembled: behind a lost packet, ordered messages wait until it is sent again (a picture's fragments come
+    in a burst, so up to the receive window may wait), which is why bytes are bounded per message, not per stream.
+
     Pinned to aiortc 1.16's ``rtcsctptransport.py``: every DATA chunk goes through the coroutine method
     ``_receive_data_chunk(chunk)``, which appends the chunk to ``_inbound_streams[chunk.stream_id].reassembly``
-    (a list of ``DataChunk`` whose payload is ``user_data``) and hands on every message that is complete. It also
-    takes the chunk's bytes off ``_advertised_rwnd`` and gives them back when a message leaves reassembly, so the
-    fall of ``_advertised_rwnd`` is what all streams hold together (a peer spreading one huge message over many
-    streams). We look before aiortc adds the chunk, by replacing the method on this one instance.
+    (a list of ``DataChunk`` whose payload is ``user_data``, with ``stream_seq`` and ``flags``) and hands on every
+    message that is complete, in order. It also takes the chunk's bytes off ``_advertised_rwnd`` and gives them back
+    when a message leaves reassembly, so the fall of ``_advertised_rwnd`` is what all streams hold together (a peer
+    spreading one huge message over many streams). We look before aiortc adds the chunk, by replacing the method on
+    this one instance.
     """
     _check_aiortc_internals(transport)
+    from aiortc.rtcsctptransport import SCTP_DATA_UNORDERED
+
+    def message_of(chunk: Any) -> int | None:
+        return None if chunk.flags & SCTP_DATA_UNORDERED else chunk.stream_seq
+
     receive = transport._receive_data_chunk
     initial_window = transport._advertised_rwnd
     exceeded = False
@@ -108,10 +125,13 @@ def guard_sctp_reassembly(
             return
         stream = transport._inbound_streams.get(chunk.stream_id)
         held_chunks = stream.reassembly if stream is not None else []
+        message = message_of(chunk)
         why = None
         if len(held_chunks) + 1 > max_stream_chunks:
-            why = f"more than {max_stream_chunks} fragments held for one message"
-        elif sum(len(c.user_data) for c in held_chunks) + len(chunk.user_data) > max_stream_bytes:
+            why = f"more than {max_stream_chunks} fragments held on one stream"
+        elif sum(len(c.user_data) for c in held_chunks if message_of(c) == message) + len(chunk.user_data) > (
+            max_stream_bytes
+        ):
             why = f"more than {max_stream_bytes} bytes held for one message"
         elif initial_window - transport._advertised_rwnd + len(chunk.user_data) > max_total_bytes:
             why = f"more than {max_total_bytes} bytes held for unfinished messages"

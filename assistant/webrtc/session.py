@@ -8,19 +8,23 @@ messages, is the controller's; this module only carries them):
   20 ms frames (:class:`~assistant.webrtc.tracks.InboundAudio`) and fed to
   :class:`~assistant.endpointing.VadEndpointer`; the end of an utterance starts a turn and the start of one
   interrupts a reply in progress (barge-in: the server's VAD is the one judge of it);
-- the caller's data channel ``events`` carries JSON messages both ways (:mod:`assistant.protocol`); a typed
-  question starts a turn, and so does a picture with a question. A picture without one waits ("pending picture")
-  and goes with the caller's next turn, spoken or typed; a newer picture replaces it. The one rule on stopping a
-  reply: an ``interrupt`` message drops the waiting picture, a barge-in keeps it (the speech that barges in is
-  usually the question about the picture). ``bye`` ends the session (so no HTTP request after the offer has to
-  reach the replica that holds it);
+- the caller's data channel ``events`` carries JSON messages both ways (:mod:`assistant.protocol`). A message larger
+  than one data-channel message travels as fragments (:mod:`assistant.fragments`): outgoing ones are split within
+  the size the caller's offer advertises, incoming ones reassembled (one at a time, at most
+  ``protocol.MAX_UPLOAD_MESSAGE_BYTES``) before they are parsed. A typed question starts a turn, and so does a
+  picture or a tune with a question. A picture or tune without one waits ("pending picture", "pending tune") and
+  goes with the caller's next turn, spoken or typed; a newer one of its kind replaces it. The one rule on stopping
+  a reply: an ``interrupt`` message drops what waits, a barge-in keeps it (the speech that barges in is usually the
+  question about it). ``bye`` ends the session (so no HTTP request after the offer has to reach the replica that
+  holds it);
 - the assistant's voice leaves on :class:`~assistant.webrtc.tracks.ReplyAudioTrack`, paced at 20 ms frames from a
   bounded queue, so a slow network slows the engine rather than growing memory. The session is the controller's
   :class:`~assistant.pipeline.turns.ReplySink`: messages go on the data channel, frames on the track;
 - an optional metrics object (:class:`assistant.metrics.ServingMetrics`) hears of time to first audio, finished
   turns (both through the controller) and underruns (from the track);
 - a caller costs what :class:`~assistant.webrtc.limits.SessionLimits` allows: data-channel messages and turn starts
-  are rate limited (excess is dropped with one ``rate_limited`` error per run of drops), a message still being
+  are rate limited (excess is dropped with one ``rate_limited`` error per run of drops; a fragmented message counts
+  once, when complete, and its fragments count against a budget of bytes a second), an SCTP message still being
   reassembled may not grow past twice the advertised size, and the manager's watchdog closes sessions that never
   connect, go silent or stay idle (:meth:`RtcSession.check_deadlines`). Nothing a caller sends ends its session by
   accident: every failure becomes an ``error`` event with a code.
@@ -44,13 +48,23 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerCo
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from assistant import protocol
+from assistant import fragments, protocol
 from assistant.audio import SAMPLE_RATE
 from assistant.background import BackgroundTasks
-from assistant.endpointing import EndpointerConfig, SpeechEnd, SpeechStart, VadEndpointer
+from assistant.endpointing import (
+    EndpointerConfig,
+    SpeechDiscarded,
+    SpeechEnd,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStart,
+    VadEndpointer,
+    VadEvent,
+)
 from assistant.pipeline.outputs import AudioFrame
 from assistant.pipeline.turns import EngineSession, TurnController, new_error_id
 from assistant.protocol import ErrorCode, OfferAnswer, OfferRequest, ProtocolError, ServerMessage
+from assistant.webrtc.jitter import shorten_audio_jitter_buffers
 from assistant.webrtc.limits import SessionLimits, TokenBucket
 from assistant.webrtc.sctp_guard import (
     AiortcInternalsChanged,
@@ -85,6 +99,9 @@ _CONVERSION_FAILURE_LOG_EVERY = 100
 class RtcSessionStats:
     inbound_frames: int = 0
     images_received: int = 0
+    tunes_received: int = 0
+    fragments_received: int = 0  # fragments of client messages larger than one data-channel message (in budget)
+    fragments_sent: int = 0  # fragments of the messages sent that were larger than the caller takes in one
     messages_sent: int = 0
     client_errors: int = 0
     messages_dropped: int = 0  # client messages refused by a rate limit
@@ -92,6 +109,9 @@ class RtcSessionStats:
     audio_conversion_failures: int = 0  # inbound frames that could not be converted for the VAD
     send_failures: int = 0  # outgoing messages that could not be encoded or sent
     close_reason: str | None = None
+    # the session ended because its caller was lost without bye (the connection failed or closed, or went silent):
+    # its conversation may be resumed (the manager parks it)
+    peer_lost: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,11 +137,14 @@ class RtcSession:
         limits: SessionLimits | None = None,
         now: Callable[[], float] = time.monotonic,
         client_id: str | None = None,
+        resume_token: str | None = None,
+        resumed: bool = False,
     ):
         """
         on_closed: called with the session once it has closed (the manager forgets it).
-        turn_factory: builds the engine's turn from keyword arguments ``audio``, ``text`` and ``image``
-            (default: ``assistant.pipeline.engine.UserTurn``).
+        turn_factory: builds the engine's turn from keyword arguments ``audio`` (float32 mono 16 kHz), ``text``,
+            ``image`` (PNG/JPEG bytes) and ``music`` (the caller's WAV file, bytes, checked by
+            ``protocol.MusicMessage``; the media backend decodes it) (default: ``assistant.pipeline.engine.UserTurn``).
         voice / voices: the voice the engine session speaks with and the voices the server offers; only told to
             the caller in ``ready`` (the engine session already speaks with ``voice``).
         metrics: None, or an :class:`assistant.metrics.ServingMetrics`: the turn controller reports time to first
@@ -130,6 +153,8 @@ class RtcSession:
             calls :meth:`check_deadlines` (the manager's watchdog).
         now: the clock of the rate limits and timeouts (seconds, monotonic); injectable for tests.
         client_id: who the caller is, for the manager's per-client limit.
+        resume_token / resumed: told to the caller in ``ready`` (the manager's: the token resumes this conversation
+            should the connection drop; resumed says this session continues a parked conversation).
         """
         self.engine_session = engine_session
         self.session_id = session_id or uuid.uuid4().hex
@@ -143,9 +168,20 @@ class RtcSession:
         self.stats = RtcSessionStats()
         self.limits = limits or SessionLimits()
         self.client_id = client_id
+        self.resume_token = resume_token
+        self.resumed = resumed
         self._now = now
         self._message_bucket = TokenBucket(self.limits.messages_per_s, self.limits.message_burst, now)
         self._turn_bucket = TokenBucket(self.limits.turns_per_s, self.limits.turn_burst, now)
+        self._upload_bucket = TokenBucket(self.limits.upload_bytes_per_s, self.limits.upload_burst_bytes, now)
+        self._reassembler = fragments.Reassembler(
+            protocol.MAX_UPLOAD_MESSAGE_BYTES,
+            max_count=self.limits.max_upload_fragments,
+            timeout_s=self.limits.upload_timeout_s,
+            now=now,
+        )
+        # the most one message to the caller may be: what its offer advertises (set by accept)
+        self._send_limit = fragments.DEFAULT_MAX_MESSAGE_SIZE
         self._rate_limit_reported = False  # one rate_limited error per run of dropped messages
         self.created_at = now()
         self.connected_at: float | None = None
@@ -158,6 +194,9 @@ class RtcSession:
         self.voice = voice
         self.voices = list(voices) if voices is not None else None
         self.pending_image: bytes | None = None  # a picture waiting for the caller's next turn
+        self.pending_music: bytes | None = None  # a tune (WAV bytes) waiting for the caller's next turn
+        self._speculated_image: bytes | None = None  # the pending picture a speculative turn was started with
+        self._speculated_music: bytes | None = None  # and the pending tune
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
         self._pending_messages: list[str] = []
@@ -214,8 +253,10 @@ class RtcSession:
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            self._send_limit = fragments.max_message_size_of(pc.remoteDescription.sdp)
             self._guard_reassembly(pc)
             pc.addTrack(self.track)
+            shorten_audio_jitter_buffers(pc)  # the caller's audio only feeds the VAD: 20 ms, not aiortc's 80 ms
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.close()
@@ -269,6 +310,7 @@ class RtcSession:
             self.last_inbound_at = max(self.last_inbound_at, now)
             self.last_activity_at = max(self.last_activity_at, now)
         elif state in ("failed", "closed"):
+            self.stats.peer_lost = True
             self._schedule_close(f"connection {state}")
 
     def check_deadlines(self, now: float) -> str | None:
@@ -277,15 +319,18 @@ class RtcSession:
         Called by :class:`RtcSessionManager`'s watchdog (one task for every session, not a timer each)."""
         if self._closed:
             return None
+        self._expire_upload()  # a fragmented message whose sender went quiet is dropped with an error; no close
         limits = self.limits
         if self.connected_at is None:
             if limits.connect_timeout_s is not None and now - self.created_at > limits.connect_timeout_s:
                 reason = f"not connected within {limits.connect_timeout_s:g} s"
+                self.stats.peer_lost = True
                 self._schedule_close(reason)  # nobody can hear an error event yet
                 return reason
             return None
         if limits.media_timeout_s is not None and now - self.last_inbound_at > limits.media_timeout_s:
             reason = f"no audio or message from the caller for {limits.media_timeout_s:g} s"
+            self.stats.peer_lost = True
             self._schedule_close(
                 reason, protocol.ErrorEvent(message=f"{reason}; the session has ended", code=ErrorCode.TIMEOUT.value)
             )
@@ -406,15 +451,21 @@ class RtcSession:
         await track.wait_played(timeout=budget)
 
     def _send_text(self, text: str) -> None:
+        """Sends one message, as fragments when it is larger than the caller takes in one (all of them at once, so
+        no other message's fragments come in between)."""
         channel = self._channel
         assert channel is not None
         try:
-            channel.send(text)
-        except Exception as exc:  # closed under us, or bigger than the peer's max-message-size
+            pieces = fragments.split_message(text, self._send_limit)
+            for piece in pieces:
+                channel.send(piece)
+        except Exception as exc:  # closed under us
             self.stats.send_failures += 1
             logger.warning("session %s: a message of %d characters was not sent: %r", self.session_id, len(text), exc)
             return
         self.stats.messages_sent += 1
+        if len(pieces) > 1:
+            self.stats.fragments_sent += len(pieces)
 
     def _flush_pending(self) -> None:
         pending, self._pending_messages = self._pending_messages, []
@@ -433,7 +484,12 @@ class RtcSession:
         def opened() -> None:
             self.send(
                 protocol.Ready(
-                    session_id=self.session_id, sample_rate=self.track.sample_rate, voice=self.voice, voices=self.voices
+                    session_id=self.session_id,
+                    sample_rate=self.track.sample_rate,
+                    voice=self.voice,
+                    voices=self.voices,
+                    resume_token=self.resume_token,
+                    resumed=self.resumed,
                 )
             )
             self._flush_pending()
@@ -468,11 +524,57 @@ class RtcSession:
         now = self._now()
         self.last_inbound_at = now
         self.last_activity_at = now
+        self._expire_upload()
+        if not fragments.might_be_fragment(raw):
+            self._handle_whole_message(raw, protocol.MAX_MESSAGE_BYTES)
+            return
+        # A fragment costs bytes of the upload budget, taken before it is parsed; the message it belongs to counts
+        # once against the message rate, when it is whole. Over the budget, that message is dropped as it comes.
+        if not self._upload_bucket.take(len(raw)):
+            self._reassembler.discard()
+            self._drop_rate_limited("bytes")
+            return
+        try:
+            fragment = fragments.parse_fragment(raw)
+        except ProtocolError as exc:
+            self._refuse(exc)
+            return
+        if fragment is None:  # it only mentions a fragment (a question about one, say)
+            self._handle_whole_message(raw, protocol.MAX_MESSAGE_BYTES)
+            return
+        self.stats.fragments_received += 1
+        try:
+            whole = self._reassembler.add(fragment)
+        except ProtocolError as exc:
+            self._refuse(exc)
+            return
+        if whole is not None:
+            self._handle_whole_message(whole, protocol.MAX_UPLOAD_MESSAGE_BYTES)
+
+    def _expire_upload(self) -> None:
+        error = self._reassembler.expire()
+        if error is not None:
+            self.stats.client_errors += 1
+            self.send(protocol.ErrorEvent(message=str(error), code=self._code_of(error)))
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        """Answers a fragment that cannot be used with an error event. It costs a message of the rate limit as a
+        bad message does, so a flood of bad fragments is answered with one ``rate_limited`` error, not a flood."""
+        if not self._message_bucket.take():
+            self._drop_rate_limited("messages")
+            return
+        self.stats.client_errors += 1
+        self._admitted()
+        self.send(protocol.ErrorEvent(message=str(exc), code=self._code_of(exc)))
+
+    def _handle_whole_message(self, raw: str | bytes, max_bytes: int) -> None:
+        """One client message: a data-channel message (up to ``MAX_MESSAGE_BYTES``) or one reassembled from
+        fragments (up to ``max_bytes``, and only a picture or tune may be that large)."""
         if not self._message_bucket.take():
             self._drop_rate_limited("messages")
             return
         try:
-            message = protocol.parse_client_message(raw)
+            message = protocol.parse_client_message(raw, max_bytes)
         except ProtocolError as exc:
             self.stats.client_errors += 1
             self._admitted()
@@ -483,20 +585,14 @@ class RtcSession:
                 self._drop_rate_limited("questions")
                 return
             self._admitted()
-            self._request_turn(text=message.text, image=self._take_pending_image())
+            self._request_turn(text=message.text, image=self._take_pending_image(), music=self._take_pending_music())
             return
-        if isinstance(message, protocol.ImageMessage):
+        if isinstance(message, protocol.ImageMessage | protocol.MusicMessage):
             if message.text is not None and not self._turn_bucket.take():
                 self._drop_rate_limited("questions")
                 return
             self._admitted()
-            self.stats.images_received += 1
-            image = message.image_bytes()  # validated by the parser
-            if message.text is not None:
-                self.pending_image = None  # this picture supersedes one still waiting
-                self._request_turn(text=message.text, image=image)
-            else:
-                self.pending_image = image
+            self._receive_media(message)
             return
         self._admitted()
         if isinstance(message, protocol.InterruptMessage):
@@ -504,6 +600,18 @@ class RtcSession:
         elif isinstance(message, protocol.ByeMessage):
             self._schedule_close("the caller said bye")
         # Hello needs no answer: ``ready`` was sent when the channel opened.
+
+    def _receive_media(self, message: protocol.ImageMessage | protocol.MusicMessage) -> None:
+        """A picture or a tune (validated by the parser) waits for the caller's next turn, replacing one of its kind;
+        with a question it starts that turn at once, with whatever else waits."""
+        if isinstance(message, protocol.ImageMessage):
+            self.stats.images_received += 1
+            self.pending_image = message.image_bytes()
+        else:
+            self.stats.tunes_received += 1
+            self.pending_music = message.wav_bytes()
+        if message.text is not None:
+            self._request_turn(text=message.text, image=self._take_pending_image(), music=self._take_pending_music())
 
     @staticmethod
     def _code_of(exc: ProtocolError) -> str:
@@ -513,19 +621,23 @@ class RtcSession:
         return code if code in {c.value for c in ErrorCode} else ErrorCode.BAD_MESSAGE.value
 
     def _drop_rate_limited(self, what: str) -> None:
+        """Drops a message (``what``: "messages", "questions", or "bytes" for a fragment over the upload budget,
+        which costs its whole message); one ``rate_limited`` error per run of drops."""
         self.stats.messages_dropped += 1
         if self._rate_limit_reported:
             return  # one error per run of drops: a flood must not turn into a flood of errors back
         self._rate_limit_reported = True
         self.stats.rate_limit_errors += 1
         limits = self.limits
-        rate = limits.messages_per_s if what == "messages" else limits.turns_per_s
-        self.send(
-            protocol.ErrorEvent(
-                message=f"too many {what} (at most {rate:g} a second); dropped until the rate falls",
-                code=ErrorCode.RATE_LIMITED.value,
+        if what == "bytes":
+            text = (
+                f"too much data (at most {limits.upload_bytes_per_s / 2**20:g} MiB a second); the message being "
+                "sent was dropped"
             )
-        )
+        else:
+            rate = limits.messages_per_s if what == "messages" else limits.turns_per_s
+            text = f"too many {what} (at most {rate:g} a second); dropped until the rate falls"
+        self.send(protocol.ErrorEvent(message=text, code=ErrorCode.RATE_LIMITED.value))
 
     def _admitted(self) -> None:
         self._rate_limit_reported = False
@@ -583,53 +695,90 @@ class RtcSession:
                 exc_info=True,
             )
 
-    def _on_vad_event(self, event: SpeechStart | SpeechEnd) -> None:
+    def _on_vad_event(self, event: VadEvent) -> None:
         if isinstance(event, SpeechStart):
             self.last_activity_at = self._now()
             self.send(protocol.SpeechStarted())
             self.interrupt(drop_picture=False)  # barge-in: the server's VAD is the one judge of it
+        elif isinstance(event, SpeechPaused):
+            # The caller may have finished: the answer starts now, on what they said so far and the picture waiting
+            # for it, but is only heard if the pause becomes the end of their turn (SpeechEnd.same_as_pause).
+            self._speculated_image, self._speculated_music = self.pending_image, self.pending_music
+            self.turns.speculate(self._make_turn(event.audio, None, self.pending_image, self.pending_music))
+        elif isinstance(event, SpeechResumed | SpeechDiscarded):
+            self.turns.discard()  # they went on (or it was only a noise): the early answer is stale
         elif isinstance(event, SpeechEnd):
             self.send(protocol.SpeechStopped(duration_s=round(event.duration_s, 3)))
-            self._request_turn(audio=event.audio, image=self._take_pending_image())
+            speculated = (
+                event.same_as_pause
+                and self.pending_image is self._speculated_image
+                and self.pending_music is self._speculated_music
+            )
+            if speculated and self.turns.commit():
+                self._take_pending_image()  # the committed turn already has them
+                self._take_pending_music()
+            else:
+                self._request_turn(
+                    audio=event.audio, image=self._take_pending_image(), music=self._take_pending_music()
+                )
 
     # ----- turns (the controller's; the session only asks) -----
 
     def interrupt(self, *, drop_picture: bool) -> bool:
         """Stops the reply in progress (see :meth:`TurnController.interrupt`); False when there was none.
 
-        The one rule for the pending picture: the caller's ``interrupt`` message drops it (``drop_picture``), a
-        barge-in keeps it, since the speech that barges in is usually the question about the picture."""
+        The one rule for the pending picture and tune: the caller's ``interrupt`` message drops both
+        (``drop_picture``), a barge-in keeps them, since the speech that barges in is usually the question about
+        them."""
         if drop_picture:
             self.pending_image = None
+            self.pending_music = None
         return self.turns.interrupt()
 
     async def start_turn(
-        self, *, audio: np.ndarray | None = None, text: str | None = None, image: bytes | None = None
+        self,
+        *,
+        audio: np.ndarray | None = None,
+        text: str | None = None,
+        image: bytes | None = None,
+        music: bytes | None = None,
     ) -> int:
         """Starts a turn (interrupting the previous one) and returns its id; the turn runs in the background.
         Returns -1 when the turn never ran: a newer start replaced it while it waited, or the session closed.
-        ``image`` is PNG/JPEG bytes; the pending picture is the caller's to pass (see :meth:`_take_pending_image`)."""
-        return await self._request_turn(audio=audio, text=text, image=image)
+        ``image`` is PNG/JPEG bytes, ``music`` WAV bytes; the pending picture and tune are the caller's to pass (see
+        :meth:`_take_pending_image`, :meth:`_take_pending_music`)."""
+        return await self._request_turn(audio=audio, text=text, image=image, music=music)
 
     async def wait_turn(self, timeout: float | None = None) -> None:
         """Waits for the current turn (if any) to end; for tests and orderly shutdown."""
         await self.turns.wait(timeout)
 
     def _request_turn(
-        self, *, audio: np.ndarray | None = None, text: str | None = None, image: bytes | None = None
+        self,
+        *,
+        audio: np.ndarray | None = None,
+        text: str | None = None,
+        image: bytes | None = None,
+        music: bytes | None = None,
     ) -> asyncio.Future[int]:
-        return self.turns.request(self._make_turn(audio, text, image))
+        return self.turns.request(self._make_turn(audio, text, image, music))
 
     def _take_pending_image(self) -> bytes | None:
         image, self.pending_image = self.pending_image, None
         return image
 
-    def _make_turn(self, audio: np.ndarray | None, text: str | None, image: bytes | None) -> UserTurn:
+    def _take_pending_music(self) -> bytes | None:
+        music, self.pending_music = self.pending_music, None
+        return music
+
+    def _make_turn(
+        self, audio: np.ndarray | None, text: str | None, image: bytes | None, music: bytes | None = None
+    ) -> UserTurn:
         if self._turn_factory is not None:
-            return self._turn_factory(audio=audio, text=text, image=image)
+            return self._turn_factory(audio=audio, text=text, image=image, music=music)
         from assistant.pipeline.engine import UserTurn  # the engine is only needed once a turn starts
 
-        return UserTurn(audio=audio, text=text, image=image)
+        return UserTurn(audio=audio, text=text, image=image, music=music)
 
     def _turn_changed(self) -> None:
         self.last_activity_at = self._now()  # a turn starting or ending is activity (the idle timeout)

@@ -7,6 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from speechlike import voiced_like
 
 from anystream_bench.local_gateway import LocalGateway
 from anystream_bench.timeline import AnswerTimeline, Thresholds
@@ -27,7 +28,7 @@ class ScriptedSession:
     def __init__(self):
         self.turns = []
 
-    async def respond(self, turn):
+    async def respond(self, turn, *, tentative=False):
         self.turns.append(turn)
         yield ReplyTextDelta(text="beep")
         await asyncio.sleep(FIRST_AUDIO_DELAY_S)
@@ -41,6 +42,12 @@ class ScriptedSession:
         yield TurnFinished(reason=FinishReason.COMPLETE)
 
     def interrupt(self):
+        pass
+
+    def commit(self):
+        pass
+
+    def discard(self):
         pass
 
     async def close(self):
@@ -59,8 +66,8 @@ class ScriptedEngine:
 
 
 def noise_question(seconds: float = 0.8) -> np.ndarray:
-    """A noise burst (webrtcvad calls it speech) at 16 kHz."""
-    return (0.3 * np.random.default_rng(0).standard_normal(int(16000 * seconds))).astype(np.float32)
+    """A burst of voice-like sound (the VAD calls it speech) at 16 kHz."""
+    return voiced_like(seconds)
 
 
 @pytest.mark.slow  # real WebRTC with the script's real-time delays: seconds

@@ -125,6 +125,7 @@ CALLS = {
     "media.image_png": ("media", lambda h: RayMediaBackend(h, FAST).image_png([1, 2])),
     "media.music_wave": ("media", lambda h: RayMediaBackend(h, FAST).music_wave([1, 2])),
     "media.image_codes": ("media", lambda h: RayMediaBackend(h, FAST).image_codes(b"\x89PNG")),
+    "media.music_codes": ("media", lambda h: RayMediaBackend(h, FAST).music_codes(b"RIFF")),
 }
 
 

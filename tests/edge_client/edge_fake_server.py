@@ -20,6 +20,7 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from speechlike import voiced_like
 
 from assistant import protocol
 from assistant.audio import FrameSplitter, write_wav
@@ -53,28 +54,37 @@ def tone_hz(turn: int) -> float:
 
 
 class ToneTrack(PacedAudioTrack):
-    """Paced 16 kHz mono track: silence, or a tone while ``play()`` frames remain."""
+    """Paced 16 kHz mono track: silence, or a tone (or a recorded answer) while ``play()`` frames remain."""
 
     def __init__(self) -> None:
         super().__init__(SERVER_RATE, 20)
         self._tone_left = 0
         self._hz = tone_hz(1)
+        self._wave: np.ndarray | None = None  # a recorded answer instead of the tone
+        self._wave_at = 0
         self.tone_done = asyncio.Event()
 
-    def play(self, frames: int, hz: float | None = None) -> None:
-        """Plays `frames` 20 ms frames of tone (at ``hz``, default: the pitch playing last); 0 stops a tone."""
+    def play(self, frames: int, hz: float | None = None, wave: np.ndarray | None = None) -> None:
+        """Plays `frames` 20 ms frames of tone (at ``hz``, default: the pitch playing last), or of ``wave`` (16 kHz
+        float, from its start; without ``wave`` a recording playing goes on where it was); 0 stops a tone."""
         self.tone_done.clear()
         self._tone_left = frames
         if hz is not None:
-            self._hz = hz
+            self._hz, self._wave = hz, None
+        if wave is not None:
+            self._wave, self._wave_at = wave, 0
 
     async def next_pcm(self) -> np.ndarray:
         if self._tone_left <= 0:
             return np.zeros(SERVER_FRAME, dtype=np.int16)
-        t = (self.pts + np.arange(SERVER_FRAME)) / SERVER_RATE
         self._tone_left -= 1
         if self._tone_left == 0:
             asyncio.get_running_loop().call_soon(self.tone_done.set)
+        if self._wave is not None:
+            piece = self._wave[self._wave_at : self._wave_at + SERVER_FRAME]
+            self._wave_at += SERVER_FRAME
+            return np.pad(piece, (0, SERVER_FRAME - piece.size)).astype(np.float32)
+        t = (self.pts + np.arange(SERVER_FRAME)) / SERVER_RATE
         return (0.5 * np.sin(2 * np.pi * self._hz * t)).astype(np.float32)
 
 
@@ -84,6 +94,8 @@ class FakeServer:
     send_turn: answer at all (False: never start a turn).
     frames_after_interrupt: how many frames of the interrupted answer's tone still go out after ``interrupted`` (a
         server whose audio lags its events: what the client must not play).
+    answer_wave: every turn's answer is this recording (16 kHz float, e.g. speech) instead of a tone; tone_frames is
+        then not used.
 
     Like the real server, it owns barge-in: when its VAD hears the caller start speaking while it answers, it stops
     the answer and sends ``interrupted`` and ``turn_end(interrupted)``; an ``interrupt`` message does the same.
@@ -96,8 +108,10 @@ class FakeServer:
         tone_frames: int | list[int] = 25,
         send_turn: bool = True,
         frames_after_interrupt: int = 0,
+        answer_wave: np.ndarray | None = None,
     ):
         self.reject = reject
+        self.answer_wave = answer_wave
         self.tone_frames = tone_frames if isinstance(tone_frames, list) else [tone_frames]
         self.send_turn = send_turn
         self.frames_after_interrupt = frames_after_interrupt
@@ -220,7 +234,10 @@ class FakeServer:
         turn = self.turns
         channel.send(protocol.to_json(protocol.TurnStarted(turn_id=turn)))
         channel.send(protocol.to_json(protocol.Transcript(turn_id=turn, delta="a noise burst")))
-        out.play(self.tone_frames[min(turn, len(self.tone_frames)) - 1], tone_hz(turn))
+        if self.answer_wave is not None:
+            out.play(-(-self.answer_wave.size // SERVER_FRAME), wave=self.answer_wave)
+        else:
+            out.play(self.tone_frames[min(turn, len(self.tone_frames)) - 1], tone_hz(turn))
         for delta in REPLY_DELTAS:
             channel.send(protocol.to_json(protocol.TextDelta(turn_id=turn, delta=delta)))
             await asyncio.sleep(0.02)
@@ -235,9 +252,9 @@ class FakeServer:
 
 
 def noise_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
-    """A noise burst (webrtcvad calls it speech); with gap_s, a second burst follows after gap_s of silence."""
-    rng = np.random.default_rng(0)
-    burst = (0.5 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+    """A burst of voice-like sound (``speechlike.voiced_like``: the VAD calls it speech, as it would not call a
+    noise burst); with gap_s, a second burst follows after gap_s of silence."""
+    burst = 1.6 * voiced_like(seconds)
     wave = burst if gap_s is None else np.concatenate([burst, np.zeros(int(16000 * gap_s), np.float32), burst])
     path = tmp_path / "question.wav"
     write_wav(path, wave, 16000)

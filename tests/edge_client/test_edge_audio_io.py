@@ -11,6 +11,7 @@ import soundfile
 
 from assistant.audio import AudioFormatError, write_wav
 from edge_client.audio_io import FRAME_SAMPLES, DirectorySink, FileSource, MicrophoneSource, SpeakerSink
+from edge_client.jitter import JitterBuffer
 
 
 def _tone(seconds: float, rate: int = 16000, amp: float = 0.5) -> np.ndarray:
@@ -92,28 +93,27 @@ def _play(sink: SpeakerSink, frames: int) -> np.ndarray:
     return out[:, 0]
 
 
-def test_speaker_sink_prefill_playback_and_flush():
+def test_speaker_sink_plays_through_its_jitter_buffer_and_flushes():
     streams = []
     sink = SpeakerSink(
-        max_queue_frames=5,
-        prefill_frames=2,
+        jitter=JitterBuffer(target_ms=40, max_ms=100),
         stream_factory=lambda **kw: streams.append(FakeStream(**kw)) or streams[-1],
     )
     loud = np.full(FRAME_SAMPLES, 1000, dtype=np.int16)
-    sink.write(loud)
+    sink.write(loud, seq=0)
     assert streams and streams[0].started and streams[0].kwargs["samplerate"] == 48000
-    assert sink.queued_frames == 3
-    assert np.all(_play(sink, 2 * FRAME_SAMPLES) == 0)  # the silence cushion plays first
+    assert sink.queued_frames == 1
+    assert np.all(_play(sink, FRAME_SAMPLES) == 0)  # priming: 40 ms wanted, 20 ms buffered
+    sink.write(loud, seq=1)
     # blocks that do not line up with frames are served from the remainder
-    first = _play(sink, FRAME_SAMPLES // 2)
-    assert np.all(first == 1000)
-    for _ in range(10):
-        sink.write(loud)
-    assert sink.dropped_frames == 5 and sink.queued_frames == 5  # bounded, drop-oldest
-    sink.flush()  # interrupt: nothing queued is ever played
-    assert sink.queued_frames == 2
+    assert np.all(_play(sink, FRAME_SAMPLES // 2) == 1000)
+    assert np.all(_play(sink, FRAME_SAMPLES) == 1000)  # the rest of frame 0, then half of frame 1
+    for seq in range(2, 12):
+        sink.write(loud, seq=seq)
+    assert sink.dropped_frames == 5 and sink.queued_frames == 5  # bounded at 100 ms by dropping the oldest
+    sink.flush()  # interrupt: nothing buffered is ever played, not even the half frame in the callback
+    assert sink.queued_frames == 0
     assert np.all(_play(sink, 3 * FRAME_SAMPLES) == 0)
-    assert sink.underruns == 1  # the third frame found the queue empty and played silence
     sink.close()
     assert streams[0].closed
 
@@ -130,7 +130,7 @@ def test_microphone_source_hands_off_and_drops_oldest():
 
         def device_thread():  # PortAudio calls back from its own thread, in half-frame blocks here
             for i in range(8):
-                block = np.full((FRAME_SAMPLES // 2, 1), i, dtype=np.float32)
+                block = np.full((FRAME_SAMPLES // 2, 1), i / 10, dtype=np.float32)  # block i holds i/10
                 stream.callback(block, FRAME_SAMPLES // 2, None, None)
                 block[:] = -1  # the device reuses its buffer; the source must have copied
 
@@ -146,8 +146,24 @@ def test_microphone_source_hands_off_and_drops_oldest():
     frames, mic, stream = asyncio.run(main())
     assert mic.dropped_frames == 2  # 4 frames arrived, the queue holds 2
     assert all(f.shape == (FRAME_SAMPLES,) for f in frames)
-    assert frames[0][0] == 4 and frames[0][-1] == 5 and frames[1][0] == 6
+    assert [frames[0][0], frames[0][-1], frames[1][0]] == pytest.approx([0.4, 0.5, 0.6])
     assert stream.closed
+
+
+def test_microphone_source_clears_samples_no_audio_can_hold():
+    async def main():
+        streams = []
+        mic = MicrophoneSource(stream_factory=lambda **kw: streams.append(FakeStream(**kw)) or streams[-1])
+        mic.start()
+        garbage = np.full((FRAME_SAMPLES, 1), 0.25, dtype=np.float32)
+        garbage[:4, 0] = [np.nan, np.inf, -np.inf, 3e38]  # ALSA's null device hands out uninitialised memory
+        streams[0].callback(garbage, FRAME_SAMPLES, None, None)
+        frame = await mic.read()
+        mic.close()
+        return frame
+
+    frame = asyncio.run(main())
+    assert list(frame[:5]) == [0.0, 1.0, -1.0, 1.0, 0.25] and np.isfinite(frame).all()
 
 
 def test_real_sounddevice_streams_on_the_alsa_null_device(tmp_path):

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from speechlike import voiced_like
 
 from assistant.endpointing import EndpointerConfig, VadEndpointer
 from assistant.rtc_audio import frame_to_mono
@@ -31,10 +32,8 @@ class ListSource:
 
 
 def _burst_frames(lead_s=0.4, burst_s=1.0, tail_s=1.2):
-    rng = np.random.default_rng(1)
-    wave = np.concatenate(
-        [np.zeros(int(48000 * lead_s)), 0.5 * rng.standard_normal(int(48000 * burst_s)), np.zeros(int(48000 * tail_s))]
-    ).astype(np.float32)
+    burst = 1.6 * voiced_like(burst_s, rate=48000)
+    wave = np.concatenate([np.zeros(int(48000 * lead_s)), burst, np.zeros(int(48000 * tail_s))]).astype(np.float32)
     return [wave[i : i + FRAME_SAMPLES] for i in range(0, wave.size - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
 
 

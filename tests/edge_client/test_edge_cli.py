@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from assistant.protocol import MAX_IMAGE_BYTES
 from edge_client.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ def test_image_and_voice_options(tmp_path):
     [
         (None, "cannot read picture"),
         (b"GIF89a" + b"\x00" * 16, "neither PNG nor JPEG"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * (60 * 1024), "exceeds the limit"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * MAX_IMAGE_BYTES, "exceeds the limit"),
     ],
 )
 def test_unusable_picture_is_a_clear_error_before_connecting(tmp_path, capsys, content, fragment):

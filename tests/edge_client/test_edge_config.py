@@ -67,9 +67,17 @@ def test_the_command_line_builds_the_config(monkeypatch):
     config = config_from_args(args)
     assert (config.server_url, config.out_dir, config.timeout, config.voice) == ("http://x", Path("out"), 7.0, "alto")
     assert config.api_key == "from-env" and config.vad_aggressiveness == 1 and config.handle_signals
-    speaker = config_from_args(build_parser().parse_args(["--server", "http://x", "--save-dir", "saved"]))
-    assert speaker.out_dir == Path("saved")
-    assert config_from_args(build_parser().parse_args(["--server", "http://x"])).out_dir is None
+    for flag in ("--save", "--save-dir"):  # --save-dir is the deprecated name of --save
+        speaker = config_from_args(build_parser().parse_args(["--server", "http://x", flag, "saved"]))
+        assert speaker.save_dir == Path("saved") and speaker.out_dir is None
+    plain = config_from_args(build_parser().parse_args(["--server", "http://x"]))
+    assert plain.out_dir is None and plain.save_dir is None
+    # a microphone reconnects without limit, a file or typed question a few times; --reconnect-attempts decides
+    assert plain.reconnect_attempts is None and config.reconnect_attempts is None
+    typed = config_from_args(build_parser().parse_args(["--server", "http://x", "--text", "hi"]))
+    assert typed.reconnect_attempts == 3
+    never = build_parser().parse_args(["--server", "http://x", "--reconnect-attempts", "0", "--jitter-ms", "100"])
+    assert (config_from_args(never).reconnect_attempts, config_from_args(never).jitter_ms) == (0, 100)
     with_key = config_from_args(build_parser().parse_args(["--server", "http://x", "--api-key", "flag"]))
     assert with_key.api_key == "flag"
 

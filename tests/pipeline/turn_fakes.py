@@ -52,14 +52,45 @@ class FakeEngine:
     close_calls: int = 0
     cancelled: int = 0  # turns whose stream was cancelled (rather than ending or being closed)
     streams: int = 0  # streams not closed yet: a second one at once is refused, as engine.Session does
+    history: list[str] = field(default_factory=list)  # the turns remembered (a tentative one only once committed)
+    tentative: list[bool] = field(default_factory=list)  # per turn: was it speculative?
+    commits: int = 0
+    discards: int = 0
+    pulled: int = 0  # outputs the controller has taken from the streams
     _interrupted: asyncio.Event | None = None
+    _undecided: Turn | None = None
 
-    async def respond(self, turn: Turn):
+    async def respond(self, turn: Turn, *, tentative: bool = False):
         if self.streams:
             raise RuntimeError("a turn is already in progress in this session")
         self.streams += 1
         index = len(self.turns)
         self.turns.append(turn)
+        self.tentative.append(tentative)
+        if tentative:
+            self._undecided = turn
+        else:
+            self.history.append(turn.text)
+        outputs = self._outputs(index)
+        try:
+            async for output in outputs:
+                self.pulled += 1
+                yield output
+        finally:
+            await outputs.aclose()
+
+    def commit(self) -> None:
+        self.commits += 1
+        if self._undecided is not None:
+            self.history.append(self._undecided.text)
+            self._undecided = None
+
+    def discard(self) -> None:
+        self.discards += 1
+        self._undecided = None
+        self.interrupt()
+
+    async def _outputs(self, index: int):
         script = self.scripts[index] if index < len(self.scripts) else Script()
         interrupted = self._interrupted = asyncio.Event()
         try:
@@ -188,9 +219,13 @@ class FakeSink:
 class FakeMetrics:
     ttfa: list[float] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    speculations: list[bool] = field(default_factory=list)
 
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa.append(seconds)
 
     def turn_finished(self, reason: str) -> None:
         self.finished.append(reason)
+
+    def speculation_decided(self, committed: bool) -> None:
+        self.speculations.append(committed)

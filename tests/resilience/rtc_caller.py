@@ -17,6 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from assistant import fragments, protocol
 from assistant.audio import WEBRTC_SAMPLE_RATE, resample
 from assistant.rtc_audio import PacedAudioTrack, frame_to_mono
 from assistant.webrtc.ice import use_loopback_only
@@ -78,6 +79,8 @@ class RtcCaller:
         self.microphone = ScriptedMicrophone()
         self._channel: Any = None
         self._new_event = asyncio.Event()
+        # a server message larger than one data-channel message (a picture) comes as fragments
+        self._reassembler = fragments.Reassembler(protocol.MAX_DOWNLOAD_MESSAGE_BYTES, max_count=1024)
         self._reader: asyncio.Task | None = None
 
     # ----- call set-up and tear-down -----
@@ -134,8 +137,11 @@ class RtcCaller:
 
     def _on_message(self, raw: str | bytes) -> None:
         try:
-            event = json.loads(raw)
-        except ValueError:
+            whole = self._reassembler.push(raw)
+            if whole is None:
+                return
+            event = json.loads(whole)
+        except ValueError:  # a broken fragment (ProtocolError) included
             event = {"type": "<unparsable>", "raw": str(raw)[:200]}
         self.events.append(event)
         self.event_times.append(time.monotonic())

@@ -194,6 +194,9 @@ class RecordingMedia(MediaBackend):
         self.music.append(list(tokens))
         return np.zeros(1600, dtype=np.float32)
 
+    async def music_codes(self, wav):
+        raise AssertionError("the corpus's users send no tunes")
+
 
 def test_engine_prompts_and_parses_every_turn_as_the_corpus_says(vocab):
     media = FakeMedia()

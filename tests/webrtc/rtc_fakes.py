@@ -27,6 +27,7 @@ class FakeTurn:
     audio: np.ndarray | None
     text: str | None
     image: bytes | None = None
+    music: bytes | None = None
 
 
 class FakeEngineSession:
@@ -39,10 +40,19 @@ class FakeEngineSession:
         self.interrupts = 0
         self.closed = False
         self.close_calls = 0
+        self.tentative: list[bool] = []  # per turn: started speculatively?
+        self.history: list[FakeTurn] = []  # turns remembered (a speculative one once committed)
+        self.discards = 0
+        self._undecided: FakeTurn | None = None
         self._interrupted = asyncio.Event()
 
-    async def respond(self, turn):
+    async def respond(self, turn, *, tentative=False):
         self.turns.append(turn)
+        self.tentative.append(tentative)
+        if tentative:
+            self._undecided = turn
+        else:
+            self.history.append(turn)
         self._interrupted = asyncio.Event()
         yield TranscriptDelta(text="you said")
         yield ReplyTextDelta(text="hello")
@@ -59,6 +69,16 @@ class FakeEngineSession:
 
     def interrupt(self):
         self.interrupts += 1
+        self._interrupted.set()
+
+    def commit(self):
+        if self._undecided is not None:
+            self.history.append(self._undecided)
+            self._undecided = None
+
+    def discard(self):
+        self.discards += 1
+        self._undecided = None
         self._interrupted.set()
 
     async def close(self):

@@ -63,7 +63,7 @@ def test_hostile_messages_each_get_an_error_and_the_session_keeps_answering():
             client.send({"type": "text", "text": "are you still there?"})
             end = (await client.wait_for("turn_end"))[0]
             errors = [m for m in client.messages if m["type"] == "error"]
-            assert [e["code"] for e in errors] == ["bad_message"] * 4
+            assert [e["code"] for e in errors] == ["bad_message"] * 3 + ["too_large"]
             assert "deeper" in errors[0]["message"] and "70000 characters" in errors[3]["message"]
             assert end["reason"] == "complete" and [t.text for t in engine.turns] == ["are you still there?"]
             assert session.connection_state == "connected" and not session.closed
@@ -76,7 +76,7 @@ def test_an_unexpected_failure_inside_on_message_becomes_an_internal_error(monke
     async def main():
         session = RtcSession(FakeEngineSession(), "s", turn_factory=FakeTurn)
 
-        def broken_parser(raw):
+        def broken_parser(raw, max_bytes=protocol.MAX_MESSAGE_BYTES):
             raise RuntimeError("parser exploded at /srv/secret/path (pid 4242)")
 
         monkeypatch.setattr(protocol, "parse_client_message", broken_parser)
@@ -204,8 +204,8 @@ class FakeSctp:
             self.messages.append((chunk.stream_id, size))
 
 
-def chunk(stream_id: int, size: int, last: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(stream_id=stream_id, user_data=b"x" * size, last=last)
+def chunk(stream_id: int, size: int, last: bool = False, stream_seq: int = 0, flags: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(stream_id=stream_id, user_data=b"x" * size, last=last, stream_seq=stream_seq, flags=flags)
 
 
 def guarded(**bounds) -> tuple[FakeSctp, list[str]]:
@@ -232,8 +232,19 @@ def test_reassembly_guard_bounds_bytes_fragments_and_the_total():
         transport, reasons = guarded(**bounds)
         for _ in range(21):
             await transport._receive_data_chunk(chunk(2, 1))
-        assert reasons == ["more than 20 fragments held for one message"]
+        assert reasons == ["more than 20 fragments held on one stream"]
         assert len(transport._inbound_streams[2].reassembly) == 20
+
+        transport, reasons = guarded(**bounds)
+        for seq in range(3):  # whole messages waiting behind a lost packet: bytes count per message (stream_seq)
+            for _ in range(4):
+                await transport._receive_data_chunk(chunk(4, 1000, stream_seq=seq))
+        assert reasons == []
+        transport, reasons = guarded(**bounds)
+        unordered = 0x04  # SCTP_DATA_UNORDERED: no stream sequence number, so they count together
+        for _ in range(11):
+            await transport._receive_data_chunk(chunk(5, 1000, stream_seq=9, flags=unordered))
+        assert reasons == ["more than 10000 bytes held for one message"]
 
         transport, reasons = guarded(**bounds)
         for stream_id in (1, 3):  # 8,000 held on each stream: each is under its bound, together they are not
@@ -391,7 +402,7 @@ def broken_frame() -> tuple[str, av.AudioFrame]:
 
 def test_the_vad_keeps_working_through_codec_switches():
     async def main():
-        config = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300)
+        config = EndpointerConfig(aggressiveness=1, start_ms=60, end_silence_ms=300, pause_ms=0)
         session = RtcSession(FakeEngineSession(n_frames=0), "s", config, turn_factory=FakeTurn)
         segments = [
             (48000, "stereo", "s16"),
@@ -445,7 +456,7 @@ class FailingEngineSession(FakeEngineSession):
         super().__init__()
         self.failure = failure
 
-    def respond(self, turn):
+    def respond(self, turn, *, tentative=False):
         self.turns.append(turn)
         if self.failure == "raise":
             raise RuntimeError("cannot reach 10.1.2.3:8000 from worker pid 4242")

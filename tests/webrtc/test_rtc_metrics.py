@@ -28,9 +28,9 @@ class SlowStartEngineSession(FakeEngineSession):
         super().__init__(**kwargs)
         self.first_audio_delay_s = first_audio_delay_s
 
-    async def respond(self, turn):
+    async def respond(self, turn, *, tentative=False):
         await asyncio.sleep(self.first_audio_delay_s)
-        async for out in super().respond(turn):
+        async for out in super().respond(turn, tentative=tentative):
             yield out
 
 
