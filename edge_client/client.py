@@ -49,6 +49,7 @@ from assistant import fragments, protocol
 from assistant.protocol import DATA_CHANNEL_LABEL, ByeMessage, ClientMessage, InterruptMessage
 from assistant.rtc_audio import REAL_TIME, Clock
 from assistant.webrtc.ice import use_loopback_only
+from assistant.webrtc.jitter import shorten_audio_jitter_buffers
 from edge_client.audio_io import CAPTURE_RATE, AudioSink, AudioSource, JitteredSink, PacedSink, TappedSource, takes_seq
 from edge_client.config import CLIENT_NAME, EdgeClientConfig
 from edge_client.console import Console
@@ -295,6 +296,7 @@ class EdgeClient:
         channel.on("close", lambda: self._lose(pc, "the server closed the events channel"))
         channel.on("close", channel_closed.set)
         pc.addTrack(_ConnectionTrack(self._capture_track()))  # one sendrecv audio transceiver
+        shorten_audio_jitter_buffers(pc)  # the playback jitter buffer absorbs jitter; aiortc's would add 80 ms
 
         @pc.on("track")
         def on_track(track: Any) -> None:

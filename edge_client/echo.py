@@ -57,7 +57,8 @@ noise at -65 dBFS, judged in the 16 kHz band by the server's own endpointer):
   alone (4 dB for a voice no louder than the echo) and the endpointer starts the turn within 20 ms of when it does on
   the voice alone (~100 ms after the voice begins);
 - the volume changed mid-reply (+3 dB, -6 dB): followed within ~1 s, no turn started; a sudden much louder echo
-  (+6 dB) or a new path (another delay) can leak for a moment and start one (1 in 4 and 2 in 3 of the rooms tried);
+  (+6 dB) or a new path can leak for a moment and start one (in one of four +6 dB steps and one of two new paths
+  tried);
 - the whole client over loopback WebRTC, its speaker feeding its microphone (an 80 ms, -12 dB room): with the
   canceller the server never hears the answer's echo as speech (~39 dB over echo-only blocks); without it the same
   call interrupts itself; the user's barge-in is heard and the reply interrupted ~0.3 s after the voice begins;
@@ -101,8 +102,8 @@ class EchoConfig:
     suppression_floor_db: the most the suppressor takes off a bin (comfort noise fills in what it takes).
     overestimate: how much the suppressor over-estimates the residual echo: the safety margin that keeps what is
         left of the echo from starting a turn.
-    double_talk_overestimate: the same while someone talks over the playback (and 160 ms after), when the margin
-        would cost the voice more than it protects.
+    double_talk_overestimate: the same once someone has talked over the playback for 60 ms (until 160 ms after
+        they stop): a turn is starting anyway, and the margin would cost the voice more than it protects.
     """
 
     tail_ms: int = 480
@@ -141,7 +142,8 @@ def _lowpass(taps: int, cutoff: float, beta: float) -> np.ndarray:
     return h / h.sum()
 
 
-# Passes 0-7 kHz within 0.01 dB, stops above 8.4 kHz; odd length: a whole-sample group delay (120 samples, 2.5 ms).
+# Flat to 7.3 kHz (0.01 dB), -23 dB at 8 kHz, under -67 dB above 8.2 kHz; odd length: a whole-sample group delay
+# (120 samples, 2.5 ms).
 _RESAMPLE_TAPS = 241
 _RESAMPLE_DELAY = (_RESAMPLE_TAPS - 1) // 2
 _RESAMPLE_FILTER = _lowpass(_RESAMPLE_TAPS, cutoff=0.5 / DECIMATION * 0.97, beta=7.0)
@@ -402,7 +404,7 @@ class _EchoCore:
         self.path_changed = False  # this block's error says the echo path changed (see _judge_double_talk)
         self.path_change_blocks = 0
         self._unsure = 0  # blocks left of the extra margin after a path change
-        self._error_echo = 0.0  # smoothed correlation of the error with the echo estimate
+        self._error_echo = 0.0  # smoothed sum of error x echo estimate (their correlation, not normalised)
         self._hangover = 0
         self._double_talk_run = 0
         # the suppressor

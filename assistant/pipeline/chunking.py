@@ -1,7 +1,9 @@
 """Groups the LM's level-1 speech codes into chunks for the acoustic decoder.
 
-The first chunk of a speech segment is small so the first audio comes out quickly; later chunks are
-larger, which costs fewer decoder calls and gives each call more context. At ``<eosp>`` the caller
+The first chunk of a speech segment is small so the first audio comes out quickly; each later chunk is twice
+the one before, up to ``chunk_frames``, which costs fewer decoder calls and gives each call more context. Doubling
+(rather than jumping straight to the large size) keeps the player fed: while one chunk plays, the LM only has to make
+as many frames as that chunk holds, at several times real time, before the next is due. At ``<eosp>`` the caller
 flushes the remainder.
 """
 
@@ -21,7 +23,7 @@ class SpeechChunker:
 
     @property
     def _target(self) -> int:
-        return self.first_chunk_frames if self._emitted == 0 else self.chunk_frames
+        return min(self.chunk_frames, self.first_chunk_frames << min(self._emitted, 16))
 
     @property
     def pending_frames(self) -> int:

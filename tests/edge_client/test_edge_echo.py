@@ -148,9 +148,7 @@ def test_the_users_voice_over_the_playback_gets_through_at_once_and_whole():
     assert band_energy_db(echo[after:]) - band_energy_db(out[after:]) >= 20.0
 
 
-@pytest.mark.parametrize(
-    "seed, step_db", [(40, 3), (43, 3), (41, -6)], ids=["louder-3dB", "louder-3dB-b", "quieter-6dB"]
-)
+@pytest.mark.parametrize("seed, step_db", [(40, 3), (41, -6)], ids=["louder-3dB", "quieter-6dB"])
 def test_a_volume_change_during_the_reply_is_followed_not_taken_for_a_voice(seed, step_db):
     """The speaker's volume changes 5 s into the reply: the error then follows the echo estimate (a voice would not),
     so the canceller relearns instead of freezing as for double talk, and the echo starts no turn meanwhile."""

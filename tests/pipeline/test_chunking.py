@@ -28,6 +28,13 @@ def test_clear_drops_pending():
     assert [c.size for c in push_all(chunker, range(2))] == [2]
 
 
+def test_chunks_double_up_to_the_large_size():
+    chunker = SpeechChunker(first_chunk_frames=5, chunk_frames=25)
+    assert [c.size for c in push_all(chunker, range(120))] == [5, 10, 20, 25, 25, 25]
+    chunker.flush()
+    assert [c.size for c in push_all(chunker, range(15))] == [5, 10]  # a new segment grows again from the start
+
+
 def test_rejects_bad_sizes():
     with pytest.raises(ValueError):
         SpeechChunker(0, 5)

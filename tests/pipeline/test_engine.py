@@ -70,11 +70,13 @@ def test_routes_every_modality(vocab):
     sp = vocab.range_of(SP)
     assert sp.start_id in lm.prompts[0] and sp.end_id in lm.prompts[0]
     speech_frames = [o for o in outputs if isinstance(o, AudioFrame) and o.source == "speech"]
-    # every speech code the LM produced was decoded once, in order, in the default chunk plan (10, then 25 at most)
+    # every speech code the LM produced was decoded once, in order, in the default chunk plan (doubling to the most)
     assert np.concatenate(acoustic.chunks).tolist() == speech_codes
-    first, size = EngineConfig().first_chunk_frames, EngineConfig().chunk_frames
-    rest = range(len(speech_codes) - first, 0, -size)  # frames left after each chunk
-    assert [c.size for c in acoustic.chunks] == [first, *(min(size, n) for n in rest)]
+    plan, left, target = [], len(speech_codes), EngineConfig().first_chunk_frames
+    while left > 0:
+        plan.append(min(target, left))
+        left, target = left - plan[-1], min(EngineConfig().chunk_frames, 2 * target)
+    assert [c.size for c in acoustic.chunks] == plan
     assert acoustic.contexts[0] is None and acoustic.voices_used == [None] * len(acoustic.chunks)
     # one 20 ms frame per codec frame (the fade tail is part of the last)
     assert len(speech_frames) == len(speech_codes)
@@ -108,7 +110,7 @@ def test_chunk_sizes_and_context(vocab):
         return await collect(session.respond(UserTurn(text="hi")))
 
     outputs = run(main())
-    assert [c.size for c in acoustic.chunks] == [10, 25, 25, 10]
+    assert [c.size for c in acoustic.chunks] == [10, 20, 25, 15]
     assert acoustic.contexts[0] is None
     assert [c.shape for c in acoustic.contexts[1:]] == [(4, 5)] * 3
     np.testing.assert_array_equal(acoustic.contexts[1][0], acoustic.chunks[0][-5:])
@@ -370,10 +372,11 @@ def test_voice_is_registered_once_and_sent_again_to_a_backend_that_lost_it(vocab
 
     first, second, (registered, used, sent), acoustic = run(main())
     key = voice_key(bank.prompt("bass"))
-    assert registered == [key] and used == [key] * 3 and sent == 0  # once, then only the key travels
+    # 60 codes are 4 chunks (10, 20, 25, 5)
+    assert registered == [key] and used == [key] * 4 and sent == 0  # once, then only the key travels
     assert acoustic.registered == [key]  # not registered again by a second register_voice call ...
     assert acoustic.prompts_sent == 1  # ... but the prompt went once more with the chunk the backend refused
-    assert acoustic.voices_used == [key] * 6
+    assert acoustic.voices_used == [key] * 8
     for outputs in (first, second):
         assert sum(isinstance(o, AudioFrame) for o in outputs) == 60
         assert outputs[-1] == TurnFinished(FinishReason.COMPLETE)
