@@ -65,7 +65,7 @@ class ScriptedEngine:
         return self.sessions[-1]
 
 
-def noise_question(seconds: float = 0.8) -> np.ndarray:
+def voice_burst_question(seconds: float = 0.8) -> np.ndarray:
     """A burst of voice-like sound (the VAD calls it speech) at 16 kHz."""
     return voiced_like(seconds)
 
@@ -77,7 +77,12 @@ def test_callers_report_ttfa_one_underrun_and_a_refused_offer():
     url = gateway.start()
     try:
         # two callers, one place: the second (starting later) is refused with 503 busy
-        results = asyncio.run(run_clients(url, noise_question(), [0.0, 0.3], turn_timeout_s=30.0))
+        # The callers receive through a one-frame jitter buffer, as the edge client does (its playback buffer absorbs
+        # the rest): a loaded machine's scheduling stalls of up to 0.1 s are not the scripted 0.4 s gap.
+        thresholds = Thresholds(underrun_gap_s=0.1)
+        results = asyncio.run(
+            run_clients(url, voice_burst_question(), [0.0, 0.3], turn_timeout_s=30.0, thresholds=thresholds)
+        )
     finally:
         gateway.stop()
     first, second = results

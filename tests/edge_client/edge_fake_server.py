@@ -251,7 +251,7 @@ class FakeServer:
 # ----- helpers of the edge client tests
 
 
-def noise_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
+def voice_burst_file(tmp_path, seconds: float = 0.8, gap_s: float | None = None):
     """A burst of voice-like sound (``speechlike.voiced_like``: the VAD calls it speech, as it would not call a
     noise burst); with gap_s, a second burst follows after gap_s of silence."""
     burst = 1.6 * voiced_like(seconds)

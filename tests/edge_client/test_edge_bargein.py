@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from edge_fake_server import FakeServer, call_server, noise_file, tone_hz
+from edge_fake_server import FakeServer, call_server, tone_hz, voice_burst_file
 from waiting import until
 
 from edge_client.audio_io import FileSource
@@ -56,7 +56,7 @@ def test_speaking_over_the_answer_makes_the_server_interrupt_and_the_client_cut_
     # turn 1 (and, lagging, still sends 0.3 s of its tone); burst 2 gets turn 2 (660 Hz), whose end ends the session.
     sink = RecordingSink()
     server = FakeServer(tone_frames=[150, 10], frames_after_interrupt=15)
-    source = FileSource(noise_file(tmp_path, seconds=0.6, gap_s=1.6), lead_silence_s=0.2, tail_silence_s=1.0)
+    source = FileSource(voice_burst_file(tmp_path, seconds=0.6, gap_s=1.6), lead_silence_s=0.2, tail_silence_s=1.0)
     code, client, stdout, stderr, out = call_server(
         server, tmp_path, source, sink=sink, timeout=15, handle_signals=False
     )
@@ -88,7 +88,7 @@ def test_an_explicit_interrupt_asks_the_server_and_the_reply_stops(tmp_path):
         server = FakeServer(tone_frames=150, frames_after_interrupt=10)
         await server.start()
         try:
-            source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+            source = FileSource(voice_burst_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
             config = EdgeClientConfig(server.url, loopback_only=True, timeout=15, handle_signals=False)
             stdout = io.StringIO()
             client = EdgeClient(config, source, sink, stdout=stdout, stderr=io.StringIO())

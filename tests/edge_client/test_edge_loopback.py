@@ -12,7 +12,7 @@ import socket
 import numpy as np
 import pytest
 import soundfile
-from edge_fake_server import REPLY_DELTAS, FakeServer, call_server, noise_file, serve_and_call, tiny_png
+from edge_fake_server import REPLY_DELTAS, FakeServer, call_server, serve_and_call, tiny_png, voice_burst_file
 
 from edge_client.audio_io import DirectorySink, FileSource, SilenceSource
 from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient, EdgeClientConfig
@@ -21,7 +21,7 @@ from edge_client.client import EXIT_OK, EXIT_SERVER, EXIT_TIMEOUT, EdgeClient, E
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_file_question_gets_text_image_and_audio(tmp_path):
     server = FakeServer(tone_frames=25)
-    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    source = FileSource(voice_burst_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
     code, _, stdout, stderr, out = call_server(server, tmp_path, source, timeout=15, handle_signals=False)
     assert code == EXIT_OK, stderr
     # the image is saved byte for byte under its turn/index name
@@ -55,7 +55,7 @@ def test_file_question_gets_text_image_and_audio(tmp_path):
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_the_client_hangs_up_by_saying_bye_and_the_server_closes(tmp_path):
     server = FakeServer(tone_frames=5)
-    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    source = FileSource(voice_burst_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
     code, client, _, stderr, out = call_server(
         server, tmp_path, source, timeout=15, handle_signals=False, bye_timeout=5.0
     )
@@ -166,7 +166,7 @@ def test_picture_alone_waits_for_the_spoken_question(tmp_path):
     picture = tiny_png()
 
     server = FakeServer(tone_frames=10)
-    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    source = FileSource(voice_burst_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
     code, _, stdout, stderr, out = call_server(
         server, tmp_path, source, image=picture, timeout=15, handle_signals=False
     )

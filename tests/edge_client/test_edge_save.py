@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import soundfile
-from edge_fake_server import REPLY_DELTAS, FakeServer, call_server, noise_file, tiny_png
+from edge_fake_server import REPLY_DELTAS, FakeServer, call_server, tiny_png, voice_burst_file
 
 from assistant import protocol
 from edge_client.audio_io import FileSource
@@ -162,7 +162,7 @@ def test_an_interrupted_turn_and_a_typed_one_each_get_their_folder(tmp_path):
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_a_call_with_save_keeps_the_turn_and_the_session(tmp_path):
     server = FakeServer(tone_frames=25)
-    source = FileSource(noise_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
+    source = FileSource(voice_burst_file(tmp_path), lead_silence_s=0.2, tail_silence_s=1.0)
     saved = tmp_path / "saved"
     code, client, _, stderr, _ = call_server(server, tmp_path, source, timeout=15, handle_signals=False, save_dir=saved)
     assert code == 0, stderr
