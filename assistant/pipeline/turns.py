@@ -296,6 +296,10 @@ class TurnController:
                 waiting.result.set_result(-1)
             self.stats.discarded += 1
             return True
+        return self._discard_running()
+
+    def _discard_running(self) -> bool:
+        """Discards the turn in progress if it is speculative and undecided (not one waiting to start)."""
         turn = self._turn
         if turn is None or not turn.undecided:
             return False
@@ -369,8 +373,9 @@ class TurnController:
     def interrupt(self) -> bool:
         """Stops the turn in progress: the engine is told, the queued audio is dropped at once, and the turn ends
         with ``interrupted`` and ``turn_end`` (interrupted) when its engine stream ends. False when no turn was in
-        progress (or it was already interrupted). A speculative turn is discarded instead: nothing of it was heard."""
-        if self.discard():
+        progress (or it was already interrupted). A speculative turn in progress is discarded instead: nothing of it
+        was heard. (A speculative start still waiting is left alone: it is what comes next.)"""
+        if self._discard_running():
             return False
         turn = self._turn
         if turn is None or turn.done or turn.interrupted:

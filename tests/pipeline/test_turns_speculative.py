@@ -129,6 +129,27 @@ def test_a_speculation_waiting_behind_a_winding_down_turn_starts_plain_when_comm
     run_in_virtual_time(main())
 
 
+def test_a_speculation_that_waited_behind_a_winding_down_turn_runs_and_can_be_committed():
+    async def main():
+        engine, sink = FakeEngine([Script(frames=20, slow_close=0.5)]), FakeSink(capacity=5)
+        turns = controller(engine, sink)
+        assert await turns.start(Turn("first")) == 1
+        await until(lambda: len(sink.queue) == 5, what="the first reply fills the sink, its stream still open")
+        turns.interrupt()  # barge-in; its stream takes 0.5 s (virtual) to close
+        turns.speculate(Turn("second"))  # the user paused while the first turn still winds down
+        await until(lambda: len(engine.turns) == 2, what="the speculation starts once the first turn has closed")
+        assert engine.tentative == [False, True] and engine.discards == 0
+        assert turns.commit() is True
+        await until(lambda: sink.frames("queued")[-3:] == [201, 202, 203], what="the second reply is queued")
+        sink.play_all()
+        await turns.wait()
+        assert engine.history == ["first", "second"]
+        assert [m.turn_id for m in sink.messages if isinstance(m, protocol.TurnStarted)] == [1, 2]
+        await turns.close()
+
+    run_in_virtual_time(main())
+
+
 def test_close_discards_an_undecided_speculation_without_a_message():
     async def main():
         engine, sink = FakeEngine(), FakeSink()
