@@ -20,6 +20,7 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from edge_doubles import serve_offers
 from speechlike import voiced_like
 
 from assistant import protocol
@@ -126,14 +127,7 @@ class FakeServer:
         self.url = ""
 
     async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/offer", self._offer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_offers(self._offer)
         return self.url
 
     async def stop(self) -> None:

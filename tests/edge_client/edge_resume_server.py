@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
+from edge_doubles import serve_offers
 
 from assistant.audio import OUTPUT_FRAME_SAMPLES
 from assistant.endpointing import EndpointerConfig
@@ -79,14 +80,7 @@ class ResumeServer:
         return self.engines[-1]
 
     async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/offer", self._offer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_offers(self._offer)
         return self.url
 
     async def stop(self) -> None:

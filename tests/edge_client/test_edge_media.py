@@ -7,12 +7,13 @@ import asyncio
 import base64
 import io
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import soundfile
 from aiohttp import web
+from edge_doubles import serve_offers
+from edge_resume_server import QuestionTurn
 from PIL import Image
 
 from assistant import fragments, protocol
@@ -42,20 +43,12 @@ def wav_tune(seconds: float, rate: int = 22050) -> bytes:
     return buffer.getvalue()
 
 
-@dataclass
-class Turn:
-    audio: np.ndarray | None
-    text: str | None
-    image: bytes | None = None
-    music: bytes | None = None
-
-
 class PictureEngine:
     """An engine session that answers every turn with one picture."""
 
     def __init__(self, png: bytes):
         self.png = png
-        self.turns: list[Turn] = []
+        self.turns: list[QuestionTurn] = []
 
     async def respond(self, turn):
         self.turns.append(turn)
@@ -80,17 +73,10 @@ class SessionServer:
 
     async def start(self) -> None:
         use_loopback_only()
-        app = web.Application(client_max_size=protocol.MAX_OFFER_BODY_BYTES)
-        app.router.add_post("/offer", self._offer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_offers(self._offer, protocol.MAX_OFFER_BODY_BYTES)
 
     async def _offer(self, request: web.Request) -> web.Response:
-        session = RtcSession(self.engine, f"s{len(self.sessions) + 1}", turn_factory=Turn)
+        session = RtcSession(self.engine, f"s{len(self.sessions) + 1}", turn_factory=QuestionTurn)
         self.sessions.append(session)
         answer = await session.accept(protocol.parse_offer_body(await request.read()))
         return web.json_response(answer.to_dict())

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import soundfile
+from edge_doubles import Clock, Live, NullSink
 from edge_fake_server import REPLY_DELTAS, FakeServer, call_server, tiny_png, voice_burst_file
 
 from assistant import protocol
@@ -21,32 +22,8 @@ from edge_client.playback import Playback
 from edge_client.recording import SERVER_AUDIO_QUEUE_FRAMES, Recording, TurnArchive
 
 
-class Clock:
-    def __init__(self):
-        self.t = 50.0
-
-    def __call__(self):
-        return self.t
-
-
-class NullSink:
-    def write(self, pcm):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class Live:
-    live = True
-    finite = False
-
-
 def scripted(tmp_path):
-    clock = Clock()
+    clock = Clock(50.0)
     archive = TurnArchive(tmp_path / "saved", clock)
     playback = Playback(NullSink())
     playback.on_frame.append(archive.answer_frame)

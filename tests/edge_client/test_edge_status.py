@@ -5,36 +5,14 @@ from __future__ import annotations
 
 import io
 
+from edge_doubles import Clock, Live, NullSink
+
 from assistant import protocol
 from edge_client.config import EdgeClientConfig
 from edge_client.console import CallState, Console, StatusLine
 from edge_client.conversation import Conversation
 from edge_client.playback import Playback
 from edge_client.recording import Recording
-
-
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-class NullSink:
-    def write(self, pcm):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class Live:
-    live = True
-    finite = False
 
 
 def talk(tty: bool = False):
