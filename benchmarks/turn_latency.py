@@ -171,6 +171,13 @@ async def measure(server: str, questions: list[tuple[str, np.ndarray]], timeout_
     return records
 
 
+def save(path: str | None, summary: dict, records: list[dict]) -> None:
+    """Writes the figures and every question's record as JSON (when a path was given)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"summary": summary, "records": records}, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="http://127.0.0.1:8000")
@@ -197,9 +204,7 @@ def main() -> None:
             f"{stop['p50']:.3f} s, p95 {stop['p95']:.3f} s, max {stop['max']:.3f} s; loud frames of the old answer "
             f"after its interrupted: {summary['loud_frames_after_ack']}"
         )
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"summary": summary, "records": records}, f, indent=2)
+        save(args.json, summary, records)
         return
     records = asyncio.run(measure(args.server, questions, args.timeout))
     answered = [r for r in records if r["ttfa_s"] is not None]
@@ -218,9 +223,7 @@ def main() -> None:
         f"p50 {ttfa['p50']:.3f} s, p95 {ttfa['p95']:.3f} s, max {ttfa['max']:.3f} s; endpoint p50 "
         f"{endpoint['p50']:.3f} s; false turn ends {summary['false_turn_ends']}; unanswered {summary['unanswered']}"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"summary": summary, "records": records}, f, indent=2)
+    save(args.json, summary, records)
 
 
 if __name__ == "__main__":

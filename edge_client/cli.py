@@ -177,6 +177,16 @@ def config_from_args(
     )
 
 
+def _read_upload(path: str | None, what: str) -> bytes | None:
+    """The bytes of a file to send (None when not asked for); OSError names the file and what it was for."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def _complain(message: str) -> int:
     print(f"anystream-edge: {message}", file=sys.stderr)
     return EXIT_SERVER
@@ -213,18 +223,11 @@ def main(argv: list[str] | None = None, device_query: DeviceQuery | None = None)
         parser.error("the following arguments are required: --server")
     if args.save_dir is not None:
         print("anystream-edge: --save-dir is deprecated; use --save DIR", file=sys.stderr)
-    image = None
-    if args.image is not None:
-        try:
-            image = Path(args.image).read_bytes()
-        except OSError as exc:
-            return _complain(f"cannot read picture {args.image}: {exc.strerror or exc}")
-    music = None
-    if args.music is not None:
-        try:
-            music = Path(args.music).read_bytes()
-        except OSError as exc:
-            return _complain(f"cannot read tune {args.music}: {exc.strerror or exc}")
+    try:
+        image = _read_upload(args.image, "picture")
+        music = _read_upload(args.music, "tune")
+    except OSError as exc:
+        return _complain(str(exc))
     try:  # every setting is checked before any device or file is opened
         config = config_from_args(args, image, music)
     except ConfigError as exc:

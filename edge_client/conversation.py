@@ -162,23 +162,18 @@ class Conversation(ServerMessageHandler):
             self.recording.image_sent(self.config.image_name, size, message.text)
             if self.archive is not None and self.config.image is not None:
                 self.archive.question_picture(self.config.image, self.config.image_name, message.text)
-            if message.text is not None:
-                self.text_sent = True
-                self._last_user_activity = now  # the picture and its question start a turn now
             self.console.picture_sent(self.config.image_name, message.text)
             if message.text is not None:
-                self.status.question_ended(self.recording.clock())
+                self._question_asked(now)  # the picture and its question start a turn now
         if self.music_message is not None:
             self._send_tune(now)
         elif message is None and self.config.text and not self.text_sent:
             if self.send(TextMessage(text=self.config.text)):
-                self.text_sent = True
-                self._last_user_activity = now
                 self.recording.local("text_sent", text=self.config.text)
                 self.console.typed(self.config.text)
                 if self.archive is not None:
                     self.archive.question_typed(self.config.text)
-                self.status.question_ended(self.recording.clock())
+                self._question_asked(now)
 
     def _send_tune(self, now: float) -> None:
         message = self.music_message
@@ -186,12 +181,16 @@ class Conversation(ServerMessageHandler):
             return
         self.music_sent = True
         self.recording.music_sent(self.config.music_name, len(self.config.music or b""), message.text)
-        if message.text is not None:
-            self.text_sent = True
-            self._last_user_activity = now  # the tune and its question start a turn now
         self.console.tune_sent(self.config.music_name, message.text)
         if message.text is not None:
-            self.status.question_ended(self.recording.clock())
+            self._question_asked(now)  # the tune and its question start a turn now
+
+    def _question_asked(self, now: float) -> None:
+        """The typed question left (alone, or with a picture or tune): a turn starts now, and the answer's latency
+        counts from here."""
+        self.text_sent = True
+        self._last_user_activity = now
+        self.status.question_ended(self.recording.clock())
 
     def ask(self, text: str) -> bool:
         """Sends a typed question now (a live session's keyboard, a test); False when the events channel is not
