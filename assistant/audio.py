@@ -111,3 +111,32 @@ class FrameSplitter:
     @property
     def pending_samples(self) -> int:
         return int(self._pending.size)
+
+
+def join_utterances(
+    first: np.ndarray, second: np.ndarray, sample_rate: int = SAMPLE_RATE, gap_s: float = 0.2, quiet_db: float = 40.0
+) -> np.ndarray:
+    """``first`` then ``second`` (float32 mono) as one utterance with a ``gap_s`` pause between them: the quiet at the
+    end of ``first`` and at the start of ``second`` (20 ms blocks ``quiet_db`` under the louder one's loudest block)
+    is cut to half the gap on each side. An endpointer's utterance carries its end-of-turn silence and a pre-roll;
+    joined as they are, a question continued after a pause would hold a half-second silence in its middle."""
+    first, second = np.asarray(first, dtype=np.float32), np.asarray(second, dtype=np.float32)
+    block = max(1, sample_rate // 50)
+
+    def block_levels(wave: np.ndarray) -> np.ndarray:
+        n = wave.size // block
+        if n == 0:
+            return np.zeros(0)
+        return np.sqrt(np.mean(wave[: n * block].reshape(n, block) ** 2, axis=1))
+
+    levels_first, levels_second = block_levels(first), block_levels(second)
+    peak = max(float(levels_first.max(initial=0.0)), float(levels_second.max(initial=0.0)))
+    if peak <= 0:
+        return np.concatenate([first, second])
+    floor = peak * 10 ** (-quiet_db / 20)
+    keep = int(round(gap_s / 2 * sample_rate))
+    loud_first = np.flatnonzero(levels_first > floor)
+    end = first.size if loud_first.size == 0 else min(first.size, (int(loud_first[-1]) + 1) * block + keep)
+    loud_second = np.flatnonzero(levels_second > floor)
+    start = 0 if loud_second.size == 0 else max(0, int(loud_second[0]) * block - keep)
+    return np.concatenate([first[:end], second[start:]])

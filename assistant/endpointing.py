@@ -59,6 +59,10 @@ class EndpointerConfig:
     # Quiet that ends a turn. Shorter answers sooner and cuts people off mid-sentence more often: on the held-out
     # questions 300 ms still cut none, but people pause longer than espeak does.
     end_silence_ms: int = 400
+    # Read by the server's session, not by the endpointer: speech that starts within this long of the end of the
+    # previous turn continues that turn's question (the pause was not its end). Both halves are asked as one and the
+    # answer to the first half, cut off by the barge-in, is forgotten (0: every utterance is a question of its own).
+    continue_within_ms: int = 1000
     quiet_below_db: float = 30.0  # a frame this far under the utterance's loudest pitched frame is quiet
     quiet_floor_dbfs: float = -60.0  # and any frame under this level
     pre_roll_ms: int = 200  # audio kept from before the start decision, so the first syllable is not lost
@@ -75,6 +79,8 @@ class EndpointerConfig:
             raise ValueError("start_pitched_ms cannot exceed start_window_ms")
         if self.pause_ms < 0:
             raise ValueError("pause_ms must be >= 0 (0: no pause events)")
+        if self.continue_within_ms < 0:
+            raise ValueError("continue_within_ms must be >= 0 (0: turns never continue)")
         if not 0.0 < self.pitch_threshold < 1.0:
             raise ValueError("pitch_threshold must be between 0 and 1")
 

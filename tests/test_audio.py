@@ -74,3 +74,19 @@ def test_frame_splitter_keeps_its_dtype():
     frames = splitter.push(np.array([1, 2, 3, 4], np.int16))
     assert frames[0].dtype == np.int16 and frames[0].tolist() == [1, 2, 3]
     assert splitter.flush()[0].tolist() == [4, 0, 0]
+
+
+def test_join_utterances_shortens_the_quiet_between_two_utterances_to_the_gap():
+    rate = 16000
+    tone = 0.3 * np.sin(2 * np.pi * 200 * np.arange(rate // 2) / rate).astype(np.float32)
+    hiss = np.full(rate // 2, 1e-4, dtype=np.float32)  # -80 dBFS: quiet, but not digital silence
+    first = np.concatenate([hiss[:1600], tone, hiss])  # 0.1 s, 0.5 s voice, 0.5 s quiet (an end-of-turn silence)
+    second = np.concatenate([hiss[:3200], tone, hiss[:4800]])  # 0.2 s pre-roll, 0.5 s voice, 0.3 s quiet
+    joined = audio.join_utterances(first, second, rate, gap_s=0.2)
+    assert np.array_equal(joined[:9600], first[:9600])  # the first utterance up to the end of its voice
+    assert np.array_equal(joined[-(8000 + 4800) :], second[-(8000 + 4800) :])  # the second from its voice on
+    assert joined.size == 9600 + 3200 + 8000 + 4800  # 0.1 s of quiet kept on each side of the join
+    # no quiet to cut: the two are simply put together
+    assert np.array_equal(audio.join_utterances(tone, tone, rate), np.concatenate([tone, tone]))
+    silent = np.zeros(800, dtype=np.float32)
+    assert audio.join_utterances(silent, silent, rate).size == 1600

@@ -40,6 +40,11 @@ so; ``discard`` stops it and it leaves no trace (the LM stream is closed, so the
 history is as if it never ran). The caller holds back its outputs until it decides; the bounded output queue lets
 the turn run ahead by ``output_queue_size`` outputs meanwhile (the first speech chunk fits).
 
+Continued turns: a ``UserTurn`` whose ``continues`` is the turn last remembered asks that question again, longer (the
+user paused mid-question, the pause was taken for the end of their turn, and they went on). Its prompt leaves the
+earlier exchange out, and once remembered it takes that exchange's place: the history holds the whole question once,
+and never the answer to its first half.
+
 Errors reach the caller as a ``TurnError`` with a fixed, caller-safe text per failure class (a service unavailable,
 a message too long, anything else); the exception itself is logged under the ``error_id`` the caller sees.
 
@@ -54,7 +59,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -86,7 +91,7 @@ from assistant.pipeline.outputs import (
     TurnError,
     TurnFinished,
 )
-from assistant.prompts import AssistantMessage, ChatPromptBuilder, Conversation, UserMessage
+from assistant.prompts import AssistantMessage, ChatPromptBuilder, Conversation, Turn, UserMessage
 from assistant.protocol import ErrorCode, FinishReason
 from assistant.vocab import Modality, UnifiedVocab
 
@@ -176,11 +181,23 @@ class UserTurn:
     text: str | None = None
     image: bytes | None = None
     music: bytes | None = None
+    # The earlier turn this one goes on from (its audio starts with that turn's question): when that turn's exchange
+    # is the last in the history, this turn is asked without it and replaces it (see the module docstring).
+    continues: UserTurn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         has_audio = self.audio is not None and np.asarray(self.audio).size > 0
         if not has_audio and not (self.text and self.text.strip()) and not self.image and not self.music:
             raise ValueError("UserTurn needs non-empty audio, text, an image or a tune")
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """A finished turn as the history takes it, with the ``UserTurn`` it answered (for continued turns)."""
+
+    turn: UserTurn
+    user: UserMessage
+    reply: AssistantMessage
 
 
 # Jobs of the audio worker (ordered).
@@ -307,7 +324,8 @@ class Session:
         self._closed = False
         self._reply_frames_left: int | None = None  # audio frames the turn in flight may still play (None: no limit)
         self._keep: Literal["yes", "tentative", "no"] = "yes"  # may the turn in flight enter the history?
-        self._held: tuple[UserMessage, AssistantMessage] | None = None  # a tentative turn done before its commit
+        self._held: _Exchange | None = None  # a tentative turn done before its commit
+        self._last: tuple[UserTurn, Turn] | None = None  # the turn whose exchange ends the history, and that exchange
 
     # ------------------------------------------------------------------ public
     async def respond(self, turn: UserTurn, *, tentative: bool = False) -> AsyncGenerator[EngineOutput, None]:
@@ -362,7 +380,7 @@ class Session:
             self._keep = "yes"
         held, self._held = self._held, None
         if held is not None:
-            self._remember(*held)
+            self._remember(held)
 
     def discard(self) -> None:
         """Throws the tentative turn away: it is stopped like an interrupted one and never enters the history."""
@@ -406,9 +424,10 @@ class Session:
         generated: list[int] = []
         reason = FinishReason.COMPLETE
         error: TurnError | None = None
+        replaces = self._continues_last(turn)
         try:
             user, forced = await self._user_message(turn)
-            prompt = await self._build_prompt(user, forced)
+            prompt = await self._build_prompt(user, forced, without_last=replaces)
             reason = await self._run_lm_and_audio(prompt, forced, generated)
         except asyncio.CancelledError:
             reason = FinishReason.INTERRUPTED
@@ -425,11 +444,11 @@ class Session:
         if user is not None and reason is not FinishReason.ERROR and self._keep != "no":
             prefix = [self.vocab.range_of(forced).start_id] if forced is not None else []
             try:
-                reply = AssistantMessage.from_generated(self.vocab, generated, prefix=prefix)
+                exchange = _Exchange(turn, user, AssistantMessage.from_generated(self.vocab, generated, prefix=prefix))
                 if self._keep == "tentative":
-                    self._held = (user, reply)  # commit() remembers it, discard() or the next turn forgets it
+                    self._held = exchange  # commit() remembers it, discard() or the next turn forgets it
                 else:
-                    self._remember(user, reply)
+                    self._remember(exchange)
             except Exception:
                 log.exception("could not keep the turn in the history")
 
@@ -466,9 +485,12 @@ class Session:
         message = UserMessage(text=text, speech_codes=speech_codes, image_codes=image_codes, music_codes=music_codes)
         return message, self.config.forced_for(speech_codes is not None)
 
-    async def _build_prompt(self, user: UserMessage, forced: Modality | None) -> list[int]:
+    async def _build_prompt(
+        self, user: UserMessage, forced: Modality | None, *, without_last: bool = False
+    ) -> list[int]:
         """History + ``user`` within the prompt budget (oldest turns dropped). Raises ``MessageTooLongError`` (the
-        history untouched) when ``user`` does not fit even alone."""
+        history untouched) when ``user`` does not fit even alone. ``without_last``: the history's last exchange is
+        left out of this prompt (a continued turn; the history itself keeps it until the new turn is remembered)."""
         builder = self.engine.prompt_builder
         with _calling("lm"):
             budget = await self.engine.prompt_token_budget()
@@ -476,13 +498,28 @@ class Session:
         if alone > budget:
             message_tokens = len(builder.user_message_ids(user))
             raise MessageTooLongError(message_tokens, max(0, budget - (alone - message_tokens)))
-        dropped = self.conversation.truncate_to(budget, builder, user, forced)
+        history = Conversation(self.conversation.turns[:-1]) if without_last else self.conversation
+        dropped = history.truncate_to(budget, builder, user, forced)
         if dropped:
             log.info("dropped %d old turns to fit %d prompt tokens", dropped, budget)
-        return builder.build(self.conversation, user, force_modality=forced)
+        return builder.build(history, user, force_modality=forced)
 
-    def _remember(self, user: UserMessage, reply: AssistantMessage) -> None:
-        self.conversation.append_turn(user, reply)
+    def _continues_last(self, turn: UserTurn) -> bool:
+        """Does ``turn`` go on from the turn whose exchange ends the history (so that it replaces that exchange)?"""
+        last = self._last
+        return (
+            turn.continues is not None
+            and last is not None
+            and last[0] is turn.continues
+            and bool(self.conversation.turns)
+            and self.conversation.turns[-1] is last[1]
+        )
+
+    def _remember(self, exchange: _Exchange) -> None:
+        if self._continues_last(exchange.turn):
+            self.conversation.turns.pop()  # the answer to the first half of the question goes
+        self.conversation.append_turn(exchange.user, exchange.reply)
+        self._last = (exchange.turn, self.conversation.turns[-1])
 
     async def _run_lm_and_audio(self, prompt: list[int], forced: Modality | None, generated: list[int]) -> FinishReason:
         """Router (this task) + audio worker (child task). Either failing cancels the other; so does the reply

@@ -49,7 +49,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
 from assistant import fragments, protocol
-from assistant.audio import SAMPLE_RATE
+from assistant.audio import SAMPLE_RATE, join_utterances
 from assistant.background import BackgroundTasks
 from assistant.endpointing import (
     EndpointerConfig,
@@ -108,11 +108,20 @@ class RtcSessionStats:
     rate_limit_errors: int = 0  # rate_limited errors sent (one per run of dropped messages)
     audio_conversion_failures: int = 0  # inbound frames that could not be converted for the VAD
     send_failures: int = 0  # outgoing messages that could not be encoded or sent
+    continued_questions: int = 0  # questions asked as the continuation of the one before (continue_within_ms)
     close_reason: str | None = None
     # the session ended because its caller was lost without bye (the connection failed or closed, or went silent):
     # its conversation may be resumed (the manager parks it)
     peer_lost: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Question:
+    """A spoken question as it was asked, while speech that follows it soon may still continue it."""
+
+    turn: UserTurn  # its audio, picture and tune
+    ended_at: float  # when the caller's turn ended (the session's clock)
 
 
 class RtcSession:
@@ -197,6 +206,9 @@ class RtcSession:
         self.pending_music: bytes | None = None  # a tune (WAV bytes) waiting for the caller's next turn
         self._speculated_image: bytes | None = None  # the pending picture a speculative turn was started with
         self._speculated_music: bytes | None = None  # and the pending tune
+        self._speculated_turn: UserTurn | None = None  # the turn speculated at the last pause
+        self._last_question: _Question | None = None  # the caller's last spoken question, while it may be continued
+        self._continuing: _Question | None = None  # the question the utterance being spoken goes on from
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
         self._pending_messages: list[str] = []
@@ -698,15 +710,21 @@ class RtcSession:
     def _on_vad_event(self, event: VadEvent) -> None:
         if isinstance(event, SpeechStart):
             self.last_activity_at = self._now()
+            self._continuing = self._continuable_question()
+            self._last_question = None
             self.send(protocol.SpeechStarted())
             self.interrupt(drop_picture=False)  # barge-in: the server's VAD is the one judge of it
         elif isinstance(event, SpeechPaused):
             # The caller may have finished: the answer starts now, on what they said so far and the picture waiting
             # for it, but is only heard if the pause becomes the end of their turn (SpeechEnd.same_as_pause).
             self._speculated_image, self._speculated_music = self.pending_image, self.pending_music
-            self.turns.speculate(self._make_turn(event.audio, None, self.pending_image, self.pending_music))
-        elif isinstance(event, SpeechResumed | SpeechDiscarded):
-            self.turns.discard()  # they went on (or it was only a noise): the early answer is stale
+            self._speculated_turn = self._spoken_turn(event.audio, self.pending_image, self.pending_music)
+            self.turns.speculate(self._speculated_turn)
+        elif isinstance(event, SpeechResumed):
+            self.turns.discard()  # they went on: the early answer is stale
+        elif isinstance(event, SpeechDiscarded):
+            self.turns.discard()  # only a noise: no question, and the one before may still be continued
+            self._last_question, self._continuing = self._continuing, None
         elif isinstance(event, SpeechEnd):
             self.send(protocol.SpeechStopped(duration_s=round(event.duration_s, 3)))
             speculated = (
@@ -715,12 +733,40 @@ class RtcSession:
                 and self.pending_music is self._speculated_music
             )
             if speculated and self.turns.commit():
+                turn = self._speculated_turn
                 self._take_pending_image()  # the committed turn already has them
                 self._take_pending_music()
             else:
-                self._request_turn(
-                    audio=event.audio, image=self._take_pending_image(), music=self._take_pending_music()
-                )
+                turn = self._spoken_turn(event.audio, self._take_pending_image(), self._take_pending_music())
+                self.turns.request(turn)
+            self.stats.continued_questions += self._continuing is not None
+            self._speculated_turn = self._continuing = None
+            if turn is not None:
+                self._last_question = _Question(turn, self._now())
+
+    def _continuable_question(self) -> _Question | None:
+        """The last question, when speech starting now goes on from it (see ``EndpointerConfig.continue_within_ms``)."""
+        last = self._last_question
+        window_s = self.endpointer.config.continue_within_ms / 1000
+        if last is None or window_s <= 0 or self._now() - last.ended_at > window_s:
+            return None
+        return last
+
+    def _spoken_turn(self, audio: np.ndarray, image: bytes | None, music: bytes | None) -> UserTurn:
+        """The turn for an utterance: on its own, or, continuing a question, that question's audio and then it, with a
+        short pause between (``join_utterances``: the end-of-turn silence and the pre-roll between them would make a
+        half-second hole no question the model learnt from has), and that question's picture and tune unless new ones
+        came."""
+        earlier = self._continuing.turn if self._continuing is not None else None
+        if earlier is None or earlier.audio is None:
+            return self._make_turn(audio, None, image, music)
+        return self._make_turn(
+            join_utterances(earlier.audio, audio, SAMPLE_RATE),
+            None,
+            image if image is not None else earlier.image,
+            music if music is not None else earlier.music,
+            continues=earlier,
+        )
 
     # ----- turns (the controller's; the session only asks) -----
 
@@ -733,6 +779,7 @@ class RtcSession:
         if drop_picture:
             self.pending_image = None
             self.pending_music = None
+            self._last_question = None  # told to stop: what they say next is a new question
         return self.turns.interrupt()
 
     async def start_turn(
@@ -761,6 +808,7 @@ class RtcSession:
         image: bytes | None = None,
         music: bytes | None = None,
     ) -> asyncio.Future[int]:
+        self._last_question = None  # a typed question (or a picture) comes between: nothing left to continue
         return self.turns.request(self._make_turn(audio, text, image, music))
 
     def _take_pending_image(self) -> bytes | None:
@@ -772,13 +820,18 @@ class RtcSession:
         return music
 
     def _make_turn(
-        self, audio: np.ndarray | None, text: str | None, image: bytes | None, music: bytes | None = None
+        self,
+        audio: np.ndarray | None,
+        text: str | None,
+        image: bytes | None,
+        music: bytes | None = None,
+        continues: UserTurn | None = None,
     ) -> UserTurn:
         if self._turn_factory is not None:
-            return self._turn_factory(audio=audio, text=text, image=image, music=music)
+            return self._turn_factory(audio=audio, text=text, image=image, music=music, continues=continues)
         from assistant.pipeline.engine import UserTurn  # the engine is only needed once a turn starts
 
-        return UserTurn(audio=audio, text=text, image=image, music=music)
+        return UserTurn(audio=audio, text=text, image=image, music=music, continues=continues)
 
     def _turn_changed(self) -> None:
         self.last_activity_at = self._now()  # a turn starting or ending is activity (the idle timeout)

@@ -28,6 +28,7 @@ class QuestionTurn:
     text: str | None
     image: bytes | None = None
     music: bytes | None = None
+    continues: QuestionTurn | None = None
 
 
 class HistoryEngineSession:

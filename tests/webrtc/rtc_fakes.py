@@ -22,12 +22,13 @@ from assistant.webrtc.ice import use_loopback_only
 from assistant.webrtc.session import RtcSession
 
 
-@dataclass
+@dataclass(eq=False)
 class FakeTurn:
     audio: np.ndarray | None
     text: str | None
     image: bytes | None = None
     music: bytes | None = None
+    continues: FakeTurn | None = None  # the turn this one goes on from (RtcSession's continued questions)
 
 
 class FakeEngineSession:
