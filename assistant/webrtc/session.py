@@ -616,6 +616,7 @@ class RtcSession:
     def _receive_media(self, message: protocol.ImageMessage | protocol.MusicMessage) -> None:
         """A picture or a tune (validated by the parser) waits for the caller's next turn, replacing one of its kind;
         with a question it starts that turn at once, with whatever else waits."""
+        self._last_question = None  # a picture or tune is for a question to come: nothing left to continue
         if isinstance(message, protocol.ImageMessage):
             self.stats.images_received += 1
             self.pending_image = message.image_bytes()
