@@ -101,6 +101,11 @@ class ServingMetrics:
             f"{PREFIX}_sessions_created", "Sessions accepted (offers answered).", registry=r
         )
         self.active_sessions = Gauge(f"{PREFIX}_active_sessions", "Sessions this process holds now.", registry=r)
+        self.parked_conversations = Gauge(
+            f"{PREFIX}_parked_conversations",
+            "Conversations whose connection dropped, kept for their caller to resume.",
+            registry=r,
+        )
         self.asyncio_tasks = Gauge(
             f"{PREFIX}_asyncio_tasks", "Asyncio tasks alive in this process's event loop.", registry=r
         )
@@ -175,8 +180,9 @@ class ServingMetrics:
         self.threads.set(threads)
         self.peer_connections.set(peer_connections)
 
-    def set_active_sessions(self, count: int) -> None:
+    def set_active_sessions(self, count: int, parked: int = 0) -> None:
         self.active_sessions.set(count)
+        self.parked_conversations.set(parked)
 
     def session_rejected(self, reason: str) -> None:
         self.rejected_sessions.labels(reason=reason).inc()

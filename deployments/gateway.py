@@ -175,7 +175,7 @@ async def collect_metrics(
             metrics.stats_error(name)
     if sessions is not None:
         metrics.observe_reply_queues(sessions.reply_queue_depths())
-        metrics.set_active_sessions(len(sessions))
+        metrics.set_active_sessions(len(sessions), parked=sessions.parked_count)
         metrics.observe_runtime(len(asyncio.all_tasks()), threading.active_count(), sessions.open_peer_connections())
     return metrics.render()
 

@@ -30,7 +30,7 @@ def test_gateway_observations_appear_in_the_exposition():
     metrics.turn_finished("complete")
     metrics.turn_finished("interrupted")
     metrics.session_created()
-    metrics.set_active_sessions(3)
+    metrics.set_active_sessions(3, parked=2)
     metrics.session_rejected("busy")
     metrics.underrun(True, 0.02)
     metrics.underrun(False, 0.02)
@@ -47,6 +47,7 @@ def test_gateway_observations_appear_in_the_exposition():
     assert s[("anystream_turns_total", (("reason", "interrupted"),))] == 1
     assert s[("anystream_sessions_created_total", ())] == 1
     assert s[("anystream_active_sessions", ())] == 3
+    assert s[("anystream_parked_conversations", ())] == 2
     assert s[("anystream_rejected_sessions_total", (("reason", "busy"),))] == 1
     assert s[("anystream_audio_underruns_total", ())] == 1
     assert s[("anystream_audio_underrun_seconds_total", ())] == pytest.approx(0.04)

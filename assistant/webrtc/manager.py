@@ -206,7 +206,7 @@ class RtcSessionManager:
 
     def _count_sessions(self) -> None:
         if self.metrics is not None:
-            self.metrics.set_active_sessions(len(self._sessions))
+            self.metrics.set_active_sessions(len(self._sessions), parked=self.parked_count)
 
     def open_peer_connections(self) -> int:
         """Peer connections this manager made that are still alive and not closed: after every caller has gone this
