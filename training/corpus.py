@@ -25,7 +25,7 @@ from typing import Protocol
 
 from assistant.prompts import AssistantMessage, ChatPromptBuilder, Conversation, UserMessage
 from assistant.vocab import Modality, UnifiedVocab
-from training.domain import Dialogue, ReplySpec, UserTurnSpec
+from training.domain import Dialogue, Drill, ReplySpec, UserTurnSpec
 from training.specs import ImageSpec, MusicSpec, Voice
 
 IMAGE_CODES_PER_PICTURE = 32
@@ -124,3 +124,18 @@ def encode_dialogues(
 
 def _sequence(prompt: list[int], generated: list[int], family: str) -> TrainingSequence:
     return TrainingSequence(prompt + generated, [False] * len(prompt) + [True] * len(generated), family)
+
+
+def encode_drill(drill: Drill, vocab: UnifiedVocab) -> TrainingSequence:
+    """A knowledge drill as a sequence that stops after the answer text: the engine's prompt for the typed question,
+    then either the answer (typed form) or ``<-Ins-> question <-Res->`` and the answer (transcript form, the tail
+    of a spoken turn's reply up to its text). Loss only on the answer. Nothing after it is shown, so the model is
+    never taught that a reply ends there (a real reply goes on with its speech); the transcript form's prefix is
+    context only, so the model is never taught to transcribe a typed question."""
+    enc = vocab.encode_text
+    prompt = ChatPromptBuilder(vocab).build(Conversation(), UserMessage(text=drill.words))
+    if drill.transcript_form:
+        if vocab.ins_id is None or vocab.res_id is None:
+            raise ValueError("a transcript-form drill needs a vocabulary with <-Ins->/<-Res->")
+        prompt = prompt + [*enc(" "), vocab.ins_id, *enc(f" {drill.words}\n "), vocab.res_id]
+    return _sequence(prompt, enc(f" {drill.answer} "), f"drill_{drill.family}")

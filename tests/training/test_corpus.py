@@ -14,7 +14,7 @@ from assistant.prompts import AssistantMessage, ChatPromptBuilder, Conversation
 from assistant.protocol import FinishReason
 from assistant.vocab import Modality, TokenKind
 from training import domain as d
-from training.corpus import TrainingSequence, encode_dialogue, encode_dialogues, reply_ids, user_message
+from training.corpus import TrainingSequence, encode_dialogue, encode_dialogues, encode_drill, reply_ids, user_message
 from training.specs import ImageSpec, MusicSpec, Voice
 
 N_CODES = 64
@@ -252,3 +252,25 @@ def _find(haystack: list[int], needle: list[int], start: int) -> int:
         if haystack[k : k + len(needle)] == needle:
             return k
     raise AssertionError("reply not found in the sequence")
+
+
+def test_a_drill_is_the_start_of_the_dialogue_that_asks_its_question(vocab):
+    """A typed-form drill is token for token the beginning of a typed dialogue with the same question, loss on its
+    answer only; a transcript-form drill ends as a spoken turn's reply does up to its text, with loss on the text
+    only (never on the transcript, which a typed prompt does not get)."""
+    media = FakeMedia()
+    for drill in d.knowledge_drills(40, seed=9):
+        seq = encode_drill(drill, vocab)
+        answer = vocab.encode_text(f" {drill.answer} ")
+        assert masked_spans(seq) == [answer] and seq.ids[-len(answer) :] == answer
+        assert seq.family == f"drill_{drill.family}"
+        typed = ChatPromptBuilder(vocab).build(Conversation(), user_message(d.UserTurnSpec(drill.words, False), media))
+        assert seq.ids[: len(typed)] == typed
+        if drill.transcript_form:
+            spoken = reply_ids(d.ReplySpec(drill.words, drill.answer, None, None), vocab, media, spoken=True)
+            assert seq.ids[len(typed) :] == spoken[: len(seq.ids) - len(typed)]
+            assert vocab.ins_id in seq.ids and vocab.res_id in seq.ids
+        else:
+            dialogue = d.Dialogue(d.FACTS, ((d.UserTurnSpec(drill.words, False), d.ReplySpec(None, drill.answer)),))
+            (whole,) = encode_dialogue(dialogue, vocab, media)
+            assert whole.ids[: len(seq.ids)] == seq.ids and whole.loss_mask[: len(seq.ids)] == seq.loss_mask

@@ -175,6 +175,30 @@ def test_facts_and_small_talk_answer_from_their_tables(dialogues):
     assert dict((q, a) for qs, a in d.FACTS_TABLE for q in qs)["what colour is the sky"] == "the sky is blue"
 
 
+def test_knowledge_drills_ask_the_knowledge_families_and_answer_as_the_dialogues_do():
+    drills = d.knowledge_drills(3000, seed=4)
+    assert drills == d.knowledge_drills(3000, seed=4) and drills != d.knowledge_drills(3000, seed=5)
+    counts = {family: sum(x.family == family for x in drills) for family in d.DRILL_WEIGHTS}
+    assert set(counts) == {x.family for x in drills}
+    for family, weight in d.DRILL_WEIGHTS.items():
+        assert abs(counts[family] / len(drills) - weight) < 0.04
+    answers = {q: a for table in (d.FACTS_TABLE, d.SMALL_TALK_TABLE) for questions, a in table for q in questions}
+    for drill in drills:
+        if drill.family == d.ARITHMETIC:
+            _, a, b, _ = check_arithmetic(drill.answer)
+            assert {d.NUMBER_WORDS[a], d.NUMBER_WORDS[b]} <= set(drill.words.split(" "))
+        else:
+            assert answers[drill.words] == drill.answer
+    asked = {(x.family, x.words) for x in drills}
+    assert len({w for f, w in asked if f == d.ARITHMETIC}) > 1000  # many problems in many phrasings
+    assert {x.answer for x in drills if x.family != d.ARITHMETIC} == set(answers.values())  # every fact is drilled
+    assert 0.45 < sum(x.transcript_form for x in drills) / len(drills) < 0.55
+    assert not any(x.transcript_form for x in d.knowledge_drills(50, seed=4, transcript_fraction=0.0))
+    assert all(x.transcript_form for x in d.knowledge_drills(50, seed=4, transcript_fraction=1.0))
+    with pytest.raises(ValueError):
+        d.knowledge_drills(-1, seed=0)
+
+
 def test_draw_replies_with_the_canonical_picture(dialogues):
     for dialogue in by_family(dialogues, d.DRAW):
         ((user, reply),) = dialogue.turns

@@ -26,6 +26,7 @@ TINY = TrainPlan(
     acoustic_steps=10,
     acoustic_utterances=120,
     lm_steps=10,
+    knowledge_drills=50,
     music_max_frames=2000,
     threads=1,
 )
@@ -55,7 +56,8 @@ def test_training_exports_weights_that_load_strictly(trained):
     assert bundle.voices is not None and bundle.voices.default == summary["voices"]["assistant"]
     assert set(summary["stage_minutes"]) == {"dialogues", "speech", "music", "acoustic", "image", "corpus", "lm"}
     written = json.loads((assets / "training.json").read_text())
-    assert written["sequences"]["train"] > 0 and written["metrics"]["lm"]["steps"] > 0
+    assert written["sequences"]["train"] > written["sequences"]["drills"] == TINY.knowledge_drills
+    assert written["metrics"]["lm"]["steps"] > 0
     assert not set(written["voices"]["heldout"]) & set(written["voices"]["train"] + written["voices"]["valid"])
 
 
@@ -69,6 +71,13 @@ def test_a_change_of_the_lm_budget_retrains_only_the_lm(trained):
     assets, work, _ = trained
     again = run_training(dataclasses.replace(TINY, lm_steps=5), assets, work)
     assert set(again["stage_minutes"]) == {"lm"}
+
+
+def test_a_change_of_the_drill_count_rebuilds_only_the_corpus_and_the_lm(trained):
+    assets, work, _ = trained
+    again = run_training(dataclasses.replace(TINY, knowledge_drills=20), assets, work)
+    assert set(again["stage_minutes"]) == {"corpus", "lm"}
+    assert again["sequences"]["drills"] == 20
 
 
 def test_evaluation_judges_every_family(trained, tmp_path):
