@@ -62,7 +62,9 @@ class EndpointerConfig:
     # Read by the server's session, not by the endpointer: speech that starts within this long of the end of the
     # previous turn continues that turn's question (the pause was not its end). Both halves are asked as one and the
     # answer to the first half, cut off by the barge-in, is forgotten (0: every utterance is a question of its own).
-    continue_within_ms: int = 1000
+    # 800 ms covers mid-question pauses of about a second at end_silence_ms 300 (speech is called started 120 ms in);
+    # much longer and someone who interrupts the answer with a new question gets it joined to the old one.
+    continue_within_ms: int = 800
     quiet_below_db: float = 30.0  # a frame this far under the utterance's loudest pitched frame is quiet
     quiet_floor_dbfs: float = -60.0  # and any frame under this level
     pre_roll_ms: int = 200  # audio kept from before the start decision, so the first syllable is not lost

@@ -175,7 +175,7 @@ def test_speech_soon_after_a_turn_continues_its_question_as_one_turn_in_its_plac
 def test_speech_after_the_window_or_with_continuation_off_is_a_new_question():
     async def main():
         late = FakeEngineSession(n_frames=2)
-        late_session = await converse(halves(1.2), late)  # SpeechStart about 1.3 s after the first turn ended
+        late_session = await converse(halves(1.2), late)  # SpeechStart about 1.4 s after the first turn ended
         off = FakeEngineSession(n_frames=2)
         no_continuing = EndpointerConfig(pause_ms=120, end_silence_ms=400, continue_within_ms=0)
         off_session = await converse(halves(0.3), off, no_continuing)
