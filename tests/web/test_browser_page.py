@@ -120,12 +120,15 @@ def test_talk_hear_the_answer_see_a_picture_and_hear_a_tune(
             # a typed drawing request, the microphone muted (the fake one would ask its question again)
             page.get_by_role("button", name="Mute microphone").click()
             request = typed_requests["draw"]
+            shown = "[...document.querySelectorAll('#turns img')].filter((img) => img.complete && img.naturalWidth > 0)"
+            before = page.evaluate(f"{shown}.length")  # a spoken answer may have drawn something too
             page.get_by_label("Type a question").fill(request)
             page.get_by_role("button", name="Send", exact=True).click()
             wait_for(
                 page,
-                "[...document.querySelectorAll('#turns img')].some((img) => img.complete && img.naturalWidth > 0)",
-                "a picture shown",
+                f"Object.values(window.anystream.turns).some((t) => t.user === {json.dumps(request)} && t.images >= 1)"
+                f" && {shown}.length > {before}",
+                "the requested picture shown",
             )
             state = page_state(page)
             drawn = next(turn for turn in state["turns"].values() if turn["user"] == request)
