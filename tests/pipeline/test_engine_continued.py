@@ -27,6 +27,13 @@ def reply(vocab) -> list[int]:
     return s.text("sure") + s.seg(Modality.SPEECH, list(range(12))) + [vocab.eos_id]
 
 
+def ungated_session(vocab):
+    """-> (the LM, a session on it) answering every turn with ``reply`` without pausing."""
+    lm = FakeLM(reply(vocab))
+    lm.gate.set()
+    return lm, new_session(lm)
+
+
 def asked(session) -> list[str | None]:
     return [t.user.text for t in session.conversation.turns]
 
@@ -35,18 +42,14 @@ def test_a_continued_turn_is_asked_without_the_exchange_it_continues_and_replace
     vocab = make_vocab()
 
     async def main():
-        lm = FakeLM(reply(vocab))
-        lm.gate.set()
-        session = new_session(lm)
+        lm, session = ungated_session(vocab)
         await collect(session.respond(UserTurn(text="hello")))
         first_half = UserTurn(text="what is two")
         await collect(session.respond(first_half))
         whole = await collect(session.respond(UserTurn(text="what is two plus two", continues=first_half)))
 
         # what a session that never heard the first half asks
-        reference_lm = FakeLM(reply(vocab))
-        reference_lm.gate.set()
-        reference = new_session(reference_lm)
+        reference_lm, reference = ungated_session(vocab)
         await collect(reference.respond(UserTurn(text="hello")))
         await collect(reference.respond(UserTurn(text="what is two plus two")))
         return lm, session, whole, reference_lm, reference
@@ -101,9 +104,7 @@ def test_a_turn_that_continues_anything_but_the_last_exchange_is_a_plain_turn():
     vocab = make_vocab()
 
     async def main():
-        lm = FakeLM(reply(vocab))
-        lm.gate.set()
-        session = new_session(lm)
+        lm, session = ungated_session(vocab)
         older = UserTurn(text="hello")
         await collect(session.respond(older))
         await collect(session.respond(UserTurn(text="how are you")))
