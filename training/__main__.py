@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--device", default="cpu", help="where the neural stages train: cpu (default), cuda, cuda:N")
     train.add_argument("--dialogues", type=int, default=None, help="training dialogues")
     train.add_argument("--drills", type=int, default=None, help="knowledge drills added to the LM's training set")
+    train.add_argument("--picture-drills", type=int, default=None, help="drills about a user's picture added to it")
     evaluate = sub.add_parser("eval", help="judge the trained models on held-out voices")
     evaluate.add_argument("--assets", type=Path, default=EMBEDDED_DIR)
     evaluate.add_argument("--out", type=Path, default=Path("eval"), help="results.json goes here")
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["train_dialogues"] = args.dialogues
         if args.drills is not None:
             overrides["knowledge_drills"] = args.drills
+        if args.picture_drills is not None:
+            overrides["picture_drills"] = args.picture_drills
         summary = run_training(TrainPlan(**overrides), args.assets, args.work_dir, fresh=args.fresh)
         print(json.dumps({k: summary[k] for k in ("stage_minutes", "total_minutes", "sequences")}, indent=2))
         return 0

@@ -126,14 +126,20 @@ def _sequence(prompt: list[int], generated: list[int], family: str) -> TrainingS
     return TrainingSequence(prompt + generated, [False] * len(prompt) + [True] * len(generated), family)
 
 
-def encode_drill(drill: Drill, vocab: UnifiedVocab) -> TrainingSequence:
-    """A knowledge drill as a sequence that stops after the answer text: the engine's prompt for the typed question,
-    then either the answer (typed form) or ``<-Ins-> question <-Res->`` and the answer (transcript form, the tail
-    of a spoken turn's reply up to its text). Loss only on the answer. Nothing after it is shown, so the model is
-    never taught that a reply ends there (a real reply goes on with its speech); the transcript form's prefix is
-    context only, so the model is never taught to transcribe a typed question."""
+def encode_drill(drill: Drill, vocab: UnifiedVocab, media: MediaTokenizers | None = None) -> TrainingSequence:
+    """A drill as a sequence that stops after the answer text: the engine's prompt for the typed question (with the
+    drill's picture, whose codes ``media`` gives), then either the answer (typed form) or ``<-Ins-> question <-Res->``
+    and the answer (transcript form, the tail of a spoken turn's reply up to its text). Loss only on the answer.
+    Nothing after it is shown, so the model is never taught that a reply ends there (a real reply goes on with its
+    speech); the transcript form's prefix is context only, so the model is never taught to transcribe a typed
+    question."""
     enc = vocab.encode_text
-    prompt = ChatPromptBuilder(vocab).build(Conversation(), UserMessage(text=drill.words))
+    image = None
+    if drill.picture is not None:
+        if media is None:
+            raise ValueError("a drill about a picture needs the media tokenizers for its codes")
+        image = media.image_codes(drill.picture)
+    prompt = ChatPromptBuilder(vocab).build(Conversation(), UserMessage(text=drill.words, image_codes=image))
     if drill.transcript_form:
         if vocab.ins_id is None or vocab.res_id is None:
             raise ValueError("a transcript-form drill needs a vocabulary with <-Ins->/<-Res->")

@@ -993,12 +993,18 @@ DRILL_WEIGHTS: dict[str, float] = {ARITHMETIC: 0.7, FACTS: 0.2, SMALL_TALK: 0.1}
 @dataclass(frozen=True)
 class Drill:
     """One question and its text answer. ``transcript_form``: the answer follows ``<-Ins-> question <-Res->`` as in a
-    spoken turn's reply; otherwise it follows the typed question directly, as in a typed turn's reply."""
+    spoken turn's reply; otherwise it follows the typed question directly, as in a typed turn's reply. ``picture``:
+    the user's picture the question is about (sent with the question, as in an ``image_in`` turn)."""
 
     family: str
     words: str
     answer: str
     transcript_form: bool
+    picture: ImageSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.picture is not None and self.picture.jitter == 0:
+            raise ValueError("a user's picture has jitter > 0 (jitter 0 is the canonical rendering of replies)")
 
 
 def knowledge_drills(n: int, *, seed: int, transcript_fraction: float = 0.5) -> list[Drill]:
@@ -1019,6 +1025,34 @@ def knowledge_drills(n: int, *, seed: int, transcript_fraction: float = 0.5) -> 
         family = rng.choices(names, weights)[0]
         exchange = _SINGLE_TURN[family](rng)
         out.append(Drill(family, exchange.words, exchange.text, rng.random() < transcript_fraction))
+    return out
+
+
+# Picture questions a drill asks: every kind whose answer is text only (a tune for the picture is a media reply).
+PICTURE_DRILL_KINDS: tuple[str, ...] = tuple(kind for kind in PICTURE_QUESTIONS if kind != "music")
+
+
+def picture_drills(n: int, *, seed: int, transcript_fraction: float = 0.5) -> list[Drill]:
+    """``n`` questions about a user's picture (a random jittered picture, a kind from ``PICTURE_DRILL_KINDS`` drawn
+    uniformly), reproducible from ``seed``.
+
+    Why: in an ``image_in`` dialogue the 32 picture codes and one question teach one fact about the picture among
+    about 340 tokens, and the LM (run 5) answered "it is a circle" for most stars and triangles; a drill teaches it
+    in about 60 tokens.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0.0 <= transcript_fraction <= 1.0:
+        raise ValueError("transcript_fraction must be in [0, 1]")
+    rng = random.Random(seed)
+    pictures = _all_images()
+    out = []
+    for _ in range(n):
+        picture = replace(rng.choice(pictures), jitter=rng.randint(1, MAX_JITTER_SEED))
+        kind = rng.choice(PICTURE_DRILL_KINDS)
+        answer, _ = picture_answer(kind, picture)
+        words = rng.choice(PICTURE_QUESTIONS[kind])
+        out.append(Drill(IMAGE_IN, words, answer, rng.random() < transcript_fraction, picture=picture))
     return out
 
 

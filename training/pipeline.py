@@ -34,7 +34,7 @@ from assistant.models.bundle import MODEL_NAMES
 from assistant.models.checkpoint import config_path, save_weights
 from assistant.models.config_io import read_config, read_json_object
 from assistant.models.embedded import EMBEDDED_DIR
-from assistant.models.embedded.image import ImageCodecConfig
+from assistant.models.embedded.image import ImageCodecConfig, ImageDetokenizer
 from assistant.models.embedded.lm import LMConfig
 from assistant.models.embedded.music import MusicCodecConfig
 from assistant.models.embedded.speech import MelCodecConfig, MelRVQCodec
@@ -72,7 +72,8 @@ class TrainPlan:
     image_steps: the image codec's steps (None: the fitter's default).
     knowledge_drills: extra LM training sequences that teach the knowledge families' answers in about 25 tokens each
     (``domain.knowledge_drills``, ``corpus.encode_drill``): 24,000 add about 8% to the LM's training tokens and about
-    45 sightings of every arithmetic problem. acoustic_steps / lm_steps / lm_epochs: step
+    45 sightings of every arithmetic problem. picture_drills: the same for questions about a user's picture
+    (``domain.picture_drills``, about 60 tokens each). acoustic_steps / lm_steps / lm_epochs: step
     budgets (and an optional epoch cap for the LM). device: where the neural stages train (cpu, cuda, cuda:N).
     """
 
@@ -91,7 +92,8 @@ class TrainPlan:
     voice_prompt_frames: int = 90
     music_max_frames: int = 30_000
     knowledge_drills: int = 24_000
-    lm_steps: int = 2_000
+    picture_drills: int = 8_000
+    lm_steps: int = 2_150
     lm_epochs: float | None = None
     device: str = "cpu"
     threads: int = 2
@@ -364,6 +366,14 @@ def run_training(
 
     image = stages.cached("image", [plan.image_steps, configs["image"]], make_images)
 
+    def encode_pictures(specs: Collection[ImageSpec]) -> dict[ImageSpec, list[int]]:
+        """The codes of pictures the image stage did not encode (the drills'), by its model."""
+        model = ImageDetokenizer(read_config(config_path(assets_dir, "image"), ImageCodecConfig))
+        model.load_state_dict(image["state"])
+        model.eval()
+        with torch.inference_mode():
+            return {spec: model.encode(images.render(spec)) for spec in specs}
+
     def make_corpus() -> dict:
         media = _CachedMedia(speech, image["codes"], tunes["tokens"])
         limit = read_config(config_path(assets_dir, "lm"), LMConfig).max_positions
@@ -373,11 +383,16 @@ def run_training(
             kept = [seq for seq in sequences if len(seq.ids) <= limit]
             corpus["dropped_too_long"] += len(sequences) - len(kept)
             corpus[split] = kept
-        # Drills train only (early stopping judges whole dialogues); their seed is apart from the dialogues'.
+        # Drills train only (early stopping judges whole dialogues); their seeds are apart from the dialogues'.
         drills = [
             encode_drill(drill, vocab) for drill in domain.knowledge_drills(plan.knowledge_drills, seed=plan.seed + 2)
         ]
+        about_pictures = domain.picture_drills(plan.picture_drills, seed=plan.seed + 3)
+        new_pictures = {drill.picture for drill in about_pictures} - set(image["codes"])
+        picture_media = _CachedMedia(speech, {**image["codes"], **encode_pictures(new_pictures)}, tunes["tokens"])
+        drills += [encode_drill(drill, vocab, picture_media) for drill in about_pictures]
         corpus["drills"] = len(drills)
+        corpus["picture_drills"] = len(about_pictures)
         corpus["train"] += drills
         log.info(
             "corpus: %d train (%d of them drills) / %d valid sequences, %d longer than %d tokens dropped",
@@ -390,7 +405,9 @@ def run_training(
         return corpus
 
     corpus = stages.cached(
-        "corpus", [configs["lm"], vocab.text_tokenizer.to_dict(), plan.knowledge_drills], make_corpus
+        "corpus",
+        [configs["lm"], vocab.text_tokenizer.to_dict(), plan.knowledge_drills, plan.picture_drills],
+        make_corpus,
     )
 
     def make_lm() -> dict:
@@ -429,7 +446,11 @@ def run_training(
         },
         "stage_minutes": stages.timings,
         "total_minutes": round((time.monotonic() - started) / 60, 2),
-        "sequences": {**{split: len(corpus[split]) for split in ("train", "valid")}, "drills": corpus["drills"]},
+        "sequences": {
+            **{split: len(corpus[split]) for split in ("train", "valid")},
+            "drills": corpus["drills"],
+            "picture_drills": corpus["picture_drills"],
+        },
         "sequences_dropped_too_long": corpus["dropped_too_long"],
         "metrics": {
             "speech_codec": speech["codec_metrics"],

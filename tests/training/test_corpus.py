@@ -274,3 +274,24 @@ def test_a_drill_is_the_start_of_the_dialogue_that_asks_its_question(vocab):
             dialogue = d.Dialogue(d.FACTS, ((d.UserTurnSpec(drill.words, False), d.ReplySpec(None, drill.answer)),))
             (whole,) = encode_dialogue(dialogue, vocab, media)
             assert whole.ids[: len(seq.ids)] == seq.ids and whole.loss_mask[: len(seq.ids)] == seq.loss_mask
+
+
+def test_a_picture_drill_is_the_start_of_the_dialogue_that_asks_about_that_picture(vocab):
+    """The picture's codes sit in the prompt exactly as in a typed ``image_in`` dialogue with that question; the loss
+    is on the answer only; without the media tokenizers a picture drill cannot be encoded."""
+    media = FakeMedia()
+    for drill in d.picture_drills(20, seed=3):
+        seq = encode_drill(drill, vocab, media)
+        answer = vocab.encode_text(f" {drill.answer} ")
+        assert masked_spans(seq) == [answer] and seq.ids[-len(answer) :] == answer
+        user = d.UserTurnSpec(drill.words, False, image=drill.picture)
+        typed = ChatPromptBuilder(vocab).build(Conversation(), user_message(user, media))
+        assert seq.ids[: len(typed)] == typed
+        image_ids = vocab.segment_ids(Modality.IMAGE, media.image_codes(drill.picture))
+        assert _find(seq.ids, image_ids, 0) < len(typed)
+        if not drill.transcript_form:
+            dialogue = d.Dialogue(d.IMAGE_IN, ((user, d.ReplySpec(None, drill.answer)),))
+            (whole,) = encode_dialogue(dialogue, vocab, media)
+            assert whole.ids[: len(seq.ids)] == seq.ids and whole.loss_mask[: len(seq.ids)] == seq.loss_mask
+    with pytest.raises(ValueError, match="media"):
+        encode_drill(d.picture_drills(1, seed=3)[0], vocab)

@@ -199,6 +199,27 @@ def test_knowledge_drills_ask_the_knowledge_families_and_answer_as_the_dialogues
         d.knowledge_drills(-1, seed=0)
 
 
+def test_picture_drills_ask_about_a_users_picture_and_answer_as_the_dialogues_do():
+    drills = d.picture_drills(2000, seed=4)
+    assert drills == d.picture_drills(2000, seed=4) and drills != d.picture_drills(2000, seed=5)
+    asked_kinds = set()
+    for drill in drills:
+        assert drill.family == d.IMAGE_IN and drill.picture is not None and drill.picture.jitter > 0
+        (kind,) = [k for k, questions in d.PICTURE_QUESTIONS.items() if drill.words in questions]
+        assert kind != "music" and d.picture_answer(kind, drill.picture) == (drill.answer, None)
+        asked_kinds.add(kind)
+    assert asked_kinds == set(d.PICTURE_DRILL_KINDS) == set(d.PICTURE_QUESTIONS) - {"music"}
+    assert {x.picture.shape for x in drills} == set(d.SHAPES)  # every shape, colour and background is drilled
+    assert {x.picture.colour for x in drills} == set(d.SHAPE_COLOURS)
+    assert {x.picture.background for x in drills} == set(d.BACKGROUNDS)
+    assert len({x.picture for x in drills}) > 1900  # nearly every picture is new (jitter seeds)
+    assert 0.45 < sum(x.transcript_form for x in drills) / len(drills) < 0.55
+    with pytest.raises(ValueError):
+        d.picture_drills(-1, seed=0)
+    with pytest.raises(ValueError, match="jitter"):
+        d.Drill(d.IMAGE_IN, "what shape is it", "it is a star", False, picture=ImageSpec("star", "red"))
+
+
 def test_draw_replies_with_the_canonical_picture(dialogues):
     for dialogue in by_family(dialogues, d.DRAW):
         ((user, reply),) = dialogue.turns

@@ -27,6 +27,7 @@ TINY = TrainPlan(
     acoustic_utterances=120,
     lm_steps=10,
     knowledge_drills=50,
+    picture_drills=30,
     music_max_frames=2000,
     threads=1,
 )
@@ -56,7 +57,9 @@ def test_training_exports_weights_that_load_strictly(trained):
     assert bundle.voices is not None and bundle.voices.default == summary["voices"]["assistant"]
     assert set(summary["stage_minutes"]) == {"dialogues", "speech", "music", "acoustic", "image", "corpus", "lm"}
     written = json.loads((assets / "training.json").read_text())
-    assert written["sequences"]["train"] > written["sequences"]["drills"] == TINY.knowledge_drills
+    drills = written["sequences"]
+    assert drills["train"] > drills["drills"] == TINY.knowledge_drills + TINY.picture_drills
+    assert drills["picture_drills"] == TINY.picture_drills
     assert written["metrics"]["lm"]["steps"] > 0
     assert not set(written["voices"]["heldout"]) & set(written["voices"]["train"] + written["voices"]["valid"])
 
@@ -77,7 +80,10 @@ def test_a_change_of_the_drill_count_rebuilds_only_the_corpus_and_the_lm(trained
     assets, work, _ = trained
     again = run_training(dataclasses.replace(TINY, knowledge_drills=20), assets, work)
     assert set(again["stage_minutes"]) == {"corpus", "lm"}
-    assert again["sequences"]["drills"] == 20
+    assert again["sequences"]["drills"] == 20 + TINY.picture_drills
+    again = run_training(dataclasses.replace(TINY, knowledge_drills=20, picture_drills=5), assets, work)
+    assert set(again["stage_minutes"]) == {"corpus", "lm"}
+    assert again["sequences"]["picture_drills"] == 5
 
 
 def test_evaluation_judges_every_family(trained, tmp_path):
