@@ -174,6 +174,9 @@ class SpeechStopped:
 @dataclass(frozen=True)
 class TurnStarted:
     turn_id: int
+    # The turn whose question this one asks again with what the caller added: they paused mid-question, the pause
+    # was taken for the end, and that turn's answer was cut off when they went on. None for a question of its own.
+    continues: int | None = None
     type: str = field(default=ServerEvent.TURN_STARTED.value, init=False)
 
 
@@ -421,7 +424,7 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     },
     SpeechStarted: {},
     SpeechStopped: {"duration_s": (int, float)},
-    TurnStarted: {"turn_id": (int,)},
+    TurnStarted: {"turn_id": (int,), "continues": (int, type(None))},
     Transcript: {"turn_id": (int,), "delta": (str,)},
     TextDelta: {"turn_id": (int,), "delta": (str,)},
     ImageReady: {"turn_id": (int,), "index": (int,), "width": (int,), "height": (int,), "png_base64": (str,)},
@@ -439,6 +442,7 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
 _OPTIONAL_FIELDS: dict[type, set[str]] = {
     Ready: {"protocol_version", "voice", "voices", "resume_token", "resumed"},
     ErrorEvent: {"turn_id", "code"},
+    TurnStarted: {"continues"},
     TurnEnd: {"reason"},
     Hello: {"client", "protocol_version"},
     ImageMessage: {"text"},

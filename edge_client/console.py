@@ -273,6 +273,11 @@ class Console:
     def interrupted(self) -> None:
         self.line("[assistant interrupted]")
 
+    def continued(self, turn: int, earlier: int) -> None:
+        """The server took a pause in the middle of a question for its end: turn ``turn`` asks turn ``earlier``'s
+        question again, with what was said after the pause."""
+        self.line(f"(turn {turn} goes on from turn {earlier}'s question: you had only paused)")
+
     def server_error(self, message: str) -> None:
         self.line(f"server error: {message}")
         self.problem(f"server error: {message}")

@@ -250,8 +250,11 @@ class Conversation(ServerMessageHandler):
         self._turn_started_at[turn] = self._event_time()
         self.playback.turn_started(turn)
         self.status.turn_started()
+        continues = self.turn_number(message.continues) if message.continues is not None else None
+        if continues is not None:
+            self.console.continued(turn, continues)
         if self.archive is not None:
-            self.archive.turn_started(turn, message.turn_id, self.session_id)
+            self.archive.turn_started(turn, message.turn_id, self.session_id, continues=continues)
 
     def on_transcript(self, message: Transcript) -> None:
         turn = self.turn_number(message.turn_id)

@@ -17,7 +17,8 @@ Times are seconds since the call started (``Recording.start()``) on the client's
   track, so the cut starts at most that far after the audio received by then, and exactly where the music must
   start when it ends the answer (the usual case);
 - ``turn.json``: the question (typed text, what the server heard), the reply text, the files, how the turn ended,
-  and its latency (question end to first audible answer frame).
+  its latency (question end to first audible answer frame), and ``continues_turn``: the turn whose question this one
+  asks again when the server had taken a pause in the middle of it for its end (else null).
 
 ``DIR/session.json`` is the call's summary, as with ``--output DIR``. Everything the archive holds in memory is
 bounded: the capture ring (``capture_s``) and each answer (``max_answer_s``; later audio is not kept).
@@ -192,6 +193,7 @@ class _Turn:
     images: list[str] = field(default_factory=list)
     ended_at: float | None = None
     reason: str | None = None
+    continues: int | None = None  # the turn whose question this one asks again, continued
     transcript: str = ""
     reply_text: str = ""
     latency_s: float | None = None
@@ -254,11 +256,13 @@ class TurnArchive:
 
     # ----- the answer
 
-    def turn_started(self, number: int, server_turn_id: int, session_id: str | None) -> None:
+    def turn_started(
+        self, number: int, server_turn_id: int, session_id: str | None, continues: int | None = None
+    ) -> None:
         if self._answering is not None:
             self._write(self._answering)  # a newer turn: whatever comes now is its audio
         question, self._question = self._question, _Question()
-        turn = _Turn(number, server_turn_id, session_id, self.folder(number), question)
+        turn = _Turn(number, server_turn_id, session_id, self.folder(number), question, continues=continues)
         self._turns[number] = turn
         self._answering = turn
 
@@ -363,6 +367,7 @@ class TurnArchive:
             "turn": turn.number,
             "server_turn_id": turn.server_turn_id,
             "session_id": turn.session_id,
+            "continues_turn": turn.continues,
             "question": {
                 "text": question.text,
                 "heard": turn.transcript,

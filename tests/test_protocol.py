@@ -257,6 +257,15 @@ def test_ready_carries_the_voice_and_older_ready_messages_still_parse():
         p.parse_server_message('{"type": "ready", "session_id": "s", "sample_rate": 16000, "voice": 5}')
 
 
+def test_turn_started_may_name_the_turn_it_continues_and_older_ones_still_parse():
+    continued = p.TurnStarted(turn_id=4, continues=3)
+    assert p.parse_server_message(p.to_json(continued)) == continued
+    assert p.parse_server_message('{"type": "turn_started", "turn_id": 4}') == p.TurnStarted(turn_id=4)
+    assert p.parse_server_message('{"type": "turn_started", "turn_id": 4, "continues": null}').continues is None
+    with pytest.raises(p.ProtocolError, match="'continues'"):
+        p.parse_server_message('{"type": "turn_started", "turn_id": 4, "continues": "3"}')
+
+
 def test_offer_voice_is_optional_and_validated():
     offer = p.OfferRequest.parse({"sdp": GOOD_SDP, "type": "offer", "voice": "warm_alto-2"})
     assert offer.voice == "warm_alto-2"

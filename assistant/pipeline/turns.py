@@ -177,6 +177,7 @@ class _Turn:
     interrupted: bool = False
     done: bool = False
     decision: asyncio.Future[bool] | None = None  # speculative turns: True on commit, False on discard
+    question: UserTurn | None = None  # what the user asked
 
     @property
     def undecided(self) -> bool:
@@ -228,6 +229,7 @@ class TurnController:
         self._waiting: _Start | None = None  # at most one start waits behind the turn in progress
         self._starter: asyncio.Task[None] | None = None
         self._next_turn_id = 0
+        self._last_delivered: _Turn | None = None  # the last turn that reached the caller (a continued one may follow)
         self._tasks = BackgroundTasks(label, logger)  # the turns and the starter
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
@@ -358,15 +360,24 @@ class TurnController:
 
     def _begin(self, start: _Start) -> int:
         if start.tentative:
-            turn = _Turn(turn_id=0, asked_at=start.asked_at, decision=asyncio.get_running_loop().create_future())
+            decision = asyncio.get_running_loop().create_future()
+            turn = _Turn(turn_id=0, asked_at=start.asked_at, decision=decision, question=start.turn)
         else:
             self._next_turn_id += 1
-            turn = _Turn(turn_id=self._next_turn_id, asked_at=start.asked_at)
+            turn = _Turn(turn_id=self._next_turn_id, asked_at=start.asked_at, question=start.turn)
         self._turn = turn
         self.stats.started += 1
         self._changed()
         turn.task = self._tasks.spawn(self._run(turn, start.turn))
         return turn.turn_id
+
+    def _continued_turn_id(self, turn: _Turn) -> int | None:
+        """The id of the turn whose question ``turn`` continues (``UserTurn.continues``), when the caller heard it."""
+        earlier = self._last_delivered
+        asked = turn.question.continues if turn.question is not None else None
+        if asked is None or earlier is None or earlier.question is not asked:
+            return None
+        return earlier.turn_id
 
     # ----- stopping them -----
 
@@ -464,7 +475,8 @@ class TurnController:
         tid = turn.turn_id
         sink = self._sink
         reason = FinishReason.ERROR
-        sink.send(protocol.TurnStarted(turn_id=tid))
+        sink.send(protocol.TurnStarted(turn_id=tid, continues=self._continued_turn_id(turn)))
+        self._last_delivered = turn
         replying = False
         outputs: AsyncGenerator[EngineOutput, None] | None = None
         try:

@@ -141,7 +141,17 @@ function turnState(turnId) {
   const key = `${callNumber}.${turnId}`;
   let turn = state.turns[key];
   if (turn === undefined) {
-    turn = { call: callNumber, turnId, user: null, transcript: "", text: "", images: 0, music: [], end: null };
+    turn = {
+      call: callNumber,
+      turnId,
+      user: null,
+      transcript: "",
+      text: "",
+      images: 0,
+      music: [],
+      end: null,
+      continuedBy: null, // a later turn that asks this turn's question again with what the user added after a pause
+    };
     state.turns[key] = turn;
     const keys = Object.keys(state.turns); // in the order the turns began
     for (const old of keys.slice(0, Math.max(0, keys.length - MAX_TURNS_SHOWN))) delete state.turns[old];
@@ -196,6 +206,7 @@ function renderTurn(turn) {
   const notes = [];
   if (turn.music.length) notes.push(`music: ${turn.music.map((s) => `${s.toFixed(1)} s`).join(", ")}`);
   if (turn.end) notes.push(turn.end === "complete" ? "done" : turn.end);
+  if (turn.continuedBy !== null) notes.push("you had only paused: asked again in full below");
   item.querySelector(".end").textContent = notes.join(" · ");
 }
 
@@ -274,6 +285,14 @@ function onServerMessage(message) {
       if (turn !== null && pendingUser !== null) {
         turn.user = pendingUser;
         pendingUser = null;
+      }
+      if (turn !== null && Number.isInteger(message.continues)) {
+        // The server took a pause in the middle of the question for its end; that turn's answer was cut off.
+        const earlier = state.turns[`${callNumber}.${message.continues}`];
+        if (earlier !== undefined) {
+          earlier.continuedBy = turn.turnId;
+          renderTurn(earlier);
+        }
       }
       break;
     case "transcript":

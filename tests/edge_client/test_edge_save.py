@@ -136,6 +136,22 @@ def test_an_interrupted_turn_and_a_typed_one_each_get_their_folder(tmp_path):
     assert two["answer_audio"] is None and not (second / "answer.wav").exists()
 
 
+def test_a_continued_question_says_which_turn_it_goes_on_from(tmp_path):
+    """The caller paused mid-question: the server answered the first half (turn 1, cut off when they went on), then
+    asked the whole question as turn 2, which it says continues turn 1; the console and the archive say so too."""
+    conversation, archive, playback, clock = scripted(tmp_path)
+    send(conversation, protocol.Ready(session_id="s1", sample_rate=16000))
+    send(conversation, protocol.TurnStarted(turn_id=1))
+    send(conversation, protocol.Interrupted(turn_id=1))
+    send(conversation, protocol.TurnEnd(turn_id=1, reason="interrupted"))
+    send(conversation, protocol.TurnStarted(turn_id=2, continues=1))
+    send(conversation, protocol.TurnEnd(turn_id=2))
+    archive.close()
+    first, second = (json.loads((tmp_path / "saved" / f"turn-00{n}" / "turn.json").read_text()) for n in (1, 2))
+    assert first["continues_turn"] is None and second["continues_turn"] == 1
+    assert "turn 2 goes on from turn 1's question" in conversation.console.out.getvalue()
+
+
 @pytest.mark.slow  # real WebRTC in real time: > 1.5 s
 def test_a_call_with_save_keeps_the_turn_and_the_session(tmp_path):
     server = FakeServer(tone_frames=25)

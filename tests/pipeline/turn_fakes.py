@@ -19,6 +19,7 @@ from assistant.protocol import FinishReason, ServerMessage
 @dataclass
 class Turn:
     text: str
+    continues: Turn | None = None  # the question this one goes on from (UserTurn.continues)
 
 
 def frame(frame_id: int) -> AudioFrame:

@@ -166,7 +166,8 @@ def test_speech_soon_after_a_turn_continues_its_question_as_one_turn_in_its_plac
         assert first.audio.size + 0.6 * RATE < whole.audio.size < first.audio.size + 1.0 * RATE
         assert 0.15 <= longest_silence_s(whole.audio[voiced:]) <= 0.25  # a short pause, not 0.4 s + the pre-roll
         assert session.stats.continued_questions == 1
-        assert [m["type"] for m in session.sent_messages].count("turn_started") == 2
+        started = [m for m in session.sent_messages if m["type"] == "turn_started"]
+        assert [(m["turn_id"], m["continues"]) for m in started] == [(1, None), (2, 1)]  # the caller is told
         await session.close()
 
     asyncio.run(main())
