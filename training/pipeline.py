@@ -73,7 +73,8 @@ class TrainPlan:
     knowledge_drills: extra LM training sequences that teach the knowledge families' answers in about 25 tokens each
     (``domain.knowledge_drills``, ``corpus.encode_drill``): 24,000 add about 8% to the LM's training tokens and about
     45 sightings of every arithmetic problem. picture_drills: the same for questions about a user's picture
-    (``domain.picture_drills``, about 60 tokens each). acoustic_steps / lm_steps / lm_epochs: step
+    (``domain.picture_drills``, about 60 tokens each; 0: run 6 tried 8,000, see docs/embedded-training.md).
+    acoustic_steps / lm_steps / lm_epochs: step
     budgets (and an optional epoch cap for the LM). device: where the neural stages train (cpu, cuda, cuda:N).
     """
 
@@ -92,8 +93,8 @@ class TrainPlan:
     voice_prompt_frames: int = 90
     music_max_frames: int = 30_000
     knowledge_drills: int = 24_000
-    picture_drills: int = 8_000
-    lm_steps: int = 2_150
+    picture_drills: int = 0
+    lm_steps: int = 2_000
     lm_epochs: float | None = None
     device: str = "cpu"
     threads: int = 2
