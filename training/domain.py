@@ -1007,6 +1007,13 @@ class Drill:
             raise ValueError("a user's picture has jitter > 0 (jitter 0 is the canonical rendering of replies)")
 
 
+def _check_drill_count(n: int, transcript_fraction: float) -> None:
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0.0 <= transcript_fraction <= 1.0:
+        raise ValueError("transcript_fraction must be in [0, 1]")
+
+
 def knowledge_drills(n: int, *, seed: int, transcript_fraction: float = 0.5) -> list[Drill]:
     """``n`` drills drawn with ``DRILL_WEIGHTS``, reproducible from ``seed``.
 
@@ -1014,10 +1021,7 @@ def knowledge_drills(n: int, *, seed: int, transcript_fraction: float = 0.5) -> 
     each of the 364 arithmetic problems is seen about ten times; a drill teaches the same answer in about 25 tokens
     (``training.corpus.encode_drill``).
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if not 0.0 <= transcript_fraction <= 1.0:
-        raise ValueError("transcript_fraction must be in [0, 1]")
+    _check_drill_count(n, transcript_fraction)
     rng = random.Random(seed)
     names, weights = list(DRILL_WEIGHTS), list(DRILL_WEIGHTS.values())
     out = []
@@ -1040,10 +1044,7 @@ def picture_drills(n: int, *, seed: int, transcript_fraction: float = 0.5) -> li
     about 340 tokens, and the LM (run 5) answered "it is a circle" for most stars and triangles; a drill teaches it
     in about 60 tokens.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if not 0.0 <= transcript_fraction <= 1.0:
-        raise ValueError("transcript_fraction must be in [0, 1]")
+    _check_drill_count(n, transcript_fraction)
     rng = random.Random(seed)
     pictures = _all_images()
     out = []
