@@ -162,6 +162,20 @@ def test_close_discards_an_undecided_speculation_without_a_message():
     run_in_virtual_time(main())
 
 
+async def commit_and_play(turns: TurnController, engine: FakeEngine, sink: FakeSink, turn: Turn) -> list:
+    """Speculates ``turn``, commits it once the engine has started it, plays its reply; returns every
+    ``turn_started`` sent so far."""
+    sink.waiting_played.clear()
+    started = len(engine.turns)
+    turns.speculate(turn)
+    await until(lambda: len(engine.turns) == started + 1, what="the speculation is started")
+    assert turns.commit() is True
+    await until(sink.waiting_played.is_set, what="the reply is queued")
+    sink.play_all()
+    await turns.wait()
+    return [m for m in sink.messages if isinstance(m, protocol.TurnStarted)]
+
+
 def test_turn_started_names_the_turn_a_continued_question_goes_on_from():
     """The caller paused mid-question: the first half got turn 1 (cut off when they went on); the whole question,
     committed at the real end, starts turn 2 saying it continues turn 1. A turn continuing a question the caller
@@ -174,13 +188,7 @@ def test_turn_started_names_the_turn_a_continued_question_goes_on_from():
         assert await turns.start(first) == 1
         await until(lambda: engine.pulled >= 3, what="the first half's answer is under way")
         assert turns.interrupt() is True  # the caller went on talking
-        turns.speculate(Turn("what is two plus three", continues=first))
-        await until(lambda: len(engine.turns) == 2, what="the whole question's answer has started")
-        assert turns.commit() is True
-        await until(sink.waiting_played.is_set, what="the reply is queued")
-        sink.play_all()
-        await turns.wait()
-        started = [m for m in sink.messages if isinstance(m, protocol.TurnStarted)]
+        started = await commit_and_play(turns, engine, sink, Turn("what is two plus three", continues=first))
         assert started == [protocol.TurnStarted(turn_id=1), protocol.TurnStarted(turn_id=2, continues=1)]
 
         unheard = Turn("what is four")
@@ -188,14 +196,7 @@ def test_turn_started_names_the_turn_a_continued_question_goes_on_from():
         await until(lambda: len(engine.turns) == 3, what="the speculation is started")
         assert turns.discard() is True
         await until(lambda: turns.idle and engine.streams == 0, what="the discarded turn's stream is closed")
-        sink.waiting_played.clear()
-        turns.speculate(Turn("what is four plus one", continues=unheard))
-        await until(lambda: len(engine.turns) == 4, what="the new speculation is started")
-        assert turns.commit() is True
-        await until(sink.waiting_played.is_set, what="the reply is queued")
-        sink.play_all()
-        await turns.wait()
-        started = [m for m in sink.messages if isinstance(m, protocol.TurnStarted)]
+        started = await commit_and_play(turns, engine, sink, Turn("what is four plus one", continues=unheard))
         assert started[-1] == protocol.TurnStarted(turn_id=3)
         await turns.close()
 
