@@ -37,14 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         from training.pipeline import TrainPlan, run_training
 
         overrides = {"seed": args.seed, "device": args.device}
-        if args.lm_steps is not None:
-            overrides["lm_steps"] = args.lm_steps
-        if args.dialogues is not None:
-            overrides["train_dialogues"] = args.dialogues
-        if args.drills is not None:
-            overrides["knowledge_drills"] = args.drills
-        if args.picture_drills is not None:
-            overrides["picture_drills"] = args.picture_drills
+        given = {
+            "lm_steps": args.lm_steps,
+            "train_dialogues": args.dialogues,
+            "knowledge_drills": args.drills,
+            "picture_drills": args.picture_drills,
+        }
+        overrides.update({name: value for name, value in given.items() if value is not None})
         summary = run_training(TrainPlan(**overrides), args.assets, args.work_dir, fresh=args.fresh)
         print(json.dumps({k: summary[k] for k in ("stage_minutes", "total_minutes", "sequences")}, indent=2))
         return 0

@@ -376,7 +376,10 @@ def run_training(
             return {spec: model.encode(images.render(spec)) for spec in specs}
 
     def make_corpus() -> dict:
-        media = _CachedMedia(speech, image["codes"], tunes["tokens"])
+        # Drills train only (early stopping judges whole dialogues); their seeds are apart from the dialogues'.
+        about_pictures = domain.picture_drills(plan.picture_drills, seed=plan.seed + 3)
+        new_pictures = {drill.picture for drill in about_pictures} - set(image["codes"])
+        media = _CachedMedia(speech, {**image["codes"], **encode_pictures(new_pictures)}, tunes["tokens"])
         limit = read_config(config_path(assets_dir, "lm"), LMConfig).max_positions
         corpus: dict = {"dropped_too_long": 0}
         for split in ("train", "valid"):
@@ -384,14 +387,10 @@ def run_training(
             kept = [seq for seq in sequences if len(seq.ids) <= limit]
             corpus["dropped_too_long"] += len(sequences) - len(kept)
             corpus[split] = kept
-        # Drills train only (early stopping judges whole dialogues); their seeds are apart from the dialogues'.
         drills = [
             encode_drill(drill, vocab) for drill in domain.knowledge_drills(plan.knowledge_drills, seed=plan.seed + 2)
         ]
-        about_pictures = domain.picture_drills(plan.picture_drills, seed=plan.seed + 3)
-        new_pictures = {drill.picture for drill in about_pictures} - set(image["codes"])
-        picture_media = _CachedMedia(speech, {**image["codes"], **encode_pictures(new_pictures)}, tunes["tokens"])
-        drills += [encode_drill(drill, vocab, picture_media) for drill in about_pictures]
+        drills += [encode_drill(drill, vocab, media) for drill in about_pictures]
         corpus["drills"] = len(drills)
         corpus["picture_drills"] = len(about_pictures)
         corpus["train"] += drills
