@@ -2,8 +2,9 @@
 engine (total and per-request tokens/s, mean decode step per batch size).
 
     .venv/bin/python benchmarks/lm_decode.py [--threads 2] [--prompt 300] [--tokens 200] [--sessions 1,2,4,8]
-                                             [--device cuda] [--dtype float16]
+                                             [--device cuda] [--dtype float16] [--torch-decode]
 
+``--torch-decode`` runs the engine's CPU decode steps in PyTorch instead of NumPy (``LMEngineConfig.numpy_decode``).
 Uses the embedded LM (loaded as every caller loads it, ``assistant.models.loading.load_models``). Figures, not
 assertions.
 """
@@ -30,12 +31,14 @@ def single_stream(model, vocab, settings, prompt: list[int], tokens: int) -> flo
     return produced / (time.perf_counter() - start)
 
 
-def batched(model, vocab, settings, prompt: list[int], tokens: int, sessions: int) -> dict:
+def batched(model, vocab, settings, prompt: list[int], tokens: int, sessions: int, numpy_decode: bool) -> dict:
     engine = LMEngine(
         model,
         vocab,
         settings,
-        LMEngineConfig(max_slots=sessions, max_waiting=0, slot_capacity=len(prompt) + tokens + 1),
+        LMEngineConfig(
+            max_slots=sessions, max_waiting=0, slot_capacity=len(prompt) + tokens + 1, numpy_decode=numpy_decode
+        ),
     )
     engine.warmup()
     list(engine.submit(prompt, seed=0, max_new_tokens=5).tokens())  # warm-up
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--sessions", default="1,2,4,8", help="concurrent requests, comma-separated")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--torch-decode", action="store_true", help="CPU decode steps in PyTorch, not NumPy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_models(ModelSpec(), ("lm",))
@@ -79,12 +83,12 @@ def main() -> None:
     prompt = [vocab.bos_id] + [vocab.encode_text("a")[0]] * (args.prompt - 1)
     where = (
         f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}, "
-        f"{args.device} {args.dtype}, {args.threads} threads"
+        f"{args.device} {args.dtype}, {args.threads} threads, {'torch' if args.torch_decode else 'NumPy'} CPU steps"
     )
     rate = single_stream(model, vocab, settings, prompt, args.tokens)
     print(f"TokenStream, 1 request      {rate:7.1f} tokens/s ({1000 / rate:5.2f} ms/token), {where}")
     for n in (int(x) for x in args.sessions.split(",")):
-        figures = batched(model, vocab, settings, prompt, args.tokens, n)
+        figures = batched(model, vocab, settings, prompt, args.tokens, n, not args.torch_decode)
         print(
             f"LMEngine, {n:3d} requests    {figures['total']:7.1f} tokens/s in total, "
             f"{figures['per_request']:6.1f} per request (slowest), decode step {figures['step_ms']:6.2f} ms"

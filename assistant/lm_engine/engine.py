@@ -67,6 +67,7 @@ class LMEngineConfig:
         process, so this sets it for the whole process (None leaves it alone). Model work off the main thread runs
         best with few: on 2 cores a decode step of the embedded model at batch 8 took 8.4 ms on the main thread with
         2 threads, but 15.4 ms on the loop thread with 2 and 10.8 ms with 1.
+    numpy_decode: decode steps of a float32 model on the CPU run in NumPy (``SlotModelRunner``); False keeps torch's.
     """
 
     max_slots: int = 8
@@ -77,6 +78,7 @@ class LMEngineConfig:
     cuda_graphs: bool = True
     graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     cpu_threads: int | None = 1
+    numpy_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.cpu_threads is not None and self.cpu_threads < 1:
@@ -236,7 +238,12 @@ class LMEngine:
         self.settings = settings
         cfg = self.config
         self.runner = SlotModelRunner(
-            model, cfg.max_slots, cfg.slot_capacity, cuda_graphs=cfg.cuda_graphs, buckets=cfg.graph_buckets
+            model,
+            cfg.max_slots,
+            cfg.slot_capacity,
+            cuda_graphs=cfg.cuda_graphs,
+            buckets=cfg.graph_buckets,
+            numpy_decode=cfg.numpy_decode,
         )
         if self.runner.vocab_size < vocab.size:
             raise ValueError(

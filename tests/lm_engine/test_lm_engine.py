@@ -237,3 +237,14 @@ def test_engines_left_running_are_closed_at_exit(make_engine, prompts):
     assert not engine._thread.is_alive() and engine not in engine_module._RUNNING
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit(prompts[0])
+
+
+def test_numpy_and_torch_decode_steps_give_the_same_tokens(make_engine, prompts):
+    """Same seeds, same tokens, whichever CPU step computes the logits (sampled settings, batched rows)."""
+    seeds = [5, 6, 7, 8, 9]
+    fast = make_engine(max_slots=4, max_waiting=4, numpy_decode=True)
+    plain = make_engine(max_slots=4, max_waiting=4, numpy_decode=False)
+    assert fast.runner.uses_numpy_decode and not plain.runner.uses_numpy_decode
+    fast_requests = [fast.submit(p, seed=s) for p, s in zip(prompts, seeds, strict=True)]
+    plain_requests = [plain.submit(p, seed=s) for p, s in zip(prompts, seeds, strict=True)]
+    assert [_run(r) for r in fast_requests] == [_run(r) for r in plain_requests]
