@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from assistant.decoding.lm_sampler import GenerationSettings
 from assistant.decoding.reply_sampling import ReplyState, mark_seen, select_tokens
@@ -63,10 +64,10 @@ class LMEngineConfig:
     prefill_budget: prompt tokens prefilled between two decode steps.
     max_backlog: undelivered tokens per request before it is paused.
     cuda_graphs / graph_buckets: capture decode steps for these batch sizes on CUDA (ignored on CPU).
-    cpu_threads: on a CPU device, torch's intra-op threads, set when the loop starts. torch has ONE such setting per
-        process, so this sets it for the whole process (None leaves it alone). Model work off the main thread runs
-        best with few: on 2 cores a decode step of the embedded model at batch 8 took 8.4 ms on the main thread with
-        2 threads, but 15.4 ms on the loop thread with 2 and 10.8 ms with 1.
+    cpu_threads: on a CPU device, torch's intra-op threads and NumPy's BLAS threads, set when the loop starts. Each
+        has ONE such setting per process, so this sets them for the whole process (None leaves them alone). Model work
+        off the main thread runs best with few: on 2 cores a decode step of the embedded model at batch 8 took 8.4 ms
+        on the main thread with 2 threads, but 15.4 ms on the loop thread with 2 and 10.8 ms with 1.
     numpy_decode: decode steps of a float32 model on the CPU run in NumPy (``SlotModelRunner``); False keeps torch's.
     """
 
@@ -352,6 +353,9 @@ class LMEngine:
     def _loop(self) -> None:
         if self.device.type == "cpu" and self.config.cpu_threads is not None:
             torch.set_num_threads(self.config.cpu_threads)
+            # NumPy's OpenBLAS too (the NumPy decode step): left at one thread per core, a step at one session used
+            # 1.8 cores and took longer (3.3 ms against 2.6), its idle workers spinning beside the acoustic decoder.
+            threadpool_limits(self.config.cpu_threads, user_api="blas")
         while True:
             with self._lock:
                 while not self._closed and not self._runnable():
