@@ -14,7 +14,7 @@ On CUDA the decode step of every batch-size bucket is captured once as a CUDA gr
 kernel launches; eager PyTorch is launch-bound at batch 1). Captured steps attend over the whole capacity with a
 mask, so their shapes are static; the eager CPU path attends over the longest live prefix only. On the CPU a float32
 model's decode step runs in NumPy (``numpy_decode``: the same arithmetic without PyTorch's per-operator overhead,
-about five times faster for the embedded LM); prefill stays in PyTorch, and both write the same KV memory.
+about twice as fast for the embedded LM); prefill stays in PyTorch, and both write the same KV memory.
 
 It runs the modules of a transformers ``LlamaForCausalLM`` (projections, RMSNorms, MLPs, rotary table, head) in a
 plain loop and gives the same logits as its ``forward``: what it reads of the model is the ``CausalLM`` interface

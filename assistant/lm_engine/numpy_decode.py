@@ -1,10 +1,11 @@
 """The runner's decode step on the CPU, in NumPy: the same arithmetic as the eager step, a fraction of the overhead.
 
 Why: at batch 1 a CPU decode step of a small LLaMA is dispatch-bound, as a GPU step is launch-bound. The embedded LM
-(4 layers, width 256) spends about 5 ms in an eager PyTorch step, most of it in ~180 operator dispatches of a few
+(4 layers, width 256) spends 5-8 ms in an eager PyTorch step, most of it in ~180 operator dispatches of a few
 microseconds each and in MKL's GEMV, which is slow on AMD processors (a 256 x 4024 GEMV: ~150 us in torch, ~45 us
-in NumPy's OpenBLAS on the 2-core EPYC these figures come from). The same step in NumPy takes about a fifth of the
-time (``benchmarks/lm_decode.py``), which is what the CUDA graphs of the GPU path are for on the GPU.
+in NumPy's OpenBLAS on the 2-core EPYC these figures come from). The same step in NumPy takes 2.6-3.7 ms there, and a
+batch of 8 about a third less than in torch (``benchmarks/lm_decode.py``, ``docs/benchmarks.md``): on the CPU this is
+what the CUDA graphs are on the GPU.
 
 What it reads: the modules of a transformers ``LlamaForCausalLM`` (RMSNorm weights and epsilons, the projections,
 the head) as NumPy *views* of their parameters (never copies: a model changed in place stays in step), the rotary
