@@ -69,6 +69,9 @@ class LMEngineConfig:
         off the main thread runs best with few: on 2 cores a decode step of the embedded model at batch 8 took 8.4 ms
         on the main thread with 2 threads, but 15.4 ms on the loop thread with 2 and 10.8 ms with 1.
     numpy_decode: decode steps of a float32 model on the CPU run in NumPy (``SlotModelRunner``); False keeps torch's.
+    prefix_reuse_min_tokens: a new prompt that starts with at least this many tokens a freed slot still holds (the
+        conversation so far: the last turn's prompt and reply) reuses their KV instead of prefilling them again
+        (``Scheduler``); 0 turns reuse off.
     """
 
     max_slots: int = 8
@@ -80,6 +83,7 @@ class LMEngineConfig:
     graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     cpu_threads: int | None = 1
     numpy_decode: bool = True
+    prefix_reuse_min_tokens: int = 32
 
     def __post_init__(self) -> None:
         if self.cpu_threads is not None and self.cpu_threads < 1:
@@ -89,6 +93,8 @@ class LMEngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.prefix_reuse_min_tokens < 0:
+            raise ValueError(f"prefix_reuse_min_tokens must be >= 0, got {self.prefix_reuse_min_tokens}")
         if self.slot_capacity is not None and self.slot_capacity < 2:
             raise ValueError(f"slot_capacity must be >= 2, got {self.slot_capacity}")
 
@@ -105,6 +111,7 @@ class GenerationRequest(ScheduledRequest):
         self.state = state
         self.limit = limit
         self.generated = 0
+        self.reply: list[int] = []  # the tokens chosen so far
         self.last_token: int | None = None
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
@@ -216,6 +223,7 @@ class EngineStats:
     steps: int = 0
     tokens: int = 0
     prefill_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from an earlier request (not prefilled)
     rejected: int = 0
     completed: int = 0
     cancelled: int = 0
@@ -251,7 +259,9 @@ class LMEngine:
                 f"the model's {self.runner.vocab_size} output rows do not cover the vocabulary's {vocab.size}"
             )
         self.device = self.runner.device
-        self.scheduler: Scheduler[GenerationRequest] = Scheduler(cfg.max_slots, cfg.max_waiting, cfg.prefill_budget)
+        self.scheduler: Scheduler[GenerationRequest] = Scheduler(
+            cfg.max_slots, cfg.max_waiting, cfg.prefill_budget, reuse_min_tokens=cfg.prefix_reuse_min_tokens
+        )
         self.seen = torch.zeros(
             cfg.max_slots, vocab.size, dtype=torch.bool, device=self.device
         )  # [S, V] ids in context
@@ -316,6 +326,7 @@ class LMEngine:
             "last_batch_size": s.last_batch_size,
             "tokens": s.tokens,
             "prefill_tokens": s.prefill_tokens,
+            "reused_tokens": s.reused_tokens,
             "rejected": s.rejected,
             "completed": s.completed,
             "cancelled": s.cancelled,
@@ -372,6 +383,7 @@ class LMEngine:
                 with torch.inference_mode():
                     for request in admitted:
                         self._reset_seen(request)
+                        self._reuse_prefix(request)
                     for block in blocks:
                         self._prefill(block)
                     if rows:
@@ -417,8 +429,9 @@ class LMEngine:
     def _finish(
         self, request: GenerationRequest, reason: str | None = None, error: BaseException | None = None
     ) -> None:
-        """Called with the lock held: frees the slot and ends the reader's stream."""
-        self.scheduler.remove(request)
+        """Called with the lock held: frees the slot (keeping what its KV holds for prefix reuse, unless the request
+        failed) and ends the reader's stream."""
+        self.scheduler.remove(request, held=self._kv_tokens(request) if error is None else ())
         request.finish_reason = reason if error is None else "error"
         request.error = error
         request.finished_at = time.perf_counter()
@@ -431,7 +444,22 @@ class LMEngine:
             self.stats_counters.completed += 1
         request._push(error if error is not None else _END)
 
+    def _kv_tokens(self, request: GenerationRequest) -> list[int]:
+        """The tokens whose KV the request's slot holds at positions 0, 1, ...: the prompt prefilled so far, and when
+        decoding every token fed back (the last chosen one never was). Never the idle rows' position."""
+        if request.phase is Phase.PREFILLING:
+            return request.prompt[: request.prefilled]
+        if request.phase is Phase.DECODING:
+            fed = min(request.next_position, self.runner.idle_position)
+            return (request.prompt + request.reply)[:fed]
+        return []
+
     # ------------------------------------------------------------------ model work (no lock held)
+    def _reuse_prefix(self, request: GenerationRequest) -> None:
+        if request.reuse_from is not None:
+            self.runner.copy_prefix(request.reuse_from, request.held_slot, request.reused)
+        self.stats_counters.reused_tokens += request.reused
+
     def _reset_seen(self, request: GenerationRequest) -> None:
         row = self.seen[request.slot]
         row.zero_()
@@ -485,6 +513,7 @@ class LMEngine:
         stop_ids = self.vocab.stop_ids
         for request, token in zip(rows, chosen.tolist(), strict=True):
             request.state.advance(token)
+            request.reply.append(token)
             request.last_token = token
             request.generated += 1
             self.stats_counters.tokens += 1

@@ -164,6 +164,16 @@ class SlotModelRunner:
         last = self.inner.norm(x[:, -1])  # [1, D]
         return self.model.lm_head(last)[0].float()  # [V]
 
+    @torch.inference_mode()
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Copies positions ``0..length-1`` of slot ``source``'s KV into slot ``target`` (prefix reuse)."""
+        if not (0 <= source < self.max_slots and 0 <= target < self.max_slots):
+            raise IndexError(f"slots {source}, {target} out of range 0..{self.max_slots - 1}")
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"length {length} outside 0..{self.capacity}")
+        for cache in (*self.keys, *self.values):
+            cache[target, :, :length] = cache[source, :, :length]
+
     # ------------------------------------------------------------------ decode
     @torch.inference_mode()
     def decode(self, tokens: Tensor, positions: Tensor, span: int | None = None) -> Tensor:

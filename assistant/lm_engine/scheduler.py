@@ -6,6 +6,13 @@ the generating sessions for longer than one bounded block) and for the rows of t
 leaves, and its slot is free for the next iteration, when it finishes or is cancelled.
 
 Slots are handed out lowest first, so generating sessions pack the low slots and a decode step covers a short prefix.
+
+Prefix reuse: a freed slot keeps the tokens whose KV it still holds (the engine says which when it removes a request:
+a conversation's prompt and reply). A new prompt that starts with at least ``reuse_min_tokens`` of them is admitted
+with that much of its prompt already in place: the engine copies those positions' KV from the freed slot into the
+request's own slot (``reuse_from``) and prefills only the rest. KV at a position depends only on the tokens up to it,
+so the reused part is what prefill would write. Turn N of a conversation starts with turn N-1's prompt and reply, so
+its history is not prefilled again; a speculative start thrown away leaves its history for the next one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import enum
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -38,6 +46,8 @@ class ScheduledRequest:
     phase: Phase = Phase.WAITING
     slot: int | None = None
     prefilled: int = 0  # prompt tokens already in the slot's KV
+    reused: int = 0  # of which came from an earlier request's KV (prefix reuse)
+    reuse_from: int | None = None  # the free slot the engine copies them from (None: none, or already in this slot)
     next_position: int = 0  # where the last chosen token is written by the next decode step
     paused: bool = False  # its consumer is behind: skipped by decode steps until it catches up
 
@@ -70,12 +80,14 @@ class PrefillBlock(Generic[R]):
 class Scheduler(Generic[R]):
     """Slots, queues and prefill blocks of requests of type ``R`` (the engine's request class)."""
 
-    def __init__(self, max_slots: int, max_waiting: int, prefill_budget: int) -> None:
-        if max_slots < 1 or max_waiting < 0 or prefill_budget < 1:
-            raise ValueError("need max_slots >= 1, max_waiting >= 0 and prefill_budget >= 1")
+    def __init__(self, max_slots: int, max_waiting: int, prefill_budget: int, reuse_min_tokens: int = 0) -> None:
+        if max_slots < 1 or max_waiting < 0 or prefill_budget < 1 or reuse_min_tokens < 0:
+            raise ValueError("need max_slots >= 1, max_waiting >= 0, prefill_budget >= 1 and reuse_min_tokens >= 0")
         self.max_slots = max_slots
         self.max_waiting = max_waiting
         self.prefill_budget = prefill_budget
+        self.reuse_min_tokens = reuse_min_tokens  # 0: no prefix reuse
+        self._held: dict[int, list[int]] = {}  # free slot -> the tokens whose KV it still holds
         self.waiting: deque[R] = deque()
         self.prefilling: deque[R] = deque()  # FIFO: the oldest prompt finishes first
         self.decoding: dict[int, R] = {}  # slot -> request
@@ -104,15 +116,35 @@ class Scheduler(Generic[R]):
         admitted = []
         while self.waiting and self._free:
             request = self.waiting.popleft()
-            request.slot = heapq.heappop(self._free)
+            source, reused = self._longest_held_prefix(request.prompt)
+            slot = heapq.heappop(self._free)  # lowest first even when the KV to reuse is elsewhere: it is copied
+            self._held.pop(slot, None)  # this slot's KV is rewritten from here on
+            request.slot = slot
             request.phase = Phase.PREFILLING
-            request.prefilled = 0
+            request.prefilled = request.reused = reused
+            request.reuse_from = source if reused and source != slot else None
             self.prefilling.append(request)
             admitted.append(request)
         return admitted
 
-    def remove(self, request: R) -> None:
-        """Takes a request out wherever it is (finished, cancelled, failed); its slot is free at once."""
+    def _longest_held_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
+        """The free slot whose held tokens start ``prompt`` the longest, and how many of them it may reuse (at least
+        one prompt token is always left to prefill: its logits choose the first reply token)."""
+        if not self.reuse_min_tokens:
+            return None, 0
+        best_slot, best = None, 0
+        for slot, held in self._held.items():
+            common = _common_prefix(held, prompt)
+            if common > best:
+                best_slot, best = slot, common
+        best = min(best, len(prompt) - 1)
+        if best < self.reuse_min_tokens:
+            return None, 0
+        return best_slot, best
+
+    def remove(self, request: R, held: Sequence[int] = ()) -> None:
+        """Takes a request out wherever it is (finished, cancelled, failed); its slot is free at once. ``held``: the
+        tokens whose KV the slot holds at positions 0, 1, ... (kept for prefix reuse; empty: nothing reusable)."""
         if request.phase is Phase.WAITING:
             self.waiting.remove(request)
         elif request.phase is Phase.PREFILLING:
@@ -120,6 +152,8 @@ class Scheduler(Generic[R]):
         elif request.phase is Phase.DECODING:
             del self.decoding[request.held_slot]
         if request.slot is not None:
+            if self.reuse_min_tokens and len(held) >= self.reuse_min_tokens:
+                self._held[request.slot] = list(held)
             heapq.heappush(self._free, request.slot)
             request.slot = None
         request.phase = Phase.DONE
@@ -151,3 +185,11 @@ class Scheduler(Generic[R]):
     def decode_rows(self) -> list[R]:
         """The requests that take part in the next decode step, by slot (paused ones sit it out)."""
         return [self.decoding[slot] for slot in sorted(self.decoding) if not self.decoding[slot].paused]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -248,3 +248,62 @@ def test_numpy_and_torch_decode_steps_give_the_same_tokens(make_engine, prompts)
     fast_requests = [fast.submit(p, seed=s) for p, s in zip(prompts, seeds, strict=True)]
     plain_requests = [plain.submit(p, seed=s) for p, s in zip(prompts, seeds, strict=True)]
     assert [_run(r) for r in fast_requests] == [_run(r) for r in plain_requests]
+
+
+def test_the_scheduler_reuses_the_longest_held_prefix_in_the_lowest_free_slot():
+    scheduler = Scheduler(max_slots=3, max_waiting=0, prefill_budget=100, reuse_min_tokens=4)
+    a, b = ScheduledRequest(prompt=list(range(10))), ScheduledRequest(prompt=[50 + i for i in range(10)])
+    for r in (a, b):
+        scheduler.add(r)
+    scheduler.admit()
+    for blk in scheduler.next_prefill_blocks():
+        scheduler.prefilled(blk)
+    scheduler.remove(b, held=b.prompt + [60, 61])  # slot 1 holds b's prompt and two reply tokens
+    scheduler.remove(a, held=a.prompt[:3])  # too short to keep
+    follow_up = ScheduledRequest(prompt=b.prompt + [60, 61, 99, 98])
+    scheduler.add(follow_up)
+    scheduler.admit()
+    # the lowest free slot, with slot 1's 12 tokens to copy into it; 2 left to prefill
+    assert (follow_up.slot, follow_up.reuse_from, follow_up.reused, follow_up.prefilled) == (0, 1, 12, 12)
+    assert [(blk.start, blk.stop) for blk in scheduler.next_prefill_blocks()] == [(12, 14)]
+
+    same = ScheduledRequest(prompt=b.prompt + [60, 61])  # all of it held: one token is still prefilled for logits
+    scheduler.add(same)
+    scheduler.admit()
+    assert (same.slot, same.reuse_from, same.reused) == (1, None, 11)  # slot 1 itself: nothing to copy
+
+    other = ScheduledRequest(prompt=[7] * 20)  # nothing in common
+    scheduler.add(other)
+    scheduler.admit()
+    assert (other.slot, other.reuse_from, other.reused, other.prefilled) == (2, None, 0, 0)
+
+    # A slot handed to a request loses what it held; reuse off keeps nothing.
+    scheduler.remove(other, held=[])
+    assert Scheduler(max_slots=1, max_waiting=0, prefill_budget=10)._longest_held_prefix(list(range(9))) == (None, 0)
+
+
+def test_a_follow_up_turn_reuses_the_conversation_and_gives_the_same_tokens(make_engine, prompts):
+    """Turn 2's prompt starts with turn 1's prompt and reply: their KV is copied from the slot turn 1 left (not
+    prefilled again), and turn 2 generates what an engine without reuse generates."""
+    reusing = make_engine(max_slots=3, max_waiting=2, prefix_reuse_min_tokens=8)
+    plain = make_engine(max_slots=3, max_waiting=2, prefix_reuse_min_tokens=0)
+    replies = {}
+    for name, engine in (("reusing", reusing), ("plain", plain)):
+        # a long unrelated request holds slot 0 while turn 1 runs in slot 1, then both end
+        other = engine.submit(prompts[4], seed=3, max_new_tokens=30)
+        first = engine.submit(prompts[0], seed=4, max_new_tokens=15)
+        turn1 = _run(first)
+        _run(other)
+        assert first.slot is None and len(turn1) > 1
+        follow_up = prompts[0] + turn1 + prompts[2][-6:]
+        before = engine.stats_counters.prefill_tokens
+        second = engine.submit(follow_up, seed=5, max_new_tokens=20)
+        replies[name] = (turn1, _run(second), engine.stats_counters.prefill_tokens - before, second.reuse_from)
+    assert replies["reusing"][:2] == replies["plain"][:2]
+    assert replies["reusing"][3] == 1  # copied from the slot turn 1 left into the lowest free one (0)
+    assert replies["plain"][3] is None
+    held = len(prompts[0]) + len(replies["reusing"][0]) - 1  # turn 1's last token was chosen, never fed back
+    assert reusing.stats_counters.reused_tokens == held
+    assert replies["reusing"][2] == len(prompts[0]) + len(replies["reusing"][0]) + 6 - held
+    assert replies["plain"][2] == len(prompts[0]) + len(replies["plain"][0]) + 6
+    assert plain.stats_counters.reused_tokens == 0
