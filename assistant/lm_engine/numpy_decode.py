@@ -90,7 +90,7 @@ def supports_numpy_decode(model: Any) -> bool:
 
 
 class NumpyDecodeStep:
-    """``step(tokens, positions, batch, span)`` -> logits ``[batch, V]``, for :class:`SlotModelRunner` on the CPU.
+    """``step(tokens, positions, span)`` -> logits ``[B, V]``: :class:`SlotModelRunner`'s decode step on the CPU.
 
     ``keys`` / ``values``: the runner's per-layer caches ``[S, Hkv, C, hd]`` (float32, CPU, contiguous)."""
 
