@@ -19,6 +19,12 @@ as views: prefill (torch) and decode (NumPy) write the same memory.
     -> logits = rms(x) * w_norm  W_head  [B, V]
 
 Only float32 models on the CPU qualify (``supports_numpy_decode``); everything else keeps the torch step.
+
+NumPy holds the GIL through each small operation, where torch releases it inside each, so in a process shared with
+other model threads (``assistant chat``, ``make eval-mini``: the acoustic decoder's thread beside the LM's) the step
+could slow them. Measured in-process over a six-turn spoken conversation, first audio took 0.34-0.49 s with this step
+and 0.34-0.71 s with torch's, two runs each (the machine's noise was larger than any difference), so it stays on
+everywhere; ``LMEngineConfig.numpy_decode = False`` (``lm_batching: {numpy_decode: false}``) turns it off.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_a_batch_below_the_slot_count_and_a_narrow_span():
 def test_models_the_numpy_step_cannot_run_keep_the_torch_step():
     bf16 = _model(2).to(torch.bfloat16)
     assert not supports_numpy_decode(bf16)
-    assert not SlotModelRunner(bf16, max_slots=1, capacity=16).uses_numpy_decode
+    assert not SlotModelRunner(bf16, max_slots=1, capacity=16, numpy_decode=True).uses_numpy_decode
 
     gelu = _model(2)
     gelu.config.hidden_act = "gelu"
