@@ -110,9 +110,7 @@ class GenerationRequest(ScheduledRequest):
         self.engine = engine
         self.state = state
         self.limit = limit
-        self.generated = 0
         self.reply: list[int] = []  # the tokens chosen so far
-        self.last_token: int | None = None
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.submitted_at = time.perf_counter()
@@ -124,6 +122,16 @@ class GenerationRequest(ScheduledRequest):
         self._notify_async: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._async_woken = False  # an async reader's event is set (or about to be) and it has not read since
         self.cancelled = False
+
+    @property
+    def generated(self) -> int:
+        """Tokens chosen so far."""
+        return len(self.reply)
+
+    @property
+    def last_token(self) -> int | None:
+        """The latest chosen token: the next decode step feeds it back."""
+        return self.reply[-1] if self.reply else None
 
     # ------------------------------------------------------------------ engine side
     def _push(self, item: object) -> None:
@@ -514,8 +522,6 @@ class LMEngine:
         for request, token in zip(rows, chosen.tolist(), strict=True):
             request.state.advance(token)
             request.reply.append(token)
-            request.last_token = token
-            request.generated += 1
             self.stats_counters.tokens += 1
             if request.first_token_at is None:
                 request.first_token_at = time.perf_counter()

@@ -1,23 +1,10 @@
 import pytest
 import torch
+from lm_fixtures import make_runner_lm
 
 from assistant.lm_engine.model_runner import SlotModelRunner, supports_slot_decoding
-from assistant.models.embedded.lm import LMConfig, build_lm
 
 ATOL = dict(atol=1e-4, rtol=1e-4)
-
-
-def _model(kv_heads=4, positions=64, seed=3):
-    config = LMConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_layers=3,
-        num_heads=4,
-        num_kv_heads=kv_heads,
-        max_positions=positions,
-    )
-    return build_lm(config, seed=seed)
 
 
 def _reference(model, ids):
@@ -28,7 +15,7 @@ def _reference(model, ids):
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("static_shapes", [False, True])
 def test_chunked_prefill_and_decode_give_the_logits_of_the_full_forward(kv_heads, static_shapes):
-    model = _model(kv_heads)
+    model = make_runner_lm(kv_heads)
     ids = torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(0))
     reference = _reference(model, ids)
     runner = SlotModelRunner(model, max_slots=3, capacity=48, static_shapes=static_shapes)
@@ -45,7 +32,7 @@ def test_chunked_prefill_and_decode_give_the_logits_of_the_full_forward(kv_heads
 def test_rows_at_different_positions_decode_independently():
     """Three sequences of different lengths step together; each matches its own full forward, and an idle row in
     the middle (a slot still prefilling) neither disturbs them nor is disturbed."""
-    model = _model(kv_heads=2)
+    model = make_runner_lm(kv_heads=2)
     gen = torch.Generator().manual_seed(1)
     seqs = [torch.randint(0, 97, (n,), generator=gen) for n in (20, 9, 30)]
     refs = [_reference(model, s) for s in seqs]
@@ -70,7 +57,7 @@ def test_rows_at_different_positions_decode_independently():
 
 
 def test_buckets_and_limits():
-    model = _model(positions=16)
+    model = make_runner_lm(positions=16)
     runner = SlotModelRunner(model, max_slots=5, buckets=(1, 2, 4, 8), static_shapes=True)
     assert runner.capacity == 16  # the model's positions
     assert [runner.bucket_for(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 5]

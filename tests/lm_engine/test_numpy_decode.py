@@ -3,23 +3,10 @@ rows, positions, idle rows and grouped heads; models it cannot run keep the torc
 
 import pytest
 import torch
+from lm_fixtures import make_runner_lm
 
 from assistant.lm_engine.model_runner import SlotModelRunner
 from assistant.lm_engine.numpy_decode import supports_numpy_decode
-from assistant.models.embedded.lm import LMConfig, build_lm
-
-
-def _model(kv_heads: int, seed: int = 3):
-    config = LMConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_layers=3,
-        num_heads=4,
-        num_kv_heads=kv_heads,
-        max_positions=64,
-    )
-    return build_lm(config, seed=seed)
 
 
 def _runners(model, **kwargs):
@@ -31,7 +18,7 @@ def _runners(model, **kwargs):
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_numpy_steps_match_torch_steps_with_rows_at_different_positions_and_an_idle_row(kv_heads):
-    model = _model(kv_heads)
+    model = make_runner_lm(kv_heads)
     fast, plain = _runners(model, max_slots=4, capacity=48)
     gen = torch.Generator().manual_seed(kv_heads)
     prompts = {0: 11, 2: 3, 3: 20}  # slot -> prompt length; slot 1 stays idle
@@ -54,7 +41,7 @@ def test_numpy_steps_match_torch_steps_with_rows_at_different_positions_and_an_i
 
 def test_a_batch_below_the_slot_count_and_a_narrow_span():
     """Rows 0..B-1 only, attending over the live prefix (the engine passes the longest row's position + 1)."""
-    model = _model(2)
+    model = make_runner_lm(2)
     fast, plain = _runners(model, max_slots=6, capacity=40)
     for runner in (fast, plain):
         runner.prefill(0, torch.arange(9) % 97, 0)
@@ -66,12 +53,12 @@ def test_a_batch_below_the_slot_count_and_a_narrow_span():
 
 
 def test_models_the_numpy_step_cannot_run_keep_the_torch_step():
-    bf16 = _model(2).to(torch.bfloat16)
+    bf16 = make_runner_lm(2).to(torch.bfloat16)
     assert not supports_numpy_decode(bf16)
     assert not SlotModelRunner(bf16, max_slots=1, capacity=16, numpy_decode=True).uses_numpy_decode
 
-    gelu = _model(2)
+    gelu = make_runner_lm(2)
     gelu.config.hidden_act = "gelu"
     assert not supports_numpy_decode(gelu)
     assert not supports_numpy_decode(torch.nn.Linear(2, 2))
-    assert supports_numpy_decode(_model(2))
+    assert supports_numpy_decode(make_runner_lm(2))
