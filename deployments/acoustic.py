@@ -30,10 +30,12 @@ class AcousticDecoderDeployment(ReadinessProbe):
         batch_window_s: float = 0.005,
         max_batch: int = 8,
         context_frames: int = DEFAULT_CONTEXT_FRAMES,
+        numpy_network: bool = True,
     ):
-        """``context_frames``: frames of the previous chunk each chunk is decoded after (the engine's setting)."""
+        """``context_frames``: frames of the previous chunk each chunk is decoded after (the engine's setting);
+        ``numpy_network``: the network's CPU forward in NumPy where the model allows it."""
         spec = ModelSpec.from_dict(model)
-        self._acoustic = load_role(spec, "acoustic", context_frames=context_frames)
+        self._acoustic = load_role(spec, "acoustic", context_frames=context_frames, acoustic_numpy=numpy_network)
         self._acoustic.batcher.window_s = batch_window_s
         self._acoustic.batcher.max_batch = max_batch
         _, voices = load_vocab_and_voices(spec)

@@ -114,6 +114,8 @@ class AppArgs(BaseModel):
     # Each acoustic replica batches the chunks that arrive within this window, at most this many per call.
     acoustic_batch_window_s: float = Field(default=0.005, ge=0)
     acoustic_max_batch: int = Field(default=8, ge=1)
+    # The acoustic network's CPU forward in NumPy where the model allows it (float32 on the CPU: the embedded default).
+    acoustic_numpy_network: bool = True
     endpointer: dict[str, Any] = Field(default_factory=dict)  # EndpointerConfig overrides
     # Who may call the gateway (assistant.access.AccessConfig): api_keys_env / api_keys, token_secret_env /
     # token_secret, allowed_origins, max_body_bytes, max_sessions_per_client. Empty: access off (loopback only).
@@ -279,7 +281,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     acoustic = (
         as_deployment(AcousticDecoderDeployment)
         .options(**args.acoustic.serve_options())
-        .bind(model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames)
+        .bind(model, args.acoustic_batch_window_s, args.acoustic_max_batch, context_frames, args.acoustic_numpy_network)
     )
     media = as_deployment(MediaDecoderDeployment).options(**args.media.serve_options()).bind(model)
     return (

@@ -143,7 +143,12 @@ def _vllm_backend(spec: ModelSpec) -> LMBackend:
 
 
 def _role_backend(
-    bundle: ModelBundle, spec: ModelSpec, role: str, lm_batching: LMEngineConfig | None, context_frames: int
+    bundle: ModelBundle,
+    spec: ModelSpec,
+    role: str,
+    lm_batching: LMEngineConfig | None,
+    context_frames: int,
+    acoustic_numpy: bool = True,
 ) -> RoleBackend:
     from assistant.pipeline import local
 
@@ -153,29 +158,56 @@ def _role_backend(
         return local.LocalLMBackend(bundle, seed=spec.seed, engine_config=lm_batching)
     if role == "acoustic":
         # seeded: reproducible chunks, as the LM's seed makes replies
-        return local.LocalAcousticBackend(bundle, context_frames=context_frames, seed=spec.seed)
+        return local.LocalAcousticBackend(
+            bundle, context_frames=context_frames, seed=spec.seed, numpy_network=acoustic_numpy
+        )
     return local.LocalMediaBackend(bundle)
 
 
 @overload
 def load_role(
-    spec: ModelSpec, role: Literal["speech"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+    spec: ModelSpec,
+    role: Literal["speech"],
+    *,
+    lm_batching: LMEngineConfig | None = ...,
+    context_frames: int = ...,
+    acoustic_numpy: bool = ...,
 ) -> LocalSpeechEncoder: ...
 @overload
 def load_role(
-    spec: ModelSpec, role: Literal["lm"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+    spec: ModelSpec,
+    role: Literal["lm"],
+    *,
+    lm_batching: LMEngineConfig | None = ...,
+    context_frames: int = ...,
+    acoustic_numpy: bool = ...,
 ) -> LMBackend: ...
 @overload
 def load_role(
-    spec: ModelSpec, role: Literal["acoustic"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+    spec: ModelSpec,
+    role: Literal["acoustic"],
+    *,
+    lm_batching: LMEngineConfig | None = ...,
+    context_frames: int = ...,
+    acoustic_numpy: bool = ...,
 ) -> LocalAcousticBackend: ...
 @overload
 def load_role(
-    spec: ModelSpec, role: Literal["media"], *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+    spec: ModelSpec,
+    role: Literal["media"],
+    *,
+    lm_batching: LMEngineConfig | None = ...,
+    context_frames: int = ...,
+    acoustic_numpy: bool = ...,
 ) -> LocalMediaBackend: ...
 @overload
 def load_role(
-    spec: ModelSpec, role: str, *, lm_batching: LMEngineConfig | None = ..., context_frames: int = ...
+    spec: ModelSpec,
+    role: str,
+    *,
+    lm_batching: LMEngineConfig | None = ...,
+    context_frames: int = ...,
+    acoustic_numpy: bool = ...,
 ) -> RoleBackend: ...
 def load_role(
     spec: ModelSpec,
@@ -183,15 +215,18 @@ def load_role(
     *,
     lm_batching: LMEngineConfig | None = None,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
+    acoustic_numpy: bool = True,
 ) -> RoleBackend:
     """The in-process backend of ``role`` ("speech", "lm", "acoustic" or "media") over just the models it needs:
     a ``SpeechEncoderBackend``, ``LMBackend``, ``AcousticBackend`` or ``MediaBackend``. ``lm_batching`` configures
     the batched LM engine of role "lm" (slots, waiting places; None: its defaults; vLLM ignores it);
-    ``context_frames`` is how much of the previous chunk the acoustic decoder reads (the engine's setting)."""
+    ``context_frames`` is how much of the previous chunk the acoustic decoder reads (the engine's setting);
+    ``acoustic_numpy`` runs the acoustic network's CPU forward in NumPy where the model allows it."""
     _check_role(role)
     if role == "lm" and spec.lm_engine == "vllm":
         return _vllm_backend(spec)
-    return _role_backend(load_models(spec, ROLE_PARTS[role]), spec, role, lm_batching, context_frames)
+    bundle = load_models(spec, ROLE_PARTS[role])
+    return _role_backend(bundle, spec, role, lm_batching, context_frames, acoustic_numpy)
 
 
 def load_backends(

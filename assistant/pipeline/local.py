@@ -27,6 +27,7 @@ from assistant.audio import decode_wav_bytes, resample
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, ChunkRequest, UnmaskSchedule
 from assistant.image_io import read_image
 from assistant.lm_engine import BusyError, LMEngine, LMEngineConfig
+from assistant.models import numpy_soundstorm
 from assistant.models.bundle import ModelBundle
 from assistant.models.interfaces import DEFAULT_CONTEXT_FRAMES, ImageCodec, MusicCodec, SpeechCodec
 from assistant.pipeline.acoustic_batching import AcousticBatcher, AcousticBatchStats
@@ -119,7 +120,8 @@ class LocalAcousticBackend(AcousticBackend):
     recently used dropped first; a dropped key raises ``UnknownVoiceKeyError`` and is registered again by the caller);
     ``voices`` (e.g. a voice bank's prompts) are registered at construction. Randomness: every chunk gets its own
     generator, seeded from ``seed`` (None: fresh entropy) or the ``seed`` given with the chunk, so a chunk decodes
-    to the same codes alone or batched with others.
+    to the same codes alone or batched with others. ``numpy_network``: the acoustic network's CPU forward runs in
+    NumPy where the model allows it (``assistant.models.numpy_soundstorm``: the same logits, a fraction of the time).
     """
 
     def __init__(
@@ -133,15 +135,15 @@ class LocalAcousticBackend(AcousticBackend):
         seed: int | None = None,
         voices: Iterable[np.ndarray] = (),
         max_voices: int = 1024,
+        numpy_network: bool = True,
     ):
         if max_voices < 1:
             raise ValueError(f"max_voices must be >= 1, got {max_voices}")
         if bundle.acoustic is None or bundle.codec is None:
             raise ValueError("the acoustic backend needs the bundle's acoustic model and codec")
         fill = None if schedule is not None else bundle.acoustic_fill
-        self.decoder = ChunkedAcousticDecoder(
-            bundle.acoustic, bundle.codec, schedule, context_frames=context_frames, fill=fill
-        )
+        model = numpy_soundstorm.numpy_network(bundle.acoustic) if numpy_network else bundle.acoustic
+        self.decoder = ChunkedAcousticDecoder(model, bundle.codec, schedule, context_frames=context_frames, fill=fill)
         self.batcher = AcousticBatcher(self.decoder, window_s=window_s, max_batch=max_batch)
         self.max_voices = max_voices
         self._voices: OrderedDict[str, torch.Tensor] = OrderedDict()

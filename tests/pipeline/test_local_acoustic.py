@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from assistant.models.loading import ModelSpec, load_models
+from assistant.models.numpy_soundstorm import NumpySoundStorm
 from assistant.models.voices import VoiceBank
 from assistant.pipeline.backends import UnknownVoiceKeyError, voice_key
 from assistant.pipeline.local import LocalAcousticBackend, LocalSpeechEncoder
@@ -124,3 +125,21 @@ def test_speech_encoder_returns_level_one_and_batches_exactly(bundle):
     assert [c.shape for c in batch] == [(100,), (25,), (2,), (50,)]
     for got, want in zip(batch, expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_network_runs_in_numpy_by_default_and_decodes_as_torch_does(bundle, bank):
+    prompt = bank.prompt(bank.default)
+    semantic = np.random.default_rng(3).integers(0, 60, 10)
+
+    async def decode(backend):
+        key = await backend.register_voice(prompt)
+        try:
+            return await backend.decode_chunk(semantic, None, key, seed=11)
+        finally:
+            backend.close()
+
+    fast, plain = LocalAcousticBackend(bundle), LocalAcousticBackend(bundle, numpy_network=False)
+    assert isinstance(fast.decoder.model, NumpySoundStorm) and plain.decoder.model is bundle.acoustic
+    (fast_codes, fast_wave), (codes, wave) = run(decode(fast)), run(decode(plain))
+    assert np.array_equal(fast_codes, codes)
+    np.testing.assert_allclose(fast_wave, wave, atol=1e-5)
