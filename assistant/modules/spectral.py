@@ -8,11 +8,15 @@ Griffin-Lim; both use :class:`STFT` (Hann window of ``n_fft`` samples, hop ``hop
 
 ``griffin_lim`` turns magnitudes of F frames into a wave of F * hop samples (frame f centred at sample f * hop):
 fast Griffin-Lim (Perraudin et al. 2013: momentum on the projected spectrogram) from zero phase, so it is
-deterministic.
+deterministic. On the CPU in float32 its iterations run in NumPy (:func:`griffin_lim_numpy`): a chunk of streamed
+speech is 10-30 frames, where each of torch's ``stft`` / ``istft`` calls costs more in overhead than in arithmetic
+(20 ms of Griffin-Lim for a 10-frame chunk on the 2-core EPYC these figures come from, 10 ms in NumPy). The two
+agree to float rounding, which the 32 momentum iterations carry to 0.05-1% of the wave's RMS.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,9 +27,10 @@ class STFT(nn.Module):
 
     window: Tensor  # [n_fft] (derived buffer)
 
-    def __init__(self, n_fft: int, hop: int) -> None:
+    def __init__(self, n_fft: int, hop: int, numpy_griffin_lim: bool = True) -> None:
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
+        self.numpy_griffin_lim = numpy_griffin_lim  # False: torch's loop on the CPU too
         self.register_buffer("window", torch.hann_window(n_fft, dtype=torch.float32), persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:  # [..., S] -> complex [..., n_freq, S // hop + 1]
@@ -37,11 +42,15 @@ class STFT(nn.Module):
         return torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=length)
 
     def griffin_lim(self, magnitude: Tensor, iters: int, momentum: float) -> Tensor:
-        """Linear magnitudes ``[..., n_freq, F]`` -> wave ``[..., F * hop]`` (``momentum`` 0: classic Griffin-Lim)."""
+        """Linear magnitudes ``[..., n_freq, F]`` -> wave ``[..., F * hop]`` (``momentum`` 0: classic Griffin-Lim);
+        in NumPy for float32 on the CPU unless ``numpy_griffin_lim`` is off."""
         frames = magnitude.shape[-1]
         length = frames * self.hop
         if frames == 0:
             return torch.zeros(*magnitude.shape[:-2], 0)
+        if self.numpy_griffin_lim and magnitude.device.type == "cpu" and magnitude.dtype == torch.float32:
+            wave = griffin_lim_numpy(magnitude.numpy(), self.window.numpy(), self.hop, iters, momentum)
+            return torch.from_numpy(wave)
         # The STFT of a length F*hop wave has F + 1 centred frames; the last repeats the final magnitude.
         magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # [..., n_freq, F + 1]
         phase = torch.ones_like(magnitude, dtype=torch.complex64)  # [..., n_freq, F + 1]
@@ -52,6 +61,56 @@ class STFT(nn.Module):
             previous = projected
             phase = accelerated / torch.clamp(accelerated.abs(), min=1e-12)
         return self.inverse(magnitude * phase, length)  # [..., F * hop]
+
+
+def griffin_lim_numpy(magnitude: np.ndarray, window: np.ndarray, hop: int, iters: int, momentum: float) -> np.ndarray:
+    """``STFT.griffin_lim`` in NumPy: float32 magnitudes ``[..., n_freq, F]`` -> wave ``[..., F * hop]``, for the same
+    centred, zero-padded Hann STFT (``n_fft = len(window)``) and the same inverse (overlap-add divided by the summed
+    squared window). The spectrogram is kept time-major (``[..., F + 1, n_freq]``) so that every frame's FFT runs over
+    the last axis."""
+    n_fft = window.shape[0]
+    frames = magnitude.shape[-1]
+    length = frames * hop
+    lead = magnitude.shape[:-2]
+    # The STFT of a length F*hop wave has F + 1 centred frames; the last repeats the final magnitude.
+    target = np.concatenate([magnitude, magnitude[..., -1:]], axis=-1).reshape(-1, magnitude.shape[-2], frames + 1)
+    target = np.ascontiguousarray(target.transpose(0, 2, 1))  # [B, F + 1, n_freq]
+    starts = np.arange(frames + 1) * hop  # frame f covers padded samples f*hop .. f*hop + n_fft
+    taps = starts[:, None] + np.arange(n_fft)[None, :]  # [F + 1, n_fft]
+    envelope = np.zeros(length + n_fft, dtype=np.float32)  # squared-window overlap, over the padded wave
+    for start in starts:
+        envelope[start : start + n_fft] += window * window
+    pad = n_fft // 2
+    trimmed = envelope[pad : pad + length]
+
+    # Overlap-add in hop-sized blocks: frame f adds its block j to output block f + j, so the whole sum is one
+    # vectorised add per block of a frame (ceil(n_fft / hop) of them) rather than one per frame.
+    blocks = -(-n_fft // hop)
+
+    def inverse(spec: np.ndarray) -> np.ndarray:  # [B, F + 1, n_freq] -> [B, length]
+        batch = spec.shape[0]
+        pieces = np.zeros((batch, frames + 1, blocks * hop), dtype=np.float32)
+        pieces[..., :n_fft] = np.fft.irfft(spec, n=n_fft, axis=-1) * window  # [B, F + 1, n_fft] (zero tail)
+        pieces = pieces.reshape(batch, frames + 1, blocks, hop)
+        summed = np.zeros((batch, frames + blocks, hop), dtype=np.float32)
+        for block in range(blocks):
+            summed[:, block : block + frames + 1] += pieces[:, :, block]
+        return summed.reshape(batch, -1)[:, pad : pad + length] / trimmed
+
+    def forward(wave: np.ndarray) -> np.ndarray:  # [B, length] -> [B, F + 1, n_freq]
+        padded = np.zeros((wave.shape[0], length + n_fft), dtype=np.float32)
+        padded[:, pad : pad + length] = wave
+        return np.fft.rfft(padded[:, taps] * window, axis=-1)
+
+    phase = np.ones(target.shape, dtype=np.complex64)
+    previous = np.zeros(target.shape, dtype=np.complex64)
+    gain = np.float32(momentum)
+    for _ in range(iters):
+        projected = forward(inverse(target * phase)).astype(np.complex64, copy=False)
+        accelerated = projected + gain * (projected - previous)
+        previous = projected
+        phase = accelerated / np.maximum(np.abs(accelerated), np.float32(1e-12))
+    return inverse(target * phase).reshape(*lead, length)
 
 
 def hz_to_mel_htk(hz: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ def _griffin_lim_as_the_codecs_had_it(magnitude: torch.Tensor, n_fft: int, hop: 
 
 def test_the_speech_codec_resynthesises_as_before():
     codec = MelRVQCodec(MelCodecConfig(n_q=2, codebook_size=16, griffin_lim_iters=5))
+    codec.stft.numpy_griffin_lim = False  # bit for bit: torch's loop (the NumPy one is checked against it below)
     codes = torch.randint(0, 16, (2, 2, 9), generator=torch.Generator().manual_seed(0))  # a batch of two
     log_mel = torch.stack([codec.dequantise(row) for row in codes])  # [2, F, M]
     want = _griffin_lim_as_the_codecs_had_it(codec.mel_to_magnitude(log_mel), 1024, 320, 5, 0.99)
@@ -46,11 +47,29 @@ def test_the_speech_codec_resynthesises_as_before():
 
 def test_the_music_codec_resynthesises_as_before():
     codec = MusicDetokenizer(MusicCodecConfig(codebook_size=16, n_fft=1024, griffin_lim_iters=4))
+    codec.stft.numpy_griffin_lim = False
     codes = torch.randint(0, 16, (4, 7), generator=torch.Generator().manual_seed(1))
     magnitude = torch.exp(codec.dequantise(codes).float()).T  # [n_freq, T]
     want = torch.clamp(_griffin_lim_as_the_codecs_had_it(magnitude, 1024, 640, 4, 0.99), -1.0, 1.0).numpy()
     assert (codec.decode_codes(codes) == want).all()
     assert STFT(1024, 640).griffin_lim(magnitude[:, :0], 4, 0.99).shape == (0,)
+
+
+@pytest.mark.parametrize(("hop", "frames", "iters"), [(320, 1, 3), (320, 12, 32), (640, 7, 16)])
+def test_griffin_lim_in_numpy_matches_torch(hop, frames, iters):
+    """The CPU path (NumPy) against torch's loop: equal up to float rounding carried through the iterations, for
+    the speech codec's hop (a 1-frame and a streamed chunk) and the music codec's; a batch decodes row by row."""
+    generator = torch.Generator().manual_seed(frames)
+    magnitude = torch.rand(3, 513, frames, generator=generator) ** 2 * 20.0  # [B, n_freq, F]
+    numpy_stft, torch_stft = STFT(1024, hop), STFT(1024, hop, numpy_griffin_lim=False)
+    got = numpy_stft.griffin_lim(magnitude, iters, 0.99)
+    want = torch_stft.griffin_lim(magnitude, iters, 0.99)
+    assert got.shape == want.shape == (3, frames * hop) and got.dtype == torch.float32
+    assert float((got - want).pow(2).mean().sqrt()) <= 0.02 * float(want.pow(2).mean().sqrt())
+    row = numpy_stft.griffin_lim(magnitude[1], iters, 0.99)
+    assert row.shape == (frames * hop,)
+    torch.testing.assert_close(row, got[1], atol=1e-4, rtol=1e-3)
+    assert numpy_stft.griffin_lim(magnitude[..., :0], iters, 0.99).shape == (3, 0)
 
 
 def test_one_rotary_serves_the_conformers_and_the_lm_runner():
