@@ -10,6 +10,8 @@ Events, in the order one utterance produces them:
   ``start_pitched_ms`` have a pitch. webrtcvad alone calls a cough, a click or a door slam speech; the pitch rule
   (a normalised autocorrelation peak between 60 and 400 Hz, :func:`periodicity`) keeps them from starting a turn, and
   so from interrupting a reply (barge-in starts here);
+- :class:`SpeechProgress` (only with ``progress_every_ms`` > 0): every ``progress_every_ms`` of an utterance while it
+  goes on, the utterance so far, so a listener can encode and prefill it before the turn ends;
 - :class:`SpeechPaused` (only with ``pause_ms`` > 0): the speaker has been quiet for ``pause_ms``. It carries the
   utterance so far, exactly the audio a :class:`SpeechEnd` with no sound in between would carry, so a listener can
   start work on it speculatively;
@@ -56,6 +58,10 @@ class EndpointerConfig:
     # none). Much shorter and the gaps inside words trigger it; each false one costs a discarded encode and prefill
     # (SpeechResumed), never a wrong answer. benchmarks/endpointing.py measures both on the held-out questions.
     pause_ms: int = 120
+    # While the speaker goes on, the utterance so far is handed on this often (SpeechProgress; 0: never), so a
+    # listener can encode and prefill the question before it ends: the pause's speculative start then prefills only
+    # the last part. Each costs an encode and a prefill of what is new.
+    progress_every_ms: int = 0
     # Quiet that ends a turn. Shorter answers sooner and cuts people off mid-sentence more often: on the held-out
     # questions 300 ms still cut none, but people pause longer than espeak does.
     end_silence_ms: int = 400
@@ -81,6 +87,8 @@ class EndpointerConfig:
             raise ValueError("start_pitched_ms cannot exceed start_window_ms")
         if self.pause_ms < 0:
             raise ValueError("pause_ms must be >= 0 (0: no pause events)")
+        if self.progress_every_ms < 0:
+            raise ValueError("progress_every_ms must be >= 0 (0: no progress events)")
         if self.continue_within_ms < 0:
             raise ValueError("continue_within_ms must be >= 0 (0: turns never continue)")
         if not 0.0 < self.pitch_threshold < 1.0:
@@ -111,6 +119,12 @@ class SpeechPaused:
 
 
 @dataclass(frozen=True)
+class SpeechProgress:
+    audio: np.ndarray  # float32 mono, the utterance so far (pre-roll included), while it goes on
+    sample_rate: int = 16000
+
+
+@dataclass(frozen=True)
 class SpeechResumed:
     pass
 
@@ -134,7 +148,7 @@ class SpeechDiscarded:
     duration_s: float
 
 
-VadEvent = SpeechStart | SpeechPaused | SpeechResumed | SpeechEnd | SpeechDiscarded
+VadEvent = SpeechStart | SpeechProgress | SpeechPaused | SpeechResumed | SpeechEnd | SpeechDiscarded
 
 
 def periodicity(window: np.ndarray, sample_rate: int) -> float:
@@ -182,6 +196,7 @@ class VadEndpointer:
         self._pause_frames = c.pause_ms // c.frame_ms if 0 < c.pause_ms < c.end_silence_ms else 0
         self._end_frames = frames(c.end_silence_ms)
         self._keep_frames = 100 // c.frame_ms  # trailing quiet kept on the utterance
+        self._progress_frames = c.progress_every_ms // c.frame_ms if c.progress_every_ms else 0
         self._max_frames = frames(c.max_utterance_ms)
         self._previous = np.zeros(c.frame_samples, np.float32)  # the periodicity window spans two frames
         self.reset()
@@ -244,6 +259,8 @@ class VadEndpointer:
         elif self._pause_frames and self._quiet_run == self._pause_frames and self._long_enough():
             self._paused_audio = self._audio_so_far()
             events.append(SpeechPaused(audio=self._paused_audio, sample_rate=c.sample_rate))
+        elif self._progress_frames and len(self._utterance) % self._progress_frames == 0 and not self._quiet_run:
+            events.append(SpeechProgress(audio=self._audio_so_far(), sample_rate=c.sample_rate))
         return events
 
     def _pitched(self, samples: np.ndarray, voiced: bool) -> bool:

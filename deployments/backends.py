@@ -138,6 +138,12 @@ class RayLMBackend(LMBackend):
                     self._limits_known = True
         return self._limits
 
+    async def prefill(self, prompt_ids: list[int]) -> None:
+        """One replica prefills (``LMDeployment.prefill``). Serve does not route by prefix: with several LM replicas
+        the turn may land on another one, which then prefills the whole prompt itself."""
+        call = self._handle.prefill.remote(list(prompt_ids))
+        await _answer("lm", call, self._timeouts.lm_first_chunk_s, self._handle)
+
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
         # a stream=True handle answers with a generator; the handle's annotations cannot say which it is
         remote = cast(DeploymentResponseGenerator, self._streaming.stream.remote(list(prompt_ids), force_modality))

@@ -38,6 +38,10 @@ class LMDeployment(ReadinessProbe):
             async for chunk in chunks:
                 yield chunk
 
+    async def prefill(self, prompt_ids: list[int]) -> None:
+        """``LMBackend.prefill``: the prompt's KV, kept for the turn that will start the same way."""
+        await self._lm.prefill(list(prompt_ids))
+
     async def limits(self) -> LMLimits | None:
         """The model's context and reply sizes (``LMBackend.limits``): the gateway's engine keeps prompts within
         them. Every replica of a deployment runs the same model and settings, so any replica's answer holds."""

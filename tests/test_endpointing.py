@@ -152,3 +152,23 @@ def test_a_forced_end_is_not_the_pause_s_audio():
     events = run(VadEndpointer(config), wave)
     end = next(e for e in events if isinstance(e, SpeechEnd))
     assert end.forced and not end.same_as_pause
+
+
+def test_progress_hands_on_the_utterance_so_far_while_it_goes_on():
+    from assistant.endpointing import SpeechProgress
+
+    rng = np.random.default_rng(8)
+    wave = np.concatenate([silence(0.3), voiced_like(1.5, rng), silence(0.8)])
+    config = EndpointerConfig(pause_ms=120, end_silence_ms=400, progress_every_ms=400)
+    events = run(VadEndpointer(config), wave)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStart and kinds[-2:] == [SpeechPaused, SpeechEnd]
+    progress = [e for e in events if isinstance(e, SpeechProgress)]
+    assert kinds[1:-2] == [SpeechProgress] * len(progress) and len(progress) >= 2  # none once the quiet began
+    lengths = [p.audio.size for p in progress]
+    assert all(b - a == 400 * 16 for a, b in zip(lengths, lengths[1:], strict=False))  # every 400 ms of utterance
+    end = events[-1].audio
+    assert all(np.array_equal(p.audio, end[: p.audio.size]) for p in progress)  # the start of the question itself
+    assert not any(isinstance(e, SpeechProgress) for e in run(VadEndpointer(EndpointerConfig()), wave))  # off: none
+    with pytest.raises(ValueError):
+        EndpointerConfig(progress_every_ms=-1)

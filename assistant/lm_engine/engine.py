@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FINISH_STOP = "stop"  # a stop id was generated
 FINISH_LENGTH = "length"  # the token budget or the slot's capacity ran out
 FINISH_CANCELLED = "cancelled"
+FINISH_PREFILLED = "prefilled"  # max_new_tokens=0: the prompt is in the KV, nothing generated
 
 # Engines whose loop thread runs. A loop thread still parked when the interpreter exits aborts the process (torch's
 # native teardown meets a thread it cannot join: "terminate called without an active exception"), so whatever was not
@@ -293,7 +294,11 @@ class LMEngine:
         seed: int | None = None,
         max_new_tokens: int | None = None,
     ) -> GenerationRequest:
-        """Queues a generation. Raises ``ValueError`` for a bad prompt and ``BusyError`` at capacity."""
+        """Queues a generation. Raises ``ValueError`` for a bad prompt and ``BusyError`` at capacity.
+
+        ``max_new_tokens=0`` only prefills: the request ends (finish reason "prefilled", no token) once the prompt is
+        in its slot's KV, which the slot keeps for prefix reuse, so a later prompt that starts the same way prefills
+        only the rest (a user's question prefilled while they are still speaking)."""
         if self._closed:
             raise RuntimeError("the LM engine is closed")
         prompt = [self.vocab.check_id(int(i)) for i in prompt_ids]
@@ -304,8 +309,8 @@ class LMEngine:
         if force_modality is not None and prompt[-1] != self.vocab.range_of(force_modality).start_id:
             raise ValueError(f"force_modality={force_modality.value} but the prompt does not end with its start marker")
         limit = self.settings.total_limit if max_new_tokens is None else int(max_new_tokens)
-        if limit <= 0:
-            raise ValueError(f"max_new_tokens must be > 0, got {limit}")
+        if limit < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {limit}")
         state = ReplyState(self.vocab, self.settings, seed=seed, force_modality=force_modality, device=self.device)
         request = GenerationRequest(self, prompt, state, limit)
         with self._lock:
@@ -482,7 +487,11 @@ class LMEngine:
             if request.phase is Phase.DONE:
                 return
             self.scheduler.prefilled(block)
-        if block.completes_prompt:  # the prompt's last logits give the first token at once
+        if block.completes_prompt and request.limit == 0:  # a prefill only: the slot keeps its KV for reuse
+            with self._lock:
+                if request.phase is not Phase.DONE:
+                    self._finish(request, reason=FINISH_PREFILLED)
+        elif block.completes_prompt:  # the prompt's last logits give the first token at once
             slots = torch.tensor([request.slot], device=self.device)
             token = select_tokens(logits[None, : self.vocab.size], [request.state], self.seen[slots])
             self._accept([request], slots, token)

@@ -109,7 +109,7 @@ def griffin_lim_numpy(magnitude: np.ndarray, window: np.ndarray, hop: int, iters
         projected = forward(inverse(target * phase)).astype(np.complex64, copy=False)
         accelerated = projected + gain * (projected - previous)
         previous = projected
-        phase = accelerated / np.maximum(np.abs(accelerated), np.float32(1e-12))
+        phase = (accelerated / np.maximum(np.abs(accelerated), np.float32(1e-12))).astype(np.complex64, copy=False)
     return inverse(target * phase).reshape(*lead, length)
 
 

@@ -65,6 +65,13 @@ class LMBackend(ABC):
         Closing the returned generator (``aclose``) aborts generation and frees its state.
         """
 
+    async def prefill(self, prompt_ids: list[int]) -> None:
+        """Best effort: puts ``prompt_ids`` into the LM's KV state now, so that a later ``stream`` whose prompt starts
+        with them prefills only the rest (a question prefilled while the user is still speaking). Returns once done;
+        generates nothing. Not abstract: an LM without prefix reuse does nothing (the default), and one with no room
+        now may skip it; a later ``stream`` is correct either way."""
+        return None
+
     async def limits(self) -> LMLimits | None:
         """The context and reply sizes of this LM; the engine keeps every prompt small enough that the reply fits.
         None: unknown (the engine then bounds prompts by ``EngineConfig.max_history_tokens`` alone). Not abstract so

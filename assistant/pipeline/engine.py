@@ -390,6 +390,25 @@ class Session:
         self._held = None
         self.interrupt()
 
+    async def prepare(self, turn: UserTurn) -> None:
+        """Gets the LM ready for ``turn`` while the user is still saying it: encodes its audio and prefills its prompt
+        up to the last speech code (``LMBackend.prefill``), so that the turn asked later, whose prompt starts the same
+        way, prefills only the rest. The codes of the audio so far can differ from the whole utterance's near its end
+        (and, with the embedded codec's utterance-level normalisation, anywhere), so only their common prefix is
+        reused; the answer is the same either way. Best effort: nothing enters the history, nothing is generated, a
+        failure is logged and never raised. Spoken turns with nothing else only (a picture or a tune would be
+        encoded twice)."""
+        if self._closed or turn.audio is None or turn.image or turn.music or turn.text:
+            return
+        try:
+            user, forced = await self._user_message(turn)
+            prompt = await self._build_prompt(user, forced, without_last=self._continues_last(turn))
+            end = self.vocab.range_of(Modality.SPEECH).end_id
+            question_end = len(prompt) - 1 - prompt[::-1].index(end)  # the user's <eosp>: the last one
+            await self.engine.backends.lm.prefill(prompt[:question_end])
+        except Exception as exc:
+            log.info("could not prepare a turn: %s", _describe(exc))
+
     async def close(self) -> None:
         self.interrupt()
         producer = self._producer

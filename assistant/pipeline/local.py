@@ -85,6 +85,19 @@ class LocalLMBackend(LMBackend):
         self.seed = seed
         self._calls = itertools.count()
 
+    async def prefill(self, prompt_ids: list[int]) -> None:
+        """A prefill-only request (``max_new_tokens=0``) whose KV the engine keeps for prefix reuse; skipped when
+        every slot and waiting place is taken (a turn's own request matters more)."""
+        try:
+            request = self.engine.submit(list(prompt_ids), max_new_tokens=0)
+        except BusyError:
+            return
+        try:
+            async for _ in request.chunks():
+                pass
+        finally:
+            request.cancel()  # no-op once finished; a prefill abandoned half-way frees its slot
+
     async def stream(self, prompt_ids: list[int], force_modality: str | None) -> AsyncGenerator[list[int]]:
         """Raises ``BackendUnavailableError`` when every slot and waiting place is taken (try again shortly),
         ``ValueError`` for a bad prompt."""

@@ -72,6 +72,10 @@ class EngineSession(Protocol):
         """The tentative turn is a real one (it enters the history)."""
         ...
 
+    async def prepare(self, turn: UserTurn) -> None:
+        """Gets ready for a turn the user is still speaking (best effort, never raises; nothing is delivered)."""
+        ...
+
     def discard(self) -> None:
         """Stops the tentative turn; it never enters the history."""
         ...
@@ -230,7 +234,9 @@ class TurnController:
         self._starter: asyncio.Task[None] | None = None
         self._next_turn_id = 0
         self._last_delivered: _Turn | None = None  # the last turn that reached the caller (a continued one may follow)
-        self._tasks = BackgroundTasks(label, logger)  # the turns and the starter
+        self._tasks = BackgroundTasks(label, logger)  # the turns, the starter and the preparer
+        self._preparer: asyncio.Task[None] | None = None
+        self._next_prepared: UserTurn | None = None  # the newest turn to prepare once the running preparation ends
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
 
@@ -258,6 +264,22 @@ class TurnController:
         """Asks for a turn without waiting; the future gets its id once it runs, or -1 when it never does (a newer
         start replaced it while it waited, or the controller closed)."""
         return self._ask(turn, tentative=False)
+
+    def prepare(self, turn: UserTurn) -> None:
+        """Lets the engine get ready for a turn the user is still speaking (``EngineSession.prepare``: on the server,
+        its audio so far encoded and prefilled). One at a time: while one runs, the newest one asked waits and older
+        waiting ones are dropped. Nothing reaches the sink; the turn itself is asked later as any other."""
+        if self._closed:
+            return
+        if self._preparer is not None and not self._preparer.done():
+            self._next_prepared = turn
+            return
+        self._preparer = self._tasks.spawn(self._prepare(turn))
+
+    async def _prepare(self, turn: UserTurn | None) -> None:
+        while turn is not None:
+            await self._engine.prepare(turn)
+            turn, self._next_prepared = self._next_prepared, None
 
     def speculate(self, turn: UserTurn) -> None:
         """Starts ``turn`` before it is certain (see the module docstring); a speculative turn still undecided is

@@ -56,6 +56,7 @@ from assistant.endpointing import (
     SpeechDiscarded,
     SpeechEnd,
     SpeechPaused,
+    SpeechProgress,
     SpeechResumed,
     SpeechStart,
     VadEndpointer,
@@ -715,6 +716,9 @@ class RtcSession:
             self._last_question = None
             self.send(protocol.SpeechStarted())
             self.interrupt(drop_picture=False)  # barge-in: the server's VAD is the one judge of it
+        elif isinstance(event, SpeechProgress):
+            # Still speaking: the question so far is encoded and prefilled, so the answer's start has less to do.
+            self.turns.prepare(self._spoken_turn(event.audio, self.pending_image, self.pending_music))
         elif isinstance(event, SpeechPaused):
             # The caller may have finished: the answer starts now, on what they said so far and the picture waiting
             # for it, but is only heard if the pause becomes the end of their turn (SpeechEnd.same_as_pause).

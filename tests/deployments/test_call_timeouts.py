@@ -120,6 +120,7 @@ def answering(outcome):
 CALLS = {
     "speech.encode": ("speech", lambda h: RaySpeechEncoder(h, FAST).encode(np.zeros(320, np.float32))),
     "lm.limits": ("lm", lambda h: RayLMBackend(h, FAST).limits()),
+    "lm.prefill": ("lm", lambda h: RayLMBackend(h, FAST).prefill([1, 2, 3])),
     "acoustic.register_voice": ("acoustic", lambda h: RayAcousticBackend(h, FAST).register_voice(np.ones((8, 3)))),
     "acoustic.decode_chunk": ("acoustic", lambda h: RayAcousticBackend(h, FAST).decode_chunk(np.arange(5), None, None)),
     "media.image_png": ("media", lambda h: RayMediaBackend(h, FAST).image_png([1, 2])),

@@ -307,3 +307,21 @@ def test_a_follow_up_turn_reuses_the_conversation_and_gives_the_same_tokens(make
     assert replies["reusing"][2] == len(prompts[0]) + len(replies["reusing"][0]) + 6 - held
     assert replies["plain"][2] == len(prompts[0]) + len(replies["plain"][0]) + 6
     assert plain.stats_counters.reused_tokens == 0
+
+
+def test_a_prefill_only_request_leaves_its_kv_for_the_turn_that_starts_the_same_way(make_engine, prompts):
+    """``max_new_tokens=0`` prefills and ends without a token; the turn asked next with a longer prompt that shares
+    its start prefills only the rest, and generates what an engine that never prefilled generates."""
+    reusing = make_engine(max_slots=2, max_waiting=2, prefix_reuse_min_tokens=8)
+    plain = make_engine(max_slots=2, max_waiting=2, prefix_reuse_min_tokens=8)
+    early = prompts[2][:-3]  # the question so far
+    prefill = reusing.submit(early, max_new_tokens=0)
+    assert _run(prefill) == [] and prefill.finish_reason == "prefilled" and prefill.slot is None
+    assert reusing.stats_counters.prefill_tokens == len(early) and reusing.stats_counters.tokens == 0
+    turn = reusing.submit(prompts[2], seed=6, max_new_tokens=12)
+    reply = _run(turn)
+    assert reusing.stats_counters.reused_tokens == len(early)
+    assert reusing.stats_counters.prefill_tokens == len(prompts[2])  # the rest only
+    assert reply == _run(plain.submit(prompts[2], seed=6, max_new_tokens=12)) and len(reply) > 1
+    with pytest.raises(ValueError):
+        reusing.submit(early, max_new_tokens=-1)

@@ -87,10 +87,17 @@ class FakeLM(LMBackend):
         self.finished_normally = 0
         self.prompts: list[list[int]] = []
         self.forced: list[str | None] = []
+        self.prefills: list[list[int]] = []
+        self.prefill_error: Exception | None = None
 
     async def limits(self):
         self.limits_calls += 1
         return self.lm_limits
+
+    async def prefill(self, prompt_ids):
+        if self.prefill_error is not None:
+            raise self.prefill_error
+        self.prefills.append(list(prompt_ids))
 
     async def stream(self, prompt_ids, force_modality):
         self.prompts.append(list(prompt_ids))

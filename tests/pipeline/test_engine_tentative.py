@@ -111,3 +111,33 @@ def test_committed_turn_gives_the_same_outputs_and_history_as_a_plain_one():
         assert comparable(speculative[0]) == comparable(plain[0])
         assert speculative[2] == plain[2]  # the follow-up's prompt holds the committed turn, exactly as a plain one
         assert len(speculative[3]) == 2
+
+
+def test_preparing_a_turn_prefills_the_question_so_far_and_nothing_else():
+    """``prepare`` (the user still speaking) encodes the audio so far and prefills the prompt through its last code:
+    the prompt of the turn asked later starts with it. Nothing is generated or remembered; a picture, a typed
+    question or a failing LM prepares nothing and raises nothing."""
+    vocab = make_vocab()
+    lm = FakeLM(reply_script(vocab))
+    audio = np.zeros(16000, dtype=np.float32)  # FakeSpeech: codes 0, 1, 2, ... (the half's are the whole's start)
+
+    async def main():
+        backends, *_ = make_backends(lm)
+        session = AssistantEngine(backends, vocab, EngineConfig(first_chunk_frames=4)).new_session()
+        await session.prepare(UserTurn(audio=audio[:8000]))
+        assert len(lm.prefills) == 1 and lm.prompts == [] and session.conversation.turns == []
+        prefix = lm.prefills[0]
+        sosp = vocab.range_of(SP).start_id
+        assert prefix[-26:] == [sosp, *vocab.codes_to_ids(SP, range(25))]  # 0.5 s: 25 codes, the last one included
+        await collect(session.respond(UserTurn(audio=audio)))
+        assert lm.prompts[0][: len(prefix)] == prefix and len(lm.prompts[0]) > len(prefix) + 25
+        # the next question's preparation starts with the first exchange, as its prompt will
+        await session.prepare(UserTurn(audio=audio[:4000]))
+        assert len(session.conversation.turns) == 1 and lm.prefills[1][: len(lm.prompts[0])] == lm.prompts[0]
+        await session.prepare(UserTurn(audio=audio, image=b"\x89PNG"))
+        await session.prepare(UserTurn(text="what is two plus two"))
+        lm.prefill_error = RuntimeError("LM replica gone")
+        await session.prepare(UserTurn(audio=audio))
+        assert len(lm.prefills) == 2 and len(lm.prompts) == 1
+
+    run(main())

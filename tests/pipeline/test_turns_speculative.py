@@ -201,3 +201,30 @@ def test_turn_started_names_the_turn_a_continued_question_goes_on_from():
         await turns.close()
 
     run_in_virtual_time(main())
+
+
+def test_preparations_run_one_at_a_time_the_newest_next_and_deliver_nothing():
+    async def main():
+        engine, sink = FakeEngine(prepare_gate=asyncio.Event()), FakeSink()
+        turns = controller(engine, sink)
+        for words in ("what", "what is", "what is two", "what is two plus"):
+            turns.prepare(Turn(words))
+        await until(lambda: len(engine.prepared) == 1, what="the first preparation runs")
+        assert [t.text for t in engine.prepared] == ["what"]  # the others wait for it; only the newest is kept
+        engine.prepare_gate.set()
+        await until(lambda: len(engine.prepared) == 2, what="the newest waiting one runs next")
+        await asyncio.sleep(0.1)
+        assert [t.text for t in engine.prepared] == ["what", "what is two plus"]
+        assert sink.log == [] and engine.turns == [] and turns.idle
+        turns.speculate(Turn("what is two plus two"))  # the turn itself is asked as any other
+        assert turns.commit() is True
+        await until(sink.waiting_played.is_set, what="the reply is queued")
+        sink.play_all()
+        await turns.wait()
+        assert engine.history == ["what is two plus two"]
+        await turns.close()
+        turns.prepare(Turn("after the end"))
+        await asyncio.sleep(0.1)
+        assert len(engine.prepared) == 2
+
+    run_in_virtual_time(main())

@@ -58,6 +58,8 @@ class FakeEngine:
     commits: int = 0
     discards: int = 0
     pulled: int = 0  # outputs the controller has taken from the streams
+    prepared: list[Turn] = field(default_factory=list)  # turns whose preparation began, in order
+    prepare_gate: asyncio.Event | None = None  # when set: each preparation waits for it
     _interrupted: asyncio.Event | None = None
     _undecided: Turn | None = None
 
@@ -79,6 +81,11 @@ class FakeEngine:
                 yield output
         finally:
             await outputs.aclose()
+
+    async def prepare(self, turn: Turn) -> None:
+        self.prepared.append(turn)
+        if self.prepare_gate is not None:
+            await self.prepare_gate.wait()
 
     def commit(self) -> None:
         self.commits += 1

@@ -44,8 +44,12 @@ class FakeEngineSession:
         self.tentative: list[bool] = []  # per turn: started speculatively?
         self.history: list[FakeTurn] = []  # turns remembered (a speculative one once committed)
         self.discards = 0
+        self.prepared: list[FakeTurn] = []  # turns prepared while the caller was still speaking
         self._undecided: FakeTurn | None = None
         self._interrupted = asyncio.Event()
+
+    async def prepare(self, turn):
+        self.prepared.append(turn)
 
     async def respond(self, turn, *, tentative=False):
         self.turns.append(turn)

@@ -204,3 +204,20 @@ def test_a_typed_question_in_between_leaves_nothing_to_continue():
         await session.close()
 
     asyncio.run(main())
+
+
+def test_while_the_caller_speaks_the_question_so_far_is_prepared():
+    async def main():
+        engine = FakeEngineSession(n_frames=2)
+        config = EndpointerConfig(pause_ms=120, end_silence_ms=400, progress_every_ms=300)
+        session = RtcSession(engine, "s", config, turn_factory=FakeTurn)
+        await session._consume_audio(ReplayedTrack(frames(("silence", 0.3), ("buzz", 1.2), ("silence", 0.8))))
+        await until(lambda: session.turns.idle and len(engine.turns) == 1, what="the turn is over")
+        assert len(engine.prepared) >= 2  # the controller runs one at a time, the newest next
+        sizes = [t.audio.size for t in engine.prepared]
+        asked = engine.turns[0].audio
+        assert sizes == sorted(sizes) and sizes[-1] < asked.size
+        assert all(np.array_equal(t.audio, asked[: t.audio.size]) for t in engine.prepared)
+        await session.close()
+
+    asyncio.run(main())
