@@ -86,8 +86,11 @@ class LocalLMBackend(LMBackend):
         self._calls = itertools.count()
 
     async def prefill(self, prompt_ids: list[int]) -> None:
-        """A prefill-only request (``max_new_tokens=0``) whose KV the engine keeps for prefix reuse; skipped when
-        every slot and waiting place is taken (a turn's own request matters more)."""
+        """A prefill-only request (``max_new_tokens=0``) whose KV the engine keeps for prefix reuse; skipped unless
+        a slot is free now, so that it never takes a slot or a waiting place a turn's own request may need."""
+        stats = self.engine.stats()
+        if stats["waiting"] or stats["active_slots"] >= stats["max_slots"]:
+            return
         try:
             request = self.engine.submit(list(prompt_ids), max_new_tokens=0)
         except BusyError:

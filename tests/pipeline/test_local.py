@@ -111,6 +111,29 @@ def test_lm_limits_are_the_slot_and_the_generation_settings(bundle):
         small.close()
 
 
+def test_a_prefill_keeps_its_kv_for_the_turn_and_never_takes_a_place_a_turn_needs(bundle):
+    lm = LocalLMBackend(bundle, engine_config=LMEngineConfig(max_slots=1, max_waiting=1, max_backlog=2))
+    vocab = bundle.vocab
+    prompt = [vocab.bos_id, *vocab.encode_text("You are an assistant. Please answer the question that follows now")]
+
+    async def main():
+        await lm.prefill(prompt)
+        stats = lm.engine.stats()
+        assert stats["prefill_tokens"] == len(prompt) and stats["tokens"] == 0 and stats["active_slots"] == 0
+        question = vocab.encode_text(" hi")
+        holding = lm.stream([*prompt, *question], None)
+        await anext(holding)  # takes the only slot, reusing the prefilled prompt
+        assert lm.engine.stats()["reused_tokens"] == len(prompt)
+        await lm.prefill(prompt)  # no free slot: skipped, the waiting place stays free for a turn
+        assert lm.engine.stats()["prefill_tokens"] == len(prompt) + len(question) and lm.engine.stats()["waiting"] == 0
+        await holding.aclose()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        lm.close()
+
+
 def test_a_full_lm_is_unavailable_not_a_failure(bundle):
     lm = LocalLMBackend(bundle, engine_config=LMEngineConfig(max_slots=1, max_waiting=0, max_backlog=2))
     prompt = [bundle.vocab.bos_id, *bundle.vocab.encode_text("hi")]
