@@ -1,12 +1,13 @@
 """SoundStorm's CPU forward in NumPy: the same arithmetic as ``SoundStorm.level_logits``, a fraction of the overhead.
 
 Why: the embedded acoustic decoder is tiny (width 64, 2 conformer layers), and one chunk of speech is 10 forward
-passes over the voice prompt, the context and the chunk (about 100 frames). In eager PyTorch a pass costs about 5.5
-ms on the 2-core EPYC these figures come from, nearly all of it in about 500 operator dispatches of a few
-microseconds each: the first chunk of every answer (66 ms of unmasking, 25 ms of Griffin-Lim) is the largest single
-part of the time to first audio. The same passes in NumPy cost a fraction of that (``benchmarks/acoustic_schedule.py
---torch-network`` compares; figures in ``docs/benchmarks.md``). The unmasking strategy (``assistant.decoding.maskgit``)
-is unchanged: it receives the logits as a torch tensor (a view of the NumPy result) and samples them as before.
+passes over the voice prompt, the context and the chunk (about 100 frames). In eager PyTorch a pass costs about 5.3
+ms on the 2-core EPYC these figures come from, most of it in several hundred operator dispatches of a few
+microseconds each (its arithmetic is about 30 MFLOP): the first chunk of every answer (66 ms of unmasking, 25 ms of
+Griffin-Lim) is the largest single part of the time to first audio. The same pass in NumPy takes about 3 ms there,
+and over WebRTC the first answer audio came 0.1 s sooner (``docs/benchmarks.md``; ``acoustic_numpy_network: false``
+is the torch forward). The unmasking strategy (``assistant.decoding.maskgit``) is unchanged: it receives the logits
+as a torch tensor (a view of the NumPy result) and samples them as before.
 
 What it reads: the ``SoundStorm``'s parameters as NumPy *views* (never copies: a model changed in place stays in
 step) and the rotary tables of ``assistant.modules.rotary`` (computed by torch once per length, so both paths rotate
@@ -307,8 +308,9 @@ class NumpySoundStorm(nn.Module):
         x = self._code_embeds[ids.transpose(0, 2, 1)].sum(axis=2)  # [B, T, Q, D] -> [B, T, D]
         x += self._semantic_embeds[semantic.long().numpy()]
         cos, sin = self._tables(x.shape[1])
-        for layer in self._layers:
-            x = layer(x, cos, sin)
+        with np.errstate(over="ignore"):  # exp(-x) of a very negative x is inf, and x / (1 + inf) the right 0
+            for layer in self._layers:
+                x = layer(x, cos, sin)
         return x
 
     @torch.no_grad()
