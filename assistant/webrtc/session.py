@@ -269,7 +269,7 @@ class RtcSession:
             self._send_limit = fragments.max_message_size_of(pc.remoteDescription.sdp)
             self._guard_reassembly(pc)
             pc.addTrack(self.track)
-            shorten_audio_jitter_buffers(pc)  # the caller's audio only feeds the VAD: 20 ms, not aiortc's 80 ms
+            shorten_audio_jitter_buffers(pc)  # the caller's audio only feeds the VAD: each frame as it arrives
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.close()
