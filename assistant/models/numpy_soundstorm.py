@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assistant.models.interfaces import AcousticModel
+from assistant.models.interfaces import AcousticModel, AcousticModelFromConfig
 from assistant.models.soundstorm import LevelLinear, SoundStorm
 from assistant.modules.acoustic_inputs import check_inputs, level_indices
 from assistant.modules.conformer import Attention, ChanLayerNorm, ConformerBlock, ConvModule, FeedForward, PreNorm
@@ -245,9 +245,10 @@ def _layer(block: nn.Module) -> _Layer:
     )
 
 
-class NumpySoundStorm(nn.Module):
+class NumpySoundStorm(nn.Module, AcousticModelFromConfig):
     """A ``SoundStorm`` whose ``level_logits`` runs in NumPy (see the module docstring); ``forward`` and everything
-    else are the wrapped model's. Build it with :func:`numpy_network` (which checks ``supports_numpy_network``)."""
+    else are the wrapped model's (its sizes are the shared config's). Build it with :func:`numpy_network` (which
+    checks ``supports_numpy_network``)."""
 
     def __init__(self, model: SoundStorm) -> None:
         super().__init__()
@@ -269,23 +270,6 @@ class NumpySoundStorm(nn.Module):
         self._mix_bias = _view(mix.bias)[0, 0]  # [Q, K]
         self._offsets = np.arange(cfg.n_acoustic, dtype=np.int64)[None, :, None] * (cfg.codebook_size + 1)  # [1, Q, 1]
         self._rotary: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    # ----- AcousticModel: sizes and device are the wrapped model's
-    @property
-    def n_q(self) -> int:
-        return self.model.n_q
-
-    @property
-    def codebook_size(self) -> int:
-        return self.model.codebook_size
-
-    @property
-    def semantic_vocab(self) -> int:
-        return self.model.semantic_vocab
-
-    @property
-    def mask_id(self) -> int:
-        return self.model.mask_id
 
     @property
     def device(self) -> torch.device:
@@ -327,5 +311,5 @@ class NumpySoundStorm(nn.Module):
 def numpy_network(model: AcousticModel) -> AcousticModel:
     """``model`` with its forward in NumPy where that is supported (``supports_numpy_network``), else ``model``."""
     if supports_numpy_network(model):
-        return cast(AcousticModel, NumpySoundStorm(cast(SoundStorm, model)))
+        return NumpySoundStorm(cast(SoundStorm, model))
     return model

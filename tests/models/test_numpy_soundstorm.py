@@ -5,27 +5,17 @@ step. Models it cannot run keep their torch forward."""
 
 import pytest
 import torch
+from soundstorm_fixtures import soundstorm_inputs as _inputs
+from soundstorm_fixtures import tiny_soundstorm as _tiny
 
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, fill_acoustic_levels
 from assistant.models.loading import ModelSpec, load_models
 from assistant.models.numpy_soundstorm import NumpySoundStorm, numpy_network, supports_numpy_network
-from assistant.models.soundstorm import SoundStorm, SoundStormConfig
 
 
 @pytest.fixture(scope="module")
 def embedded_bundle():
     return load_models(ModelSpec(seed=0), ("acoustic", "codec"))
-
-
-def _tiny(seed: int = 0, **overrides) -> SoundStorm:
-    return SoundStorm(SoundStormConfig.tiny(seed=seed, **overrides)).eval()
-
-
-def _inputs(cfg: SoundStormConfig, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    semantic = torch.randint(0, cfg.semantic_vocab, (batch, length), generator=gen)
-    acoustic = torch.randint(0, cfg.codebook_size + 1, (batch, cfg.n_acoustic, length), generator=gen)  # mask ids too
-    return semantic, acoustic
 
 
 @pytest.mark.parametrize("sdpa", [False, True])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from soundstorm_fixtures import soundstorm_inputs as _inputs
+from soundstorm_fixtures import tiny_soundstorm as _tiny
 from torch import nn
 
 from assistant.decoding.maskgit import ChunkedAcousticDecoder, fill_acoustic_levels
@@ -43,17 +45,6 @@ def anygpt_manifest() -> dict:
 @pytest.fixture(scope="module")
 def uslm_manifest() -> dict:
     return _manifest("soundstorm_uslm.json")
-
-
-def _tiny(seed: int = 0, **overrides) -> SoundStorm:
-    return SoundStorm(SoundStormConfig.tiny(seed=seed, **overrides)).eval()
-
-
-def _inputs(cfg: SoundStormConfig, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    semantic = torch.randint(0, cfg.semantic_vocab, (batch, length), generator=gen)
-    acoustic = torch.randint(0, cfg.codebook_size + 1, (batch, cfg.n_acoustic, length), generator=gen)  # mask ids too
-    return semantic, acoustic
 
 
 def _to_uslm(state: dict[str, torch.Tensor], rename: dict[str, str]) -> dict[str, torch.Tensor]:
